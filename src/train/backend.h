@@ -1,0 +1,54 @@
+// The compute backend the training loop is written over. The loop (src/train/trainer.cpp) owns the
+// data, the schedule, the GNB cadence, logging and checkpoints; a backend owns the parameters, the
+// gradients, the optimizer state and the arithmetic. CpuBackend (src/train/cpu_backend.cpp) is
+// the fp32 reference; CudaBackend (src/cuda/) implements the same contract on the GPU.
+//
+// Gradient contract: train_micro / gnb_micro ACCUMULATE into the gradient buffer the gradient of
+// (mean loss over the micro-batch) * grad_scale; the loop passes grad_scale = 1/accumulation_steps
+// (and divides by the data-parallel world size after the all-reduce), so after all micro-steps the
+// buffer holds the gradient of the mean loss over the whole step's batch.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu/optim.h"
+#include "model/gpt2.h"
+
+namespace sgpt {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual const ModelConfig& model() const = 0;
+  virtual const ParamLayout& layout() const = 0;
+
+  virtual void zero_grad() = 0;
+  // inp, tgt: B*T token ids (int32). Returns the mean loss over the micro-batch.
+  virtual float train_micro(const int* inp, const int* tgt, int B, int T, float grad_scale) = 0;
+  // GNB: forward, sample one label per position from softmax(logits[:V]) with Philox
+  // (seed, step, global sequence index seq0 + b, position t), backward of the mean CE against the
+  // sampled labels. Returns that mean CE.
+  virtual float gnb_micro(const int* inp, int B, int T, float grad_scale, uint64_t seed,
+                          uint32_t step, uint32_t seq0) = 0;
+  // Forward only; mean loss.
+  virtual float eval_micro(const int* inp, const int* tgt, int B, int T) = 0;
+
+  // Sum of squares of the whole gradient buffer.
+  virtual double grad_sum_squares() = 0;
+  virtual void scale_grad(float s) = 0;
+
+  // Optimizer steps over the whole flat buffer; the decay mask is ParamLayout::decayed.
+  virtual void sophia_step(const SophiaConsts& c, SophiaMetrics* metrics) = 0;
+  virtual void hessian_ema(const HessianConsts& c) = 0;
+  virtual void adamw_step(const AdamWConsts& c) = 0;
+
+  // State transfer as fp32 host vectors of ParamLayout::total elements (checkpoints, tests).
+  // slot: "params" (fp32 master), "m", "h" (Sophia) or "v" (AdamW), "grad".
+  virtual void get(const std::string& slot, std::vector<float>& out) = 0;
+  virtual void set(const std::string& slot, const std::vector<float>& in) = 0;
+};
+
+}  // namespace sgpt
