@@ -18,6 +18,10 @@
 
 namespace sgpt {
 
+// fp32: every tensor fp32 (parity with the CPU reference). bf16: bf16 parameters, activations and
+// gradients; fp32 master weights and optimizer state.
+enum class Precision { kFp32, kBf16 };
+
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -1,0 +1,347 @@
+#include "config/config.h"
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace sgpt {
+namespace {
+
+using nlohmann::json;
+
+std::string type_name(const json& v) {
+  if (v.is_boolean()) return "a boolean";
+  if (v.is_number_integer() || v.is_number_unsigned()) return "an integer";
+  if (v.is_number_float()) return "a number";
+  if (v.is_string()) return "a string";
+  if (v.is_array()) return "an array";
+  if (v.is_object()) return "an object";
+  return "null";
+}
+
+// Reads the keys of one JSON object, checking types, and rejects keys it did not read.
+class ObjectReader {
+ public:
+  ObjectReader(const json& j, std::string path, const std::string& source)
+      : j_(j), path_(std::move(path)), source_(source) {
+    if (!j_.is_object())
+      fail(path_.empty() ? std::string("the config") : path_, "must be an object, got " + type_name(j_));
+  }
+
+  void get(const char* key, bool& out) {
+    if (const json* v = find(key)) {
+      if (!v->is_boolean()) fail(full(key), "must be true or false, got " + type_name(*v));
+      out = v->get<bool>();
+    }
+  }
+  void get(const char* key, std::string& out) {
+    if (const json* v = find(key)) {
+      if (!v->is_string()) fail(full(key), "must be a string, got " + type_name(*v));
+      out = v->get<std::string>();
+    }
+  }
+  void get(const char* key, double& out) {
+    if (const json* v = find(key)) {
+      if (!v->is_number()) fail(full(key), "must be a number, got " + type_name(*v));
+      out = v->get<double>();
+      if (!std::isfinite(out)) fail(full(key), "must be finite");
+    }
+  }
+  void get(const char* key, int64_t& out) {
+    if (const json* v = find(key)) out = integer(key, *v, std::numeric_limits<int64_t>::min(),
+                                                  std::numeric_limits<int64_t>::max());
+  }
+  void get(const char* key, int& out) {
+    if (const json* v = find(key)) out = static_cast<int>(integer(key, *v, std::numeric_limits<int>::min(),
+                                                                   std::numeric_limits<int>::max()));
+  }
+  void get(const char* key, uint64_t& out) {
+    if (const json* v = find(key)) {
+      if (v->is_number_unsigned()) out = v->get<uint64_t>();
+      else out = static_cast<uint64_t>(integer(key, *v, 0, std::numeric_limits<int64_t>::max()));
+    }
+  }
+  // A nested object, or nullptr when absent.
+  const json* section(const char* key) {
+    const json* v = find(key);
+    return v;
+  }
+  std::string full(const char* key) const { return path_.empty() ? key : path_ + "." + key; }
+
+  void finish() {
+    for (auto it = j_.begin(); it != j_.end(); ++it) {
+      if (!seen_.count(it.key()))
+        fail(full(it.key().c_str()), "is not a known config key (see docs/config.md)");
+    }
+  }
+
+  [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+    throw UserError(source_ + ": config key '" + key + "' " + what);
+  }
+
+ private:
+  const json* find(const char* key) {
+    seen_.insert(key);
+    auto it = j_.find(key);
+    return it == j_.end() ? nullptr : &*it;
+  }
+  int64_t integer(const char* key, const json& v, int64_t lo, int64_t hi) {
+    int64_t x = 0;
+    if (v.is_number_integer()) {
+      x = v.get<int64_t>();
+    } else if (v.is_number_unsigned()) {
+      const uint64_t u = v.get<uint64_t>();
+      if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) fail(full(key), "is too large");
+      x = static_cast<int64_t>(u);
+    } else if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>() &&
+               std::fabs(v.get<double>()) < 9.0e15) {
+      x = static_cast<int64_t>(v.get<double>());  // 1e5 written as a float is still an integer
+    } else {
+      fail(full(key), "must be an integer, got " + type_name(v) + " (" + v.dump() + ")");
+    }
+    if (x < lo || x > hi) fail(full(key), "is out of range (" + std::to_string(x) + ")");
+    return x;
+  }
+
+  const json& j_;
+  std::string path_;
+  const std::string& source_;
+  std::set<std::string> seen_;
+};
+
+template <class F>
+void read_section(ObjectReader& top, const char* key, const std::string& source, F&& body) {
+  if (const json* s = top.section(key)) {
+    ObjectReader r(*s, key, source);
+    body(r);
+    r.finish();
+  }
+}
+
+[[noreturn]] void bad(const std::string& key, const std::string& what) {
+  throw UserError("config key '" + key + "' " + what);
+}
+
+}  // namespace
+
+Config config_from_json(const json& j, const std::string& source) {
+  Config c;
+  ObjectReader top(j, "", source);
+  read_section(top, "model", source, [&](ObjectReader& r) {
+    ModelConfig& m = c.model;
+    r.get("n_layer", m.n_layer);
+    r.get("n_head", m.n_head);
+    r.get("n_embd", m.n_embd);
+    r.get("block_size", m.block_size);
+    r.get("vocab_size", m.vocab_size);
+    r.get("bias", m.bias);
+    r.get("scale_attn_by_inverse_layer_idx", m.scale_attn_by_inverse_layer_idx);
+  });
+  read_section(top, "optimizer", source, [&](ObjectReader& r) {
+    OptimizerConfig& o = c.optimizer;
+    r.get("name", o.name);
+    r.get("lr", o.lr);
+    r.get("min_lr", o.min_lr);
+    r.get("beta1", o.beta1);
+    r.get("beta2", o.beta2);
+    r.get("rho", o.rho);
+    r.get("weight_decay", o.weight_decay);
+    r.get("eps", o.eps);
+    r.get("bs", o.bs);
+    r.get("hessian_interval", o.hessian_interval);
+    r.get("hessian_batch_fraction", o.hessian_batch_fraction);
+    r.get("grad_clip", o.grad_clip);
+  });
+  read_section(top, "schedule", source, [&](ObjectReader& r) {
+    r.get("warmup_iters", c.schedule.warmup_iters);
+    r.get("lr_decay_iters", c.schedule.lr_decay_iters);
+    r.get("max_steps", c.schedule.max_steps);
+  });
+  read_section(top, "batch", source, [&](ObjectReader& r) {
+    r.get("micro_batch_size", c.batch.micro_batch_size);
+    r.get("total_batch_tokens", c.batch.total_batch_tokens);
+  });
+  read_section(top, "data", source, [&](ObjectReader& r) {
+    r.get("train", c.data.train);
+    r.get("val", c.data.val);
+    r.get("format", c.data.format);
+  });
+  read_section(top, "eval", source, [&](ObjectReader& r) {
+    r.get("every", c.eval.every);
+    r.get("batches", c.eval.batches);
+  });
+  read_section(top, "checkpoint", source, [&](ObjectReader& r) {
+    r.get("every", c.checkpoint.every);
+    r.get("keep", c.checkpoint.keep);
+  });
+  read_section(top, "log", source, [&](ObjectReader& r) { r.get("every", c.log.every); });
+  top.get("seed", c.seed);
+  top.get("precision", c.precision);
+  top.get("device", c.device);
+  top.finish();
+  c.model.padded_vocab_size = pad_vocab(c.model.vocab_size);
+  return c;
+}
+
+json config_to_json(const Config& c) {
+  const ModelConfig& m = c.model;
+  const OptimizerConfig& o = c.optimizer;
+  return json{
+      {"model",
+       {{"n_layer", m.n_layer}, {"n_head", m.n_head}, {"n_embd", m.n_embd},
+        {"block_size", m.block_size}, {"vocab_size", m.vocab_size}, {"bias", m.bias},
+        {"scale_attn_by_inverse_layer_idx", m.scale_attn_by_inverse_layer_idx}}},
+      {"optimizer",
+       {{"name", o.name}, {"lr", o.lr}, {"min_lr", o.min_lr}, {"beta1", o.beta1},
+        {"beta2", o.beta2}, {"rho", o.rho}, {"weight_decay", o.weight_decay}, {"eps", o.eps},
+        {"bs", o.bs}, {"hessian_interval", o.hessian_interval},
+        {"hessian_batch_fraction", o.hessian_batch_fraction}, {"grad_clip", o.grad_clip}}},
+      {"schedule",
+       {{"warmup_iters", c.schedule.warmup_iters}, {"lr_decay_iters", c.schedule.lr_decay_iters},
+        {"max_steps", c.schedule.max_steps}}},
+      {"batch",
+       {{"micro_batch_size", c.batch.micro_batch_size},
+        {"total_batch_tokens", c.batch.total_batch_tokens}}},
+      {"data", {{"train", c.data.train}, {"val", c.data.val}, {"format", c.data.format}}},
+      {"eval", {{"every", c.eval.every}, {"batches", c.eval.batches}}},
+      {"checkpoint", {{"every", c.checkpoint.every}, {"keep", c.checkpoint.keep}}},
+      {"log", {{"every", c.log.every}}},
+      {"seed", c.seed},
+      {"precision", c.precision},
+      {"device", c.device},
+  };
+}
+
+int Config::grad_accum_steps(int world) const {
+  const int64_t per_micro = static_cast<int64_t>(batch.micro_batch_size) * model.block_size * world;
+  return per_micro > 0 ? static_cast<int>(batch.total_batch_tokens / per_micro) : 0;
+}
+
+double Config::sophia_bs() const {
+  return optimizer.bs > 0 ? optimizer.bs : static_cast<double>(batch.total_batch_tokens);
+}
+
+void Config::validate(int world) const {
+  const ModelConfig& m = model;
+  auto positive = [](const char* key, int64_t v) {
+    if (v < 1) bad(key, "must be >= 1, got " + std::to_string(v));
+  };
+  positive("model.n_layer", m.n_layer);
+  positive("model.n_head", m.n_head);
+  positive("model.n_embd", m.n_embd);
+  positive("model.block_size", m.block_size);
+  if (m.vocab_size < 2 || m.vocab_size > 65536)
+    bad("model.vocab_size", "must be in [2, 65536] (tokens are stored as uint16), got " +
+                                std::to_string(m.vocab_size));
+  if (m.n_embd % m.n_head != 0)
+    bad("model.n_embd", "must be divisible by model.n_head (" + std::to_string(m.n_embd) + " % " +
+                            std::to_string(m.n_head) + " != 0)");
+
+  const OptimizerConfig& o = optimizer;
+  if (o.name != "sophiag" && o.name != "adamw")
+    bad("optimizer.name", "must be \"sophiag\" or \"adamw\", got \"" + o.name + "\"");
+  if (!(o.lr > 0)) bad("optimizer.lr", "must be > 0");
+  if (!(o.min_lr >= 0) || o.min_lr > o.lr) bad("optimizer.min_lr", "must be in [0, optimizer.lr]");
+  if (!(o.beta1 >= 0 && o.beta1 < 1)) bad("optimizer.beta1", "must be in [0, 1), got " + std::to_string(o.beta1));
+  if (!(o.beta2 >= 0 && o.beta2 < 1)) bad("optimizer.beta2", "must be in [0, 1), got " + std::to_string(o.beta2));
+  if (!(o.rho >= 0)) bad("optimizer.rho", "must be >= 0, got " + std::to_string(o.rho));
+  if (!(o.weight_decay >= 0)) bad("optimizer.weight_decay", "must be >= 0");
+  if (!(o.eps > 0)) bad("optimizer.eps", "must be > 0");
+  if (!(o.bs >= 0)) bad("optimizer.bs", "must be >= 0 (0 = total_batch_tokens)");
+  if (o.hessian_interval < 1) bad("optimizer.hessian_interval", "must be >= 1, got " + std::to_string(o.hessian_interval));
+  if (!(o.hessian_batch_fraction > 0 && o.hessian_batch_fraction <= 1))
+    bad("optimizer.hessian_batch_fraction", "must be in (0, 1]");
+  if (!(o.grad_clip >= 0)) bad("optimizer.grad_clip", "must be >= 0 (0 disables clipping)");
+
+  if (schedule.warmup_iters < 0) bad("schedule.warmup_iters", "must be >= 0");
+  if (schedule.lr_decay_iters < schedule.warmup_iters)
+    bad("schedule.lr_decay_iters", "must be >= schedule.warmup_iters");
+  if (schedule.max_steps < 1) bad("schedule.max_steps", "must be >= 1");
+
+  positive("batch.micro_batch_size", batch.micro_batch_size);
+  positive("batch.total_batch_tokens", batch.total_batch_tokens);
+  const int64_t per_micro = static_cast<int64_t>(batch.micro_batch_size) * m.block_size * world;
+  if (batch.total_batch_tokens % per_micro != 0)
+    bad("batch.total_batch_tokens",
+        "must be a multiple of batch.micro_batch_size x model.block_size x processes = " +
+            std::to_string(per_micro) + ", got " + std::to_string(batch.total_batch_tokens));
+  if (o.name == "sophiag") {
+    const double hb = std::floor(o.hessian_batch_fraction * batch.micro_batch_size);
+    if (hb < 1)
+      bad("optimizer.hessian_batch_fraction",
+          "times batch.micro_batch_size must give at least one sequence");
+  }
+
+  if (data.format != "llmc" && data.format != "nanogpt")
+    bad("data.format", "must be \"llmc\" or \"nanogpt\", got \"" + data.format + "\"");
+  if (eval.every < 0) bad("eval.every", "must be >= 0 (0 disables)");
+  if (eval.batches < 1) bad("eval.batches", "must be >= 1");
+  if (checkpoint.every < 0) bad("checkpoint.every", "must be >= 0 (0 = only the final checkpoint)");
+  if (checkpoint.keep < 1) bad("checkpoint.keep", "must be >= 1");
+  if (log.every < 1) bad("log.every", "must be >= 1");
+  if (precision != "fp32" && precision != "bf16")
+    bad("precision", "must be \"fp32\" or \"bf16\", got \"" + precision + "\"");
+  if (device != "auto" && device != "cpu" && device != "cuda")
+    bad("device", "must be \"auto\", \"cpu\" or \"cuda\", got \"" + device + "\"");
+}
+
+json read_json_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw UserError("cannot read config file '" + path + "'");
+  try {
+    return json::parse(f);
+  } catch (const json::parse_error& e) {
+    throw UserError("config file '" + path + "' is not valid JSON: " + e.what());
+  }
+}
+
+void apply_override(json& j, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw UserError("--set '" + assignment + "': expected key.path=value");
+  const std::string key = assignment.substr(0, eq);
+  const std::string text = assignment.substr(eq + 1);
+  // Only keys of the schema may be set: the defaults hold every key.
+  const json defaults = config_to_json(Config{});
+  const json* schema = &defaults;
+  json* node = &j;
+  std::stringstream ss(key);
+  std::string part;
+  std::vector<std::string> parts;
+  while (std::getline(ss, part, '.')) parts.push_back(part);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const std::string& p = parts[i];
+    if (!schema->is_object() || !schema->contains(p))
+      throw UserError("--set '" + assignment + "': '" + key + "' is not a known config key (see docs/config.md)");
+    schema = &(*schema)[p];
+    if (i + 1 < parts.size()) {
+      if (!node->contains(p)) (*node)[p] = json::object();
+      node = &(*node)[p];
+    }
+  }
+  if (schema->is_object())
+    throw UserError("--set '" + assignment + "': '" + key + "' is a section, set one of its keys");
+  json value;
+  try {
+    value = json::parse(text);
+  } catch (const json::parse_error&) {
+    value = text;  // a bare word: a string
+  }
+  (*node)[parts.back()] = value;
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides, int world) {
+  json j = path.empty() ? json::object() : read_json_file(path);
+  if (!j.is_object()) throw UserError("config file '" + path + "' must hold a JSON object");
+  for (const auto& o : overrides) apply_override(j, o);
+  const std::string source = path.empty() ? std::string("config") : path;
+  Config c = config_from_json(j, source);
+  c.validate(world);
+  return c;
+}
+
+}  // namespace sgpt

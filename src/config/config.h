@@ -1,0 +1,99 @@
+// The run configuration: one JSON document, every key documented in docs/config.md.
+//
+// Loading: defaults <- JSON file <- --set overrides (key paths like "optimizer.lr=3e-4"). Every key
+// is checked: unknown keys, wrong types and out-of-range values throw sgpt::UserError naming the
+// key path and what was expected. The resolved config (to_json) is written into the run directory.
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "model/gpt2.h"
+
+namespace sgpt {
+
+struct OptimizerConfig {
+  std::string name = "sophiag";  // "sophiag" | "adamw"
+  double lr = 3e-4;
+  double min_lr = 1.5e-5;
+  double beta1 = 0.965;
+  double beta2 = 0.99;
+  double rho = 0.03;
+  double weight_decay = 0.2;
+  double eps = 1e-8;               // AdamW only
+  double bs = 0;                   // Sophia-G: tokens per optimizer step; 0 = derive from batch
+  int hessian_interval = 10;       // k: GNB pass after every step with step % k == k-1
+  double hessian_batch_fraction = 1.0;
+  double grad_clip = 1.0;          // 0 disables
+};
+
+struct ScheduleConfig {
+  int64_t warmup_iters = 2000;
+  int64_t lr_decay_iters = 100000;
+  int64_t max_steps = 100000;
+};
+
+struct BatchConfig {
+  int micro_batch_size = 8;          // sequences per micro-step (per process)
+  int64_t total_batch_tokens = 491520;  // tokens per optimizer step, all processes together
+};
+
+struct DataConfig {
+  std::string train;        // glob of training token files
+  std::string val;          // glob of validation token files (empty: no eval)
+  std::string format = "llmc";  // "llmc" | "nanogpt"
+};
+
+struct EvalConfig {
+  int64_t every = 1000;  // 0 disables
+  int batches = 200;
+};
+
+struct CheckpointConfig {
+  int64_t every = 1000;  // 0 disables periodic checkpoints (a final one is still written)
+  int keep = 2;          // periodic checkpoints kept (older ones deleted); >= 1
+};
+
+struct LogConfig {
+  int64_t every = 10;    // console line every N steps (log.jsonl gets every step)
+};
+
+struct Config {
+  ModelConfig model;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  BatchConfig batch;
+  DataConfig data;
+  EvalConfig eval;
+  CheckpointConfig checkpoint;
+  LogConfig log;
+  uint64_t seed = 1337;
+  std::string precision = "fp32";  // "fp32" | "bf16" (bf16 needs the CUDA backend)
+  std::string device = "auto";     // "auto" | "cpu" | "cuda"
+
+  // Derived (not keys): gradient accumulation steps and Sophia's bs, for a world of `world`
+  // processes. Validated in validate(world).
+  int grad_accum_steps(int world = 1) const;
+  double sophia_bs() const;
+
+  // Throws UserError (naming the key path) for any invalid or inconsistent value.
+  void validate(int world = 1) const;
+};
+
+// Parses a config object. `source` names the input in messages (a file path or "--set").
+Config config_from_json(const nlohmann::json& j, const std::string& source);
+nlohmann::json config_to_json(const Config& c);
+
+// Reads a JSON file (UserError naming the file on I/O or syntax errors).
+nlohmann::json read_json_file(const std::string& path);
+
+// Applies "a.b.c=value" overrides to a JSON document. The value is parsed as JSON when it is valid
+// JSON (numbers, true/false, quoted strings, arrays), otherwise taken as a plain string. The key
+// path must exist in the default config (so typos are errors, naming the key).
+void apply_override(nlohmann::json& j, const std::string& assignment);
+
+// defaults <- file (optional, "" for none) <- overrides; then validate(world).
+Config load_config(const std::string& path, const std::vector<std::string>& overrides, int world = 1);
+
+}  // namespace sgpt

@@ -1,0 +1,12 @@
+// The fp32 CPU reference backend: parameters, gradients and optimizer state in host memory, the
+// model from src/cpu/gpt2_cpu.h and the optimizers from src/cpu/optim.h.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "train/backend.h"
+
+namespace sgpt {
+std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& cfg, int max_B, int T,
+                                          const std::vector<float>& init_params);
+}  // namespace sgpt

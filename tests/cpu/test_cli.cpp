@@ -1,0 +1,163 @@
+// The executable's command line: bad inputs exit non-zero with a message naming the input; the
+// CPU fallback of --device auto; nothing already written is overwritten.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "data/loader.h"
+#include "model/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Exec {
+  int code;
+  std::string out;
+};
+
+Exec run(const std::string& args) {
+  const std::string cmd = std::string(SGPT_EXE) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  const int st = pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+fs::path scratch(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("sgpt_cli_" + std::to_string(::getpid())) / name;
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+void write(const fs::path& p, const std::string& text) { std::ofstream(p) << text; }
+
+// A tiny valid setup: shard + config.
+fs::path tiny_setup(const std::string& name) {
+  const fs::path d = scratch(name);
+  std::mt19937 rng(1);
+  std::vector<uint16_t> toks(5000);
+  for (auto& t : toks) t = static_cast<uint16_t>(rng() % 50);
+  sgpt::write_llmc_shard((d / "train.bin").string(), toks);
+  write(d / "cfg.json", R"({"model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 50},
+    "batch": {"micro_batch_size": 2, "total_batch_tokens": 16},
+    "schedule": {"warmup_iters": 1, "lr_decay_iters": 3, "max_steps": 3},
+    "optimizer": {"hessian_interval": 2},
+    "eval": {"every": 0}, "data": {"train": ")" + (d / "train.bin").string() + R"("}})");
+  return d;
+}
+
+bool contains(const std::string& s, const std::string& n) { return s.find(n) != std::string::npos; }
+
+}  // namespace
+
+TEST(Cli, HelpForEverySubcommand) {
+  for (const char* sub : {"train", "tokenize", "prepare", "bench"}) {
+    const Exec r = run(std::string(sub) + " --help");
+    EXPECT_EQ(r.code, 0) << sub << ": " << r.out;
+    EXPECT_TRUE(contains(r.out, "Usage")) << r.out;
+  }
+}
+
+TEST(Cli, MissingConfigFile) {
+  const Exec r = run("train --config /nonexistent/cfg.json");
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(contains(r.out, "/nonexistent/cfg.json")) << r.out;
+}
+
+TEST(Cli, InvalidJson) {
+  const fs::path d = scratch("badjson");
+  write(d / "c.json", "{\"model\": {");
+  const Exec r = run("train --config " + (d / "c.json").string() + " --out-dir " + (d / "run").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(contains(r.out, "not valid JSON")) << r.out;
+  EXPECT_TRUE(contains(r.out, "c.json")) << r.out;
+  EXPECT_FALSE(fs::exists(d / "run"));
+}
+
+TEST(Cli, UnknownKeyNamesThePath) {
+  const fs::path d = scratch("unknown");
+  write(d / "c.json", R"({"optimizer": {"rhoo": 0.1}})");
+  const Exec r = run("train --config " + (d / "c.json").string() + " --out-dir " + (d / "run").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(contains(r.out, "optimizer.rhoo")) << r.out;
+}
+
+TEST(Cli, OutOfRangeOverride) {
+  const fs::path d = tiny_setup("range");
+  const Exec r = run("train --config " + (d / "cfg.json").string() + " --set optimizer.rho=-1 --out-dir " +
+                    (d / "run").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_TRUE(contains(r.out, "optimizer.rho")) << r.out;
+  const Exec r2 = run("train --config " + (d / "cfg.json").string() + " --set batch.total_batch_tokens=17 --out-dir " +
+                     (d / "run").string());
+  EXPECT_EQ(r2.code, 2);
+  EXPECT_TRUE(contains(r2.out, "batch.total_batch_tokens")) << r2.out;
+}
+
+TEST(Cli, BadDeviceValue) {
+  const Exec r = run("train --device tpu");
+  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(contains(r.out, "device")) << r.out;
+}
+
+TEST(Cli, AutoFallsBackToCpuAndTrains) {
+  const fs::path d = tiny_setup("auto");
+  const Exec r = run("train --config " + (d / "cfg.json").string() + " --device auto --out-dir " + (d / "run").string());
+  EXPECT_EQ(r.code, 0) << r.out;
+  // On a machine without a GPU the fallback is one line; with one, the GPU is used.
+  EXPECT_TRUE(contains(r.out, "no usable GPU") || contains(r.out, "device: cuda")) << r.out;
+  EXPECT_TRUE(fs::exists(d / "run" / "log.jsonl"));
+  EXPECT_TRUE(fs::exists(d / "run" / "config.json"));
+  EXPECT_TRUE(fs::exists(d / "run" / "model_00000003.bin"));
+  // A second run into the same directory is refused and leaves the first intact.
+  const auto size = fs::file_size(d / "run" / "log.jsonl");
+  const Exec again = run("train --config " + (d / "cfg.json").string() + " --device cpu --out-dir " + (d / "run").string());
+  EXPECT_EQ(again.code, 2);
+  EXPECT_TRUE(contains(again.out, "already holds a run")) << again.out;
+  EXPECT_EQ(fs::file_size(d / "run" / "log.jsonl"), size);
+  // Resume with more steps continues from the checkpoint.
+  const Exec more = run("train --config " + (d / "cfg.json").string() +
+                       " --set schedule.max_steps=5 --device cpu --resume --out-dir " + (d / "run").string());
+  EXPECT_EQ(more.code, 0) << more.out;
+  EXPECT_TRUE(fs::exists(d / "run" / "model_00000005.bin"));
+}
+
+TEST(Cli, CudaWithoutGpuIsAnError) {
+  const fs::path d = tiny_setup("cuda");
+  const Exec r = run("train --config " + (d / "cfg.json").string() + " --device cuda --out-dir " + (d / "run").string());
+  if (contains(r.out, "device: cuda")) GTEST_SKIP() << "a GPU is usable here";
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_TRUE(contains(r.out, "no GPU is usable")) << r.out;
+}
+
+TEST(Cli, MissingTrainingData) {
+  const fs::path d = tiny_setup("nodata");
+  const Exec r = run("train --config " + (d / "cfg.json").string() + " --set data.train=/nonexistent/x_*.bin --device cpu --out-dir " +
+                    (d / "run").string());
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_TRUE(contains(r.out, "/nonexistent/x_*.bin")) << r.out;
+}
+
+TEST(Cli, InitFromMismatchedModelFile) {
+  const fs::path d = tiny_setup("initfrom");
+  sgpt::ModelConfig other;
+  other.n_layer = 2; other.n_head = 2; other.n_embd = 16; other.block_size = 8; other.vocab_size = 50;
+  other.padded_vocab_size = 128;
+  const sgpt::ParamLayout L = sgpt::ParamLayout::make(other);
+  std::vector<float> p(L.total, 0.01f);
+  sgpt::write_model_file((d / "m.bin").string(), other, p);
+  const Exec r = run("train --config " + (d / "cfg.json").string() + " --init-from " + (d / "m.bin").string() +
+                    " --device cpu --out-dir " + (d / "run").string());
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_TRUE(contains(r.out, "n_layer")) << r.out;
+  EXPECT_TRUE(contains(r.out, "m.bin")) << r.out;
+}
