@@ -1,5 +1,8 @@
 // `sophiagpt train`: resolve the config, pick the device, build the backend, run the loop.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -8,6 +11,11 @@
 #include "config/config.h"
 #include "model/checkpoint.h"
 #include "train/cpu_backend.h"
+#include "common/philox.h"
+#include "cpu/gpt2_cpu.h"
+#include "data/loader.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/vocab.h"
 #include "train/trainer.h"
 #ifdef SGPT_WITH_CUDA
 #include "cuda/cuda_backend.h"
@@ -35,11 +43,8 @@ bool gpu_usable(std::string* why) {
 #endif
 }
 
-void run_train(const TrainArgs& a) {
-  std::vector<std::string> sets = a.sets;
-  if (!a.device.empty()) sets.push_back("device=\"" + a.device + "\"");
-  Config cfg = load_config(a.config, sets);
-
+// Resolves cfg.device to the GPU (true) or the CPU (false); adjusts cfg.precision on a fallback.
+bool choose_gpu(Config& cfg) {
   std::string why;
   bool use_gpu = false;
   if (cfg.device == "cuda") {
@@ -55,6 +60,24 @@ void run_train(const TrainArgs& a) {
     std::printf("note: precision %s needs the GPU; using fp32 on the CPU\n", cfg.precision.c_str());
     cfg.precision = "fp32";
   }
+  return use_gpu;
+}
+
+std::unique_ptr<Backend> make_backend(const Config& cfg, bool use_gpu, int B, const std::vector<float>& params) {
+  if (use_gpu) {
+#ifdef SGPT_WITH_CUDA
+    return make_cuda_backend(cfg.model, B, cfg.model.block_size,
+                             cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32, params);
+#endif
+  }
+  return make_cpu_backend(cfg.model, B, cfg.model.block_size, params);
+}
+
+void run_train(const TrainArgs& a) {
+  std::vector<std::string> sets = a.sets;
+  if (!a.device.empty()) sets.push_back("device=\"" + a.device + "\"");
+  Config cfg = load_config(a.config, sets);
+  const bool use_gpu = choose_gpu(cfg);
 
   TrainOptions opt;
   opt.out_dir = a.out_dir;
@@ -67,18 +90,128 @@ void run_train(const TrainArgs& a) {
   if (!a.init_from.empty()) params = read_model_file(a.init_from, cfg.model);
   else init_params(params.data(), cfg.model, layout, cfg.seed);
 
-  std::unique_ptr<Backend> be;
-  if (use_gpu) {
-#ifdef SGPT_WITH_CUDA
-    be = make_cuda_backend(cfg.model, cfg.batch.micro_batch_size, cfg.model.block_size,
-                           cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32, params);
-#endif
-  } else {
-    be = make_cpu_backend(cfg.model, cfg.batch.micro_batch_size, cfg.model.block_size, params);
-  }
+  std::unique_ptr<Backend> be = make_backend(cfg, use_gpu, cfg.batch.micro_batch_size, params);
   if (!a.quiet) std::printf("device: %s, precision %s, run directory %s\n", be->name().c_str(),
                             cfg.precision.c_str(), a.out_dir.c_str());
   train(cfg, *be, opt);
+}
+
+// A trained model: its config and parameters, from a run directory or from explicit files.
+struct ModelArgs {
+  std::string run, config, model;
+  std::vector<std::string> sets;
+  int64_t step = -1;
+};
+
+void add_model_options(CLI::App* c, ModelArgs& m) {
+  c->add_option("-r,--run", m.run, "Run directory: its config.json and its newest model_*.bin");
+  c->add_option("--step", m.step, "With --run: the checkpoint step to use (default: the newest)");
+  c->add_option("-c,--config", m.config, "Config file (instead of --run)")->check(CLI::ExistingFile);
+  c->add_option("-m,--model", m.model, "llm.c model file (instead of --run's checkpoint)")->check(CLI::ExistingFile);
+  c->add_option("-s,--set", m.sets, "Override a config key: key.path=value (repeatable)");
+}
+
+std::pair<Config, std::vector<float>> load_trained(const ModelArgs& m) {
+  namespace fs = std::filesystem;
+  std::string config = m.config, model = m.model;
+  if (!m.run.empty()) {
+    if (!fs::is_directory(m.run)) throw UserError("--run '" + m.run + "' is not a directory");
+    if (config.empty()) config = (fs::path(m.run) / "config.json").string();
+    if (model.empty()) {
+      const int64_t step = m.step >= 0 ? m.step : latest_checkpoint(m.run);
+      if (step < 0) throw UserError("--run '" + m.run + "' holds no checkpoint (model_*.bin)");
+      model = model_path(m.run, step);
+      if (!fs::exists(model)) throw UserError("--run '" + m.run + "' has no checkpoint for step " + std::to_string(step));
+    }
+  }
+  if (config.empty() || model.empty()) throw UserError("name a run directory (--run) or both --config and --model");
+  Config cfg = load_config(config, m.sets);
+  std::vector<float> params = read_model_file(model, cfg.model);
+  return {cfg, std::move(params)};
+}
+
+struct SampleArgs {
+  ModelArgs m;
+  std::string prompt = "\n";
+  std::string vocab;
+  int tokens = 100;
+  double temperature = 1.0;
+  int top_k = 40;
+  uint64_t seed = 1;
+};
+
+// Autoregressive sampling on the CPU reference model (temperature, top-k; Philox uniforms).
+void run_sample(const SampleArgs& a) {
+  auto [cfg, params] = load_trained(a.m);
+  if (a.tokens < 0) throw UserError("--tokens must be >= 0");
+  if (!(a.temperature > 0)) throw UserError("--temperature must be > 0");
+  const Tokenizer tok = Tokenizer::load(find_vocab_dir(a.vocab));
+  std::vector<int> ids = tok.encode(a.prompt, /*allow_special=*/true);
+  if (ids.empty()) ids.push_back(50256);
+  for (int id : ids)
+    if (id >= cfg.model.vocab_size)
+      throw UserError("--prompt encodes to token " + std::to_string(id) + ", outside the model's vocabulary");
+  const int T = cfg.model.block_size, V = cfg.model.vocab_size, Vp = cfg.model.padded_vocab_size;
+  cpu::Gpt2<float> model(cfg.model, 1, T);
+  std::vector<int> ctx(T, 0);
+  std::fputs(a.prompt.c_str(), stdout);
+  std::vector<std::pair<float, int>> cand(V);
+  for (int n = 0; n < a.tokens; ++n) {
+    const int len = std::min<int>(static_cast<int>(ids.size()), T);
+    std::copy(ids.end() - len, ids.end(), ctx.begin());
+    model.forward_logits(params.data(), ctx.data(), 1);
+    const float* l = model.logits() + static_cast<size_t>(len - 1) * Vp;
+    for (int v = 0; v < V; ++v) cand[v] = {l[v], v};
+    int k = a.top_k > 0 ? std::min(a.top_k, V) : V;
+    std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [](auto& x, auto& y) { return x.first > y.first; });
+    double sum = 0;
+    std::vector<double> w(k);
+    for (int i = 0; i < k; ++i) sum += w[i] = std::exp((cand[i].first - cand[0].first) / a.temperature);
+    const Philox4 r = philox(a.seed, static_cast<uint32_t>(n), 0, 0, kTextSampling);
+    double u = uniform01_double(r.v[0], r.v[1]) * sum;
+    int pick = cand[k - 1].second;
+    for (int i = 0; i < k; ++i) {
+      if (u < w[i]) { pick = cand[i].second; break; }
+      u -= w[i];
+    }
+    ids.push_back(pick);
+    const std::string piece = tok.decode(std::span<const int>(&pick, 1));
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  }
+  std::fputs("\n", stdout);
+}
+
+struct EvalArgs {
+  ModelArgs m;
+  std::string device = "auto";
+  int batches = 0;
+};
+
+// Validation loss of a trained model over the config's data.val (or --set data.val=...).
+void run_eval(const EvalArgs& a) {
+  auto [cfg, params] = load_trained(a.m);
+  cfg.device = a.device;
+  const bool use_gpu = choose_gpu(cfg);
+  if (cfg.data.val.empty()) throw UserError("config key 'data.val' is empty: nothing to evaluate on");
+  LoaderOptions lo;
+  lo.pattern = cfg.data.val;
+  lo.format = parse_token_format(cfg.data.format);
+  lo.B = cfg.batch.micro_batch_size;
+  lo.T = cfg.model.block_size;
+  lo.seed = cfg.seed;
+  lo.shuffle = false;
+  lo.vocab_size = cfg.model.vocab_size;
+  DataLoader val(lo);
+  auto be = make_backend(cfg, use_gpu, lo.B, params);
+  const int n = a.batches > 0 ? a.batches : cfg.eval.batches;
+  std::vector<int> inp(static_cast<size_t>(lo.B) * lo.T), tgt(inp.size());
+  double sum = 0;
+  for (int i = 0; i < n; ++i) {
+    val.next(inp.data(), tgt.data());
+    sum += be->eval_micro(inp.data(), tgt.data(), lo.B, lo.T);
+  }
+  std::printf("val loss %.6f over %d batches of %d x %d tokens (%s)\n", sum / n, n, lo.B, lo.T, be->name().c_str());
 }
 
 }  // namespace
@@ -97,6 +230,24 @@ void add_train_commands(CLI::App& app) {
   t->add_flag("--resume", args->resume, "Continue from the newest checkpoint in --out-dir");
   t->add_flag("-q,--quiet", args->quiet, "No progress lines");
   t->callback([args] { run_train(*args); });
+
+  auto sargs = std::make_shared<SampleArgs>();
+  CLI::App* s = app.add_subcommand("sample", "Generate text from a trained model (CPU)");
+  add_model_options(s, sargs->m);
+  s->add_option("-p,--prompt", sargs->prompt, "Text to continue");
+  s->add_option("-n,--tokens", sargs->tokens, "Tokens to generate")->capture_default_str();
+  s->add_option("--temperature", sargs->temperature, "Softmax temperature")->capture_default_str();
+  s->add_option("--top-k", sargs->top_k, "Sample among the k most likely tokens (0: all)")->capture_default_str();
+  s->add_option("--seed", sargs->seed, "Sampling seed")->capture_default_str();
+  s->add_option("--vocab", sargs->vocab, "Folder holding encoder.json and vocab.bpe (default: data/cache/gpt2)");
+  s->callback([sargs] { run_sample(*sargs); });
+
+  auto eargs = std::make_shared<EvalArgs>();
+  CLI::App* e = app.add_subcommand("eval", "Validation loss of a trained model");
+  add_model_options(e, eargs->m);
+  e->add_option("-d,--device", eargs->device, "cpu | cuda | auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  e->add_option("--batches", eargs->batches, "Micro-batches to average (default: the config's eval.batches)");
+  e->callback([eargs] { run_eval(*eargs); });
 }
 
 }  // namespace sgpt

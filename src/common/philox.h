@@ -23,6 +23,7 @@ enum PhiloxStream : uint32_t {
   kInitWeights = 2,
   kDataSampler = 3,
   kStochasticRounding = 4,
+  kTextSampling = 5,
 };
 
 struct Philox4 {

@@ -60,7 +60,7 @@ bool contains(const std::string& s, const std::string& n) { return s.find(n) != 
 }  // namespace
 
 TEST(Cli, HelpForEverySubcommand) {
-  for (const char* sub : {"train", "tokenize", "prepare", "bench"}) {
+  for (const char* sub : {"train", "eval", "sample", "tokenize", "prepare", "bench"}) {
     const Exec r = run(std::string(sub) + " --help");
     EXPECT_EQ(r.code, 0) << sub << ": " << r.out;
     EXPECT_TRUE(contains(r.out, "Usage")) << r.out;
@@ -160,4 +160,25 @@ TEST(Cli, InitFromMismatchedModelFile) {
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_TRUE(contains(r.out, "n_layer")) << r.out;
   EXPECT_TRUE(contains(r.out, "m.bin")) << r.out;
+}
+
+TEST(Cli, EvalAndSampleOfATrainedRun) {
+  const fs::path d = tiny_setup("evalsample");
+  const std::string run_dir = (d / "run").string();
+  const Exec t = run("train --config " + (d / "cfg.json").string() + " --set data.val=\"" + (d / "train.bin").string() +
+                     "\" --set eval.batches=2 --device cpu -q --out-dir " + run_dir);
+  ASSERT_EQ(t.code, 0) << t.out;
+  const Exec e = run("eval --run " + run_dir + " --device cpu");
+  EXPECT_EQ(e.code, 0) << e.out;
+  EXPECT_TRUE(contains(e.out, "val loss")) << e.out;
+  // The tiny model's vocabulary (50) cannot hold the prompt's GPT-2 ids: a clear error.
+  const Exec s = run("sample --run " + run_dir + " --prompt Hello --tokens 3 --vocab " SGPT_SOURCE_DIR "/data/cache/gpt2");
+  EXPECT_EQ(s.code, 2) << s.out;
+  EXPECT_TRUE(contains(s.out, "outside the model's vocabulary")) << s.out;
+  const Exec none = run("eval --run " + (d / "nothing").string());
+  EXPECT_EQ(none.code, 2) << none.out;
+  EXPECT_TRUE(contains(none.out, "nothing")) << none.out;
+  const Exec step = run("sample --run " + run_dir + " --step 7");
+  EXPECT_EQ(step.code, 2) << step.out;
+  EXPECT_TRUE(contains(step.out, "step 7")) << step.out;
 }
