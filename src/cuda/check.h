@@ -53,7 +53,3 @@ inline void check_cudnn_status(cudnnStatus_t s, const char* expr, const char* fi
 #if defined(SGPT_WITH_CUDNN)
 #define CUDNN_CHECK(expr) ::sgpt::cuda::check_cudnn_status((expr), #expr, __FILE__, __LINE__)
 #endif
-
-// Short names, used by the optimizer kernels.
-#define CUDA_CHECK(expr) SGPT_CUDA_CHECK(expr)
-#define CUDA_LAUNCH_CHECK() SGPT_LAUNCH_CHECK()

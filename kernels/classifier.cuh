@@ -1,0 +1,147 @@
+// expf as the CPU reference evaluates it, for host and device.
+//
+// The GNB labels (cpu::sample_labels) are the first index where a running fp32 sum of
+// exp(logit - max) passes u * total. To draw the same labels, the GPU must produce the same fp32
+// exponentials as the CPU's std::exp(float), i.e. glibc's expf. glibc (2.28 and later, on x86-64
+// and AArch64) uses the table-driven algorithm of ARM's optimized-routines, evaluated in double:
+//   z = x * 32/ln2 ;  k = round-to-nearest(z) (via the 1.5*2^52 shift) ;  r = z - k
+//   2^(k/32) = double with bits  tab[k % 32] + (k << 47)
+//   exp(x) ~= 2^(k/32) * (1 + c2 r + c1 r^2 + c0 r^3), rounded once to float.
+// With |r| <= 1/2 and the double arithmetic carrying 29 more bits than the float result, this is
+// within 0.502 ulp; a different evaluation (CUDA's expf, 2 ulp) would change about one in three
+// results by an ulp and with them the labels. The x86-64 glibc picks an FMA build on CPUs with FMA
+// (every GPU host): the polynomial below uses fused multiply-adds like that build. Results differ
+// from the non-FMA build only when the double result lies within 2^-53 (relative) of a float
+// rounding boundary. Special cases: -inf -> 0; x < -103.97 -> 0 (underflow); NaN -> NaN;
+// x > 88.72 -> inf.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "common/philox.h"  // SGPT_HD
+
+namespace sgpt::cuda {
+
+// tab[i] = bits(2^(i/32)) - (i << 47): the 32 double values 2^(i/32), i = 0..31, with the
+// exponent adjustment of the algorithm folded in (reproduced from the algorithm's published data).
+#if defined(__CUDACC__)
+static __device__ __constant__ uint64_t kExp2fTabDevice[32] = {
+#define SGPT_EXP2F_TAB                                                                      \
+  0x3ff0000000000000ull, 0x3fefd9b0d3158574ull, 0x3fefb5586cf9890full, 0x3fef9301d0125b51ull, \
+      0x3fef72b83c7d517bull, 0x3fef54873168b9aaull, 0x3fef387a6e756238ull,                   \
+      0x3fef1e9df51fdee1ull, 0x3fef06fe0a31b715ull, 0x3feef1a7373aa9cbull,                   \
+      0x3feedea64c123422ull, 0x3feece086061892dull, 0x3feebfdad5362a27ull,                   \
+      0x3feeb42b569d4f82ull, 0x3feeab07dd485429ull, 0x3feea47eb03a5585ull,                   \
+      0x3feea09e667f3bcdull, 0x3fee9f75e8ec5f74ull, 0x3feea11473eb0187ull,                   \
+      0x3feea589994cce13ull, 0x3feeace5422aa0dbull, 0x3feeb737b0cdc5e5ull,                   \
+      0x3feec49182a3f090ull, 0x3feed503b23e255dull, 0x3feee89f995ad3adull,                   \
+      0x3feeff76f2fb5e47ull, 0x3fef199bdd85529cull, 0x3fef3720dcef9069ull,                   \
+      0x3fef5818dcfba487ull, 0x3fef7c97337b9b5full, 0x3fefa4afa2a490daull, 0x3fefd0765b6e4540ull
+    SGPT_EXP2F_TAB};
+#else
+#define SGPT_EXP2F_TAB                                                                      \
+  0x3ff0000000000000ull, 0x3fefd9b0d3158574ull, 0x3fefb5586cf9890full, 0x3fef9301d0125b51ull, \
+      0x3fef72b83c7d517bull, 0x3fef54873168b9aaull, 0x3fef387a6e756238ull,                   \
+      0x3fef1e9df51fdee1ull, 0x3fef06fe0a31b715ull, 0x3feef1a7373aa9cbull,                   \
+      0x3feedea64c123422ull, 0x3feece086061892dull, 0x3feebfdad5362a27ull,                   \
+      0x3feeb42b569d4f82ull, 0x3feeab07dd485429ull, 0x3feea47eb03a5585ull,                   \
+      0x3feea09e667f3bcdull, 0x3fee9f75e8ec5f74ull, 0x3feea11473eb0187ull,                   \
+      0x3feea589994cce13ull, 0x3feeace5422aa0dbull, 0x3feeb737b0cdc5e5ull,                   \
+      0x3feec49182a3f090ull, 0x3feed503b23e255dull, 0x3feee89f995ad3adull,                   \
+      0x3feeff76f2fb5e47ull, 0x3fef199bdd85529cull, 0x3fef3720dcef9069ull,                   \
+      0x3fef5818dcfba487ull, 0x3fef7c97337b9b5full, 0x3fefa4afa2a490daull, 0x3fefd0765b6e4540ull
+#endif
+inline constexpr uint64_t kExp2fTabHost[32] = {SGPT_EXP2F_TAB};
+#undef SGPT_EXP2F_TAB
+
+SGPT_HD uint64_t libm_expf_tab(int i) {
+#if defined(__CUDA_ARCH__)
+  return kExp2fTabDevice[i];
+#else
+  return kExp2fTabHost[i];
+#endif
+}
+
+SGPT_HD double bits_to_double(uint64_t b) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(b));
+#else
+  double d;
+  std::memcpy(&d, &b, 8);
+  return d;
+#endif
+}
+SGPT_HD uint64_t double_to_bits(double d) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint64_t>(__double_as_longlong(d));
+#else
+  uint64_t b;
+  std::memcpy(&b, &d, 8);
+  return b;
+#endif
+}
+SGPT_HD uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+#endif
+}
+
+SGPT_HD double fma_d(double a, double b, double c) {
+#if defined(__CUDA_ARCH__)
+  return __fma_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
+// Explicitly rounded double operations: the compiler must not contract them into FMAs.
+SGPT_HD double mul_d(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+SGPT_HD double add_d(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+SGPT_HD float libm_expf(float x) {
+  const uint32_t abstop = (float_to_bits(x) >> 20) & 0x7ffu;
+  if (abstop >= 0x42bu) {  // |x| >= 88 or NaN
+    if (float_to_bits(x) == 0xff800000u) return 0.0f;  // -inf
+    if (abstop >= 0x7f8u) return x + x;                // +inf or NaN
+    if (x > 0x1.62e42ep6f) return INFINITY;
+    if (x < -0x1.9fe368p6f) return 0.0f;
+  }
+  constexpr double kN = 32.0;
+  constexpr double kInvLn2N = 0x1.71547652b82fep+0 * kN;
+  constexpr double kShift = 0x1.8p+52;
+  constexpr double kC0 = 0x1.c6af84b912394p-5 / kN / kN / kN;
+  constexpr double kC1 = 0x1.ebfce50fac4f3p-3 / kN / kN;
+  constexpr double kC2 = 0x1.62e42ff0c52d6p-1 / kN;
+  const double z = mul_d(kInvLn2N, static_cast<double>(x));
+  double kd = add_d(z, kShift);  // rounds z to an integer (ties to even) in the low bits
+  const uint64_t ki = double_to_bits(kd);
+  kd = add_d(kd, -kShift);
+  const double r = add_d(z, -kd);
+  const uint64_t t = libm_expf_tab(static_cast<int>(ki % 32)) + (ki << 47);
+  const double s = bits_to_double(t);
+  const double p = fma_d(kC0, r, kC1);
+  const double r2 = mul_d(r, r);
+  double y = fma_d(kC2, r, 1.0);
+  y = fma_d(p, r2, y);
+  y = mul_d(y, s);
+  return static_cast<float>(y);
+}
+
+}  // namespace sgpt::cuda

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# GPU tests and the step benchmark.
+#   scripts/gpu_test.sh pack   (on the build machine) build gpu_tests in build-gpu and copy it,
+#                              with the shared libraries it needs, into .carry/gpu/
+#   scripts/gpu_test.sh run    (on the GPU machine) run the carried binary: all GPU tests, then
+#                              the step benchmark; logs under $OUT (or ./gpu-logs)
+#   scripts/gpu_test.sh build  (on the GPU machine) build there instead, then run
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-run}
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+
+case "$mode" in
+pack)
+  set -e
+  cmake -S . -B build-gpu -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+  cmake --build build-gpu -j"$(nproc)" --target gpu_tests
+  rm -rf .carry/gpu && mkdir -p .carry/gpu/lib
+  strip -o .carry/gpu/gpu_tests build-gpu/gpu_tests
+  # Every shared library except the C runtime and the CUDA math libraries the GPU machine has.
+  ldd build-gpu/gpu_tests | awk '$3 ~ /^\// {print $3}' |
+    grep -v -E '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so|libcublas' |
+    xargs -r -I{} cp -L {} .carry/gpu/lib/
+  du -sh .carry/gpu
+  exit 0
+  ;;
+build)
+  cmake -S . -B build-gpu -DCMAKE_CUDA_ARCHITECTURES=90 -G Ninja 2>&1 | tail -3 &&
+    cmake --build build-gpu --target gpu_tests 2>&1 | tail -20 | tee "$out/build.log"
+  bin=build-gpu/gpu_tests
+  ;;
+run)
+  bin=.carry/gpu/gpu_tests
+  export LD_LIBRARY_PATH=".carry/gpu/lib:${LD_LIBRARY_PATH:-}"
+  ;;
+esac
+
+# cuBLASLt (and cuDNN): the toolkit's, else PyTorch's wheels.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [[ -e $d/libcublasLt.so.13 ]] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
+done
+py_libs=$(python3 -c 'import nvidia, os; p = nvidia.__path__[0]; print(":".join(os.path.join(p, d, "lib") for d in os.listdir(p) if os.path.isdir(os.path.join(p, d, "lib"))))' 2>/dev/null)
+[[ -n $py_libs ]] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$py_libs"
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+ldd "$bin" | grep -E "not found|cublas|cudart" | tee "$out/ldd.txt"
+"$bin" --gtest_brief=0 2>&1 | tee "$out/tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |^  |FAIL|Failure|error" | head -150
+echo "---- tests exit: ${PIPESTATUS[0]}"
+if [[ ${SGPT_BENCH:-1} == 1 ]]; then
+  "$bin" --gtest_also_run_disabled_tests --gtest_filter='*Bench*' 2>&1 | tee "$out/bench.log" | grep -E "BENCH|FAIL|rror"
+fi

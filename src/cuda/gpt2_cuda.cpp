@@ -1,0 +1,186 @@
+#include "cuda/gpt2_cuda.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace sgpt::cuda {
+
+template <class T>
+Gpt2Cuda<T>::Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream)
+    : cfg_(cfg), layout_(ParamLayout::make(cfg)), max_B_(max_B), T_(T_), stream_(stream) {
+  if (max_B < 1 || T_ < 1 || T_ > cfg.block_size)
+    throw std::invalid_argument("Gpt2Cuda: need max_B >= 1 and 1 <= T <= block_size");
+  const size_t N = static_cast<size_t>(max_B) * T_, C = cfg.n_embd, L = cfg.n_layer;
+  const size_t NH = cfg.n_head, Vp = cfg.padded_vocab_size;
+  inp_.resize(N);
+  targets_.resize(N);
+  encoded_.resize(N * C);
+  ln1_.resize(L * N * C);
+  qkv_.resize(L * N * 3 * C);
+  atty_.resize(L * N * C);
+  res2_.resize(L * N * C);
+  ln2_.resize(L * N * C);
+  fch_.resize(L * N * 4 * C);
+  fch_gelu_.resize(L * N * 4 * C);
+  res3_.resize(L * N * C);
+  proj_.resize(N * C);
+  lnf_.resize(N * C);
+  logits_.resize(N * Vp);
+  ln1_mean_.resize(L * N);
+  ln1_rstd_.resize(L * N);
+  ln2_mean_.resize(L * N);
+  ln2_rstd_.resize(L * N);
+  lnf_mean_.resize(N);
+  lnf_rstd_.resize(N);
+  lse_.resize(L * N * NH);
+  losses_.resize(N);
+  mean_loss_.resize(1);
+  dres_.resize(N * C);
+  dln_.resize(N * C);
+  dqkv_.resize(N * 3 * C);
+  datty_.resize(N * C);
+  dfch_gelu_.resize(N * 4 * C);
+  dfch_.resize(N * 4 * C);
+}
+
+template <class T>
+float Gpt2Cuda<T>::attention_scale(int layer) const {
+  const double hs = static_cast<double>(cfg_.n_embd / cfg_.n_head);
+  double s = 1.0 / std::sqrt(hs);
+  if (cfg_.scale_attn_by_inverse_layer_idx) s /= static_cast<double>(layer + 1);
+  return static_cast<float>(s);
+}
+
+template <class T>
+void Gpt2Cuda<T>::forward_logits(const T* params, const int* inp_host, int B) {
+  if (B < 1 || B > max_B_) throw std::invalid_argument("Gpt2Cuda: B must be in [1, max_B]");
+  const int C = cfg_.n_embd, NH = cfg_.n_head, L = cfg_.n_layer, Vp = cfg_.padded_vocab_size;
+  const int N = B * T_;
+  for (int n = 0; n < N; ++n)
+    if (inp_host[n] < 0 || inp_host[n] >= cfg_.vocab_size)
+      throw std::out_of_range("Gpt2Cuda: token id out of range");
+  B_ = B;
+  inp_.upload(inp_host, N, stream_);
+  buckets_host_.build(inp_host, N, Vp);  // for the encoder backward
+  buckets_.upload(buckets_host_, stream_);
+
+  const size_t NC = static_cast<size_t>(N) * C;
+  encoder_forward(encoded_.get(), inp_.get(), tensor(params, kWte), tensor(params, kWpe), B, T_, C,
+                  stream_);
+  for (int l = 0; l < L; ++l) {
+    const T* x = l == 0 ? encoded_.get() : act(res3_, l - 1, C);
+    T* ln1 = act(ln1_, l, C);
+    T* qkv = act(qkv_, l, 3 * C);
+    T* atty = act(atty_, l, C);
+    T* res2 = act(res2_, l, C);
+    T* ln2 = act(ln2_, l, C);
+    T* fch = act(fch_, l, 4 * C);
+    T* fch_gelu = act(fch_gelu_, l, 4 * C);
+    layernorm_forward(ln1, act(ln1_mean_, l, 1), act(ln1_rstd_, l, 1), x, tensor(params, kLn1w, l),
+                      tensor(params, kLn1b, l), N, C, stream_);
+    matmul_forward(matmul_, qkv, ln1, tensor(params, kQkvw, l), tensor(params, kQkvb, l), N, C,
+                   3 * C, stream_);
+    attention_forward(atty, act(lse_, l, NH), qkv, B, T_, C, NH, attention_scale(l), stream_);
+    matmul_forward(matmul_, proj_.get(), atty, tensor(params, kAttprojw, l),
+                   tensor(params, kAttprojb, l), N, C, C, stream_);
+    residual_forward(res2, x, proj_.get(), NC, stream_);
+    layernorm_forward(ln2, act(ln2_mean_, l, 1), act(ln2_rstd_, l, 1), res2,
+                      tensor(params, kLn2w, l), tensor(params, kLn2b, l), N, C, stream_);
+    matmul_forward(matmul_, fch, ln2, tensor(params, kFcw, l), tensor(params, kFcb, l), N, C, 4 * C,
+                   stream_);
+    gelu_forward(fch_gelu, fch, 4 * NC, stream_);
+    matmul_forward(matmul_, proj_.get(), fch_gelu, tensor(params, kFcprojw, l),
+                   tensor(params, kFcprojb, l), N, 4 * C, C, stream_);
+    residual_forward(act(res3_, l, C), res2, proj_.get(), NC, stream_);
+  }
+  layernorm_forward(lnf_.get(), lnf_mean_.get(), lnf_rstd_.get(), act(res3_, L - 1, C),
+                    tensor(params, kLnfw), tensor(params, kLnfb), N, C, stream_);
+  matmul_forward(matmul_, logits_.get(), lnf_.get(), tensor(params, kWte),
+                 static_cast<const T*>(nullptr), N, C, Vp, stream_);
+}
+
+template <class T>
+void Gpt2Cuda<T>::set_targets(const int* tgt_host) {
+  const int N = B_ * T_;
+  for (int n = 0; n < N; ++n)
+    if (tgt_host[n] < 0 || tgt_host[n] >= cfg_.vocab_size)
+      throw std::out_of_range("Gpt2Cuda: target id out of range");
+  targets_.upload(tgt_host, N, stream_);
+}
+
+template <class T>
+void Gpt2Cuda<T>::sample_targets(uint64_t seed, uint32_t step, uint32_t seq0) {
+  sample_labels(targets_.get(), logits_.get(), B_ * T_, T_, cfg_.vocab_size,
+                cfg_.padded_vocab_size, seed, step, seq0, stream_);
+}
+
+template <class T>
+void Gpt2Cuda<T>::loss(float grad_scale, bool write_dlogits) {
+  const int N = B_ * T_;
+  const float dloss = grad_scale / static_cast<float>(N);  // as the CPU reference
+  crossentropy_forward_backward(losses_.get(), logits_.get(), targets_.get(), dloss, N,
+                                cfg_.vocab_size, cfg_.padded_vocab_size, write_dlogits, stream_);
+  mean_loss(mean_loss_.get(), losses_.get(), N, stream_);
+}
+
+template <class T>
+float Gpt2Cuda<T>::read_mean_loss() {
+  float v = 0.0f;
+  SGPT_CUDA_CHECK(cudaMemcpyAsync(&v, mean_loss_.get(), sizeof(float), cudaMemcpyDeviceToHost,
+                                  stream_));
+  SGPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return v;
+}
+
+template <class T>
+void Gpt2Cuda<T>::backward(const T* params, T* grads) {
+  const int B = B_, C = cfg_.n_embd, NH = cfg_.n_head, L = cfg_.n_layer;
+  const int Vp = cfg_.padded_vocab_size, N = B * T_;
+  const size_t NC = static_cast<size_t>(N) * C;
+  auto zero = [&](DeviceBuffer<T>& v, size_t n) {
+    SGPT_CUDA_CHECK(cudaMemsetAsync(v.get(), 0, n * sizeof(T), stream_));
+  };
+  constexpr bool kOverwrite = false;  // matmul dinp into a fresh buffer: beta = 0, no memset
+
+  // Tied head: logits = lnf @ wte^T (dlogits are in logits_).
+  matmul_backward(matmul_, dln_.get(), tensor(grads, kWte), static_cast<T*>(nullptr),
+                  logits_.get(), lnf_.get(), tensor(params, kWte), N, C, Vp, scratch_, stream_,
+                  kOverwrite);
+  zero(dres_, NC);
+  layernorm_backward(dres_.get(), tensor(grads, kLnfw), tensor(grads, kLnfb), dln_.get(),
+                     act(res3_, L - 1, C), tensor(params, kLnfw), lnf_mean_.get(),
+                     lnf_rstd_.get(), N, C, scratch_, stream_);
+  for (int l = L - 1; l >= 0; --l) {
+    const T* x = l == 0 ? encoded_.get() : act(res3_, l - 1, C);
+    matmul_backward(matmul_, dfch_gelu_.get(), tensor(grads, kFcprojw, l),
+                    tensor(grads, kFcprojb, l), dres_.get(), act(fch_gelu_, l, 4 * C),
+                    tensor(params, kFcprojw, l), N, 4 * C, C, scratch_, stream_, kOverwrite);
+    zero(dfch_, 4 * NC);
+    gelu_backward(dfch_.get(), act(fch_, l, 4 * C), dfch_gelu_.get(), 4 * NC, stream_);
+    matmul_backward(matmul_, dln_.get(), tensor(grads, kFcw, l), tensor(grads, kFcb, l),
+                    dfch_.get(), act(ln2_, l, C), tensor(params, kFcw, l), N, C, 4 * C, scratch_,
+                    stream_, kOverwrite);
+    layernorm_backward(dres_.get(), tensor(grads, kLn2w, l), tensor(grads, kLn2b, l), dln_.get(),
+                       act(res2_, l, C), tensor(params, kLn2w, l), act(ln2_mean_, l, 1),
+                       act(ln2_rstd_, l, 1), N, C, scratch_, stream_);
+    matmul_backward(matmul_, datty_.get(), tensor(grads, kAttprojw, l),
+                    tensor(grads, kAttprojb, l), dres_.get(), act(atty_, l, C),
+                    tensor(params, kAttprojw, l), N, C, C, scratch_, stream_, kOverwrite);
+    zero(dqkv_, 3 * NC);
+    attention_backward(dqkv_.get(), datty_.get(), act(qkv_, l, 3 * C), act(atty_, l, C),
+                       act(lse_, l, NH), B, T_, C, NH, attention_scale(l), scratch_, stream_);
+    matmul_backward(matmul_, dln_.get(), tensor(grads, kQkvw, l), tensor(grads, kQkvb, l),
+                    dqkv_.get(), act(ln1_, l, C), tensor(params, kQkvw, l), N, C, 3 * C, scratch_,
+                    stream_, kOverwrite);
+    layernorm_backward(dres_.get(), tensor(grads, kLn1w, l), tensor(grads, kLn1b, l), dln_.get(),
+                       x, tensor(params, kLn1w, l), act(ln1_mean_, l, 1), act(ln1_rstd_, l, 1), N,
+                       C, scratch_, stream_);
+  }
+  encoder_backward(tensor(grads, kWte), tensor(grads, kWpe), dres_.get(), buckets_, B, T_, C,
+                   stream_);
+}
+
+template class Gpt2Cuda<float>;
+template class Gpt2Cuda<bf16>;
+
+}  // namespace sgpt::cuda

@@ -1,0 +1,131 @@
+// Host-callable launchers of the GPT-2 kernels in kernels/*.cu. Each is paired with the CPU
+// reference function of the same name in src/cpu/ops.h and follows its conventions:
+//   - row-major tensors, Linear weights [OC, C] (PyTorch layout);
+//   - forward launchers overwrite their outputs;
+//   - backward launchers ACCUMULATE (+=) into every gradient they write;
+//   - optional tensors (biases and their gradients) may be nullptr.
+// Where the GPU version differs in what it saves for backward (attention stores the log-sum-exp
+// of each row instead of the probabilities; LayerNorm's mean/rstd are fp32 in every precision)
+// the launcher says so. T is float (every tensor fp32; results match the CPU to rounding) or
+// __nv_bfloat16 (storage in bf16, arithmetic in fp32). All launches are asynchronous on `stream`
+// and checked. Plain C++ header: includable by g++.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "cuda/buffer.h"
+
+namespace sgpt::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// ---- encoder (kernels/encoder.cu) ----
+// out[b,t,:] = wte[inp[b,t],:] + wpe[t,:]; inp is a device array.
+template <class T>
+void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe, int B, int T_, int C,
+                     cudaStream_t stream);
+
+// Positions grouped by token, built on the host from the host copy of the tokens (they are on
+// the host anyway): the backward then sums each token's rows in a fixed order with no atomics.
+struct TokenBuckets {
+  std::vector<int> positions;  // [N]: positions n, grouped by token, ascending within a group
+  std::vector<int> buckets;    // [3 * num_buckets]: (token, first index into positions, count)
+  int num_buckets = 0;
+  void build(const int* inp_host, int N, int vocab_rows);
+};
+// Device copy of TokenBuckets.
+struct DeviceTokenBuckets {
+  DeviceBuffer<int> positions, buckets;
+  int num_buckets = 0;
+  void upload(const TokenBuckets& tb, cudaStream_t stream);
+};
+// dwte[v,:] += sum of dout[n,:] over positions n with inp[n] == v (in ascending n);
+// dwpe[t,:] += sum over b of dout[b,t,:] (in ascending b). Deterministic.
+template <class T>
+void encoder_backward(T* dwte, T* dwpe, const T* dout, const DeviceTokenBuckets& buckets, int B,
+                      int T_, int C, cudaStream_t stream);
+
+// ---- layernorm (kernels/layernorm.cu) ----
+// eps 1e-5, biased variance; mean, rstd: [N] fp32.
+template <class T>
+void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* weight,
+                       const T* bias, int N, int C, cudaStream_t stream);
+// Deterministic: dweight/dbias are reduced over rows in a fixed two-stage order via `scratch`.
+template <class T>
+void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
+                        const T* weight, const float* mean, const float* rstd, int N, int C,
+                        Scratch& scratch, cudaStream_t stream);
+
+// ---- matmul through cuBLASLt (kernels/matmul.cu) ----
+// Owns the cuBLASLt handle, its workspace and a cache of chosen algorithms. fp32 runs with
+// CUBLAS_COMPUTE_32F (TF32 off: results comparable with the fp32 CPU reference); bf16 runs with
+// bf16 operands and fp32 accumulation.
+class MatmulContext {
+ public:
+  MatmulContext();
+  ~MatmulContext();
+  MatmulContext(const MatmulContext&) = delete;
+  MatmulContext& operator=(const MatmulContext&) = delete;
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias[OC] (bias through the cuBLASLt epilogue).
+template <class T>
+void matmul_forward(MatmulContext& ctx, T* out, const T* inp, const T* weight, const T* bias,
+                    int N, int C, int OC, cudaStream_t stream);
+// dinp += dout @ weight; dweight += dout^T @ inp; dbias += column sums of dout (deterministic).
+// `accumulate_dinp = false` overwrites dinp instead (used by the backend for fresh buffers).
+template <class T>
+void matmul_backward(MatmulContext& ctx, T* dinp, T* dweight, T* dbias, const T* dout,
+                     const T* inp, const T* weight, int N, int C, int OC, Scratch& scratch,
+                     cudaStream_t stream, bool accumulate_dinp = true);
+
+// ---- attention, our own fused kernel (kernels/attention.cu) ----
+// inp: [B,T,3C] holding q,k,v; out: [B,T,C]; lse: [B,NH,T] fp32, the log-sum-exp of each
+// query's scaled logits, saved for backward in place of the probabilities (which are recomputed).
+template <class T>
+void attention_forward(T* out, float* lse, const T* inp, int B, int T_, int C, int NH, float scale,
+                       cudaStream_t stream);
+// dinp [B,T,3C] += gradient w.r.t. q,k,v. `scratch` holds [B,NH,T] row dot products dout.out.
+template <class T>
+void attention_backward(T* dinp, const T* dout, const T* inp, const T* out, const float* lse,
+                        int B, int T_, int C, int NH, float scale, Scratch& scratch,
+                        cudaStream_t stream);
+
+// ---- gelu, tanh form (kernels/gelu.cu) ----
+template <class T>
+void gelu_forward(T* out, const T* inp, size_t n, cudaStream_t stream);
+template <class T>
+void gelu_backward(T* dinp, const T* inp, const T* dout, size_t n, cudaStream_t stream);
+
+// ---- residual (kernels/residual.cu) ----
+template <class T>
+void residual_forward(T* out, const T* a, const T* b, size_t n, cudaStream_t stream);
+
+// ---- classifier (kernels/classifier.cu) ----
+// Fused softmax cross-entropy over the first V of Vp logits per row, without storing the
+// probabilities: losses[i] = -log softmax(logits[i,:V])[targets[i]] (fp32) and, when
+// write_dlogits, logits is overwritten in place by dloss * (p - onehot) (0 in padded columns).
+// Pairs with cpu::crossentropy_forward + cpu::crossentropy_backward.
+template <class T>
+void crossentropy_forward_backward(float* losses, T* logits, const int* targets, float dloss,
+                                   int N, int V, int Vp, bool write_dlogits, cudaStream_t stream);
+// GNB labels, as cpu::sample_labels: targets[i] = the smallest j < V with cdf_j > u_i * sum,
+// cdf the running sum (in index order, fp32, exp evaluated as the CPU's expf) of
+// exp(logit - max), u_i = gnb_uniform(seed, step, seq0 + i / T, i % T).
+template <class T>
+void sample_labels(int* targets, const T* logits, int N, int T_, int V, int Vp, uint64_t seed,
+                   uint32_t step, uint32_t seq0, cudaStream_t stream);
+// out[0] = mean of losses[0..N) (fixed-order reduction, deterministic).
+void mean_loss(float* out, const float* losses, int N, cudaStream_t stream);
+
+}  // namespace sgpt::cuda

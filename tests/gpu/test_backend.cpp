@@ -1,0 +1,252 @@
+// CudaBackend vs the CPU reference backend (make_cpu_backend) on a small GPT-2, step parity and
+// determinism.
+//
+// Tolerances, fp32 (TF32 off, every tensor fp32):
+//   losses: 1e-5 relative (sums of a few thousand fp32 terms in another order).
+//   gradients: per tensor, normwise ||gpu - cpu|| / ||cpu|| <= 1e-4, and elementwise
+//     |gpu - cpu| <= 1e-4 * max|cpu| + 1e-3 |cpu|: the backward chains ~10 ops per layer whose
+//     reductions (length C, 4C, T, N) are ordered differently on the GPU.
+//   optimizer steps on identical inputs (grads set explicitly): bit-exact (the optimizer kernels
+//     reproduce the CPU formulas with explicit roundings).
+// bf16 (weights, activations and grads bf16): loss within 2e-2 relative, gradients normwise
+//   within 1e-1 per tensor: every stored activation and gradient carries a 2^-8 relative rounding,
+//   and ~20 such roundings compound through two layers and the tied head.
+// Determinism: identical runs give identical bits (fp32 and bf16).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "cuda/cuda_backend.h"
+#include "model/gpt2.h"
+#include "test_kernels_util.h"
+#include "train/cpu_backend.h"
+
+namespace sgpt::test {
+namespace {
+
+ModelConfig small_config(bool bias) {
+  ModelConfig c;
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_embd = 64;
+  c.block_size = 64;
+  c.vocab_size = 1000;
+  c.padded_vocab_size = 1024;
+  c.bias = bias;
+  c.scale_attn_by_inverse_layer_idx = true;
+  return c;
+}
+
+std::vector<float> init(const ModelConfig& cfg, uint64_t seed, bool randomize_biases) {
+  const ParamLayout layout = ParamLayout::make(cfg);
+  std::vector<float> p(layout.total);
+  init_params(p.data(), cfg, layout, seed);
+  if (randomize_biases) {  // non-zero biases and LayerNorm parameters exercise those paths
+    Rng rng(seed + 1);
+    for (int t : {kLn1w, kLn1b, kQkvb, kAttprojb, kLn2w, kLn2b, kFcb, kFcprojb, kLnfw, kLnfb}) {
+      auto r = rng.normal(layout.size[t], 0.1f, t == kLn1w || t == kLn2w || t == kLnfw ? 1.0f : 0.0f);
+      std::copy(r.begin(), r.end(), p.begin() + layout.offset[t]);
+    }
+  }
+  return p;
+}
+
+void expect_grads_close(Backend& gpu, Backend& cpu, double norm_tol, double abs_tol,
+                        double rel_tol, const std::string& what) {
+  std::vector<float> g, r;
+  gpu.get("grad", g);
+  cpu.get("grad", r);
+  const ParamLayout& L = cpu.layout();
+  for (int t = 0; t < kNumParamTensors; ++t) {
+    if (L.size[t] == 0) continue;
+    std::vector<float> gt(g.begin() + L.offset[t], g.begin() + L.offset[t] + L.size[t]);
+    std::vector<float> rt(r.begin() + L.offset[t], r.begin() + L.offset[t] + L.size[t]);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < rt.size(); ++i) {
+      num += double(gt[i] - rt[i]) * (gt[i] - rt[i]);
+      den += double(rt[i]) * rt[i];
+    }
+    const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+    EXPECT_LE(rel, norm_tol) << what << " tensor " << param_tensor_name(t);
+    if (abs_tol > 0)
+      expect_close(gt, rt, Tol{rel_tol, abs_tol}, what + " " + param_tensor_name(t));
+  }
+}
+
+struct Batch {
+  std::vector<int> inp, tgt;
+};
+Batch make_batch(Rng& rng, int B, int T, int V) {
+  return {rng.ints(size_t(B) * T, 0, V), rng.ints(size_t(B) * T, 0, V)};
+}
+
+void parity_fp32(bool bias) {
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + (bias ? " bias" : " no bias"));
+  Rng rng(seed);
+  const ModelConfig cfg = small_config(bias);
+  const int maxB = 4, T = 32;
+  const auto params = init(cfg, seed, bias);
+  auto cpu = make_cpu_backend(cfg, maxB, T, params);
+  auto gpu = make_cuda_backend(cfg, maxB, T, Precision::kFp32, params);
+
+  // Two accumulated micro-steps of different batch sizes.
+  const Batch b1 = make_batch(rng, 3, T, cfg.vocab_size), b2 = make_batch(rng, 4, T, cfg.vocab_size);
+  cpu->zero_grad();
+  gpu->zero_grad();
+  for (const auto& [b, B] : {std::pair{&b1, 3}, std::pair{&b2, 4}}) {
+    const float lc = cpu->train_micro(b->inp.data(), b->tgt.data(), B, T, 0.5f);
+    const float lg = gpu->train_micro(b->inp.data(), b->tgt.data(), B, T, 0.5f);
+    std::printf("  train loss cpu %.7f gpu %.7f\n", lc, lg);
+    EXPECT_NEAR(lg, lc, 1e-5 * std::fabs(lc));
+  }
+  expect_grads_close(*gpu, *cpu, 1e-4, 1e-4, 1e-3, "train grad");
+  EXPECT_NEAR(gpu->grad_sum_squares(), cpu->grad_sum_squares(), 2e-4 * cpu->grad_sum_squares());
+
+  // GNB: sampled labels, same Philox keying -> same loss and gradients.
+  cpu->zero_grad();
+  gpu->zero_grad();
+  const float gc = cpu->gnb_micro(b1.inp.data(), 3, T, 1.0f, 777, 5, 12);
+  const float gg = gpu->gnb_micro(b1.inp.data(), 3, T, 1.0f, 777, 5, 12);
+  std::printf("  gnb loss cpu %.7f gpu %.7f\n", gc, gg);
+  EXPECT_NEAR(gg, gc, 1e-5 * std::fabs(gc));
+  expect_grads_close(*gpu, *cpu, 1e-4, 1e-4, 1e-3, "gnb grad");
+
+  const float ec = cpu->eval_micro(b2.inp.data(), b2.tgt.data(), 4, T);
+  const float eg = gpu->eval_micro(b2.inp.data(), b2.tgt.data(), 4, T);
+  EXPECT_NEAR(eg, ec, 1e-5 * std::fabs(ec));
+}
+
+TEST(Backend, ParityFp32NoBias) {
+  SGPT_SKIP_WITHOUT_GPU();
+  parity_fp32(false);
+}
+TEST(Backend, ParityFp32Bias) {
+  SGPT_SKIP_WITHOUT_GPU();
+  parity_fp32(true);
+}
+
+void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b,
+                      const std::string& what) {
+  ASSERT_EQ(a.size(), b.size());
+  size_t diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff += std::memcmp(&a[i], &b[i], 4) != 0;
+  EXPECT_EQ(diff, 0u) << what << ": " << diff << " of " << a.size() << " differ";
+}
+
+TEST(Backend, OptimizerStepsMatchCpuBitwise) {
+  SGPT_SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const ModelConfig cfg = small_config(false);
+  const auto params = init(cfg, seed, false);
+  auto cpu = make_cpu_backend(cfg, 2, 16, params);
+  auto gpu = make_cuda_backend(cfg, 2, 16, Precision::kFp32, params);
+  const size_t n = cpu->layout().total;
+  for (int step = 0; step < 3; ++step) {
+    const auto g = rng.normal(n, 1e-3f);
+    cpu->set("grad", g);
+    gpu->set("grad", g);
+    SophiaMetrics mc, mg;
+    const auto sc = SophiaConsts::make(6e-4, 0.965, 0.05, 480 * 1024, 0.2);
+    cpu->sophia_step(sc, &mc);
+    gpu->sophia_step(sc, &mg);
+    EXPECT_EQ(mc.count, mg.count);
+    EXPECT_EQ(mc.unclipped, mg.unclipped);
+    cpu->hessian_ema(HessianConsts::make(0.99));
+    gpu->hessian_ema(HessianConsts::make(0.99));
+  }
+  std::vector<float> a, b;
+  for (const char* slot : {"params", "m", "h"}) {
+    cpu->get(slot, a);
+    gpu->get(slot, b);
+    expect_same_bits(b, a, slot);
+  }
+  const auto g = rng.normal(n, 1e-3f);
+  cpu->set("grad", g);
+  gpu->set("grad", g);
+  const auto ac = AdamWConsts::make(6e-4, 0.9, 0.95, 1e-8, 0.1, 1);
+  cpu->adamw_step(ac);
+  gpu->adamw_step(ac);
+  for (const char* slot : {"params", "m", "v"}) {
+    cpu->get(slot, a);
+    gpu->get(slot, b);
+    expect_same_bits(b, a, std::string("adamw ") + slot);
+  }
+  // scale_grad and grad_sum_squares
+  cpu->scale_grad(0.25f);
+  gpu->scale_grad(0.25f);
+  cpu->get("grad", a);
+  gpu->get("grad", b);
+  expect_same_bits(b, a, "scaled grad");
+}
+
+std::vector<std::vector<float>> run_twice_state(Precision prec, uint64_t seed) {
+  Rng rng(seed);
+  const ModelConfig cfg = small_config(true);
+  const int T = 32;
+  const auto params = init(cfg, seed, true);
+  auto gpu = make_cuda_backend(cfg, 4, T, prec, params);
+  const Batch b = make_batch(rng, 4, T, cfg.vocab_size);
+  gpu->zero_grad();
+  gpu->train_micro(b.inp.data(), b.tgt.data(), 4, T, 1.0f);
+  gpu->sophia_step(SophiaConsts::make(1e-3, 0.965, 0.05, 4 * T, 0.2), nullptr);
+  gpu->zero_grad();
+  gpu->gnb_micro(b.inp.data(), 4, T, 1.0f, 42, 1, 0);
+  gpu->hessian_ema(HessianConsts::make(0.99));
+  gpu->zero_grad();
+  const float loss = gpu->train_micro(b.inp.data(), b.tgt.data(), 4, T, 1.0f);
+  std::vector<float> p, g;
+  gpu->get("params", p);
+  gpu->get("grad", g);
+  return {p, g, {loss}};
+}
+
+TEST(Backend, DeterministicFp32AndBf16) {
+  SGPT_SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
+  for (Precision prec : {Precision::kFp32, Precision::kBf16}) {
+    const auto a = run_twice_state(prec, seed), b = run_twice_state(prec, seed);
+    const std::string p = prec == Precision::kFp32 ? "fp32 " : "bf16 ";
+    expect_same_bits(a[0], b[0], p + "params");
+    expect_same_bits(a[1], b[1], p + "grad");
+    expect_same_bits(a[2], b[2], p + "loss");
+  }
+}
+
+TEST(Backend, Bf16CloseToFp32Reference) {
+  SGPT_SKIP_WITHOUT_GPU();
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const ModelConfig cfg = small_config(false);
+  const int T = 32;
+  const auto params = init(cfg, seed, false);
+  auto cpu = make_cpu_backend(cfg, 4, T, params);
+  auto gpu = make_cuda_backend(cfg, 4, T, Precision::kBf16, params);
+  const Batch b = make_batch(rng, 4, T, cfg.vocab_size);
+  cpu->zero_grad();
+  gpu->zero_grad();
+  const float lc = cpu->train_micro(b.inp.data(), b.tgt.data(), 4, T, 1.0f);
+  const float lg = gpu->train_micro(b.inp.data(), b.tgt.data(), 4, T, 1.0f);
+  std::printf("  bf16 loss %.6f vs fp32 cpu %.6f\n", lg, lc);
+  EXPECT_NEAR(lg, lc, 2e-2 * std::fabs(lc));
+  expect_grads_close(*gpu, *cpu, 1e-1, 0, 0, "bf16 grad");
+  // The master weights round-trip exactly through set/get.
+  std::vector<float> p;
+  gpu->get("params", p);
+  expect_same_bits(p, params, "bf16 master params");
+}
+
+TEST(Backend, ReportsUnusableWithoutGpu) {
+  std::string why;
+  const bool ok = cuda_usable(&why);
+  if (!ok) EXPECT_FALSE(why.empty());
+  SUCCEED() << (ok ? "GPU usable" : why);
+}
+
+}  // namespace
+}  // namespace sgpt::test

@@ -1,0 +1,156 @@
+// Timing of one GPT-2 training step on the GPU (disabled by default; run with
+//   gpu_tests --gtest_also_run_disabled_tests --gtest_filter='*Bench*'
+// ). Model and batch from the environment: SGPT_BENCH_B (micro-batch, default 64), SGPT_BENCH_T
+// (default 1024), SGPT_BENCH_PREC (bf16 | fp32, default bf16), SGPT_BENCH_STEPS (default 5).
+// GPT-2 124M (12 layers, 12 heads, 768 channels). A step = zero_grad + train_micro +
+// grad_sum_squares + Sophia step; a GNB micro-step (sampling + backward) and the hessian EMA are
+// timed separately. Random tokens (the speed does not depend on them).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+
+#include "cuda/cuda_backend.h"
+#include "cuda/ops_cuda.h"
+#include "model/gpt2.h"
+#include "test_kernels_util.h"
+
+namespace sgpt::test {
+namespace {
+
+int env_int(const char* name, int def) {
+  const char* s = std::getenv(name);
+  return s ? std::atoi(s) : def;
+}
+
+TEST(Bench, DISABLED_Gpt2TrainStep) {
+  SGPT_SKIP_WITHOUT_GPU();
+  const int B = env_int("SGPT_BENCH_B", 64), T = env_int("SGPT_BENCH_T", 1024);
+  const int steps = env_int("SGPT_BENCH_STEPS", 5);
+  const char* prec_s = std::getenv("SGPT_BENCH_PREC");
+  const Precision prec =
+      prec_s && std::string(prec_s) == "fp32" ? Precision::kFp32 : Precision::kBf16;
+  ModelConfig cfg;  // GPT-2 124M defaults
+  const ParamLayout layout = ParamLayout::make(cfg);
+  std::vector<float> params(layout.total);
+  init_params(params.data(), cfg, layout, 1);
+  auto be = make_cuda_backend(cfg, B, T, prec, params);
+  Rng rng(2);
+  const auto inp = rng.ints(size_t(B) * T, 0, cfg.vocab_size);
+  const auto tgt = rng.ints(size_t(B) * T, 0, cfg.vocab_size);
+  const auto sc = SophiaConsts::make(6e-4, 0.965, 0.05, double(B) * T, 0.2);
+  using clock = std::chrono::steady_clock;
+  auto step = [&] {
+    be->zero_grad();
+    const float loss = be->train_micro(inp.data(), tgt.data(), B, T, 1.0f);
+    be->grad_sum_squares();
+    be->sophia_step(sc, nullptr);
+    return loss;
+  };
+  step();  // warm-up: allocations, cuBLASLt heuristics
+  step();
+  std::vector<double> ms;
+  float loss = 0;
+  for (int i = 0; i < steps; ++i) {
+    const auto t0 = clock::now();
+    loss = step();  // ends synchronized (loss and norm read back)
+    ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  const double med = ms[ms.size() / 2];
+  const auto t0 = clock::now();
+  be->zero_grad();
+  be->gnb_micro(inp.data(), B, T, 1.0f, 7, 1, 0);
+  be->hessian_ema(HessianConsts::make(0.99));
+  be->grad_sum_squares();  // synchronizes
+  const double gnb_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+  std::printf("BENCH gpt2-124M %s B=%d T=%d: train step median %.1f ms (min %.1f, max %.1f) = "
+              "%.0f tokens/s; gnb micro-step + hessian EMA %.1f ms; last loss %.4f\n",
+              prec == Precision::kBf16 ? "bf16" : "fp32", B, T, med, ms.front(), ms.back(),
+              double(B) * T / (med / 1000.0), gnb_ms, loss);
+}
+
+}  // namespace
+}  // namespace sgpt::test
+
+namespace sgpt::test {
+namespace {
+
+// Per-op timings at GPT-2 124M shapes (B x T rows, bf16): one layer's ops plus the head, each the
+// median of 5 runs timed with CUDA events; the step estimate is 12 layers + head.
+TEST(Bench, DISABLED_OpShares) {
+  SGPT_SKIP_WITHOUT_GPU();
+  using T = bf16;
+  const int B = env_int("SGPT_BENCH_B", 64), T_ = env_int("SGPT_BENCH_T", 1024);
+  const int C = 768, NH = 12, V = 50257, Vp = 50304, L = 12;
+  const size_t N = size_t(B) * T_;
+  auto fill = [](size_t n) {
+    DeviceBuffer<T> d(n);
+    std::vector<T> h(std::min<size_t>(n, 1 << 20));
+    Rng rng(3);
+    auto v = rng.normal(h.size(), 0.5f);
+    for (size_t i = 0; i < h.size(); ++i) h[i] = __float2bfloat16(v[i]);
+    for (size_t o = 0; o < n; o += h.size()) d.upload(h.data(), std::min(h.size(), n - o));
+    return d;
+  };
+  auto x = fill(N * C), ln = fill(N * C), qkv = fill(N * 3 * C), atty = fill(N * C);
+  auto fch = fill(N * 4 * C), fchg = fill(N * 4 * C), dx = fill(N * C), dqkv = fill(N * 3 * C);
+  auto dfch = fill(N * 4 * C), logits = fill(N * Vp);
+  auto wqkv = fill(size_t(3) * C * C), wfc = fill(size_t(4) * C * C), wproj = fill(size_t(C) * 4 * C);
+  auto wte = fill(size_t(Vp) * C), gw = fill(size_t(Vp) * C), lnw = fill(C), lnb = fill(C);
+  DeviceBuffer<float> mean(N), rstd(N), lse(N * NH), losses(N);
+  DeviceBuffer<int> targets(N);
+  SGPT_CUDA_CHECK(cudaMemset(targets.get(), 0, targets.bytes()));
+  cuda::MatmulContext mm;
+  cuda::Scratch scratch;
+  cudaEvent_t e0, e1;
+  SGPT_CUDA_CHECK(cudaEventCreate(&e0));
+  SGPT_CUDA_CHECK(cudaEventCreate(&e1));
+  auto time = [&](auto&& fn) {
+    fn();
+    std::vector<float> ms;
+    for (int i = 0; i < 5; ++i) {
+      SGPT_CUDA_CHECK(cudaEventRecord(e0));
+      fn();
+      SGPT_CUDA_CHECK(cudaEventRecord(e1));
+      SGPT_CUDA_CHECK(cudaEventSynchronize(e1));
+      float t;
+      SGPT_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+      ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    return double(ms[2]);
+  };
+  struct Row { const char* name; double ms; int count; };
+  std::vector<Row> rows;
+  const float sc = 0.125f;
+  rows.push_back({"layernorm fwd (x2/layer)", time([&] { cuda::layernorm_forward(ln.get(), mean.get(), rstd.get(), x.get(), lnw.get(), lnb.get(), int(N), C, nullptr); }), 2 * L + 1});
+  rows.push_back({"layernorm bwd (x2/layer)", time([&] { cuda::layernorm_backward(dx.get(), lnw.get(), lnb.get(), x.get(), ln.get(), lnw.get(), mean.get(), rstd.get(), int(N), C, scratch, nullptr); }), 2 * L + 1});
+  rows.push_back({"matmul fwd qkv", time([&] { cuda::matmul_forward(mm, qkv.get(), ln.get(), wqkv.get(), (const T*)nullptr, int(N), C, 3 * C, nullptr); }), L});
+  rows.push_back({"matmul fwd attproj", time([&] { cuda::matmul_forward(mm, x.get(), atty.get(), wqkv.get(), (const T*)nullptr, int(N), C, C, nullptr); }), L});
+  rows.push_back({"matmul fwd fc", time([&] { cuda::matmul_forward(mm, fch.get(), ln.get(), wfc.get(), (const T*)nullptr, int(N), C, 4 * C, nullptr); }), L});
+  rows.push_back({"matmul fwd fcproj", time([&] { cuda::matmul_forward(mm, x.get(), fchg.get(), wproj.get(), (const T*)nullptr, int(N), 4 * C, C, nullptr); }), L});
+  rows.push_back({"matmul bwd qkv", time([&] { cuda::matmul_backward(mm, dx.get(), wqkv.get(), (T*)nullptr, dqkv.get(), ln.get(), wqkv.get(), int(N), C, 3 * C, scratch, nullptr, false); }), L});
+  rows.push_back({"matmul bwd attproj", time([&] { cuda::matmul_backward(mm, dx.get(), wqkv.get(), (T*)nullptr, dx.get(), atty.get(), wqkv.get(), int(N), C, C, scratch, nullptr, false); }), L});
+  rows.push_back({"matmul bwd fc", time([&] { cuda::matmul_backward(mm, dx.get(), wfc.get(), (T*)nullptr, dfch.get(), ln.get(), wfc.get(), int(N), C, 4 * C, scratch, nullptr, false); }), L});
+  rows.push_back({"matmul bwd fcproj", time([&] { cuda::matmul_backward(mm, dfch.get(), wproj.get(), (T*)nullptr, dx.get(), fchg.get(), wproj.get(), int(N), 4 * C, C, scratch, nullptr, false); }), L});
+  rows.push_back({"attention fwd", time([&] { cuda::attention_forward(atty.get(), lse.get(), qkv.get(), B, T_, C, NH, sc, nullptr); }), L});
+  rows.push_back({"attention bwd", time([&] { cuda::attention_backward(dqkv.get(), dx.get(), qkv.get(), atty.get(), lse.get(), B, T_, C, NH, sc, scratch, nullptr); }), L});
+  rows.push_back({"gelu fwd", time([&] { cuda::gelu_forward(fchg.get(), fch.get(), N * 4 * C, nullptr); }), L});
+  rows.push_back({"gelu bwd", time([&] { cuda::gelu_backward(dfch.get(), fch.get(), fchg.get(), N * 4 * C, nullptr); }), L});
+  rows.push_back({"residual fwd (x2/layer)", time([&] { cuda::residual_forward(x.get(), x.get(), dx.get(), N * C, nullptr); }), 2 * L});
+  rows.push_back({"lm head fwd", time([&] { cuda::matmul_forward(mm, logits.get(), ln.get(), wte.get(), (const T*)nullptr, int(N), C, Vp, nullptr); }), 1});
+  rows.push_back({"crossentropy fused", time([&] { cuda::crossentropy_forward_backward(losses.get(), logits.get(), targets.get(), 1.0f / N, int(N), V, Vp, false, nullptr); }), 1});
+  rows.push_back({"lm head bwd", time([&] { cuda::matmul_backward(mm, dx.get(), gw.get(), (T*)nullptr, logits.get(), ln.get(), wte.get(), int(N), C, Vp, scratch, nullptr, false); }), 1});
+  rows.push_back({"sample_labels (GNB only)", time([&] { cuda::sample_labels(targets.get(), logits.get(), int(N), T_, V, Vp, 1, 2, 3, nullptr); }), 0});
+  double total = 0;
+  for (const Row& r : rows) total += r.ms * r.count;
+  std::printf("BENCH op shares, bf16 B=%d T=%d (per-step total of listed ops %.1f ms):\n", B, T_, total);
+  for (const Row& r : rows)
+    std::printf("BENCH   %-26s %8.3f ms x %2d = %8.1f ms  %5.1f%%\n", r.name, r.ms, r.count,
+                r.ms * r.count, 100.0 * r.ms * r.count / total);
+}
+
+}  // namespace
+}  // namespace sgpt::test

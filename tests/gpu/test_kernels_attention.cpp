@@ -1,0 +1,87 @@
+// Fused causal attention (kernels/attention.cu) vs cpu::attention_forward/backward.
+// The GPU saves the log-sum-exp per query instead of the probabilities, so only out and dinp are
+// compared. Tolerances: fp32 rtol 1e-4, atol 1e-5 (softmax sums and dot products over up to T
+// keys / hs dims in a different order; the online softmax rescales per 32-key tile);
+// bf16 forward rtol 1e-2, atol 4e-3 (fp32 arithmetic, each output rounded once to bf16: 2^-8
+// relative; dinp accumulates into bf16, rounded at the scale of its addends, see test_kernels.cpp). bf16 backward additionally: the row term D_t = dout_t . out_t is computed from the
+// bf16-stored output (as in flash attention), so D carries an error up to ~2^-8 sqrt(hs) |dout||out|
+// which enters dq_t and dk_j multiplied by scale * (P-weighted averages of k and q): an absolute
+// error of a few 1e-3 relative to the largest gradient (seen: 1.1e-3 x max|ref|); atol 4e-3.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "cpu/ops.h"
+#include "cuda/ops_cuda.h"
+#include "test_kernels_util.h"
+
+namespace sgpt::test {
+namespace {
+
+template <class T>
+void check_attention(int B, int T_, int C, int NH, float scale) {
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + " B=" + std::to_string(B) + " T=" +
+               std::to_string(T_) + " C=" + std::to_string(C) + " NH=" + std::to_string(NH));
+  Rng rng(seed);
+  const size_t N = size_t(B) * T_;
+  auto inp = as_stored<T>(rng.normal(N * 3 * C));
+  std::vector<float> out(N * C), att(size_t(B) * NH * T_ * T_);
+  cpu::attention_forward(out.data(), att.data(), inp.data(), B, T_, C, NH, scale);
+
+  auto d_inp = to_device<T>(inp);
+  DeviceBuffer<T> d_out(N * C);
+  DeviceBuffer<float> d_lse(size_t(B) * NH * T_);
+  poison(d_out);
+  poison(d_lse);
+  cuda::attention_forward(d_out.get(), d_lse.get(), d_inp.get(), B, T_, C, NH, scale, nullptr);
+  const bool bf = std::is_same_v<T, bf16>;
+  const Tol tol = bf ? Tol{1e-2, 4e-3} : Tol{1e-4, 1e-5};
+  expect_close(to_host(d_out), out, tol, "attention_forward out");
+
+  // The saved lse, checked against the CPU probabilities: P[t][0] = exp(s_t0 - lse_t).
+  auto lse = to_host(d_lse);
+  std::vector<float> p0(lse.size()), p0_ref(lse.size());
+  const int hs = C / NH;
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < NH; ++h)
+      for (int t = 0; t < T_; ++t) {
+        const float* q = inp.data() + (size_t(b) * T_ + t) * 3 * C + size_t(h) * hs;
+        const float* k = inp.data() + (size_t(b) * T_) * 3 * C + C + size_t(h) * hs;
+        double s = 0;
+        for (int d = 0; d < hs; ++d) s += double(q[d]) * k[d];
+        const size_t i = (size_t(b) * NH + h) * T_ + t;
+        p0[i] = static_cast<float>(std::exp(s * scale - lse[i]));
+        p0_ref[i] = att[i * T_ + 0];
+      }
+  expect_close(p0, p0_ref, Tol{1e-4, 1e-5}, "attention lse (via P[t][0])");
+
+  auto dout = as_stored<T>(rng.normal(N * C));
+  auto dinp = as_stored<T>(rng.normal(N * 3 * C));
+  auto d_dout = to_device<T>(dout), d_dinp = to_device<T>(dinp);
+  // The CPU backward uses the CPU forward's out implicitly (through att); the GPU needs out: use
+  // the GPU's own out (as the backend does).
+  cpu::attention_backward(dinp.data(), dout.data(), inp.data(), att.data(), B, T_, C, NH, scale);
+  cuda::Scratch scratch;
+  cuda::attention_backward(d_dinp.get(), d_dout.get(), d_inp.get(), d_out.get(), d_lse.get(), B,
+                           T_, C, NH, scale, scratch, nullptr);
+  const Tol bwd_tol = bf ? Tol{1e-2, 4e-3} : tol;
+  expect_close(to_host(d_dinp), dinp, bwd_tol, "attention_backward dinp");
+}
+
+TEST(Kernels, AttentionFp32) {
+  SGPT_SKIP_WITHOUT_GPU();
+  check_attention<float>(2, 37, 72, 3, 1.0f / std::sqrt(24.0f));        // hs 24, T not /32
+  check_attention<float>(1, 70, 128, 2, 1.0f / std::sqrt(64.0f) / 3);   // hs 64, layer scale
+  check_attention<float>(2, 33, 96, 1, 1.0f / std::sqrt(96.0f));        // hs 96 (R = 3)
+  check_attention<float>(1, 40, 256, 2, 1.0f / std::sqrt(128.0f));      // hs 128 (R = 4)
+  check_attention<float>(3, 1, 48, 4, 0.3f);                            // T = 1
+}
+TEST(Kernels, AttentionBf16) {
+  SGPT_SKIP_WITHOUT_GPU();
+  check_attention<bf16>(2, 37, 72, 3, 1.0f / std::sqrt(24.0f));
+  check_attention<bf16>(1, 70, 128, 2, 1.0f / std::sqrt(64.0f));
+}
+
+}  // namespace
+}  // namespace sgpt::test

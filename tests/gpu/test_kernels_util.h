@@ -1,0 +1,142 @@
+// Helpers of the GPU kernel tests: random host data, device copies in float or bf16, poisoning,
+// and comparison against the CPU reference with a stated tolerance.
+//
+// Comparison: every element must satisfy |gpu - ref| <= rtol * |ref| + atol * max_j |ref_j|
+// (atol is relative to the tensor's largest magnitude, so the bound is scale-free), and no NaN may
+// appear. The normwise error ||gpu - ref|| / ||ref|| is printed with every check.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "cuda/buffer.h"
+#include "cuda/cuda_backend.h"
+#include "cuda/ops_cuda.h"
+
+#define SGPT_SKIP_WITHOUT_GPU()                                   \
+  do {                                                            \
+    std::string sgpt_why_;                                        \
+    if (!sgpt::cuda_usable(&sgpt_why_)) GTEST_SKIP() << sgpt_why_; \
+  } while (0)
+
+namespace sgpt::test {
+
+using cuda::bf16;
+using cuda::DeviceBuffer;
+
+// A fresh seed per run (the inputs differ between runs); printed so a failure can be replayed
+// with SGPT_TEST_SEED.
+inline uint64_t test_seed() {
+  if (const char* s = std::getenv("SGPT_TEST_SEED")) return std::strtoull(s, nullptr, 10);
+  static std::random_device rd;
+  return (uint64_t(rd()) << 32) ^ rd();
+}
+
+struct Rng {
+  std::mt19937_64 gen;
+  explicit Rng(uint64_t seed) : gen(seed) {}
+  std::vector<float> normal(size_t n, float stddev = 1.0f, float mean = 0.0f) {
+    std::normal_distribution<float> d(mean, stddev);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(gen);
+    return v;
+  }
+  std::vector<float> uniform(size_t n, float lo, float hi) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(gen);
+    return v;
+  }
+  std::vector<int> ints(size_t n, int lo, int hi_exclusive) {
+    std::uniform_int_distribution<int> d(lo, hi_exclusive - 1);
+    std::vector<int> v(n);
+    for (auto& x : v) x = d(gen);
+    return v;
+  }
+};
+
+// Round a float vector to the storage type T and back (the values the GPU actually sees).
+template <class T>
+std::vector<float> as_stored(const std::vector<float>& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    std::vector<float> r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = __bfloat162float(__float2bfloat16(v[i]));
+    return r;
+  }
+}
+
+template <class T>
+DeviceBuffer<T> to_device(const std::vector<float>& v) {
+  std::vector<T> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    if constexpr (std::is_same_v<T, float>) h[i] = v[i];
+    else h[i] = __float2bfloat16(v[i]);
+  }
+  DeviceBuffer<T> d(v.size());
+  if (!h.empty()) d.upload(h.data(), h.size());
+  return d;
+}
+
+inline DeviceBuffer<int> to_device_int(const std::vector<int>& v) {
+  DeviceBuffer<int> d(v.size());
+  if (!v.empty()) d.upload(v.data(), v.size());
+  return d;
+}
+
+template <class T>
+std::vector<float> to_host(const DeviceBuffer<T>& d) {
+  SGPT_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<T> h = d.download();
+  std::vector<float> r(h.size());
+  for (size_t i = 0; i < h.size(); ++i) {
+    if constexpr (std::is_same_v<T, float>) r[i] = h[i];
+    else r[i] = __bfloat162float(h[i]);
+  }
+  return r;
+}
+
+// All bytes 0xFF: NaN in fp32 and bf16, -1 in int32. Outputs that a launch fails to write stay NaN.
+template <class T>
+void poison(DeviceBuffer<T>& d) {
+  SGPT_CUDA_CHECK(cudaMemset(d.get(), 0xFF, d.bytes()));
+}
+
+struct Tol {
+  double rtol, atol;
+};
+
+inline void expect_close(const std::vector<float>& gpu, const std::vector<float>& ref, Tol tol,
+                         const std::string& what) {
+  ASSERT_EQ(gpu.size(), ref.size()) << what;
+  double maxref = 0, num = 0, den = 0, maxerr = 0;
+  for (float r : ref) maxref = std::max(maxref, std::fabs(double(r)));
+  size_t bad = 0, first_bad = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double g = gpu[i], r = ref[i], e = std::fabs(g - r);
+    num += e * e;
+    den += r * r;
+    maxerr = std::max(maxerr, std::isnan(e) ? INFINITY : e);
+    if (!(e <= tol.rtol * std::fabs(r) + tol.atol * maxref)) {  // NaN fails
+      if (bad == 0) first_bad = i;
+      ++bad;
+    }
+  }
+  const double rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  std::printf("  %-28s n=%-9zu normwise rel err %.3g  max abs err %.3g (max |ref| %.3g)\n",
+              what.c_str(), ref.size(), rel, maxerr, maxref);
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << ref.size()
+                     << " elements outside tolerance; first at " << first_bad << ": gpu "
+                     << gpu[first_bad] << " ref " << ref[first_bad] << " (rtol " << tol.rtol
+                     << ", atol " << tol.atol << " x max|ref| " << maxref << ")";
+}
+
+}  // namespace sgpt::test
