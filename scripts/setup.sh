@@ -16,6 +16,7 @@ PKGS=(
   "libopenmpi-dev=4.1.4-3+b1"
   "openmpi-bin=4.1.4-3+b1"
   "gnuplot-nox=5.4.4+dfsg1-2+b2"
+  "python3=3.11.2-1+b1"
 )
 
 missing=()

