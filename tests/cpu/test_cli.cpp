@@ -182,3 +182,31 @@ TEST(Cli, EvalAndSampleOfATrainedRun) {
   EXPECT_EQ(step.code, 2) << step.out;
   EXPECT_TRUE(contains(step.out, "step 7")) << step.out;
 }
+
+// Every kind of bad config value named in the config reference: exit code 2 and the key path in
+// the message, and no run directory created.
+TEST(Cli, EveryBadConfigValueExitsWithTheKeyPath) {
+  const fs::path d = tiny_setup("badvalues");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"optimizer.rho=-0.5", "optimizer.rho"},
+      {"optimizer.beta1=1", "optimizer.beta1"},
+      {"optimizer.beta2=-0.1", "optimizer.beta2"},
+      {"optimizer.hessian_interval=0", "optimizer.hessian_interval"},
+      {"optimizer.hessian_batch_fraction=0", "optimizer.hessian_batch_fraction"},
+      {"optimizer.name=lion", "optimizer.name"},
+      {"model.n_head=3", "model.n_embd"},
+      {"model.n_layer=\"two\"", "model.n_layer"},
+      {"model.bias=2", "model.bias"},
+      {"batch.total_batch_tokens=24", "batch.total_batch_tokens"},
+      {"schedule.lr_decay_iters=0", "schedule.lr_decay_iters"},
+      {"data.format=csv", "data.format"},
+      {"optimizer.no_such_key=1", "optimizer.no_such_key"},
+  };
+  for (const auto& [set, key] : cases) {
+    const Exec r = run("train --config " + (d / "cfg.json").string() + " --set '" + set + "' --device cpu --out-dir " +
+                       (d / "run").string());
+    EXPECT_EQ(r.code, 2) << set << ": " << r.out;
+    EXPECT_TRUE(contains(r.out, key)) << set << ": " << r.out;
+    EXPECT_FALSE(fs::exists(d / "run")) << set;
+  }
+}

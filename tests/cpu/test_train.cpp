@@ -139,7 +139,7 @@ TEST(Resume, ReproducesAnUninterruptedRunBitForBit) {
 
     ASSERT_EQ(rb.train_losses.size(), 6u);
     for (size_t i = 0; i < 6; ++i) EXPECT_EQ(rb.train_losses[i], ra.train_losses[6 + i]) << optname << " step " << 6 + i;
-    for (const std::string slot : std::vector<std::string>{"params", "m", optname == "sophiag" ? "h" : "v"}) {
+    for (const std::string& slot : std::vector<std::string>{"params", "m", optname == "sophiag" ? "h" : "v"}) {
       std::vector<float> x, y;
       a->get(slot, x);
       b2->get(slot, y);
