@@ -18,7 +18,11 @@
 // the 32 streamed rows with lane-broadcasts (__shfl_sync); lane l owns output dims l, l+32, ...
 // (R = ceil(hs/32) registers per row). Softmax in the forward is online (running max and sum per
 // query, rescaled per tile). Arithmetic is fp32 for every storage type.
+//
+// bf16 with head size 64 (and 16-byte aligned tensors) goes to the tensor-core kernels of
+// kernels/flash_attention.cu instead; these kernels stay the fp32 path and the fallback.
 #include <algorithm>
+#include <type_traits>
 
 #include "common.cuh"
 #include "cuda/ops_cuda.h"
@@ -347,6 +351,10 @@ void attention_forward(T* out, float* lse, const T* inp, int B, int T_, int C, i
                        cudaStream_t stream) {
   check_head_size(C, NH);
   if (B == 0 || T_ == 0) return;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (flash_attention_usable(inp, out, C, NH))
+      return flash_attention_forward(out, lse, inp, B, T_, C, NH, scale, stream);
+  }
   if (C / NH == 64) return forward_launch<T, 2, 64>(out, lse, inp, B, T_, C, NH, scale, stream);
   switch ((C / NH + 31) / 32) {
     case 1: forward_launch<T, 1, 0>(out, lse, inp, B, T_, C, NH, scale, stream); break;
@@ -359,13 +367,20 @@ void attention_forward(T* out, float* lse, const T* inp, int B, int T_, int C, i
 template <class T>
 void attention_backward(T* dinp, const T* dout, const T* inp, const T* out, const float* lse,
                         int B, int T_, int C, int NH, float scale, Scratch& scratch,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, bool accumulate) {
   check_head_size(C, NH);
   if (B == 0 || T_ == 0) return;
   float* D = scratch.floats(size_t(B) * NH * T_);
   const size_t rows = size_t(B) * T_ * NH;
   attention_rowdot_kernel<<<ceil_div(rows, 8), 256, 0, stream>>>(D, dout, out, B, T_, C, NH);
   SGPT_LAUNCH_CHECK();
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (flash_attention_usable(inp, dinp, C, NH) && flash_attention_usable(dout, out, C, NH))
+      return flash_attention_backward(dinp, dout, inp, lse, D, B, T_, C, NH, scale, stream,
+                                      accumulate);
+  }
+  if (!accumulate)
+    SGPT_CUDA_CHECK(cudaMemsetAsync(dinp, 0, sizeof(T) * size_t(B) * T_ * 3 * C, stream));
   if (C / NH == 64)
     return backward_launch<T, 2, 64>(dinp, dout, inp, lse, D, B, T_, C, NH, scale, stream);
   switch ((C / NH + 31) / 32) {
@@ -380,7 +395,7 @@ void attention_backward(T* dinp, const T* dout, const T* inp, const T* out, cons
   template void attention_forward<T>(T*, float*, const T*, int, int, int, int, float,          \
                                      cudaStream_t);                                            \
   template void attention_backward<T>(T*, const T*, const T*, const T*, const float*, int, int, \
-                                      int, int, float, Scratch&, cudaStream_t);
+                                      int, int, float, Scratch&, cudaStream_t, bool);
 SGPT_INSTANTIATE(float)
 SGPT_INSTANTIATE(bf16)
 #undef SGPT_INSTANTIATE

@@ -115,7 +115,19 @@ SGPT_HD double add_d(double a, double b) {
 #endif
 }
 
-SGPT_HD float libm_expf(float x) {
+// The algorithm with the table read through `tab(i)`: the constant-memory table (libm_expf_tab) or
+// a copy in shared memory (TabPtr). A warp whose lanes index the table differently has its
+// constant-memory reads serialized (one address per cycle); shared memory serves them together.
+struct TabConst {
+  SGPT_HD uint64_t operator()(int i) const { return libm_expf_tab(i); }
+};
+struct TabPtr {
+  const uint64_t* p;
+  SGPT_HD uint64_t operator()(int i) const { return p[i]; }
+};
+
+template <class Tab>
+SGPT_HD float libm_expf_t(float x, Tab tab) {
   const uint32_t abstop = (float_to_bits(x) >> 20) & 0x7ffu;
   if (abstop >= 0x42bu) {  // |x| >= 88 or NaN
     if (float_to_bits(x) == 0xff800000u) return 0.0f;  // -inf
@@ -134,7 +146,7 @@ SGPT_HD float libm_expf(float x) {
   const uint64_t ki = double_to_bits(kd);
   kd = add_d(kd, -kShift);
   const double r = add_d(z, -kd);
-  const uint64_t t = libm_expf_tab(static_cast<int>(ki % 32)) + (ki << 47);
+  const uint64_t t = tab(static_cast<int>(ki % 32)) + (ki << 47);
   const double s = bits_to_double(t);
   const double p = fma_d(kC0, r, kC1);
   const double r2 = mul_d(r, r);
@@ -143,5 +155,9 @@ SGPT_HD float libm_expf(float x) {
   y = mul_d(y, s);
   return static_cast<float>(y);
 }
+
+SGPT_HD float libm_expf(float x) { return libm_expf_t(x, TabConst{}); }
+// Same result, table from `tab` (32 entries equal to libm_expf_tab(0..31), e.g. in shared memory).
+SGPT_HD float libm_expf(float x, const uint64_t* tab) { return libm_expf_t(x, TabPtr{tab}); }
 
 }  // namespace sgpt::cuda

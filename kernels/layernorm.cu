@@ -7,11 +7,22 @@
 //   dinp_c    += rstd * (dnorm_c - mean_c'(dnorm) - norm_c * mean_c'(dnorm * norm))
 //   dweight_c += sum_n dout_nc * norm_nc ;   dbias_c += sum_n dout_nc
 //
-// Forward and dinp: one warp per row (two passes over the row in registers-free strided loops;
-// the row is re-read from L1/L2). dweight/dbias: a deterministic two-stage column reduction with no
-// atomics: stage 1 gives each (32-channel tile, chunk of rows) block partial sums in `scratch`
-// ([chunks][2][C] fp32), stage 2 adds the chunks of each channel in chunk order.
+// Forward: one warp per row (two passes over the row in register-free strided loops; the row is
+// re-read from L1/L2).
+// Backward, fused path (C a multiple of the 16-byte vector width V = 16 / sizeof(T) and
+// C <= 4 * 32 * V: 1024 channels in bf16, 512 in fp32): one pass over dout and inp. A block of
+// 8 warps owns a contiguous chunk of rows; each warp takes every 8th row of it, loads the row once
+// into registers with 16-byte loads (lane l holds vectors l, l + 32, ...), reduces the two row sums
+// with shuffles, writes dinp, and keeps per-lane running sums of dout * norm and dout for its
+// channels. The 8 warps then add their sums into shared memory in warp order and the block writes
+// one partial row pair [2][C] to `scratch` ([chunks][2][C] fp32); a second kernel adds the chunks
+// of each channel in chunk order (8 threads per channel, then a fixed-order tree). No atomics:
+// deterministic. The number of chunks depends on N only, not on the device.
+// Backward, general path (other C): dinp one warp per row (two strided passes); dweight/dbias a
+// two-stage column reduction (stage 1: per (32-channel tile, chunk of rows) partial sums in
+// `scratch`, stage 2: the chunks of each channel in chunk order).
 #include <algorithm>
+#include <cstdint>
 
 #include "common.cuh"
 #include "cuda/ops_cuda.h"
@@ -122,6 +133,158 @@ __global__ void layernorm_backward_params_final(T* dweight, T* dbias, const floa
   if (dbias) dbias[c] = from_f<T>(to_f(dbias[c]) + b);
 }
 
+
+// ---- fused backward (see the top of the file) ----
+template <class T>
+struct Vec;  // 16 bytes of T
+template <>
+struct Vec<float> {
+  static constexpr int n = 4;
+  float v[4];
+};
+template <>
+struct Vec<__nv_bfloat16> {
+  static constexpr int n = 8;
+  __nv_bfloat16 v[8];
+};
+template <class T>
+__device__ __forceinline__ void load_vec(float* dst, const T* src) {
+  Vec<T> x = *reinterpret_cast<const Vec<T>*>(src);
+#pragma unroll
+  for (int i = 0; i < Vec<T>::n; ++i) dst[i] = to_f(x.v[i]);
+}
+template <class T>
+__device__ __forceinline__ void store_vec(T* dst, const float* src) {
+  Vec<T> x;
+#pragma unroll
+  for (int i = 0; i < Vec<T>::n; ++i) x.v[i] = from_f<T>(src[i]);
+  *reinterpret_cast<Vec<T>*>(dst) = x;
+}
+
+constexpr int kLnBwdWarps = 8;
+
+// grid: chunks; block: 256; dynamic smem: 2 * C floats. partial: [chunks][2][C].
+template <class T, int NCH>
+__global__ void __launch_bounds__(kLnBwdWarps * 32)
+    layernorm_backward_fused_kernel(T* dinp, float* partial, const T* dout, const T* inp,
+                                    const T* weight, const float* mean, const float* rstd, int N,
+                                    int C, int rows_per_chunk) {
+  constexpr int V = Vec<T>::n;
+  extern __shared__ float sacc[];  // [2][C]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int r0 = blockIdx.x * rows_per_chunk, r1 = min(N, r0 + rows_per_chunk);
+  float dw[NCH][V], db[NCH][V];
+#pragma unroll
+  for (int i = 0; i < NCH; ++i)
+#pragma unroll
+    for (int j = 0; j < V; ++j) dw[i][j] = db[i][j] = 0.0f;
+  for (int row = r0 + warp; row < r1; row += kLnBwdWarps) {
+    const T* x = inp + size_t(row) * C;
+    const T* dy = dout + size_t(row) * C;
+    const float m = mean[row], r = rstd[row];
+    float xv[NCH][V], dyv[NCH][V];
+    float a = 0.0f, b = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NCH; ++i) {
+      const int c0 = (lane + 32 * i) * V;
+      if (c0 < C) {
+        float wv[V];
+        load_vec(xv[i], x + c0);
+        load_vec(dyv[i], dy + c0);
+        load_vec(wv, weight + c0);
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          xv[i][j] = (xv[i][j] - m) * r;  // norm
+          const float dnorm = wv[j] * dyv[i][j];
+          a += dnorm;
+          b += dnorm * xv[i][j];
+        }
+      }
+    }
+    const float dnorm_mean = warp_sum(a) / C, dnorm_norm_mean = warp_sum(b) / C;
+    T* dx = dinp + size_t(row) * C;
+#pragma unroll
+    for (int i = 0; i < NCH; ++i) {
+      const int c0 = (lane + 32 * i) * V;
+      if (c0 < C) {
+        float wv[V], dxv[V];
+        load_vec(wv, weight + c0);
+        load_vec(dxv, dx + c0);
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const float dnorm = wv[j] * dyv[i][j];
+          dxv[j] += (dnorm - dnorm_mean - xv[i][j] * dnorm_norm_mean) * r;
+          dw[i][j] += dyv[i][j] * xv[i][j];
+          db[i][j] += dyv[i][j];
+        }
+        store_vec(dx + c0, dxv);
+      }
+    }
+  }
+  // Warps add their channel sums into shared memory in warp order (warp 0 initialises).
+  for (int w = 0; w < kLnBwdWarps; ++w) {
+    if (warp == w) {
+#pragma unroll
+      for (int i = 0; i < NCH; ++i) {
+        const int c0 = (lane + 32 * i) * V;
+        if (c0 < C)
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            sacc[c0 + j] = (w == 0 ? 0.0f : sacc[c0 + j]) + dw[i][j];
+            sacc[C + c0 + j] = (w == 0 ? 0.0f : sacc[C + c0 + j]) + db[i][j];
+          }
+      }
+    }
+    __syncthreads();
+  }
+  float* p = partial + size_t(blockIdx.x) * 2 * C;
+  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) p[c] = sacc[c];
+}
+
+// Stage 2 of the fused path. block (32, 8), grid ceil(C/32): thread (x, y) sums chunks y, y + 8,
+// ... of channel blockIdx.x * 32 + x; the 8 partial sums are added in y order.
+template <class T>
+__global__ void layernorm_backward_params_reduce(T* dweight, T* dbias, const float* partial,
+                                                 int chunks, int C) {
+  __shared__ float sw[8][33], sb[8][33];
+  const int c = blockIdx.x * 32 + threadIdx.x;
+  float w = 0.0f, b = 0.0f;
+  if (c < C)
+    for (int k = threadIdx.y; k < chunks; k += 8) {
+      w += partial[(size_t(k) * 2) * C + c];
+      b += partial[(size_t(k) * 2 + 1) * C + c];
+    }
+  sw[threadIdx.y][threadIdx.x] = w;
+  sb[threadIdx.y][threadIdx.x] = b;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    w = 0.0f, b = 0.0f;
+    for (int i = 0; i < 8; ++i) {
+      w += sw[i][threadIdx.x];
+      b += sb[i][threadIdx.x];
+    }
+    dweight[c] = from_f<T>(to_f(dweight[c]) + w);
+    if (dbias) dbias[c] = from_f<T>(to_f(dbias[c]) + b);
+  }
+}
+
+template <class T, int NCH>
+void layernorm_backward_fused(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
+                              const T* weight, const float* mean, const float* rstd, int N, int C,
+                              Scratch& scratch, cudaStream_t stream) {
+  // ~32 rows per block (4 per warp), at most 1024 blocks: depends on N only (determinism).
+  const int chunks = static_cast<int>(std::min<size_t>(1024, ceil_div(N, 32)));
+  const int rows_per_chunk = static_cast<int>(ceil_div(N, chunks));
+  float* partial = scratch.floats(size_t(chunks) * 2 * C);
+  const size_t smem = sizeof(float) * 2 * C;
+  layernorm_backward_fused_kernel<T, NCH><<<chunks, kLnBwdWarps * 32, smem, stream>>>(
+      dinp, partial, dout, inp, weight, mean, rstd, N, C, rows_per_chunk);
+  SGPT_LAUNCH_CHECK();
+  layernorm_backward_params_reduce<<<ceil_div(C, 32), dim3(32, 8), 0, stream>>>(dweight, dbias,
+                                                                               partial, chunks, C);
+  SGPT_LAUNCH_CHECK();
+}
+
 template <class T>
 void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* weight,
                        const T* bias, int N, int C, cudaStream_t stream) {
@@ -137,6 +300,21 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
                         const T* weight, const float* mean, const float* rstd, int N, int C,
                         Scratch& scratch, cudaStream_t stream) {
   if (N == 0) return;
+  constexpr int V = Vec<T>::n;
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (C % V == 0 && aligned(dinp) && aligned(dout) && aligned(inp) && aligned(weight)) {
+    switch (ceil_div(C, 32 * V)) {
+      case 1: return layernorm_backward_fused<T, 1>(dinp, dweight, dbias, dout, inp, weight, mean,
+                                                    rstd, N, C, scratch, stream);
+      case 2: return layernorm_backward_fused<T, 2>(dinp, dweight, dbias, dout, inp, weight, mean,
+                                                    rstd, N, C, scratch, stream);
+      case 3: return layernorm_backward_fused<T, 3>(dinp, dweight, dbias, dout, inp, weight, mean,
+                                                    rstd, N, C, scratch, stream);
+      case 4: return layernorm_backward_fused<T, 4>(dinp, dweight, dbias, dout, inp, weight, mean,
+                                                    rstd, N, C, scratch, stream);
+      default: break;  // wider rows: the general path
+    }
+  }
   constexpr int kWarps = 8;
   layernorm_backward_dinp_kernel<<<ceil_div(N, kWarps), kWarps * 32, 0, stream>>>(
       dinp, dout, inp, weight, mean, rstd, N, C);

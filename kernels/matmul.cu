@@ -14,6 +14,15 @@
 // accumulate in fp32). The chosen algorithm is cached per shape, transposes, type, epilogue and
 // pointer alignment (the heuristic must know the real alignment: it assumes 256 bytes otherwise).
 // dbias uses our own deterministic two-stage column reduction (fixed order, no atomics).
+//
+// GELU fused into the epilogue (bf16 only; see matmul_forward_gelu in cuda/ops_cuda.h):
+//   forward:  pre = inp @ weight^T + bias, out = gelu(pre): CUBLASLT_EPILOGUE_GELU_AUX(_BIAS) writes
+//             out as D and pre as the auxiliary matrix (same shape and leading dimension as D);
+//   backward: dpre = (dout @ weight) * gelu'(pre): CUBLASLT_EPILOGUE_DGELU on the dinp product,
+//             reading pre as the auxiliary matrix (dinp is overwritten, beta = 0).
+// cuBLASLt evaluates GELU from the fp32 accumulator; its GELU is the tanh approximation GPT-2
+// uses, but its arithmetic differs from gelu.cu's at the level of fp32 rounding, so the fp32 path
+// (parity with the CPU) keeps the separate kernels.
 #include <cublasLt.h>
 
 #include <algorithm>
@@ -32,6 +41,8 @@
   } while (0)
 
 namespace sgpt::cuda {
+
+enum class GeluEpilogue { kNone, kGeluAux, kDGelu };
 
 namespace {
 
@@ -56,13 +67,15 @@ struct MatmulContext::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   using Key = std::tuple<int, int, int, int, int, int, bool, bool, int, bool, bool, uint32_t,
-                         uint32_t, uint32_t, uint32_t>;
+                         uint32_t, uint32_t, uint32_t, int, uint32_t>;
   std::map<Key, cublasLtMatmulAlgo_t> algos;
 
-  // D (m x n, ldd) = op(A) @ op(B) + beta * D (+ bias[m]); column-major.
+  // D (m x n, ldd) = op(A) @ op(B) + beta * D (+ bias[m]); column-major. gelu: kGeluAux writes
+  // D = gelu(result), aux = result; kDGelu writes D = result * gelu'(aux). aux: m x n, ld ldd.
   template <class T>
   void matmul(T* D, const T* A, const T* B, const T* bias, int m, int n, int k, bool transa,
-              bool transb, int lda, int ldb, int ldd, float beta, cudaStream_t stream) {
+              bool transb, int lda, int ldb, int ldd, float beta, cudaStream_t stream,
+              GeluEpilogue gelu = GeluEpilogue::kNone, const T* aux = nullptr) {
     const cudaDataType_t dt = cuda_type<T>();
     cublasLtMatmulDesc_t op;
     SGPT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -70,8 +83,18 @@ struct MatmulContext::Impl {
     const cublasOperation_t tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
     SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-    const cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    if (gelu == GeluEpilogue::kGeluAux)
+      epi = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+    else if (gelu == GeluEpilogue::kDGelu)
+      epi = CUBLASLT_EPILOGUE_DGELU;  // (bias not supported here: the callers pass none)
     SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+    if (gelu != GeluEpilogue::kNone) {
+      const int64_t ldaux = ldd;
+      SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+      SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ldaux, sizeof(ldaux)));
+      SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &dt, sizeof(dt)));
+    }
     if (bias) {
       SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
       SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &dt, sizeof(dt)));
@@ -84,7 +107,8 @@ struct MatmulContext::Impl {
     const uint32_t al_a = alignment_of(A), al_b = alignment_of(B), al_d = alignment_of(D),
                    al_bias = bias ? alignment_of(bias) : 256;
     const Key key{m, n, k, lda, ldb, ldd, transa, transb, static_cast<int>(dt), bias != nullptr,
-                  beta != 0.0f, al_a, al_b, al_d, al_bias};
+                  beta != 0.0f, al_a, al_b, al_d, al_bias, static_cast<int>(gelu),
+                  aux ? alignment_of(aux) : 256};
     auto it = algos.find(key);
     if (it == algos.end()) {
       cublasLtMatmulPreference_t pref;
@@ -182,6 +206,24 @@ void matmul_backward(MatmulContext& ctx, T* dinp, T* dweight, T* dbias, const T*
     column_sum_final<<<ceil_div(OC, 256), 256, 0, stream>>>(dbias, partial, chunks, OC);
     SGPT_LAUNCH_CHECK();
   }
+}
+
+void matmul_forward_gelu(MatmulContext& ctx, bf16* out, bf16* pre, const bf16* inp,
+                         const bf16* weight, const bf16* bias, int N, int C, int OC,
+                         cudaStream_t stream) {
+  if (N == 0 || OC == 0) return;
+  ctx.impl().matmul<bf16>(out, weight, inp, bias, OC, N, C, true, false, C, C, OC, 0.0f, stream,
+                          GeluEpilogue::kGeluAux, pre);
+}
+
+void matmul_backward_dgelu(MatmulContext& ctx, bf16* dpre, bf16* dweight, bf16* dbias,
+                           const bf16* dout, const bf16* inp, const bf16* weight, const bf16* pre,
+                           int N, int C, int OC, Scratch& scratch, cudaStream_t stream) {
+  if (N == 0) return;
+  ctx.impl().matmul<bf16>(dpre, weight, dout, nullptr, C, N, OC, false, false, C, OC, C, 0.0f,
+                          stream, GeluEpilogue::kDGelu, pre);
+  matmul_backward<bf16>(ctx, nullptr, dweight, dbias, dout, inp, weight, N, C, OC, scratch, stream,
+                        true);
 }
 
 #define SGPT_INSTANTIATE(T)                                                                    \

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # GPU tests and the step benchmark.
-#   scripts/gpu_test.sh pack   (on the build machine) build gpu_tests in build-gpu and copy it,
-#                              with the shared libraries it needs, into .carry/gpu/
-#   scripts/gpu_test.sh run    (on the GPU machine) run the carried binary: all GPU tests, then
-#                              the step benchmark; logs under $OUT (or ./gpu-logs)
+#   scripts/gpu_test.sh pack   (on the build machine) build gpu_tests and sophiagpt in build-gpu
+#                              and copy them, with the shared libraries they need, into
+#                              .carry/gpu/ (and .carry/gpu.tar.gz, a smaller copy to carry)
+#   scripts/gpu_test.sh run    (on the GPU machine) run the carried binaries (unpacking
+#                              .carry/gpu.tar.gz if .carry/gpu is absent): all GPU tests, the step
+#                              benchmark and `sophiagpt bench train`; logs under $OUT (or ./gpu-logs)
 #   scripts/gpu_test.sh build  (on the GPU machine) build there instead, then run
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,14 +17,16 @@ case "$mode" in
 pack)
   set -e
   cmake -S . -B build-gpu -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-  cmake --build build-gpu -j"$(nproc)" --target gpu_tests
-  rm -rf .carry/gpu && mkdir -p .carry/gpu/lib
+  cmake --build build-gpu -j"$(nproc)" --target gpu_tests sophiagpt
+  rm -rf .carry/gpu .carry/gpu.tar.gz && mkdir -p .carry/gpu/lib
   strip -o .carry/gpu/gpu_tests build-gpu/gpu_tests
+  strip -o .carry/gpu/sophiagpt build-gpu/sophiagpt
   # Every shared library except the C runtime and the CUDA math libraries the GPU machine has.
-  ldd build-gpu/gpu_tests | awk '$3 ~ /^\// {print $3}' |
-    grep -v -E '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so|libcublas' |
+  ldd build-gpu/gpu_tests build-gpu/sophiagpt | awk '$3 ~ /^\// {print $3}' | sort -u |
+    grep -v -E '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so|libcublas|libcudnn' |
     xargs -r -I{} cp -L {} .carry/gpu/lib/
-  du -sh .carry/gpu
+  tar czf .carry/gpu.tar.gz -C .carry gpu
+  du -sh .carry/gpu .carry/gpu.tar.gz
   exit 0
   ;;
 build)
@@ -31,6 +35,7 @@ build)
   bin=build-gpu/gpu_tests
   ;;
 run)
+  [[ -d .carry/gpu ]] || tar xzf .carry/gpu.tar.gz -C .carry
   bin=.carry/gpu/gpu_tests
   export LD_LIBRARY_PATH=".carry/gpu/lib:${LD_LIBRARY_PATH:-}"
   ;;
@@ -45,8 +50,16 @@ py_libs=$(python3 -c 'import nvidia, os; p = nvidia.__path__[0]; print(":".join(
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 ldd "$bin" | grep -E "not found|cublas|cudart" | tee "$out/ldd.txt"
-"$bin" --gtest_brief=0 2>&1 | tee "$out/tests.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |^  |FAIL|Failure|error" | head -150
-echo "---- tests exit: ${PIPESTATUS[0]}"
+"$bin" --gtest_brief=0 >"$out/tests.log" 2>&1
+echo "---- tests exit: $?"
+# (no pipe into head while the tests run: an early-closing reader would kill them with SIGPIPE)
+grep -E "^\[  (FAILED|PASSED|SKIPPED) |FAIL|Failure|error" "$out/tests.log" | head -60
 if [[ ${SGPT_BENCH:-1} == 1 ]]; then
   "$bin" --gtest_also_run_disabled_tests --gtest_filter='*Bench*' 2>&1 | tee "$out/bench.log" | grep -E "BENCH|FAIL|rror"
+  cli=$(dirname "$bin")/sophiagpt
+  if [[ -x $cli ]]; then
+    echo "---- $cli bench train ${SGPT_BENCH_TRAIN_ARGS:-}"
+    # shellcheck disable=SC2086
+    "$cli" bench train ${SGPT_BENCH_TRAIN_ARGS:-} 2>&1 | tee "$out/bench_train.log"
+  fi
 fi

@@ -5,7 +5,9 @@
 //                     GPT-2 124M / 355M / 774M, against the unfused per-tensor sequence PyTorch's
 //                     eager SophiaG runs, our AdamW kernel, and the memory-bandwidth floor
 //                     (bytes moved / device-to-device copy bandwidth measured in the same run).
-//   bench train       (reserved: registered below by the model/training side)
+//   bench train       warm steps of the training loop's sequence of backend calls (zero_grad,
+//                     micro-steps, grad norm + clip, optimizer step, GNB pass every k steps) on a
+//                     GPT-2 CudaBackend, for AdamW and Sophia-G: tokens/s, ms/step, MFU, memory.
 #include <algorithm>
 #include <cstdio>
 #include <memory>
@@ -19,8 +21,15 @@
 #ifdef SGPT_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "cpu/optim.h"
 #include "cuda/check.h"
+#include "cuda/cuda_backend.h"
 #include "cuda/optim_cuda.h"
+#include "data/loader.h"
 #include "model/gpt2.h"
 #endif
 
@@ -33,6 +42,21 @@ struct OptimizerBenchOptions {
   std::vector<std::string> precisions = {"fp32", "bf16", "fp16"};
   int warmup = 5;
   int reps = 30;
+};
+
+struct TrainBenchOptions {
+  std::string model = "124M";
+  std::string precision = "bf16";
+  int batch = 64;           // micro-batch sequences
+  int seq = 1024;           // T
+  int accum = 1;            // micro-steps per optimizer step
+  int k = 10;               // Sophia-G hessian interval
+  std::vector<double> fractions = {1.0, 0.5};  // GNB batch fractions
+  std::vector<std::string> optimizers = {"adamw", "sophiag"};
+  int steps = 20;           // timed steps per configuration (rounded up to a multiple of k)
+  int warmup = 3;           // untimed steps (the last one runs a GNB pass for Sophia-G)
+  double peak_tflops = 989.0;  // bf16 dense, H100 SXM datasheet
+  std::string data;         // glob of llm.c token shards; empty = random tokens
 };
 
 #ifdef SGPT_WITH_CUDA
@@ -234,6 +258,204 @@ void run_optimizer_bench(const OptimizerBenchOptions& o) {
   }
 }
 
+
+// ---- bench train ----
+// The training loop's sequence of backend calls (src/train/trainer.cpp), without eval, logging and
+// checkpoints: zero_grad; accum x train_micro; grad_sum_squares (+ scale_grad when clipping);
+// optimizer step; for Sophia-G on steps with step % k == k-1 also zero_grad, accum x gnb_micro on
+// fraction*B sequences, grad_sum_squares (+ clip), hessian_ema. The device is synchronized after
+// every step (the loop synchronizes through its loss and norm reads anyway), so per-step host
+// times are exact.
+class TokenSource {
+ public:
+  TokenSource(const TrainBenchOptions& o, int vocab) : n_(size_t(o.batch) * o.seq) {
+    if (!o.data.empty()) {
+      LoaderOptions lo;
+      lo.pattern = o.data;
+      lo.B = o.batch;
+      lo.T = o.seq;
+      lo.vocab_size = vocab;
+      loader_ = std::make_unique<DataLoader>(lo);
+      return;
+    }
+    std::mt19937_64 gen(1234);  // random tokens: speed does not depend on the ids
+    std::uniform_int_distribution<int> d(0, vocab - 1);
+    for (auto& b : bank_) {
+      b.resize(n_ + 1);
+      for (auto& t : b) t = d(gen);
+    }
+  }
+  void next(int* inp, int* tgt) {
+    if (loader_) return loader_->next(inp, tgt);
+    const auto& b = bank_[i_++ % 4];
+    std::copy(b.begin(), b.begin() + n_, inp);
+    std::copy(b.begin() + 1, b.end(), tgt);
+  }
+
+ private:
+  size_t n_;
+  std::unique_ptr<DataLoader> loader_;
+  std::vector<int> bank_[4];
+  size_t i_ = 0;
+};
+
+struct TrainBenchResult {
+  std::string name;
+  double mean_ms = 0, plain_ms = 0, gnb_ms = 0;  // all steps; steps without / with a GNB pass
+  int steps = 0, gnb_steps = 0;
+  double mem_gib = 0;
+  float last_loss = 0;
+};
+
+size_t device_used_bytes() {
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return total_b - free_b;
+}
+
+TrainBenchResult run_train_config(const TrainBenchOptions& o, const ModelConfig& mc,
+                                  const std::vector<float>& init, const std::string& opt_name,
+                                  double fraction) {
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const size_t used0 = device_used_bytes();
+  size_t used_peak = used0;
+  const Precision prec = o.precision == "fp32" ? Precision::kFp32 : Precision::kBf16;
+  auto be = make_cuda_backend(mc, o.batch, o.seq, prec, init);
+  TokenSource src(o, mc.vocab_size);
+  const bool sophia = opt_name == "sophiag";
+  const int B = o.batch, T = o.seq, k = o.k;
+  const int Bh = std::max(1, static_cast<int>(std::floor(fraction * B)));
+  const double tokens = double(B) * T * o.accum;
+  const double clip = 1.0;
+  std::vector<int> inp(size_t(B) * T), tgt(size_t(B) * T);
+  const auto sc = SophiaConsts::make(6e-4, 0.965, 0.04, tokens, 0.1);
+  const auto hc = HessianConsts::make(0.99);
+  float last_loss = 0;
+  auto step = [&](int64_t s, bool force_gnb) {
+    be->zero_grad();
+    double loss = 0;
+    for (int m = 0; m < o.accum; ++m) {
+      src.next(inp.data(), tgt.data());
+      loss += be->train_micro(inp.data(), tgt.data(), B, T, 1.0f / o.accum);
+    }
+    last_loss = static_cast<float>(loss / o.accum);
+    const float c = cpu::clip_scale(std::sqrt(be->grad_sum_squares()), clip);
+    if (c != 1.0f) be->scale_grad(c);
+    const bool gnb = sophia && (force_gnb || s % k == k - 1);
+    if (sophia) be->sophia_step(sc, nullptr);
+    else be->adamw_step(AdamWConsts::make(6e-4, 0.9, 0.95, 1e-8, 0.1, s + 1));
+    if (gnb) {
+      be->zero_grad();
+      for (int m = 0; m < o.accum; ++m) {
+        src.next(inp.data(), tgt.data());
+        be->gnb_micro(inp.data(), Bh, T, 1.0f / o.accum, 1337, static_cast<uint32_t>(s),
+                      static_cast<uint32_t>(m * Bh));
+      }
+      const float c2 = cpu::clip_scale(std::sqrt(be->grad_sum_squares()), clip);
+      if (c2 != 1.0f) be->scale_grad(c2);
+      be->hessian_ema(hc);
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+    used_peak = std::max(used_peak, device_used_bytes());
+    return gnb;
+  };
+  for (int i = 0; i < o.warmup; ++i) step(i, i == o.warmup - 1);
+  TrainBenchResult r;
+  r.name = sophia ? "sophiag" : "adamw";
+  if (sophia) {
+    char b[64];
+    std::snprintf(b, sizeof b, "sophiag k=%d frac=%.2g", k, fraction);
+    r.name = b;
+  }
+  const int n = ((std::max(o.steps, 1) + k - 1) / k) * k;
+  using clock = std::chrono::steady_clock;
+  double total = 0, plain = 0, gnbt = 0;
+  int nplain = 0, ngnb = 0;
+  for (int i = 0; i < n; ++i) {
+    const auto t0 = clock::now();
+    const bool gnb = step(i, false);  // i = 0..n-1: exactly n/k GNB steps
+    const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+    total += ms;
+    (gnb ? gnbt : plain) += ms;
+    (gnb ? ngnb : nplain) += 1;
+  }
+  r.steps = n;
+  r.gnb_steps = ngnb;
+  r.mean_ms = total / n;
+  r.plain_ms = nplain ? plain / nplain : 0;
+  r.gnb_ms = ngnb ? gnbt / ngnb : 0;
+  r.mem_gib = double(used_peak - used0) / double(1u << 30);
+  r.last_loss = last_loss;
+  return r;
+}
+
+void run_train_bench(const TrainBenchOptions& o) {
+  const ModelConfig mc = official_model(o.model);
+  if (o.seq > mc.block_size) throw UserError("bench train: --seq exceeds the block size 1024");
+  if (o.precision != "bf16" && o.precision != "fp32")
+    throw UserError("bench train: --precision must be bf16 or fp32");
+  const ParamLayout layout = ParamLayout::make(mc);
+  std::vector<float> init(layout.total);
+  init_params(init.data(), mc, layout, 1);
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  // Model flops per trained token: 6 N (N = all parameters, the tied wte included: it is the
+  // lm-head matmul) + 12 L C T (attention scores and weighted sum, forward + backward, counted
+  // over the full T x T square as nanoGPT/PaLM do, although the causal kernels skip half).
+  const double N = double(layout.total);
+  const double flops_tok = 6.0 * N + 12.0 * mc.n_layer * mc.n_embd * o.seq;
+  const double tokens = double(o.batch) * o.seq * o.accum;
+  std::printf("bench train: GPT-2 %s (%.1fM params), %s, micro-batch %d x %d, %d micro-step(s) = "
+              "%.0f tokens/step, %s tokens, on %s (%d SMs)\n",
+              o.model.c_str(), N / 1e6, o.precision.c_str(), o.batch, o.seq, o.accum, tokens,
+              o.data.empty() ? "random" : o.data.c_str(), prop.name, prop.multiProcessorCount);
+  std::printf("MFU = (6N + 12 L C T) x tokens / step time / %.0f TFLOP/s (%s); GNB passes are "
+              "not counted as model flops\n\n",
+              o.peak_tflops,
+              o.peak_tflops == 989.0 ? "bf16 dense peak, H100 SXM datasheet" : "given peak");
+  std::vector<TrainBenchResult> res;
+  for (const auto& opt : o.optimizers) {
+    std::vector<double> fr = {1.0};
+    if (opt == "sophiag") fr = o.fractions;
+    else if (opt != "adamw")
+      throw UserError("bench train: unknown optimizer '" + opt + "' (adamw, sophiag)");
+    for (double f : fr) {
+      res.push_back(run_train_config(o, mc, init, opt, f));
+      const auto& r = res.back();
+      std::printf("  done %-22s %.2f ms/step (loss %.3f)\n", r.name.c_str(), r.mean_ms,
+                  r.last_loss);
+      std::fflush(stdout);
+    }
+  }
+  double adamw_ms = 0;
+  for (const auto& r : res)
+    if (r.name == "adamw") adamw_ms = r.mean_ms;
+  std::printf("\n| optimizer | steps (GNB) | ms/step mean | plain step ms | GNB step ms | tokens/s |"
+              " MFU | GPU memory GiB | vs AdamW | Sophia bound |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const auto& r : res) {
+    const double tps = tokens / (r.mean_ms / 1e3);
+    const double mfu = flops_tok * tps / (o.peak_tflops * 1e12);
+    char vs[32] = "-", bound[48] = "-";
+    double frac = -1;
+    if (r.name != "adamw" && std::sscanf(r.name.c_str(), "sophiag k=%*d frac=%lf", &frac) == 1 &&
+        adamw_ms > 0) {
+      std::snprintf(vs, sizeof vs, "%.3fx", r.mean_ms / adamw_ms);
+      const double b = adamw_ms * (1.0 + frac / o.k) * 1.01;
+      std::snprintf(bound, sizeof bound, "%.2f ms %s", b, r.mean_ms <= b ? "met" : "MISSED");
+    }
+    char gnb[32] = "-";
+    if (r.gnb_steps) std::snprintf(gnb, sizeof gnb, "%.2f", r.gnb_ms);
+    std::printf("| %s | %d (%d) | %.2f | %.2f | %s | %.0f | %.1f%% | %.2f | %s | %s |\n",
+                r.name.c_str(), r.steps, r.gnb_steps, r.mean_ms, r.plain_ms, gnb, tps,
+                100.0 * mfu, r.mem_gib, vs, bound);
+  }
+  std::printf("\nSophia bound = AdamW ms/step x (1 + fraction/k) x 1.01. GPU memory = peak of "
+              "(total - free) from cudaMemGetInfo after each step, minus the level before the "
+              "backend was created (weights, master, grads, optimizer state, activations, "
+              "scratch, cuBLASLt workspace).\n");
+}
+
 #endif  // SGPT_WITH_CUDA
 
 [[noreturn, maybe_unused]] void no_cuda() { throw UserError("bench needs a CUDA build"); }
@@ -269,9 +491,41 @@ void add_bench_commands(CLI::App& app) {
 #endif
   });
 
-  // ---- bench train: reserved for the model/training side ----
-  // Register `bench train` here (a subcommand of `bench`, guarded by SGPT_WITH_CUDA like the
-  // optimizer bench, calling no_cuda() otherwise).
+  // ---- bench train ----
+  auto tr = std::make_shared<TrainBenchOptions>();
+  CLI::App* train = bench->add_subcommand(
+      "train",
+      "Warm training steps of GPT-2 on the GPU (the training loop's backend calls) for AdamW and "
+      "Sophia-G: tokens/s, ms/step, MFU, GPU memory");
+  train->add_option("--model", tr->model, "124M, 355M or 774M")->capture_default_str();
+  train->add_option("--precision", tr->precision, "bf16 or fp32")->capture_default_str();
+  train->add_option("--batch", tr->batch, "Micro-batch sequences")->capture_default_str();
+  train->add_option("--seq", tr->seq, "Sequence length T")->capture_default_str();
+  train->add_option("--accum", tr->accum, "Micro-steps per optimizer step")->capture_default_str();
+  train->add_option("--k", tr->k, "Sophia-G hessian interval")->capture_default_str();
+  train->add_option("--fractions", tr->fractions, "GNB batch fractions (Sophia-G)")
+      ->delimiter(',')
+      ->capture_default_str();
+  train->add_option("--optimizers", tr->optimizers, "adamw, sophiag")
+      ->delimiter(',')
+      ->capture_default_str();
+  train->add_option("--steps", tr->steps, "Timed steps per configuration (rounded up to a "
+                                          "multiple of k)")
+      ->capture_default_str();
+  train->add_option("--warmup", tr->warmup, "Untimed steps")->capture_default_str();
+  train->add_option("--peak-tflops", tr->peak_tflops, "Peak for MFU (default: H100 SXM bf16 "
+                                                      "dense datasheet)")
+      ->capture_default_str();
+  train->add_option("--data", tr->data, "Glob of llm.c token shards (default: random tokens)");
+  train->callback([tr] {
+#ifdef SGPT_WITH_CUDA
+    if (tr->batch < 1 || tr->seq < 1 || tr->accum < 1 || tr->k < 1 || tr->warmup < 1)
+      throw UserError("bench train: --batch, --seq, --accum, --k and --warmup must be >= 1");
+    run_train_bench(*tr);
+#else
+    no_cuda();
+#endif
+  });
 }
 
 }  // namespace sgpt

@@ -1,13 +1,19 @@
 #include "cuda/gpt2_cuda.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
+#include <type_traits>
 
 namespace sgpt::cuda {
 
 template <class T>
 Gpt2Cuda<T>::Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream)
     : cfg_(cfg), layout_(ParamLayout::make(cfg)), max_B_(max_B), T_(T_), stream_(stream) {
+  // bf16: GELU in the cuBLASLt epilogues (SGPT_GELU_FUSION=0 turns it off, for measurements).
+  const char* fuse = std::getenv("SGPT_GELU_FUSION");
+  fuse_gelu_ = std::is_same_v<T, bf16> && !(fuse && std::strcmp(fuse, "0") == 0);
   if (max_B < 1 || T_ < 1 || T_ > cfg.block_size)
     throw std::invalid_argument("Gpt2Cuda: need max_B >= 1 and 1 <= T <= block_size");
   const size_t N = static_cast<size_t>(max_B) * T_, C = cfg.n_embd, L = cfg.n_layer;
@@ -39,7 +45,7 @@ Gpt2Cuda<T>::Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t st
   dln_.resize(N * C);
   dqkv_.resize(N * 3 * C);
   datty_.resize(N * C);
-  dfch_gelu_.resize(N * 4 * C);
+  if (!fuse_gelu_) dfch_gelu_.resize(N * 4 * C);
   dfch_.resize(N * 4 * C);
 }
 
@@ -86,9 +92,17 @@ void Gpt2Cuda<T>::forward_logits(const T* params, const int* inp_host, int B) {
     residual_forward(res2, x, proj_.get(), NC, stream_);
     layernorm_forward(ln2, act(ln2_mean_, l, 1), act(ln2_rstd_, l, 1), res2,
                       tensor(params, kLn2w, l), tensor(params, kLn2b, l), N, C, stream_);
-    matmul_forward(matmul_, fch, ln2, tensor(params, kFcw, l), tensor(params, kFcb, l), N, C, 4 * C,
-                   stream_);
-    gelu_forward(fch_gelu, fch, 4 * NC, stream_);
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (fuse_gelu_) {
+        matmul_forward_gelu(matmul_, fch_gelu, fch, ln2, tensor(params, kFcw, l),
+                            tensor(params, kFcb, l), N, C, 4 * C, stream_);
+      }
+    }
+    if (!fuse_gelu_) {
+      matmul_forward(matmul_, fch, ln2, tensor(params, kFcw, l), tensor(params, kFcb, l), N, C,
+                     4 * C, stream_);
+      gelu_forward(fch_gelu, fch, 4 * NC, stream_);
+    }
     matmul_forward(matmul_, proj_.get(), fch_gelu, tensor(params, kFcprojw, l),
                    tensor(params, kFcprojb, l), N, 4 * C, C, stream_);
     residual_forward(act(res3_, l, C), res2, proj_.get(), NC, stream_);
@@ -111,7 +125,7 @@ void Gpt2Cuda<T>::set_targets(const int* tgt_host) {
 template <class T>
 void Gpt2Cuda<T>::sample_targets(uint64_t seed, uint32_t step, uint32_t seq0) {
   sample_labels(targets_.get(), logits_.get(), B_ * T_, T_, cfg_.vocab_size,
-                cfg_.padded_vocab_size, seed, step, seq0, stream_);
+                cfg_.padded_vocab_size, seed, step, seq0, scratch_, stream_);
 }
 
 template <class T>
@@ -152,11 +166,21 @@ void Gpt2Cuda<T>::backward(const T* params, T* grads) {
                      lnf_rstd_.get(), N, C, scratch_, stream_);
   for (int l = L - 1; l >= 0; --l) {
     const T* x = l == 0 ? encoded_.get() : act(res3_, l - 1, C);
-    matmul_backward(matmul_, dfch_gelu_.get(), tensor(grads, kFcprojw, l),
-                    tensor(grads, kFcprojb, l), dres_.get(), act(fch_gelu_, l, 4 * C),
-                    tensor(params, kFcprojw, l), N, 4 * C, C, scratch_, stream_, kOverwrite);
-    zero(dfch_, 4 * NC);
-    gelu_backward(dfch_.get(), act(fch_, l, 4 * C), dfch_gelu_.get(), 4 * NC, stream_);
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (fuse_gelu_) {  // dfch = (dres @ Wfcproj) * gelu'(fch), overwritten
+        matmul_backward_dgelu(matmul_, dfch_.get(), tensor(grads, kFcprojw, l),
+                              tensor(grads, kFcprojb, l), dres_.get(), act(fch_gelu_, l, 4 * C),
+                              tensor(params, kFcprojw, l), act(fch_, l, 4 * C), N, 4 * C, C,
+                              scratch_, stream_);
+      }
+    }
+    if (!fuse_gelu_) {
+      matmul_backward(matmul_, dfch_gelu_.get(), tensor(grads, kFcprojw, l),
+                      tensor(grads, kFcprojb, l), dres_.get(), act(fch_gelu_, l, 4 * C),
+                      tensor(params, kFcprojw, l), N, 4 * C, C, scratch_, stream_, kOverwrite);
+      zero(dfch_, 4 * NC);
+      gelu_backward(dfch_.get(), act(fch_, l, 4 * C), dfch_gelu_.get(), 4 * NC, stream_);
+    }
     matmul_backward(matmul_, dln_.get(), tensor(grads, kFcw, l), tensor(grads, kFcb, l),
                     dfch_.get(), act(ln2_, l, C), tensor(params, kFcw, l), N, C, 4 * C, scratch_,
                     stream_, kOverwrite);
@@ -166,9 +190,9 @@ void Gpt2Cuda<T>::backward(const T* params, T* grads) {
     matmul_backward(matmul_, datty_.get(), tensor(grads, kAttprojw, l),
                     tensor(grads, kAttprojb, l), dres_.get(), act(atty_, l, C),
                     tensor(params, kAttprojw, l), N, C, C, scratch_, stream_, kOverwrite);
-    zero(dqkv_, 3 * NC);
     attention_backward(dqkv_.get(), datty_.get(), act(qkv_, l, 3 * C), act(atty_, l, C),
-                       act(lse_, l, NH), B, T_, C, NH, attention_scale(l), scratch_, stream_);
+                       act(lse_, l, NH), B, T_, C, NH, attention_scale(l), scratch_, stream_,
+                       /*accumulate=*/false);
     matmul_backward(matmul_, dln_.get(), tensor(grads, kQkvw, l), tensor(grads, kQkvb, l),
                     dqkv_.get(), act(ln1_, l, C), tensor(params, kQkvw, l), N, C, 3 * C, scratch_,
                     stream_, kOverwrite);

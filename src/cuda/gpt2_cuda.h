@@ -6,7 +6,8 @@
 // Activations for max_B x T rows, per layer l ([L, N, ...]): ln1 [C] + mean/rstd, qkv [3C],
 // atty [C], lse [NH, T] (per sequence), res2 [C], ln2 [C] + mean/rstd, fch [4C], fch_gelu [4C],
 // res3 [C]; shared: encoded [C], proj [C], lnf [C] + mean/rstd, logits [Vp], losses. The backward
-// reuses one layer's worth of gradient scratch and writes dlogits over the logits.
+// reuses one layer's worth of gradient scratch and writes dlogits over the logits. In bf16 the GELU
+// runs in the cuBLASLt epilogues of the fc (forward) and fcproj (backward, dinp) matmuls.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -56,6 +57,7 @@ class Gpt2Cuda {
   ParamLayout layout_;
   int max_B_, T_;
   int B_ = 0;
+  bool fuse_gelu_ = false;  // bf16: GELU in the fc / fcproj matmul epilogues (matmul.cu)
   cudaStream_t stream_;
   MatmulContext matmul_;
   Scratch scratch_;

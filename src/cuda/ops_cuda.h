@@ -89,6 +89,18 @@ void matmul_backward(MatmulContext& ctx, T* dinp, T* dweight, T* dbias, const T*
                      const T* inp, const T* weight, int N, int C, int OC, Scratch& scratch,
                      cudaStream_t stream, bool accumulate_dinp = true);
 
+// GELU fused into the cuBLASLt epilogue (bf16 only; the fp32 path keeps gelu.cu for CPU parity):
+// pre[N,OC] = inp @ weight^T + bias (saved for backward), out = gelu(pre) (tanh form).
+void matmul_forward_gelu(MatmulContext& ctx, bf16* out, bf16* pre, const bf16* inp,
+                         const bf16* weight, const bf16* bias, int N, int C, int OC,
+                         cudaStream_t stream);
+// Backward of out = gelu(pre) followed by y = out @ weight^T + bias: dpre[N,C] = (dout @ weight) *
+// gelu'(pre) (OVERWRITTEN), dweight += dout^T @ inp (inp = gelu(pre)), dbias += column sums of
+// dout. Here C is the input width of the second linear layer (4C in GPT-2) and OC its output.
+void matmul_backward_dgelu(MatmulContext& ctx, bf16* dpre, bf16* dweight, bf16* dbias,
+                           const bf16* dout, const bf16* inp, const bf16* weight, const bf16* pre,
+                           int N, int C, int OC, Scratch& scratch, cudaStream_t stream);
+
 // ---- attention, our own fused kernel (kernels/attention.cu) ----
 // inp: [B,T,3C] holding q,k,v; out: [B,T,C]; lse: [B,NH,T] fp32, the log-sum-exp of each
 // query's scaled logits, saved for backward in place of the probabilities (which are recomputed).
@@ -96,10 +108,22 @@ template <class T>
 void attention_forward(T* out, float* lse, const T* inp, int B, int T_, int C, int NH, float scale,
                        cudaStream_t stream);
 // dinp [B,T,3C] += gradient w.r.t. q,k,v. `scratch` holds [B,NH,T] row dot products dout.out.
+// accumulate = false overwrites dinp instead (the backend's fresh buffer: no memset, no read).
 template <class T>
 void attention_backward(T* dinp, const T* dout, const T* inp, const T* out, const float* lse,
                         int B, int T_, int C, int NH, float scale, Scratch& scratch,
-                        cudaStream_t stream);
+                        cudaStream_t stream, bool accumulate = true);
+
+// ---- attention on the tensor cores, bf16, head size 64 (kernels/flash_attention.cu) ----
+// attention_forward/backward<bf16> call these when flash_attention_usable() (head size 64, C a
+// multiple of 8, 16-byte aligned tensors). Same function and same saved lse as above. D: [B,NH,T]
+// row dot products dout_t . out_t (computed by attention_backward before the call).
+bool flash_attention_usable(const void* inp, const void* out, int C, int NH);
+void flash_attention_forward(bf16* out, float* lse, const bf16* inp, int B, int T_, int C, int NH,
+                             float scale, cudaStream_t stream);
+void flash_attention_backward(bf16* dinp, const bf16* dout, const bf16* inp, const float* lse,
+                              const float* D, int B, int T_, int C, int NH, float scale,
+                              cudaStream_t stream, bool accumulate = true);
 
 // ---- gelu, tanh form (kernels/gelu.cu) ----
 template <class T>
@@ -122,6 +146,10 @@ void crossentropy_forward_backward(float* losses, T* logits, const int* targets,
 // GNB labels, as cpu::sample_labels: targets[i] = the smallest j < V with cdf_j > u_i * sum,
 // cdf the running sum (in index order, fp32, exp evaluated as the CPU's expf) of
 // exp(logit - max), u_i = gnb_uniform(seed, step, seq0 + i / T, i % T).
+template <class T>
+void sample_labels(int* targets, const T* logits, int N, int T_, int V, int Vp, uint64_t seed,
+                   uint32_t step, uint32_t seq0, Scratch& scratch, cudaStream_t stream);
+// The same with its own temporary scratch (allocated per call; synchronizes the stream).
 template <class T>
 void sample_labels(int* targets, const T* logits, int N, int T_, int V, int Vp, uint64_t seed,
                    uint32_t step, uint32_t seq0, cudaStream_t stream);

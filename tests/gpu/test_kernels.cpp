@@ -123,14 +123,18 @@ void check_layernorm(int N, int C, bool with_bias) {
 
 TEST(Kernels, LayernormFp32) {
   SGPT_SKIP_WITHOUT_GPU();
-  check_layernorm<float>(111, 72, true);
-  check_layernorm<float>(1000, 33, false);
-  check_layernorm<float>(5, 770, true);
+  check_layernorm<float>(111, 72, true);    // fused backward (C a multiple of 4, <= 512)
+  check_layernorm<float>(1000, 33, false);  // general backward (C not a multiple of 4)
+  check_layernorm<float>(5, 770, true);     // general
+  check_layernorm<float>(4099, 512, true);  // fused, 4 vectors per lane, 129 row chunks
+  check_layernorm<float>(70, 1024, false);  // general (wider than the fused path)
 }
 TEST(Kernels, LayernormBf16) {
   SGPT_SKIP_WITHOUT_GPU();
-  check_layernorm<bf16>(111, 72, true);
-  check_layernorm<bf16>(5, 770, false);
+  check_layernorm<bf16>(111, 72, true);     // fused backward
+  check_layernorm<bf16>(5, 770, false);     // general (C not a multiple of 8)
+  check_layernorm<bf16>(2050, 768, true);   // fused, GPT-2 124M width
+  check_layernorm<bf16>(300, 1024, false);  // fused, 4 vectors per lane
 }
 
 template <class T>
@@ -189,6 +193,65 @@ TEST(Kernels, MatmulBf16) {
   SGPT_SKIP_WITHOUT_GPU();
   check_matmul<bf16>(111, 72, 101, true);
   check_matmul<bf16>(64, 64, 192, false);
+}
+
+// GELU fused into the cuBLASLt epilogues (bf16 only): forward pre = inp @ w^T + b, out = gelu(pre)
+// against cpu::matmul_forward + cpu::gelu_forward; backward dpre = (dout @ w2) * gelu'(pre),
+// dw2 += dout^T @ gelu(pre), db2 += sum dout against cpu::matmul_backward + cpu::gelu_backward.
+// Each output is one rounding of an fp32 result (cuBLASLt applies GELU / its derivative to the
+// fp32 accumulator), so the bf16 tolerance of the matmul applies; OC is a multiple of 8 (the
+// auxiliary matrix's leading dimension, as in GPT-2's 4C).
+void check_matmul_gelu(int N, int C, int OC, int OC2, bool with_bias) {
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + " N=" + std::to_string(N) +
+               " C=" + std::to_string(C) + " OC=" + std::to_string(OC));
+  Rng rng(seed);
+  auto inp = as_stored<bf16>(rng.normal(size_t(N) * C));
+  auto w = as_stored<bf16>(rng.normal(size_t(OC) * C, 0.2f));
+  auto b = as_stored<bf16>(rng.normal(OC));
+  std::vector<float> pre(size_t(N) * OC), out(size_t(N) * OC);
+  cpu::matmul_forward(pre.data(), inp.data(), w.data(), with_bias ? b.data() : nullptr, N, C, OC);
+  cpu::gelu_forward(out.data(), pre.data(), out.size());
+  auto d_inp = to_device<bf16>(inp), d_w = to_device<bf16>(w), d_b = to_device<bf16>(b);
+  DeviceBuffer<bf16> d_pre(pre.size()), d_out(out.size());
+  poison(d_pre);
+  poison(d_out);
+  cuda::MatmulContext ctx;
+  cuda::matmul_forward_gelu(ctx, d_out.get(), d_pre.get(), d_inp.get(), d_w.get(),
+                            with_bias ? d_b.get() : nullptr, N, C, OC, nullptr);
+  expect_close(to_host(d_pre), pre, kBf16Tol, "matmul_forward_gelu pre");
+  expect_close(to_host(d_out), out, kBf16Tol, "matmul_forward_gelu out");
+
+  // Backward through a second linear layer y = gelu(pre) @ w2^T + b2, from the stored pre.
+  auto pre_s = to_host(d_pre);
+  std::vector<float> act(pre_s.size());
+  cpu::gelu_forward(act.data(), pre_s.data(), act.size());
+  act = as_stored<bf16>(act);
+  auto w2 = as_stored<bf16>(rng.normal(size_t(OC2) * OC, 0.1f));
+  auto dout = as_stored<bf16>(rng.normal(size_t(N) * OC2));
+  auto dw2 = as_stored<bf16>(rng.normal(size_t(OC2) * OC));
+  auto db2 = as_stored<bf16>(rng.normal(OC2));
+  auto d_act = to_device<bf16>(act), d_w2 = to_device<bf16>(w2), d_dout = to_device<bf16>(dout),
+       d_dw2 = to_device<bf16>(dw2), d_db2 = to_device<bf16>(db2);
+  std::vector<float> dact(act.size(), 0.0f), dpre(act.size(), 0.0f);
+  cpu::matmul_backward(dact.data(), dw2.data(), with_bias ? db2.data() : nullptr, dout.data(),
+                       act.data(), w2.data(), N, OC, OC2);
+  cpu::gelu_backward(dpre.data(), pre_s.data(), dact.data(), dpre.size());
+  DeviceBuffer<bf16> d_dpre(dpre.size());
+  poison(d_dpre);  // overwritten
+  cuda::Scratch scratch;
+  cuda::matmul_backward_dgelu(ctx, d_dpre.get(), d_dw2.get(), with_bias ? d_db2.get() : nullptr,
+                              d_dout.get(), d_act.get(), d_w2.get(), d_pre.get(), N, OC, OC2,
+                              scratch, nullptr);
+  expect_close(to_host(d_dpre), dpre, kBf16Tol, "matmul_backward_dgelu dpre");
+  expect_close(to_host(d_dw2), dw2, kBf16Tol, "matmul_backward_dgelu dweight");
+  expect_close(to_host(d_db2), db2, kBf16Tol, "matmul_backward_dgelu dbias");
+}
+
+TEST(Kernels, MatmulGeluBf16) {
+  SGPT_SKIP_WITHOUT_GPU();
+  check_matmul_gelu(111, 72, 136, 40, true);
+  check_matmul_gelu(64, 64, 256, 64, false);
 }
 
 template <class T>

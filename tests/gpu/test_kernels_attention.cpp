@@ -7,9 +7,15 @@
 // bf16-stored output (as in flash attention), so D carries an error up to ~2^-8 sqrt(hs) |dout||out|
 // which enters dq_t and dk_j multiplied by scale * (P-weighted averages of k and q): an absolute
 // error of a few 1e-3 relative to the largest gradient (seen: 1.1e-3 x max|ref|); atol 4e-3.
+// bf16 with head size 64 runs the tensor-core kernels (kernels/flash_attention.cu), checked with the
+// same tolerances: they also round P (forward, dk/dv) and dS (backward) to bf16 before the
+// tensor-core products, a relative error of at most 2^-9 per term of sums that stay fp32; the terms'
+// errors have random signs, so the sums err by ~2^-9 of the root-sum-square of their terms, below
+// the once-rounded output (2^-8 relative) that the tolerance already covers.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "cpu/ops.h"
 #include "cuda/ops_cuda.h"
@@ -79,8 +85,45 @@ TEST(Kernels, AttentionFp32) {
 }
 TEST(Kernels, AttentionBf16) {
   SGPT_SKIP_WITHOUT_GPU();
-  check_attention<bf16>(2, 37, 72, 3, 1.0f / std::sqrt(24.0f));
+  check_attention<bf16>(2, 37, 72, 3, 1.0f / std::sqrt(24.0f));  // hs 24: the simple kernels
   check_attention<bf16>(1, 70, 128, 2, 1.0f / std::sqrt(64.0f));
+}
+
+// Tensor-core path (bf16, head size 64): tiles of 64 rows, so T below, at and across tile edges.
+TEST(Kernels, AttentionBf16Flash) {
+  SGPT_SKIP_WITHOUT_GPU();
+  check_attention<bf16>(2, 257, 192, 3, 1.0f / std::sqrt(64.0f) / 3);  // 5 tiles, last 1 row
+  check_attention<bf16>(1, 64, 64, 1, 1.0f / std::sqrt(64.0f));        // exactly one tile
+  check_attention<bf16>(3, 1, 128, 2, 0.3f);                            // T = 1
+  check_attention<bf16>(1, 1024, 128, 2, 1.0f / std::sqrt(64.0f));     // GPT-2 length
+  check_attention<bf16>(2, 100, 768, 12, 1.0f / std::sqrt(64.0f) / 12);  // GPT-2 124M heads
+}
+
+// Identical inputs give identical bits (no atomics, fixed summation order), forward and backward.
+TEST(Kernels, AttentionBf16FlashDeterministic) {
+  SGPT_SKIP_WITHOUT_GPU();
+  const int B = 2, T_ = 300, C = 128, NH = 2;
+  const float scale = 0.125f;
+  Rng rng(test_seed());
+  const size_t N = size_t(B) * T_;
+  auto d_inp = to_device<bf16>(rng.normal(N * 3 * C));
+  auto d_dout = to_device<bf16>(rng.normal(N * C));
+  const auto dinp0 = rng.normal(N * 3 * C);
+  std::vector<std::vector<float>> outs, dinps;
+  for (int run = 0; run < 2; ++run) {
+    DeviceBuffer<bf16> d_out(N * C);
+    DeviceBuffer<float> d_lse(size_t(B) * NH * T_);
+    auto d_dinp = to_device<bf16>(dinp0);
+    cuda::Scratch scratch;
+    cuda::attention_forward(d_out.get(), d_lse.get(), d_inp.get(), B, T_, C, NH, scale, nullptr);
+    cuda::attention_backward(d_dinp.get(), d_dout.get(), d_inp.get(), d_out.get(), d_lse.get(), B,
+                             T_, C, NH, scale, scratch, nullptr);
+    outs.push_back(to_host(d_out));
+    dinps.push_back(to_host(d_dinp));
+  }
+  EXPECT_EQ(0, std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(dinps[0].data(), dinps[1].data(), dinps[0].size() * sizeof(float)));
+  EXPECT_NE(dinps[0], dinp0);  // the backward did accumulate something
 }
 
 }  // namespace
