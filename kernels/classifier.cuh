@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "common/philox.h"  // SGPT_HD
+#include "cuda/ops_cuda.h"   // Scratch, cudaStream_t
 
 namespace sgpt::cuda {
 
@@ -159,5 +160,14 @@ SGPT_HD float libm_expf_t(float x, Tab tab) {
 SGPT_HD float libm_expf(float x) { return libm_expf_t(x, TabConst{}); }
 // Same result, table from `tab` (32 entries equal to libm_expf_tab(0..31), e.g. in shared memory).
 SGPT_HD float libm_expf(float x, const uint64_t* tab) { return libm_expf_t(x, TabPtr{tab}); }
+
+// The CPU-order GNB sampler (kernels/classifier.cu: one thread per row, labels identical to
+// cpu::sample_labels on the same values) for either T. sample_labels<float> runs it;
+// sample_labels<bf16> runs a one-block-per-row sampler (exact draw from the softmax, fixed-tree
+// sums: not the CPU's labels bit for bit). Exposed for tests and benchmarks.
+template <class T>
+void sample_labels_exact(int* targets, const T* logits, int N, int T_, int V, int Vp,
+                         uint64_t seed, uint32_t step, uint32_t seq0, Scratch& scratch,
+                         cudaStream_t stream);
 
 }  // namespace sgpt::cuda
