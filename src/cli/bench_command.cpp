@@ -313,38 +313,53 @@ size_t device_used_bytes() {
   return total_b - free_b;
 }
 
-TrainBenchResult run_train_config(const TrainBenchOptions& o, const ModelConfig& mc,
-                                  const std::vector<float>& init, const std::string& opt_name,
-                                  double fraction) {
+// One configuration of the benchmark (AdamW, or Sophia-G with one GNB batch fraction) and the
+// times of its steps.
+struct TrainBenchConfig {
+  std::string name;
+  bool sophia = false;
+  double fraction = 1.0;
+  int64_t step = 0;  // its own step counter: a GNB pass on step % k == k-1
+  double total = 0, plain = 0, gnbt = 0;
+  int nplain = 0, ngnb = 0;
+  float last_loss = 0;
+};
+
+// All configurations share one backend (the weights are whatever the steps make of them: timing
+// does not depend on their values) and run in interleaved rounds of k steps each, so that a drift
+// of the GPU's speed over the run (seen: plain steps 138.8 -> 147.7 ms across two consecutive
+// sequential runs) affects every configuration alike instead of biasing the comparison.
+std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, const ModelConfig& mc,
+                                                const std::vector<float>& init,
+                                                std::vector<TrainBenchConfig>& cfgs) {
   CUDA_CHECK(cudaDeviceSynchronize());
   const size_t used0 = device_used_bytes();
   size_t used_peak = used0;
   const Precision prec = o.precision == "fp32" ? Precision::kFp32 : Precision::kBf16;
   auto be = make_cuda_backend(mc, o.batch, o.seq, prec, init);
   TokenSource src(o, mc.vocab_size);
-  const bool sophia = opt_name == "sophiag";
   const int B = o.batch, T = o.seq, k = o.k;
-  const int Bh = std::max(1, static_cast<int>(std::floor(fraction * B)));
   const double tokens = double(B) * T * o.accum;
   const double clip = 1.0;
   std::vector<int> inp(size_t(B) * T), tgt(size_t(B) * T);
   const auto sc = SophiaConsts::make(6e-4, 0.965, 0.04, tokens, 0.1);
   const auto hc = HessianConsts::make(0.99);
-  float last_loss = 0;
-  auto step = [&](int64_t s, bool force_gnb) {
+  auto step = [&](TrainBenchConfig& c) {
+    const int64_t s = c.step++;
     be->zero_grad();
     double loss = 0;
     for (int m = 0; m < o.accum; ++m) {
       src.next(inp.data(), tgt.data());
       loss += be->train_micro(inp.data(), tgt.data(), B, T, 1.0f / o.accum);
     }
-    last_loss = static_cast<float>(loss / o.accum);
-    const float c = cpu::clip_scale(std::sqrt(be->grad_sum_squares()), clip);
-    if (c != 1.0f) be->scale_grad(c);
-    const bool gnb = sophia && (force_gnb || s % k == k - 1);
-    if (sophia) be->sophia_step(sc, nullptr);
+    c.last_loss = static_cast<float>(loss / o.accum);
+    const float cs = cpu::clip_scale(std::sqrt(be->grad_sum_squares()), clip);
+    if (cs != 1.0f) be->scale_grad(cs);
+    const bool gnb = c.sophia && s % k == k - 1;
+    if (c.sophia) be->sophia_step(sc, nullptr);
     else be->adamw_step(AdamWConsts::make(6e-4, 0.9, 0.95, 1e-8, 0.1, s + 1));
     if (gnb) {
+      const int Bh = std::max(1, static_cast<int>(std::floor(c.fraction * B)));
       be->zero_grad();
       for (int m = 0; m < o.accum; ++m) {
         src.next(inp.data(), tgt.data());
@@ -359,34 +374,37 @@ TrainBenchResult run_train_config(const TrainBenchOptions& o, const ModelConfig&
     used_peak = std::max(used_peak, device_used_bytes());
     return gnb;
   };
-  for (int i = 0; i < o.warmup; ++i) step(i, i == o.warmup - 1);
-  TrainBenchResult r;
-  r.name = sophia ? "sophiag" : "adamw";
-  if (sophia) {
-    char b[64];
-    std::snprintf(b, sizeof b, "sophiag k=%d frac=%.2g", k, fraction);
-    r.name = b;
-  }
-  const int n = ((std::max(o.steps, 1) + k - 1) / k) * k;
   using clock = std::chrono::steady_clock;
-  double total = 0, plain = 0, gnbt = 0;
-  int nplain = 0, ngnb = 0;
-  for (int i = 0; i < n; ++i) {
-    const auto t0 = clock::now();
-    const bool gnb = step(i, false);  // i = 0..n-1: exactly n/k GNB steps
-    const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-    total += ms;
-    (gnb ? gnbt : plain) += ms;
-    (gnb ? ngnb : nplain) += 1;
+  // Warm-up: ceil(warmup / k) untimed rounds (each Sophia-G configuration runs a GNB pass in each).
+  const int warm_rounds = (std::max(o.warmup, 1) + k - 1) / k;
+  const int rounds = (std::max(o.steps, 1) + k - 1) / k;
+  for (int r = 0; r < warm_rounds + rounds; ++r) {
+    for (auto& c : cfgs) {
+      for (int i = 0; i < k; ++i) {
+        const auto t0 = clock::now();
+        const bool gnb = step(c);
+        const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+        if (r < warm_rounds) continue;
+        c.total += ms;
+        (gnb ? c.gnbt : c.plain) += ms;
+        (gnb ? c.ngnb : c.nplain) += 1;
+      }
+    }
   }
-  r.steps = n;
-  r.gnb_steps = ngnb;
-  r.mean_ms = total / n;
-  r.plain_ms = nplain ? plain / nplain : 0;
-  r.gnb_ms = ngnb ? gnbt / ngnb : 0;
-  r.mem_gib = double(used_peak - used0) / double(1u << 30);
-  r.last_loss = last_loss;
-  return r;
+  std::vector<TrainBenchResult> res;
+  for (const auto& c : cfgs) {
+    TrainBenchResult r;
+    r.name = c.name;
+    r.steps = c.nplain + c.ngnb;
+    r.gnb_steps = c.ngnb;
+    r.mean_ms = c.total / r.steps;
+    r.plain_ms = c.nplain ? c.plain / c.nplain : 0;
+    r.gnb_ms = c.ngnb ? c.gnbt / c.ngnb : 0;
+    r.mem_gib = double(used_peak - used0) / double(1u << 30);
+    r.last_loss = c.last_loss;
+    res.push_back(r);
+  }
+  return res;
 }
 
 void run_train_bench(const TrainBenchOptions& o) {
@@ -413,20 +431,29 @@ void run_train_bench(const TrainBenchOptions& o) {
               "not counted as model flops\n\n",
               o.peak_tflops,
               o.peak_tflops == 989.0 ? "bf16 dense peak, H100 SXM datasheet" : "given peak");
-  std::vector<TrainBenchResult> res;
+  std::vector<TrainBenchConfig> cfgs;
   for (const auto& opt : o.optimizers) {
-    std::vector<double> fr = {1.0};
-    if (opt == "sophiag") fr = o.fractions;
-    else if (opt != "adamw")
+    if (opt == "adamw") {
+      TrainBenchConfig c;
+      c.name = "adamw";
+      cfgs.push_back(c);
+    } else if (opt == "sophiag") {
+      for (double f : o.fractions) {
+        TrainBenchConfig c;
+        char b[64];
+        std::snprintf(b, sizeof b, "sophiag k=%d frac=%.2g", o.k, f);
+        c.name = b;
+        c.sophia = true;
+        c.fraction = f;
+        cfgs.push_back(c);
+      }
+    } else {
       throw UserError("bench train: unknown optimizer '" + opt + "' (adamw, sophiag)");
-    for (double f : fr) {
-      res.push_back(run_train_config(o, mc, init, opt, f));
-      const auto& r = res.back();
-      std::printf("  done %-22s %.2f ms/step (loss %.3f)\n", r.name.c_str(), r.mean_ms,
-                  r.last_loss);
-      std::fflush(stdout);
     }
   }
+  const std::vector<TrainBenchResult> res = run_train_configs(o, mc, init, cfgs);
+  for (const auto& r : res)
+    std::printf("  done %-22s %.2f ms/step (loss %.3f)\n", r.name.c_str(), r.mean_ms, r.last_loss);
   double adamw_ms = 0;
   for (const auto& r : res)
     if (r.name == "adamw") adamw_ms = r.mean_ms;
@@ -453,7 +480,8 @@ void run_train_bench(const TrainBenchOptions& o) {
   std::printf("\nSophia bound = AdamW ms/step x (1 + fraction/k) x 1.01. GPU memory = peak of "
               "(total - free) from cudaMemGetInfo after each step, minus the level before the "
               "backend was created (weights, master, grads, optimizer state, activations, "
-              "scratch, cuBLASLt workspace).\n");
+              "scratch, cuBLASLt workspace; one backend serves every configuration, so its optimizer "
+              "state holds m, v and h). Configurations run interleaved, k steps each per round.\n");
 }
 
 #endif  // SGPT_WITH_CUDA
@@ -512,7 +540,7 @@ void add_bench_commands(CLI::App& app) {
   train->add_option("--steps", tr->steps, "Timed steps per configuration (rounded up to a "
                                           "multiple of k)")
       ->capture_default_str();
-  train->add_option("--warmup", tr->warmup, "Untimed steps")->capture_default_str();
+  train->add_option("--warmup", tr->warmup, "Untimed steps per configuration (rounded up to a multiple of --k)")->capture_default_str();
   train->add_option("--peak-tflops", tr->peak_tflops, "Peak for MFU (default: H100 SXM bf16 "
                                                       "dense datasheet)")
       ->capture_default_str();
