@@ -55,10 +55,7 @@ Gpt2<F>::Gpt2(const ModelConfig& cfg, int max_B, int T)
 
 template <class F>
 F Gpt2<F>::attention_scale(int layer) const {
-  const double hs = static_cast<double>(cfg_.n_embd / cfg_.n_head);
-  double s = 1.0 / std::sqrt(hs);
-  if (cfg_.scale_attn_by_inverse_layer_idx) s /= static_cast<double>(layer + 1);
-  return static_cast<F>(s);
+  return static_cast<F>(sgpt::attention_scale(cfg_, layer));
 }
 
 template <class F>

@@ -51,10 +51,7 @@ Gpt2Cuda<T>::Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t st
 
 template <class T>
 float Gpt2Cuda<T>::attention_scale(int layer) const {
-  const double hs = static_cast<double>(cfg_.n_embd / cfg_.n_head);
-  double s = 1.0 / std::sqrt(hs);
-  if (cfg_.scale_attn_by_inverse_layer_idx) s /= static_cast<double>(layer + 1);
-  return static_cast<float>(s);
+  return static_cast<float>(sgpt::attention_scale(cfg_, layer));
 }
 
 template <class T>

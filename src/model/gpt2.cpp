@@ -103,4 +103,10 @@ void init_params(float* params, const ModelConfig& cfg, const ParamLayout& layou
   }
 }
 
+double attention_scale(const ModelConfig& cfg, int layer) {
+  double s = 1.0 / std::sqrt(static_cast<double>(cfg.n_embd / cfg.n_head));
+  if (cfg.scale_attn_by_inverse_layer_idx) s /= static_cast<double>(layer + 1);
+  return s;
+}
+
 }  // namespace sgpt

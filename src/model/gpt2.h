@@ -71,6 +71,10 @@ struct ParamLayout {
 // Round v up to a multiple of 128 (the padded vocabulary llm.c and the official model use).
 int pad_vocab(int v);
 
+// Multiplier of q.k in layer `layer`: 1/sqrt(head size), further divided by (layer + 1) when
+// scale_attn_by_inverse_layer_idx is set. Computed in double; every backend uses this one.
+double attention_scale(const ModelConfig& cfg, int layer);
+
 // Number of parameters excluding position embeddings, as nanoGPT reports it.
 size_t num_params_reported(const ModelConfig& cfg);
 
