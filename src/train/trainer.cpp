@@ -170,7 +170,11 @@ int64_t prepare_run_dir(const Config& cfg, const TrainOptions& opt) {
     fs::create_directories(dir, ec);
     if (ec) throw UserError("cannot create --out-dir '" + opt.out_dir + "': " + ec.message());
     const std::string text = config_to_json(cfg).dump(2) + "\n";
-    const std::string name = opt.resume ? "config.resume.json" : "config.json";
+    // A resumed run records its config beside the original, named by the step it resumed from,
+    // so no earlier file is overwritten.
+    char resumed[48];
+    std::snprintf(resumed, sizeof resumed, "config.resume_%08lld.json", static_cast<long long>(ckpt));
+    const std::string name = opt.resume ? std::string(resumed) : "config.json";
     write_file_atomic((dir / name).string(), {{text.data(), text.size()}});
   }
   return opt.resume ? ckpt : 0;

@@ -129,6 +129,13 @@ TEST(Cli, AutoFallsBackToCpuAndTrains) {
                        " --set schedule.max_steps=5 --device cpu --resume --out-dir " + (d / "run").string());
   EXPECT_EQ(more.code, 0) << more.out;
   EXPECT_TRUE(fs::exists(d / "run" / "model_00000005.bin"));
+  EXPECT_TRUE(fs::exists(d / "run" / "config.resume_00000003.json"));
+  // Resuming again keeps the first resume's config file.
+  const Exec again2 = run("train --config " + (d / "cfg.json").string() +
+                          " --set schedule.max_steps=6 --device cpu --resume --out-dir " + (d / "run").string());
+  EXPECT_EQ(again2.code, 0) << again2.out;
+  EXPECT_TRUE(fs::exists(d / "run" / "config.resume_00000003.json"));
+  EXPECT_TRUE(fs::exists(d / "run" / "config.resume_00000005.json"));
 }
 
 TEST(Cli, CudaWithoutGpuIsAnError) {
