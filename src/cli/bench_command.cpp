@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -53,6 +54,7 @@ struct TrainBenchOptions {
   int k = 10;               // Sophia-G hessian interval
   std::vector<double> fractions = {1.0, 0.5};  // GNB batch fractions
   std::vector<std::string> optimizers = {"adamw", "sophiag"};
+  std::vector<std::string> attentions = {"auto"};  // "auto", "own", "cudnn" (interleaved)
   int steps = 20;           // timed steps per configuration (rounded up to a multiple of k)
   int warmup = 3;           // untimed steps (the last one runs a GNB pass for Sophia-G)
   double peak_tflops = 989.0;  // bf16 dense, H100 SXM datasheet
@@ -300,7 +302,9 @@ class TokenSource {
 };
 
 struct TrainBenchResult {
-  std::string name;
+  std::string name, attention;
+  bool sophia = false;
+  double fraction = 0;
   double mean_ms = 0, plain_ms = 0, gnb_ms = 0;  // all steps; steps without / with a GNB pass
   int steps = 0, gnb_steps = 0;
   double mem_gib = 0;
@@ -317,6 +321,7 @@ size_t device_used_bytes() {
 // times of its steps.
 struct TrainBenchConfig {
   std::string name;
+  std::string attention = "auto";
   bool sophia = false;
   double fraction = 1.0;
   int64_t step = 0;  // its own step counter: a GNB pass on step % k == k-1
@@ -336,7 +341,17 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
   const size_t used0 = device_used_bytes();
   size_t used_peak = used0;
   const Precision prec = o.precision == "fp32" ? Precision::kFp32 : Precision::kBf16;
-  auto be = make_cuda_backend(mc, o.batch, o.seq, prec, init);
+  std::unique_ptr<Backend> be;
+  try {
+    be = make_cuda_backend(mc, o.batch, o.seq, prec, init,
+                           attention_impl_from_name(cfgs.front().attention));
+    for (const auto& a : o.attentions) {
+      be->set_attention(attention_impl_from_name(a));
+      std::printf("attention %s: %s\n", a.c_str(), be->name().c_str());
+    }
+  } catch (const std::invalid_argument& e) {
+    throw UserError(std::string("bench train: ") + e.what());
+  }
   TokenSource src(o, mc.vocab_size);
   const int B = o.batch, T = o.seq, k = o.k;
   const double tokens = double(B) * T * o.accum;
@@ -380,6 +395,7 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
   const int rounds = (std::max(o.steps, 1) + k - 1) / k;
   for (int r = 0; r < warm_rounds + rounds; ++r) {
     for (auto& c : cfgs) {
+      be->set_attention(attention_impl_from_name(c.attention));
       for (int i = 0; i < k; ++i) {
         const auto t0 = clock::now();
         const bool gnb = step(c);
@@ -395,6 +411,9 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
   for (const auto& c : cfgs) {
     TrainBenchResult r;
     r.name = c.name;
+    r.attention = c.attention;
+    r.sophia = c.sophia;
+    r.fraction = c.fraction;
     r.steps = c.nplain + c.ngnb;
     r.gnb_steps = c.ngnb;
     r.mean_ms = c.total / r.steps;
@@ -432,50 +451,56 @@ void run_train_bench(const TrainBenchOptions& o) {
               o.peak_tflops,
               o.peak_tflops == 989.0 ? "bf16 dense peak, H100 SXM datasheet" : "given peak");
   std::vector<TrainBenchConfig> cfgs;
-  for (const auto& opt : o.optimizers) {
-    if (opt == "adamw") {
-      TrainBenchConfig c;
-      c.name = "adamw";
-      cfgs.push_back(c);
-    } else if (opt == "sophiag") {
-      for (double f : o.fractions) {
+  for (const auto& a : o.attentions) {
+    if (a != "auto" && a != "own" && a != "cudnn")
+      throw UserError("bench train: unknown --attention '" + a + "' (auto, own, cudnn)");
+    for (const auto& opt : o.optimizers) {
+      if (opt == "adamw") {
         TrainBenchConfig c;
-        char b[64];
-        std::snprintf(b, sizeof b, "sophiag k=%d frac=%.2g", o.k, f);
-        c.name = b;
-        c.sophia = true;
-        c.fraction = f;
+        c.name = "adamw";
+        c.attention = a;
         cfgs.push_back(c);
+      } else if (opt == "sophiag") {
+        for (double f : o.fractions) {
+          TrainBenchConfig c;
+          char b[64];
+          std::snprintf(b, sizeof b, "sophiag k=%d frac=%.2g", o.k, f);
+          c.name = b;
+          c.attention = a;
+          c.sophia = true;
+          c.fraction = f;
+          cfgs.push_back(c);
+        }
+      } else {
+        throw UserError("bench train: unknown optimizer '" + opt + "' (adamw, sophiag)");
       }
-    } else {
-      throw UserError("bench train: unknown optimizer '" + opt + "' (adamw, sophiag)");
     }
   }
+  if (cfgs.empty()) throw UserError("bench train: no configuration to run");
   const std::vector<TrainBenchResult> res = run_train_configs(o, mc, init, cfgs);
   for (const auto& r : res)
-    std::printf("  done %-22s %.2f ms/step (loss %.3f)\n", r.name.c_str(), r.mean_ms, r.last_loss);
-  double adamw_ms = 0;
-  for (const auto& r : res)
-    if (r.name == "adamw") adamw_ms = r.mean_ms;
-  std::printf("\n| optimizer | steps (GNB) | ms/step mean | plain step ms | GNB step ms | tokens/s |"
-              " MFU | GPU memory GiB | vs AdamW | Sophia bound |\n");
-  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    std::printf("  done %-22s [%s] %.2f ms/step (loss %.3f)\n", r.name.c_str(),
+                r.attention.c_str(), r.mean_ms, r.last_loss);
+  std::printf("\n| optimizer | attention | steps (GNB) | ms/step mean | plain step ms | GNB step ms |"
+              " tokens/s | MFU | GPU memory GiB | vs AdamW | Sophia bound |\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const auto& r : res) {
     const double tps = tokens / (r.mean_ms / 1e3);
     const double mfu = flops_tok * tps / (o.peak_tflops * 1e12);
+    double adamw_ms = 0;  // the AdamW configuration with the same attention
+    for (const auto& a : res)
+      if (!a.sophia && a.attention == r.attention) adamw_ms = a.mean_ms;
     char vs[32] = "-", bound[48] = "-";
-    double frac = -1;
-    if (r.name != "adamw" && std::sscanf(r.name.c_str(), "sophiag k=%*d frac=%lf", &frac) == 1 &&
-        adamw_ms > 0) {
+    if (r.sophia && adamw_ms > 0) {
       std::snprintf(vs, sizeof vs, "%.3fx", r.mean_ms / adamw_ms);
-      const double b = adamw_ms * (1.0 + frac / o.k) * 1.01;
+      const double b = adamw_ms * (1.0 + r.fraction / o.k) * 1.01;
       std::snprintf(bound, sizeof bound, "%.2f ms %s", b, r.mean_ms <= b ? "met" : "MISSED");
     }
     char gnb[32] = "-";
     if (r.gnb_steps) std::snprintf(gnb, sizeof gnb, "%.2f", r.gnb_ms);
-    std::printf("| %s | %d (%d) | %.2f | %.2f | %s | %.0f | %.1f%% | %.2f | %s | %s |\n",
-                r.name.c_str(), r.steps, r.gnb_steps, r.mean_ms, r.plain_ms, gnb, tps,
-                100.0 * mfu, r.mem_gib, vs, bound);
+    std::printf("| %s | %s | %d (%d) | %.2f | %.2f | %s | %.0f | %.1f%% | %.2f | %s | %s |\n",
+                r.name.c_str(), r.attention.c_str(), r.steps, r.gnb_steps, r.mean_ms, r.plain_ms,
+                gnb, tps, 100.0 * mfu, r.mem_gib, vs, bound);
   }
   std::printf("\nSophia bound = AdamW ms/step x (1 + fraction/k) x 1.01. GPU memory = peak of "
               "(total - free) from cudaMemGetInfo after each step, minus the level before the "
@@ -532,6 +557,11 @@ void add_bench_commands(CLI::App& app) {
   train->add_option("--accum", tr->accum, "Micro-steps per optimizer step")->capture_default_str();
   train->add_option("--k", tr->k, "Sophia-G hessian interval")->capture_default_str();
   train->add_option("--fractions", tr->fractions, "GNB batch fractions (Sophia-G)")
+      ->delimiter(',')
+      ->capture_default_str();
+  train->add_option("--attention", tr->attentions,
+                    "Attention implementations among auto, own, cudnn (each runs every optimizer "
+                    "configuration; all interleaved)")
       ->delimiter(',')
       ->capture_default_str();
   train->add_option("--optimizers", tr->optimizers, "adamw, sophiag")

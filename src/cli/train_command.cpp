@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -66,8 +67,13 @@ bool choose_gpu(Config& cfg) {
 std::unique_ptr<Backend> make_backend(const Config& cfg, bool use_gpu, int B, const std::vector<float>& params) {
   if (use_gpu) {
 #ifdef SGPT_WITH_CUDA
-    return make_cuda_backend(cfg.model, B, cfg.model.block_size,
-                             cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32, params);
+    try {
+      return make_cuda_backend(cfg.model, B, cfg.model.block_size,
+                               cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32,
+                               params, attention_impl_from_name(cfg.attention));
+    } catch (const std::invalid_argument& e) {  // attention "cudnn" that cannot be used
+      throw UserError(e.what());
+    }
 #endif
   }
   return make_cpu_backend(cfg.model, B, cfg.model.block_size, params);

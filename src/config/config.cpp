@@ -182,6 +182,7 @@ Config config_from_json(const json& j, const std::string& source) {
   top.get("seed", c.seed);
   top.get("precision", c.precision);
   top.get("device", c.device);
+  top.get("attention", c.attention);
   top.finish();
   c.model.padded_vocab_size = pad_vocab(c.model.vocab_size);
   return c;
@@ -213,6 +214,7 @@ json config_to_json(const Config& c) {
       {"seed", c.seed},
       {"precision", c.precision},
       {"device", c.device},
+      {"attention", c.attention},
   };
 }
 
@@ -287,6 +289,11 @@ void Config::validate(int world) const {
     bad("precision", "must be \"fp32\" or \"bf16\", got \"" + precision + "\"");
   if (device != "auto" && device != "cpu" && device != "cuda")
     bad("device", "must be \"auto\", \"cpu\" or \"cuda\", got \"" + device + "\"");
+  if (attention != "auto" && attention != "own" && attention != "cudnn")
+    bad("attention", "must be \"auto\", \"own\" or \"cudnn\", got \"" + attention + "\"");
+  if (attention == "cudnn" && precision != "bf16")
+    bad("attention", "\"cudnn\" needs precision \"bf16\" (cuDNN's fused attention has no fp32 "
+                     "mode); use \"auto\" or \"own\"");
 }
 
 json read_json_file(const std::string& path) {

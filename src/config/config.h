@@ -71,6 +71,7 @@ struct Config {
   uint64_t seed = 1337;
   std::string precision = "fp32";  // "fp32" | "bf16" (bf16 needs the CUDA backend)
   std::string device = "auto";     // "auto" | "cpu" | "cuda"
+  std::string attention = "auto";  // GPU attention: "auto" | "own" | "cudnn" (train/backend.h)
 
   // Derived (not keys): gradient accumulation steps and Sophia's bs, for a world of `world`
   // processes. Validated in validate(world).

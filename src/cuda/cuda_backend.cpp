@@ -51,9 +51,10 @@ constexpr uint64_t kRoundingSeed = 0x5EED5EEDull;
 template <class W>  // working type of weights, activations and gradients
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(const ModelConfig& cfg, int max_B, int T, const std::vector<float>& init)
+  CudaBackend(const ModelConfig& cfg, int max_B, int T, const std::vector<float>& init,
+              AttentionImpl attention)
       : cfg_(cfg), layout_(ParamLayout::make(cfg)), T_(T), stream_(make_stream()),
-        model_(cfg, max_B, T, stream_), decay_(cuda::DecayRanges::from_layout(layout_)) {
+        model_(cfg, max_B, T, stream_, attention), decay_(cuda::DecayRanges::from_layout(layout_)) {
     if (init.size() != layout_.total)
       throw std::invalid_argument("CudaBackend: initial parameters have the wrong size");
     const size_t n = layout_.total;
@@ -68,7 +69,10 @@ class CudaBackend final : public Backend {
     cudaStreamDestroy(stream_);
   }
 
-  std::string name() const override { return kFp32 ? "cuda-fp32" : "cuda-bf16"; }
+  std::string name() const override {
+    return std::string(kFp32 ? "cuda-fp32" : "cuda-bf16") + ", attention " + model_.attention_name();
+  }
+  void set_attention(AttentionImpl attention) override { model_.set_attention(attention); }
   const ModelConfig& model() const override { return cfg_; }
   const ParamLayout& layout() const override { return layout_; }
 
@@ -222,10 +226,11 @@ class CudaBackend final : public Backend {
 
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& cfg, int max_B, int T,
                                            Precision precision,
-                                           const std::vector<float>& init_params) {
+                                           const std::vector<float>& init_params,
+                                           AttentionImpl attention) {
   if (precision == Precision::kFp32)
-    return std::make_unique<CudaBackend<float>>(cfg, max_B, T, init_params);
-  return std::make_unique<CudaBackend<cuda::bf16>>(cfg, max_B, T, init_params);
+    return std::make_unique<CudaBackend<float>>(cfg, max_B, T, init_params, attention);
+  return std::make_unique<CudaBackend<cuda::bf16>>(cfg, max_B, T, init_params, attention);
 }
 
 }  // namespace sgpt

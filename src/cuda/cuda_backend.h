@@ -18,9 +18,12 @@ bool cuda_usable(std::string* why);
 // kFp32: every tensor fp32, results comparable with the CPU reference (TF32 off).
 // kBf16: bf16 weights, activations and gradients; fp32 master weights and optimizer state; the
 // optimizer writes the bf16 weights from the master with stochastic rounding.
-// Activations are allocated for max_B x T positions.
+// Activations are allocated for max_B x T positions. `attention`: see AttentionImpl
+// (train/backend.h); kCudnn throws std::invalid_argument with the reason when cuDNN attention
+// cannot be used.
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& cfg, int max_B, int T,
                                            Precision precision,
-                                           const std::vector<float>& init_params);
+                                           const std::vector<float>& init_params,
+                                           AttentionImpl attention = AttentionImpl::kAuto);
 
 }  // namespace sgpt

@@ -9,7 +9,8 @@
 namespace sgpt::cuda {
 
 template <class T>
-Gpt2Cuda<T>::Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream)
+Gpt2Cuda<T>::Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream,
+                      AttentionImpl attention)
     : cfg_(cfg), layout_(ParamLayout::make(cfg)), max_B_(max_B), T_(T_), stream_(stream) {
   // bf16: GELU in the cuBLASLt epilogues (SGPT_GELU_FUSION=0 turns it off, for measurements).
   const char* fuse = std::getenv("SGPT_GELU_FUSION");
@@ -47,6 +48,38 @@ Gpt2Cuda<T>::Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t st
   datty_.resize(N * C);
   if (!fuse_gelu_) dfch_gelu_.resize(N * 4 * C);
   dfch_.resize(N * 4 * C);
+  set_attention(attention);
+}
+
+template <class T>
+void Gpt2Cuda<T>::set_attention(AttentionImpl attention) {
+  use_cudnn_ = false;
+  if (attention == AttentionImpl::kOwn) return;
+  const bool want = attention == AttentionImpl::kCudnn;
+  std::string why;
+  if (!std::is_same_v<T, bf16>)
+    why = "it needs precision bf16 (cuDNN's fused attention has no fp32 mode)";
+  else if (!CudnnAttention::built())
+    why = "this build has no cuDNN (CMake did not find libcudnn)";
+  else if (!CudnnAttention::supports(cfg_.n_embd, cfg_.n_head))
+    why = "head size n_embd/n_head = " + std::to_string(cfg_.n_embd / cfg_.n_head) +
+          " is not a multiple of 8 up to 128";
+  if (why.empty()) {
+    try {
+      if (!cudnn_) cudnn_ = std::make_unique<CudnnAttention>();
+      cudnn_->prepare(max_B_, T_, cfg_.n_embd, cfg_.n_head);
+      use_cudnn_ = true;
+      return;
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+  }
+  if (want) throw std::invalid_argument("attention \"cudnn\" cannot be used: " + why);
+}
+
+template <class T>
+std::string Gpt2Cuda<T>::attention_name() const {
+  return use_cudnn_ ? cudnn_->describe() : "own";
 }
 
 template <class T>
@@ -83,7 +116,12 @@ void Gpt2Cuda<T>::forward_logits(const T* params, const int* inp_host, int B) {
                       tensor(params, kLn1b, l), N, C, stream_);
     matmul_forward(matmul_, qkv, ln1, tensor(params, kQkvw, l), tensor(params, kQkvb, l), N, C,
                    3 * C, stream_);
-    attention_forward(atty, act(lse_, l, NH), qkv, B, T_, C, NH, attention_scale(l), stream_);
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (use_cudnn_)
+        cudnn_->forward(atty, act(lse_, l, NH), qkv, B, T_, C, NH, attention_scale(l), stream_);
+    }
+    if (!use_cudnn_)
+      attention_forward(atty, act(lse_, l, NH), qkv, B, T_, C, NH, attention_scale(l), stream_);
     matmul_forward(matmul_, proj_.get(), atty, tensor(params, kAttprojw, l),
                    tensor(params, kAttprojb, l), N, C, C, stream_);
     residual_forward(res2, x, proj_.get(), NC, stream_);
@@ -187,9 +225,15 @@ void Gpt2Cuda<T>::backward(const T* params, T* grads) {
     matmul_backward(matmul_, datty_.get(), tensor(grads, kAttprojw, l),
                     tensor(grads, kAttprojb, l), dres_.get(), act(atty_, l, C),
                     tensor(params, kAttprojw, l), N, C, C, scratch_, stream_, kOverwrite);
-    attention_backward(dqkv_.get(), datty_.get(), act(qkv_, l, 3 * C), act(atty_, l, C),
-                       act(lse_, l, NH), B, T_, C, NH, attention_scale(l), scratch_, stream_,
-                       /*accumulate=*/false);
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (use_cudnn_)
+        cudnn_->backward(dqkv_.get(), datty_.get(), act(qkv_, l, 3 * C), act(atty_, l, C),
+                         act(lse_, l, NH), B, T_, C, NH, attention_scale(l), stream_);
+    }
+    if (!use_cudnn_)
+      attention_backward(dqkv_.get(), datty_.get(), act(qkv_, l, 3 * C), act(atty_, l, C),
+                         act(lse_, l, NH), B, T_, C, NH, attention_scale(l), scratch_, stream_,
+                         /*accumulate=*/false);
     matmul_backward(matmul_, dln_.get(), tensor(grads, kQkvw, l), tensor(grads, kQkvb, l),
                     dqkv_.get(), act(ln1_, l, C), tensor(params, kQkvw, l), N, C, 3 * C, scratch_,
                     stream_, kOverwrite);

@@ -12,17 +12,29 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <memory>
+#include <string>
 
+#include "cuda/attention_cudnn.h"
 #include "cuda/buffer.h"
 #include "cuda/ops_cuda.h"
 #include "model/gpt2.h"
+#include "train/backend.h"
 
 namespace sgpt::cuda {
 
 template <class T>
 class Gpt2Cuda {
  public:
-  Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream);
+  Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream,
+           AttentionImpl attention = AttentionImpl::kAuto);
+
+  // Selects the attention implementation (train/backend.h). kCudnn throws std::invalid_argument
+  // when cuDNN attention cannot be used (fp32, no cuDNN in the build, unsupported head size, no
+  // deterministic engine), with the reason; kAuto then falls back to our kernels silently.
+  void set_attention(AttentionImpl attention);
+  // "own" or "cuDNN <version>, forward engine <i>, backward engine <j>".
+  std::string attention_name() const;
 
   // Forward to logits [B*T, Vp]. inp_host: B*T token ids (host memory).
   void forward_logits(const T* params, const int* inp_host, int B);
@@ -58,6 +70,8 @@ class Gpt2Cuda {
   int max_B_, T_;
   int B_ = 0;
   bool fuse_gelu_ = false;  // bf16: GELU in the fc / fcproj matmul epilogues (matmul.cu)
+  std::unique_ptr<CudnnAttention> cudnn_;  // created on first selection of cuDNN attention
+  bool use_cudnn_ = false;
   cudaStream_t stream_;
   MatmulContext matmul_;
   Scratch scratch_;

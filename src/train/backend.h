@@ -22,6 +22,13 @@ namespace sgpt {
 // gradients; fp32 master weights and optimizer state.
 enum class Precision { kFp32, kBf16 };
 
+// Attention on the GPU: our own kernels (kernels/attention.cu, kernels/flash_attention.cu) or
+// cuDNN's fused flash attention (src/cuda/attention_cudnn.cpp; bf16 only). kAuto picks cuDNN when
+// it is usable (bf16, a build with cuDNN, a supported head size, a deterministic engine found)
+// and our kernels otherwise. The config key `attention` ("auto", "own", "cudnn") selects it.
+enum class AttentionImpl { kAuto, kOwn, kCudnn };
+AttentionImpl attention_impl_from_name(const std::string& name);  // throws std::invalid_argument
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -53,6 +60,10 @@ class Backend {
   // slot: "params" (fp32 master), "m", "h" (Sophia) or "v" (AdamW), "grad".
   virtual void get(const std::string& slot, std::vector<float>& out) = 0;
   virtual void set(const std::string& slot, const std::vector<float>& in) = 0;
+
+  // Switches the attention implementation between steps (benchmarks interleave them on one
+  // backend). The CPU backend has one implementation and ignores it.
+  virtual void set_attention(AttentionImpl) {}
 };
 
 }  // namespace sgpt

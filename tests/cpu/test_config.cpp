@@ -99,6 +99,14 @@ TEST(Config, OutOfRangeValuesAreErrors) {
   json j = tiny();
   j["precision"] = "fp8";
   expect_error(j, {"precision", "fp32"});
+  json a = tiny();
+  a["attention"] = "flash";
+  expect_error(a, {"attention", "\"auto\", \"own\" or \"cudnn\"", "flash"});
+  json b = tiny();
+  b["attention"] = "cudnn";  // tiny() is fp32
+  expect_error(b, {"attention", "needs precision \"bf16\""});
+  b["precision"] = "bf16";
+  EXPECT_EQ(config_from_json(b, "x").attention, "cudnn");
 }
 
 TEST(Config, OverridesParseJsonOrStrings) {

@@ -16,7 +16,11 @@
 
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
+#include <utility>
+#include <vector>
 
+#include "cuda/attention_cudnn.h"
 #include "cuda/cuda_backend.h"
 #include "model/gpt2.h"
 #include "test_kernels_util.h"
@@ -183,12 +187,21 @@ TEST(Backend, OptimizerStepsMatchCpuBitwise) {
   expect_same_bits(b, a, "scaled grad");
 }
 
-std::vector<std::vector<float>> run_twice_state(Precision prec, uint64_t seed) {
+// bf16 runs with both attention implementations (cuDNN's only in builds that have it).
+std::vector<AttentionImpl> bf16_attentions() {
+  std::vector<AttentionImpl> a = {AttentionImpl::kOwn};
+  if (cuda::CudnnAttention::built()) a.push_back(AttentionImpl::kCudnn);
+  return a;
+}
+const char* attention_label(AttentionImpl a) { return a == AttentionImpl::kCudnn ? "cudnn" : "own"; }
+
+std::vector<std::vector<float>> run_twice_state(Precision prec, uint64_t seed,
+                                                AttentionImpl attention = AttentionImpl::kOwn) {
   Rng rng(seed);
   const ModelConfig cfg = small_config(true);
   const int T = 32;
   const auto params = init(cfg, seed, true);
-  auto gpu = make_cuda_backend(cfg, 4, T, prec, params);
+  auto gpu = make_cuda_backend(cfg, 4, T, prec, params, attention);
   const Batch b = make_batch(rng, 4, T, cfg.vocab_size);
   gpu->zero_grad();
   gpu->train_micro(b.inp.data(), b.tgt.data(), 4, T, 1.0f);
@@ -208,9 +221,12 @@ TEST(Backend, DeterministicFp32AndBf16) {
   SGPT_SKIP_WITHOUT_GPU();
   const uint64_t seed = test_seed();
   SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
-  for (Precision prec : {Precision::kFp32, Precision::kBf16}) {
-    const auto a = run_twice_state(prec, seed), b = run_twice_state(prec, seed);
-    const std::string p = prec == Precision::kFp32 ? "fp32 " : "bf16 ";
+  std::vector<std::pair<Precision, AttentionImpl>> cases = {{Precision::kFp32, AttentionImpl::kOwn}};
+  for (AttentionImpl att : bf16_attentions()) cases.push_back({Precision::kBf16, att});
+  for (const auto& [prec, att] : cases) {
+    const auto a = run_twice_state(prec, seed, att), b = run_twice_state(prec, seed, att);
+    const std::string p = std::string(prec == Precision::kFp32 ? "fp32 " : "bf16 ") +
+                          attention_label(att) + " attention ";
     expect_same_bits(a[0], b[0], p + "params");
     expect_same_bits(a[1], b[1], p + "grad");
     expect_same_bits(a[2], b[2], p + "loss");
@@ -226,19 +242,50 @@ TEST(Backend, Bf16CloseToFp32Reference) {
   const int T = 32;
   const auto params = init(cfg, seed, false);
   auto cpu = make_cpu_backend(cfg, 4, T, params);
-  auto gpu = make_cuda_backend(cfg, 4, T, Precision::kBf16, params);
   const Batch b = make_batch(rng, 4, T, cfg.vocab_size);
   cpu->zero_grad();
-  gpu->zero_grad();
   const float lc = cpu->train_micro(b.inp.data(), b.tgt.data(), 4, T, 1.0f);
-  const float lg = gpu->train_micro(b.inp.data(), b.tgt.data(), 4, T, 1.0f);
-  std::printf("  bf16 loss %.6f vs fp32 cpu %.6f\n", lg, lc);
-  EXPECT_NEAR(lg, lc, 2e-2 * std::fabs(lc));
-  expect_grads_close(*gpu, *cpu, 1e-1, 0, 0, "bf16 grad");
-  // The master weights round-trip exactly through set/get.
-  std::vector<float> p;
-  gpu->get("params", p);
-  expect_same_bits(p, params, "bf16 master params");
+  for (AttentionImpl att : bf16_attentions()) {
+    SCOPED_TRACE(std::string("attention ") + attention_label(att));
+    auto gpu = make_cuda_backend(cfg, 4, T, Precision::kBf16, params, att);
+    gpu->zero_grad();
+    const float lg = gpu->train_micro(b.inp.data(), b.tgt.data(), 4, T, 1.0f);
+    std::printf("  bf16 (%s attention) loss %.6f vs fp32 cpu %.6f\n", attention_label(att), lg, lc);
+    EXPECT_NEAR(lg, lc, 2e-2 * std::fabs(lc));
+    expect_grads_close(*gpu, *cpu, 1e-1, 0, 0, "bf16 grad");
+    // The master weights round-trip exactly through set/get.
+    std::vector<float> p;
+    gpu->get("params", p);
+    expect_same_bits(p, params, "bf16 master params");
+  }
+}
+
+// attention "cudnn" where it cannot be used is an error that says why; "auto" falls back.
+TEST(Backend, CudnnAttentionRequestErrors) {
+  SGPT_SKIP_WITHOUT_GPU();
+  const ModelConfig cfg = small_config(false);
+  const auto params = init(cfg, 1, false);
+  try {
+    make_cuda_backend(cfg, 2, 16, Precision::kFp32, params, AttentionImpl::kCudnn);
+    ADD_FAILURE() << "fp32 with cuDNN attention was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("bf16"), std::string::npos) << e.what();
+  }
+  ModelConfig odd = cfg;
+  odd.n_head = 16;  // head size 4: not a multiple of 8
+  const auto odd_params = init(odd, 1, false);
+  try {
+    make_cuda_backend(odd, 2, 16, Precision::kBf16, odd_params, AttentionImpl::kCudnn);
+    ADD_FAILURE() << "head size 4 with cuDNN attention was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("head size"), std::string::npos) << e.what();
+  }
+  auto fallback = make_cuda_backend(odd, 2, 16, Precision::kBf16, odd_params, AttentionImpl::kAuto);
+  EXPECT_NE(fallback->name().find("attention own"), std::string::npos) << fallback->name();
+  if (cuda::CudnnAttention::built()) {
+    auto be = make_cuda_backend(cfg, 2, 16, Precision::kBf16, params, AttentionImpl::kCudnn);
+    EXPECT_NE(be->name().find("cuDNN"), std::string::npos) << be->name();
+  }
 }
 
 TEST(Backend, ReportsUnusableWithoutGpu) {

@@ -12,20 +12,29 @@
 // tensor-core products, a relative error of at most 2^-9 per term of sums that stay fp32; the terms'
 // errors have random signs, so the sums err by ~2^-9 of the root-sum-square of their terms, below
 // the once-rounded output (2^-8 relative) that the tolerance already covers.
+// cuDNN's fused attention (src/cuda/attention_cudnn.cpp, bf16 only) is checked the same way and
+// with the same tolerances: it too keeps fp32 softmax statistics and accumulators and rounds P and
+// dS to bf16 before the tensor-core products. Its backward overwrites dinp, so its reference
+// starts from zero and the device buffer from NaN (poison) to show every element is written.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "cpu/ops.h"
+#include "cuda/attention_cudnn.h"
 #include "cuda/ops_cuda.h"
 #include "test_kernels_util.h"
 
 namespace sgpt::test {
 namespace {
 
+// nullptr: our kernels (attention_forward/backward); otherwise cuDNN through `cudnn` (bf16).
 template <class T>
-void check_attention(int B, int T_, int C, int NH, float scale) {
+void check_attention(int B, int T_, int C, int NH, float scale,
+                     cuda::CudnnAttention* cudnn = nullptr) {
   const uint64_t seed = test_seed();
   SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + " B=" + std::to_string(B) + " T=" +
                std::to_string(T_) + " C=" + std::to_string(C) + " NH=" + std::to_string(NH));
@@ -40,7 +49,12 @@ void check_attention(int B, int T_, int C, int NH, float scale) {
   DeviceBuffer<float> d_lse(size_t(B) * NH * T_);
   poison(d_out);
   poison(d_lse);
-  cuda::attention_forward(d_out.get(), d_lse.get(), d_inp.get(), B, T_, C, NH, scale, nullptr);
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (cudnn)
+      cudnn->forward(d_out.get(), d_lse.get(), d_inp.get(), B, T_, C, NH, scale, nullptr);
+  }
+  if (!cudnn)
+    cuda::attention_forward(d_out.get(), d_lse.get(), d_inp.get(), B, T_, C, NH, scale, nullptr);
   const bool bf = std::is_same_v<T, bf16>;
   const Tol tol = bf ? Tol{1e-2, 4e-3} : Tol{1e-4, 1e-5};
   expect_close(to_host(d_out), out, tol, "attention_forward out");
@@ -64,13 +78,21 @@ void check_attention(int B, int T_, int C, int NH, float scale) {
 
   auto dout = as_stored<T>(rng.normal(N * C));
   auto dinp = as_stored<T>(rng.normal(N * 3 * C));
+  if (cudnn) std::fill(dinp.begin(), dinp.end(), 0.0f);  // cuDNN overwrites dinp
   auto d_dout = to_device<T>(dout), d_dinp = to_device<T>(dinp);
+  if (cudnn) poison(d_dinp);
   // The CPU backward uses the CPU forward's out implicitly (through att); the GPU needs out: use
   // the GPU's own out (as the backend does).
   cpu::attention_backward(dinp.data(), dout.data(), inp.data(), att.data(), B, T_, C, NH, scale);
   cuda::Scratch scratch;
-  cuda::attention_backward(d_dinp.get(), d_dout.get(), d_inp.get(), d_out.get(), d_lse.get(), B,
-                           T_, C, NH, scale, scratch, nullptr);
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (cudnn)
+      cudnn->backward(d_dinp.get(), d_dout.get(), d_inp.get(), d_out.get(), d_lse.get(), B, T_, C,
+                      NH, scale, nullptr);
+  }
+  if (!cudnn)
+    cuda::attention_backward(d_dinp.get(), d_dout.get(), d_inp.get(), d_out.get(), d_lse.get(), B,
+                             T_, C, NH, scale, scratch, nullptr);
   const Tol bwd_tol = bf ? Tol{1e-2, 4e-3} : tol;
   expect_close(to_host(d_dinp), dinp, bwd_tol, "attention_backward dinp");
 }
@@ -124,6 +146,75 @@ TEST(Kernels, AttentionBf16FlashDeterministic) {
   EXPECT_EQ(0, std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(dinps[0].data(), dinps[1].data(), dinps[0].size() * sizeof(float)));
   EXPECT_NE(dinps[0], dinp0);  // the backward did accumulate something
+}
+
+// cuDNN fused attention (bf16): T below, at and across cuDNN's 64/128-row tiles, head sizes 64 and
+// 32, several batch shapes through one CudnnAttention (one plan per shape), per-layer scales.
+TEST(Kernels, AttentionBf16Cudnn) {
+  SGPT_SKIP_WITHOUT_GPU();
+  if (!cuda::CudnnAttention::built()) GTEST_SKIP() << "built without cuDNN";
+  cuda::CudnnAttention cudnn;
+  check_attention<bf16>(2, 257, 192, 3, 1.0f / std::sqrt(64.0f) / 3, &cudnn);
+  check_attention<bf16>(1, 64, 64, 1, 1.0f / std::sqrt(64.0f), &cudnn);
+  check_attention<bf16>(3, 1, 128, 2, 0.3f, &cudnn);                         // T = 1
+  check_attention<bf16>(1, 1024, 128, 2, 1.0f / std::sqrt(64.0f), &cudnn);   // GPT-2 length
+  check_attention<bf16>(2, 100, 768, 12, 1.0f / std::sqrt(64.0f) / 12, &cudnn);  // 124M heads
+  check_attention<bf16>(2, 77, 96, 3, 1.0f / std::sqrt(32.0f), &cudnn);      // head size 32
+  std::printf("[cudnn] %s\n", cudnn.describe().c_str());
+}
+
+// The saved lse means the same thing in both implementations, so cuDNN's forward can feed our
+// backward and ours can feed cuDNN's: each pairing must give the same dinp within the bf16
+// tolerance (our backward accumulates onto zeros here).
+TEST(Kernels, AttentionBf16CudnnOwnLseInterchange) {
+  SGPT_SKIP_WITHOUT_GPU();
+  if (!cuda::CudnnAttention::built()) GTEST_SKIP() << "built without cuDNN";
+  cuda::CudnnAttention cudnn;
+  const int B = 2, T_ = 200, C = 128, NH = 2;
+  const float scale = 0.125f;
+  Rng rng(test_seed());
+  const size_t N = size_t(B) * T_;
+  auto d_inp = to_device<bf16>(rng.normal(N * 3 * C));
+  auto d_dout = to_device<bf16>(rng.normal(N * C));
+  DeviceBuffer<bf16> out_own(N * C), out_cudnn(N * C);
+  DeviceBuffer<float> lse_own(size_t(B) * NH * T_), lse_cudnn(size_t(B) * NH * T_);
+  cuda::attention_forward(out_own.get(), lse_own.get(), d_inp.get(), B, T_, C, NH, scale, nullptr);
+  cudnn.forward(out_cudnn.get(), lse_cudnn.get(), d_inp.get(), B, T_, C, NH, scale, nullptr);
+  expect_close(to_host(lse_cudnn), to_host(lse_own), Tol{1e-5, 1e-5}, "lse cuDNN vs own");
+  auto zeros = std::vector<float>(N * 3 * C, 0.0f);
+  auto d_a = to_device<bf16>(zeros), d_b = to_device<bf16>(zeros);
+  cuda::Scratch scratch;
+  // our backward on cuDNN's forward; cuDNN's backward on our forward
+  cuda::attention_backward(d_a.get(), d_dout.get(), d_inp.get(), out_cudnn.get(), lse_cudnn.get(),
+                           B, T_, C, NH, scale, scratch, nullptr);
+  cudnn.backward(d_b.get(), d_dout.get(), d_inp.get(), out_own.get(), lse_own.get(), B, T_, C, NH,
+                 scale, nullptr);
+  expect_close(to_host(d_a), to_host(d_b), Tol{2e-2, 8e-3}, "dinp own(cuDNN fwd) vs cuDNN(own fwd)");
+}
+
+// cuDNN with the engines we accept (none marked non-deterministic): identical bits twice.
+TEST(Kernels, AttentionBf16CudnnDeterministic) {
+  SGPT_SKIP_WITHOUT_GPU();
+  if (!cuda::CudnnAttention::built()) GTEST_SKIP() << "built without cuDNN";
+  cuda::CudnnAttention cudnn;
+  const int B = 4, T_ = 1024, C = 768, NH = 12;
+  const float scale = 0.125f;
+  Rng rng(test_seed());
+  const size_t N = size_t(B) * T_;
+  auto d_inp = to_device<bf16>(rng.normal(N * 3 * C));
+  auto d_dout = to_device<bf16>(rng.normal(N * C));
+  std::vector<std::vector<float>> outs, dinps;
+  for (int run = 0; run < 2; ++run) {
+    DeviceBuffer<bf16> d_out(N * C), d_dinp(N * 3 * C);
+    DeviceBuffer<float> d_lse(size_t(B) * NH * T_);
+    cudnn.forward(d_out.get(), d_lse.get(), d_inp.get(), B, T_, C, NH, scale, nullptr);
+    cudnn.backward(d_dinp.get(), d_dout.get(), d_inp.get(), d_out.get(), d_lse.get(), B, T_, C, NH,
+                   scale, nullptr);
+    outs.push_back(to_host(d_out));
+    dinps.push_back(to_host(d_dinp));
+  }
+  EXPECT_EQ(0, std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * sizeof(float)));
+  EXPECT_EQ(0, std::memcmp(dinps[0].data(), dinps[1].data(), dinps[0].size() * sizeof(float)));
 }
 
 }  // namespace

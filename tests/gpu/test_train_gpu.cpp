@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <random>
 
+#include "cuda/attention_cudnn.h"
 #include "cuda/cuda_backend.h"
 #include "data/loader.h"
 #include "train/cpu_backend.h"
@@ -115,22 +116,30 @@ TEST(TrainGpu, Bf16TracksFp32Over200Steps) {
   const Config c = make_config(pattern_shard(dir, "train.bin", 500, 400000, 2), 200);
   const std::vector<float> p0 = init(c);
   auto f32 = make_cuda_backend(c.model, 4, 64, Precision::kFp32, p0);
-  auto b16 = make_cuda_backend(c.model, 4, 64, Precision::kBf16, p0);
-  const TrainResult a = run(c, *f32), b = run(c, *b16);
+  const TrainResult a = run(c, *f32);
   ASSERT_EQ(a.train_losses.size(), 200u);
-  ASSERT_EQ(b.train_losses.size(), 200u);
-  double worst = 0;
-  for (size_t w = 0; w < 200; w += 20) {
-    double ma = 0, mb = 0;
-    for (size_t i = w; i < w + 20; ++i) { ma += a.train_losses[i] / 20; mb += b.train_losses[i] / 20; }
-    worst = std::max(worst, std::fabs(mb - ma) / ma);
-    EXPECT_LE(std::fabs(mb - ma), 0.03 * ma) << "window starting at step " << w << ": fp32 " << ma << " bf16 " << mb;
-  }
   // It must also have learned: the last window well below the first.
   double first = 0, last = 0;
   for (size_t i = 0; i < 20; ++i) { first += a.train_losses[i] / 20; last += a.train_losses[180 + i] / 20; }
   EXPECT_LT(last, 0.7 * first);
-  std::printf("bf16 vs fp32 over 200 steps: worst 20-step window difference %.4f relative; fp32 loss %.3f -> %.3f\n",
-              worst, first, last);
+  // bf16 with each attention implementation (cuDNN's only in builds that have it).
+  std::vector<AttentionImpl> atts = {AttentionImpl::kOwn};
+  if (cuda::CudnnAttention::built()) atts.push_back(AttentionImpl::kCudnn);
+  for (AttentionImpl att : atts) {
+    const char* name = att == AttentionImpl::kCudnn ? "cudnn" : "own";
+    auto b16 = make_cuda_backend(c.model, 4, 64, Precision::kBf16, p0, att);
+    const TrainResult b = run(c, *b16);
+    ASSERT_EQ(b.train_losses.size(), 200u);
+    double worst = 0;
+    for (size_t w = 0; w < 200; w += 20) {
+      double ma = 0, mb = 0;
+      for (size_t i = w; i < w + 20; ++i) { ma += a.train_losses[i] / 20; mb += b.train_losses[i] / 20; }
+      worst = std::max(worst, std::fabs(mb - ma) / ma);
+      EXPECT_LE(std::fabs(mb - ma), 0.03 * ma) << name << " attention, window starting at step " << w
+                                              << ": fp32 " << ma << " bf16 " << mb;
+    }
+    std::printf("bf16 (%s attention) vs fp32 over 200 steps: worst 20-step window difference %.4f "
+                "relative; fp32 loss %.3f -> %.3f\n", name, worst, first, last);
+  }
   fs::remove_all(dir);
 }
