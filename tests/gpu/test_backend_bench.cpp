@@ -10,7 +10,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <memory>
 
+#include "cuda/attention_cudnn.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/ops_cuda.h"
 #include "model/gpt2.h"
@@ -153,8 +155,18 @@ TEST(Bench, DISABLED_OpShares) {
   rows.push_back({"matmul bwd attproj", time([&] { cuda::matmul_backward(mm, dx.get(), wqkv.get(), (T*)nullptr, dx.get(), atty.get(), wqkv.get(), int(N), C, C, scratch, nullptr, false); }), L});
   rows.push_back({"matmul bwd fc", time([&] { cuda::matmul_backward(mm, dx.get(), wfc.get(), (T*)nullptr, dfch.get(), ln.get(), wfc.get(), int(N), C, 4 * C, scratch, nullptr, false); }), L});
   rows.push_back({"matmul bwd fcproj", time([&] { cuda::matmul_backward(mm, dfch.get(), wproj.get(), (T*)nullptr, dx.get(), fchg.get(), wproj.get(), int(N), 4 * C, C, scratch, nullptr, false); }), L});
-  rows.push_back({"attention fwd", time([&] { cuda::attention_forward(atty.get(), lse.get(), qkv.get(), B, T_, C, NH, sc, nullptr); }), L});
-  rows.push_back({"attention bwd", time([&] { cuda::attention_backward(dqkv.get(), dx.get(), qkv.get(), atty.get(), lse.get(), B, T_, C, NH, sc, scratch, nullptr); }), L});
+  // Both attention implementations; the one the backend uses by default (cuDNN when built with
+  // it) counts towards the step, the other is listed with count 0 for comparison.
+  const int own_count = cuda::CudnnAttention::built() ? 0 : L;
+  rows.push_back({"attention fwd (own)", time([&] { cuda::attention_forward(atty.get(), lse.get(), qkv.get(), B, T_, C, NH, sc, nullptr); }), own_count});
+  rows.push_back({"attention bwd (own)", time([&] { cuda::attention_backward(dqkv.get(), dx.get(), qkv.get(), atty.get(), lse.get(), B, T_, C, NH, sc, scratch, nullptr, false); }), own_count});
+  std::unique_ptr<cuda::CudnnAttention> cudnn;
+  if (cuda::CudnnAttention::built()) {
+    cudnn = std::make_unique<cuda::CudnnAttention>();
+    rows.push_back({"attention fwd (cuDNN)", time([&] { cudnn->forward(atty.get(), lse.get(), qkv.get(), B, T_, C, NH, sc, nullptr); }), L});
+    rows.push_back({"attention bwd (cuDNN)", time([&] { cudnn->backward(dqkv.get(), dx.get(), qkv.get(), atty.get(), lse.get(), B, T_, C, NH, sc, nullptr); }), L});
+    std::printf("BENCH %s\n", cudnn->describe().c_str());
+  }
   rows.push_back({"gelu fwd", time([&] { cuda::gelu_forward(fchg.get(), fch.get(), N * 4 * C, nullptr); }), L});
   rows.push_back({"gelu bwd", time([&] { cuda::gelu_backward(dfch.get(), fch.get(), fchg.get(), N * 4 * C, nullptr); }), L});
   rows.push_back({"residual fwd (x2/layer)", time([&] { cuda::residual_forward(x.get(), x.get(), dx.get(), N * C, nullptr); }), 2 * L});
