@@ -1,6 +1,7 @@
 #include "cuda/gpt2_cuda.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -56,6 +57,7 @@ void Gpt2Cuda<T>::set_attention(AttentionImpl attention) {
   use_cudnn_ = false;
   if (attention == AttentionImpl::kOwn) return;
   const bool want = attention == AttentionImpl::kCudnn;
+  cudnn_required_ = want;
   std::string why;
   if (!std::is_same_v<T, bf16>)
     why = "it needs precision bf16 (cuDNN's fused attention has no fp32 mode)";
@@ -77,6 +79,24 @@ void Gpt2Cuda<T>::set_attention(AttentionImpl attention) {
   if (want) throw std::invalid_argument("attention \"cudnn\" cannot be used: " + why);
 }
 
+// The plans for batch size B (built once per B). Under "auto", a batch size cuDNN has no
+// deterministic engine for runs on our kernels (their saved lse means the same, so the two can mix
+// across batches); under "cudnn" that is an error.
+template <class T>
+bool Gpt2Cuda<T>::cudnn_ready(int B) {
+  if (cudnn_failed_.count(B)) return false;
+  try {
+    cudnn_->prepare(B, T_, cfg_.n_embd, cfg_.n_head);
+    return true;
+  } catch (const std::exception& e) {
+    if (cudnn_required_) throw;
+    cudnn_failed_.insert(B);
+    std::fprintf(stderr, "note: cuDNN attention unavailable for batch size %d, using our kernels: %s\n",
+                 B, e.what());
+    return false;
+  }
+}
+
 template <class T>
 std::string Gpt2Cuda<T>::attention_name() const {
   return use_cudnn_ ? cudnn_->describe() : "own";
@@ -96,6 +116,7 @@ void Gpt2Cuda<T>::forward_logits(const T* params, const int* inp_host, int B) {
     if (inp_host[n] < 0 || inp_host[n] >= cfg_.vocab_size)
       throw std::out_of_range("Gpt2Cuda: token id out of range");
   B_ = B;
+  cudnn_batch_ = use_cudnn_ && cudnn_ready(B);
   inp_.upload(inp_host, N, stream_);
   buckets_host_.build(inp_host, N, Vp);  // for the encoder backward
   buckets_.upload(buckets_host_, stream_);
@@ -117,10 +138,10 @@ void Gpt2Cuda<T>::forward_logits(const T* params, const int* inp_host, int B) {
     matmul_forward(matmul_, qkv, ln1, tensor(params, kQkvw, l), tensor(params, kQkvb, l), N, C,
                    3 * C, stream_);
     if constexpr (std::is_same_v<T, bf16>) {
-      if (use_cudnn_)
+      if (cudnn_batch_)
         cudnn_->forward(atty, act(lse_, l, NH), qkv, B, T_, C, NH, attention_scale(l), stream_);
     }
-    if (!use_cudnn_)
+    if (!cudnn_batch_)
       attention_forward(atty, act(lse_, l, NH), qkv, B, T_, C, NH, attention_scale(l), stream_);
     matmul_forward(matmul_, proj_.get(), atty, tensor(params, kAttprojw, l),
                    tensor(params, kAttprojb, l), N, C, C, stream_);
@@ -226,11 +247,11 @@ void Gpt2Cuda<T>::backward(const T* params, T* grads) {
                     tensor(grads, kAttprojb, l), dres_.get(), act(atty_, l, C),
                     tensor(params, kAttprojw, l), N, C, C, scratch_, stream_, kOverwrite);
     if constexpr (std::is_same_v<T, bf16>) {
-      if (use_cudnn_)
+      if (cudnn_batch_)
         cudnn_->backward(dqkv_.get(), datty_.get(), act(qkv_, l, 3 * C), act(atty_, l, C),
                          act(lse_, l, NH), B, T_, C, NH, attention_scale(l), stream_);
     }
-    if (!use_cudnn_)
+    if (!cudnn_batch_)
       attention_backward(dqkv_.get(), datty_.get(), act(qkv_, l, 3 * C), act(atty_, l, C),
                          act(lse_, l, NH), B, T_, C, NH, attention_scale(l), scratch_, stream_,
                          /*accumulate=*/false);

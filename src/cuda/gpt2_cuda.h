@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
 #include <string>
 
 #include "cuda/attention_cudnn.h"
@@ -71,7 +72,11 @@ class Gpt2Cuda {
   int B_ = 0;
   bool fuse_gelu_ = false;  // bf16: GELU in the fc / fcproj matmul epilogues (matmul.cu)
   std::unique_ptr<CudnnAttention> cudnn_;  // created on first selection of cuDNN attention
-  bool use_cudnn_ = false;
+  bool use_cudnn_ = false;        // cuDNN attention selected
+  bool cudnn_required_ = false;   // selected explicitly ("cudnn"), not by "auto"
+  bool cudnn_batch_ = false;      // the current batch (B_) runs on cuDNN
+  std::set<int> cudnn_failed_;    // batch sizes without a cuDNN plan (auto: our kernels)
+  bool cudnn_ready(int B);
   cudaStream_t stream_;
   MatmulContext matmul_;
   Scratch scratch_;
