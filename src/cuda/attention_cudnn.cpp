@@ -487,6 +487,8 @@ std::string CudnnAttention::describe() const {
                   std::to_string(v % 100);
   if (impl_->fwd_engine >= 0) s += ", forward engine " + std::to_string(impl_->fwd_engine);
   if (impl_->bwd_engine >= 0) s += ", backward engine " + std::to_string(impl_->bwd_engine);
+  if (impl_->workspace.size() > 0)
+    s += ", workspace " + std::to_string((impl_->workspace.size() + (1 << 20) - 1) >> 20) + " MiB";
   return s;
 }
 

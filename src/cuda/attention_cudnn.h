@@ -47,8 +47,9 @@ class CudnnAttention {
   void backward(bf16* dinp, const bf16* dout, const bf16* inp, const bf16* out, const float* lse,
                 int B, int T, int C, int NH, float scale, cudaStream_t stream);
 
-  // "cuDNN <runtime version>; forward engine <index>, backward engine <index>" (engines of the
-  // plans built so far), for logs and benchmark records.
+  // "cuDNN <runtime version>, forward engine <index>, backward engine <index>, workspace <MiB>"
+  // (engines of the plans built so far; the workspace is the largest any of them needs), for logs
+  // and benchmark records.
   std::string describe() const;
 
  private:
