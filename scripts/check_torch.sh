@@ -7,8 +7,10 @@
 #
 #   scripts/check_torch.sh SOPHIAGPT [OUT]     (default OUT: check-torch)
 #
-# Needs data/shards/sotu (scripts/demo.sh prepares it). Tolerances: fp32 1e-5 relative (the same
-# model in float32 vs float64: rounding only); bf16 2e-2 (weights and activations rounded to bf16).
+# Needs data/shards/sotu (scripts/demo.sh prepares it). Tolerances on the mean loss: fp32 1e-5
+# relative (the same model in float32 vs float64: rounding only); bf16 2^-9 ~ 2e-3 relative, one
+# bf16 rounding of the loss itself (weights and activations are each rounded to bf16 once per
+# stored value; their errors have random signs and average out over the 8,192 positions).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:?usage: scripts/check_torch.sh SOPHIAGPT [OUT]}
@@ -43,9 +45,9 @@ for variant in demo bias_noscale hs64; do
   model=$(ls "$run"/model_*.bin | tail -1)
   check "$variant gpu fp32" 1e-5 --run "$run" --device cuda
   check "$variant cpu fp32" 1e-5 --run "$run" --device cpu
-  check "$variant gpu bf16 own attention" 2e-2 --run "$run" --device cuda \
+  check "$variant gpu bf16 own attention" 2e-3 --run "$run" --device cuda \
     --set precision='"bf16"' --set attention='"own"'
-  check "$variant gpu bf16 cuDNN attention" 2e-2 --run "$run" --device cuda \
+  check "$variant gpu bf16 cuDNN attention" 2e-3 --run "$run" --device cuda \
     --set precision='"bf16"' --set attention='"cudnn"'
 done
 echo "check_torch: $([[ $fail == 0 ]] && echo all within tolerance || echo FAILURES)"
