@@ -7,8 +7,15 @@
 //   dinp_c    += rstd * (dnorm_c - mean_c'(dnorm) - norm_c * mean_c'(dnorm * norm))
 //   dweight_c += sum_n dout_nc * norm_nc ;   dbias_c += sum_n dout_nc
 //
-// Forward: one warp per row (two passes over the row in register-free strided loops; the row is
-// re-read from L1/L2).
+// Forward, vectorized path (C a multiple of the 16-byte vector width V = 16 / sizeof(T), at most
+// 4 * 32 * V channels, 16-byte aligned rows): one warp per row; the row is loaded once into
+// registers with 16-byte loads (lane l holds vectors l, l + 32, ...), mean and variance are two
+// passes over the registers. General path (other C): one warp per row, two strided passes (the row
+// is re-read from L1/L2).
+// Fused residual + LayerNorm forward (residual_layernorm_forward): res = a + b, rounded once to T
+// and stored, and LayerNorm of that stored value: exactly residual_forward followed by
+// layernorm_forward (cpu::residual_forward + cpu::layernorm_forward), with one read of a and b
+// instead of a write and a re-read of res (vectorized path; other C run the two kernels).
 // Backward, fused path (C a multiple of the 16-byte vector width V = 16 / sizeof(T) and
 // C <= 4 * 32 * V: 1024 channels in bf16, 512 in fp32): one pass over dout and inp. A block of
 // 8 warps owns a contiguous chunk of rows; each warp takes every 8th row of it, loads the row once
@@ -162,6 +169,99 @@ __device__ __forceinline__ void store_vec(T* dst, const float* src) {
 }
 
 constexpr int kLnBwdWarps = 8;
+constexpr int kLnFwdWarps = 8;
+
+// grid: ceil(N / 8); block: 256 (a warp per row). kResidual: x = round_T(a + b), stored in res.
+template <class T, int NCH, bool kResidual>
+__global__ void __launch_bounds__(kLnFwdWarps * 32)
+    layernorm_forward_vec_kernel(T* out, float* mean, float* rstd, T* res, const T* a,
+                                 const T* b, const T* weight, const T* bias, int N, int C) {
+  constexpr int V = Vec<T>::n;
+  const int row = blockIdx.x * kLnFwdWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const size_t base = size_t(row) * C;
+  float xv[NCH][V];
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < NCH; ++i) {
+    const int c0 = (lane + 32 * i) * V;
+    if (c0 < C) {
+      load_vec(xv[i], a + base + c0);
+      if constexpr (kResidual) {
+        float bv[V];
+        load_vec(bv, b + base + c0);
+#pragma unroll
+        for (int j = 0; j < V; ++j) xv[i][j] = to_f(from_f<T>(xv[i][j] + bv[j]));
+        store_vec(res + base + c0, xv[i]);
+      }
+#pragma unroll
+      for (int j = 0; j < V; ++j) s += xv[i][j];
+    }
+  }
+  const float m = warp_sum(s) / C;
+  float v = 0.0f;
+#pragma unroll
+  for (int i = 0; i < NCH; ++i) {
+    const int c0 = (lane + 32 * i) * V;
+    if (c0 < C) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const float d = xv[i][j] - m;
+        v += d * d;
+      }
+    }
+  }
+  const float r = 1.0f / sqrtf(warp_sum(v) / C + kLnEps);
+#pragma unroll
+  for (int i = 0; i < NCH; ++i) {
+    const int c0 = (lane + 32 * i) * V;
+    if (c0 < C) {
+      float wv[V], bv[V], y[V];
+      load_vec(wv, weight + c0);
+      if (bias) load_vec(bv, bias + c0);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        y[j] = (xv[i][j] - m) * r * wv[j];
+        if (bias) y[j] += bv[j];
+      }
+      store_vec(out + base + c0, y);
+    }
+  }
+  if (lane == 0) {
+    mean[row] = m;
+    rstd[row] = r;
+  }
+}
+
+// Launches the vectorized forward when C and the pointers allow it; false otherwise.
+template <class T, bool kResidual>
+bool layernorm_forward_vec(T* out, float* mean, float* rstd, T* res, const T* a, const T* b,
+                           const T* weight, const T* bias, int N, int C, cudaStream_t stream) {
+  constexpr int V = Vec<T>::n;
+  const auto aligned = [](const void* p) {
+    return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  };
+  if (C % V != 0 || !aligned(out) || !aligned(res) || !aligned(a) || !aligned(b) ||
+      !aligned(weight) || !aligned(bias))
+    return false;
+  const unsigned grid = ceil_div(N, kLnFwdWarps);
+  switch (ceil_div(C, 32 * V)) {
+#define SGPT_LN_FWD_CASE(K)                                                                    \
+  case K:                                                                                      \
+    layernorm_forward_vec_kernel<T, K, kResidual><<<grid, kLnFwdWarps * 32, 0, stream>>>(      \
+        out, mean, rstd, res, a, b, weight, bias, N, C);                                       \
+    break;
+    SGPT_LN_FWD_CASE(1)
+    SGPT_LN_FWD_CASE(2)
+    SGPT_LN_FWD_CASE(3)
+    SGPT_LN_FWD_CASE(4)
+#undef SGPT_LN_FWD_CASE
+    default: return false;  // wider rows: the general path
+  }
+  SGPT_LAUNCH_CHECK();
+  return true;
+}
 
 // grid: chunks; block: 256; dynamic smem: 2 * C floats. partial: [chunks][2][C].
 template <class T, int NCH>
@@ -289,10 +389,24 @@ template <class T>
 void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* weight,
                        const T* bias, int N, int C, cudaStream_t stream) {
   if (N == 0) return;
+  if (layernorm_forward_vec<T, false>(out, mean, rstd, nullptr, inp, nullptr, weight, bias, N, C,
+                                      stream))
+    return;
   constexpr int kWarps = 8;
   layernorm_forward_kernel<<<ceil_div(N, kWarps), kWarps * 32, 0, stream>>>(out, mean, rstd, inp,
                                                                            weight, bias, N, C);
   SGPT_LAUNCH_CHECK();
+}
+
+template <class T>
+void residual_layernorm_forward(T* res, T* out, float* mean, float* rstd, const T* a, const T* b,
+                                const T* weight, const T* bias, int N, int C,
+                                cudaStream_t stream) {
+  if (N == 0) return;
+  if (layernorm_forward_vec<T, true>(out, mean, rstd, res, a, b, weight, bias, N, C, stream))
+    return;
+  residual_forward(res, a, b, size_t(N) * C, stream);
+  layernorm_forward(out, mean, rstd, res, weight, bias, N, C, stream);
 }
 
 template <class T>
@@ -334,6 +448,8 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
 #define SGPT_INSTANTIATE(T)                                                                    \
   template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, int, int, \
                                      cudaStream_t);                                            \
+  template void residual_layernorm_forward<T>(T*, T*, float*, float*, const T*, const T*,       \
+                                              const T*, const T*, int, int, cudaStream_t);     \
   template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const float*,  \
                                       const float*, int, int, Scratch&, cudaStream_t);
 SGPT_INSTANTIATE(float)

@@ -133,8 +133,10 @@ void Gpt2Cuda<T>::forward_logits(const T* params, const int* inp_host, int B) {
     T* ln2 = act(ln2_, l, C);
     T* fch = act(fch_, l, 4 * C);
     T* fch_gelu = act(fch_gelu_, l, 4 * C);
-    layernorm_forward(ln1, act(ln1_mean_, l, 1), act(ln1_rstd_, l, 1), x, tensor(params, kLn1w, l),
-                      tensor(params, kLn1b, l), N, C, stream_);
+    // ln1 of later layers was computed with the previous layer's residual add (below).
+    if (l == 0)
+      layernorm_forward(ln1, act(ln1_mean_, l, 1), act(ln1_rstd_, l, 1), x,
+                        tensor(params, kLn1w, l), tensor(params, kLn1b, l), N, C, stream_);
     matmul_forward(matmul_, qkv, ln1, tensor(params, kQkvw, l), tensor(params, kQkvb, l), N, C,
                    3 * C, stream_);
     if constexpr (std::is_same_v<T, bf16>) {
@@ -145,9 +147,9 @@ void Gpt2Cuda<T>::forward_logits(const T* params, const int* inp_host, int B) {
       attention_forward(atty, act(lse_, l, NH), qkv, B, T_, C, NH, attention_scale(l), stream_);
     matmul_forward(matmul_, proj_.get(), atty, tensor(params, kAttprojw, l),
                    tensor(params, kAttprojb, l), N, C, C, stream_);
-    residual_forward(res2, x, proj_.get(), NC, stream_);
-    layernorm_forward(ln2, act(ln2_mean_, l, 1), act(ln2_rstd_, l, 1), res2,
-                      tensor(params, kLn2w, l), tensor(params, kLn2b, l), N, C, stream_);
+    residual_layernorm_forward(res2, ln2, act(ln2_mean_, l, 1), act(ln2_rstd_, l, 1), x,
+                               proj_.get(), tensor(params, kLn2w, l), tensor(params, kLn2b, l),
+                               N, C, stream_);
     if constexpr (std::is_same_v<T, bf16>) {
       if (fuse_gelu_) {
         matmul_forward_gelu(matmul_, fch_gelu, fch, ln2, tensor(params, kFcw, l),
@@ -161,10 +163,17 @@ void Gpt2Cuda<T>::forward_logits(const T* params, const int* inp_host, int B) {
     }
     matmul_forward(matmul_, proj_.get(), fch_gelu, tensor(params, kFcprojw, l),
                    tensor(params, kFcprojb, l), N, 4 * C, C, stream_);
-    residual_forward(act(res3_, l, C), res2, proj_.get(), NC, stream_);
+    // res3 = res2 + proj, with the next LayerNorm fused: ln1 of layer l+1, or the final one.
+    if (l + 1 < L)
+      residual_layernorm_forward(act(res3_, l, C), act(ln1_, l + 1, C), act(ln1_mean_, l + 1, 1),
+                                 act(ln1_rstd_, l + 1, 1), res2, proj_.get(),
+                                 tensor(params, kLn1w, l + 1), tensor(params, kLn1b, l + 1), N, C,
+                                 stream_);
+    else
+      residual_layernorm_forward(act(res3_, l, C), lnf_.get(), lnf_mean_.get(), lnf_rstd_.get(),
+                                 res2, proj_.get(), tensor(params, kLnfw), tensor(params, kLnfb),
+                                 N, C, stream_);
   }
-  layernorm_forward(lnf_.get(), lnf_mean_.get(), lnf_rstd_.get(), act(res3_, L - 1, C),
-                    tensor(params, kLnfw), tensor(params, kLnfb), N, C, stream_);
   matmul_forward(matmul_, logits_.get(), lnf_.get(), tensor(params, kWte),
                  static_cast<const T*>(nullptr), N, C, Vp, stream_);
 }

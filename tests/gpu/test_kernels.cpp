@@ -123,7 +123,7 @@ void check_layernorm(int N, int C, bool with_bias) {
 
 TEST(Kernels, LayernormFp32) {
   SGPT_SKIP_WITHOUT_GPU();
-  check_layernorm<float>(111, 72, true);    // fused backward (C a multiple of 4, <= 512)
+  check_layernorm<float>(111, 72, true);    // fused backward, vectorized forward (C % 4 == 0)
   check_layernorm<float>(1000, 33, false);  // general backward (C not a multiple of 4)
   check_layernorm<float>(5, 770, true);     // general
   check_layernorm<float>(4099, 512, true);  // fused, 4 vectors per lane, 129 row chunks
@@ -252,6 +252,57 @@ TEST(Kernels, MatmulGeluBf16) {
   SGPT_SKIP_WITHOUT_GPU();
   check_matmul_gelu(111, 72, 136, 40, true);
   check_matmul_gelu(64, 64, 256, 64, false);
+}
+
+// Fused residual + LayerNorm forward vs cpu::residual_forward, the sum stored in T, then
+// cpu::layernorm_forward. res is exact in both precisions (the same fp32 add of the same two
+// values, then the same round-to-nearest to T); out/mean/rstd with the LayerNorm tolerances.
+template <class T>
+void check_residual_layernorm(int N, int C, bool with_bias) {
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + " N=" + std::to_string(N) + " C=" +
+               std::to_string(C));
+  Rng rng(seed);
+  const size_t n = size_t(N) * C;
+  auto a = as_stored<T>(rng.normal(n, 2.0f, 0.5f)), b = as_stored<T>(rng.normal(n, 1.0f));
+  auto w = as_stored<T>(rng.normal(C, 0.3f, 1.0f));
+  auto bias = as_stored<T>(rng.normal(C, 0.3f));
+  std::vector<float> res(n), out(n), mean(N), rstd(N);
+  cpu::residual_forward(res.data(), a.data(), b.data(), n);
+  res = as_stored<T>(res);
+  cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), res.data(), w.data(),
+                         with_bias ? bias.data() : nullptr, N, C);
+  auto d_a = to_device<T>(a), d_b = to_device<T>(b), d_w = to_device<T>(w),
+       d_bias = to_device<T>(bias);
+  DeviceBuffer<T> d_res(n), d_out(n);
+  DeviceBuffer<float> d_mean(N), d_rstd(N);
+  poison(d_res);
+  poison(d_out);
+  poison(d_mean);
+  poison(d_rstd);
+  cuda::residual_layernorm_forward(d_res.get(), d_out.get(), d_mean.get(), d_rstd.get(), d_a.get(),
+                                   d_b.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, N, C,
+                                   nullptr);
+  expect_close(to_host(d_res), res, Tol{0, 0}, "residual_layernorm_forward res");
+  expect_close(to_host(d_out), out, kBf16<T> ? kBf16Tol : Tol{1e-5, 1e-6},
+               "residual_layernorm_forward out");
+  expect_close(to_host(d_mean), mean, Tol{1e-5, 1e-6}, "residual_layernorm_forward mean");
+  expect_close(to_host(d_rstd), rstd, Tol{1e-5, 1e-6}, "residual_layernorm_forward rstd");
+}
+
+TEST(Kernels, ResidualLayernormFp32) {
+  SGPT_SKIP_WITHOUT_GPU();
+  check_residual_layernorm<float>(111, 72, true);   // fused: 18 vectors, lanes partly idle
+  check_residual_layernorm<float>(4099, 512, false);  // fused, 4 vectors per lane
+  check_residual_layernorm<float>(5, 770, true);    // C not a multiple of 4: two kernels
+  check_residual_layernorm<float>(70, 1024, true);  // wider than the fused path: two kernels
+}
+TEST(Kernels, ResidualLayernormBf16) {
+  SGPT_SKIP_WITHOUT_GPU();
+  check_residual_layernorm<bf16>(2050, 768, true);  // GPT-2 124M width, 3 vectors per lane
+  check_residual_layernorm<bf16>(7, 72, false);     // 9 vectors: most lanes idle
+  check_residual_layernorm<bf16>(300, 1024, true);  // 4 vectors per lane
+  check_residual_layernorm<bf16>(5, 770, true);     // C not a multiple of 8: two kernels
 }
 
 template <class T>
