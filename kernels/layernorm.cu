@@ -145,12 +145,12 @@ __global__ void layernorm_backward_params_final(T* dweight, T* dbias, const floa
 template <class T>
 struct Vec;  // 16 bytes of T
 template <>
-struct Vec<float> {
+struct alignas(16) Vec<float> {  // alignas: one 16-byte load/store, not four 4-byte ones
   static constexpr int n = 4;
   float v[4];
 };
 template <>
-struct Vec<__nv_bfloat16> {
+struct alignas(16) Vec<__nv_bfloat16> {
   static constexpr int n = 8;
   __nv_bfloat16 v[8];
 };
