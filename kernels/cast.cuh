@@ -24,29 +24,10 @@
 #include <cstdint>
 #include <cstring>
 
+#include "bits.cuh"
 #include "common/philox.h"
 
 namespace sgpt::cuda {
-
-SGPT_HD uint32_t f32_bits(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
-#else
-  uint32_t b;
-  std::memcpy(&b, &x, 4);
-  return b;
-#endif
-}
-
-SGPT_HD float bits_f32(uint32_t b) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(b);
-#else
-  float x;
-  std::memcpy(&x, &b, 4);
-  return x;
-#endif
-}
 
 // The four random words of elements 4q .. 4q+3 (q = j / 4).
 SGPT_HD Philox4 sr_words(uint64_t seed, uint32_t step, uint64_t q) {

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "bits.cuh"
 #include "common/philox.h"  // SGPT_HD
 #include "cuda/ops_cuda.h"   // Scratch, cudaStream_t
 
@@ -48,34 +49,6 @@ SGPT_HD uint64_t libm_expf_tab(int i) {
   return kExp2fTabDevice[i];
 #else
   return kExp2fTabHost[i];
-#endif
-}
-
-SGPT_HD double bits_to_double(uint64_t b) {
-#if defined(__CUDA_ARCH__)
-  return __longlong_as_double(static_cast<long long>(b));
-#else
-  double d;
-  std::memcpy(&d, &b, 8);
-  return d;
-#endif
-}
-SGPT_HD uint64_t double_to_bits(double d) {
-#if defined(__CUDA_ARCH__)
-  return static_cast<uint64_t>(__double_as_longlong(d));
-#else
-  uint64_t b;
-  std::memcpy(&b, &d, 8);
-  return b;
-#endif
-}
-SGPT_HD uint32_t float_to_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  return b;
 #endif
 }
 
@@ -116,9 +89,9 @@ struct TabPtr {
 
 template <class Tab>
 SGPT_HD float libm_expf_t(float x, Tab tab) {
-  const uint32_t abstop = (float_to_bits(x) >> 20) & 0x7ffu;
+  const uint32_t abstop = (f32_bits(x) >> 20) & 0x7ffu;
   if (abstop >= 0x42bu) {  // |x| >= 88 or NaN
-    if (float_to_bits(x) == 0xff800000u) return 0.0f;  // -inf
+    if (f32_bits(x) == 0xff800000u) return 0.0f;  // -inf
     if (abstop >= 0x7f8u) return x + x;                // +inf or NaN
     if (x > 0x1.62e42ep6f) return INFINITY;
     if (x < -0x1.9fe368p6f) return 0.0f;
@@ -131,11 +104,11 @@ SGPT_HD float libm_expf_t(float x, Tab tab) {
   constexpr double kC2 = 0x1.62e42ff0c52d6p-1 / kN;
   const double z = mul_d(kInvLn2N, static_cast<double>(x));
   double kd = add_d(z, kShift);  // rounds z to an integer (ties to even) in the low bits
-  const uint64_t ki = double_to_bits(kd);
+  const uint64_t ki = f64_bits(kd);
   kd = add_d(kd, -kShift);
   const double r = add_d(z, -kd);
   const uint64_t t = tab(static_cast<int>(ki % 32)) + (ki << 47);
-  const double s = bits_to_double(t);
+  const double s = bits_f64(t);
   const double p = fma_d(kC0, r, kC1);
   const double r2 = mul_d(r, r);
   double y = fma_d(kC2, r, 1.0);

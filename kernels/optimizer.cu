@@ -54,6 +54,15 @@ __device__ __forceinline__ int chunk_decay(const DecayRanges& d, size_t j0) {
   return 0;
 }
 
+// The part of the update Sophia-G and AdamW share (DESIGN.md section 3, in this order): decoupled
+// weight decay of the parameter where the tensor is decayed, then the first moment
+// m = b1 * m + (1 - b1) * g, each operation rounded as written.
+__device__ __forceinline__ void decay_and_momentum(float& p, float& m, float g, bool decayed,
+                                                   float decay, float b1, float one_minus_b1) {
+  if (decayed) p = __fmul_rn(p, decay);
+  m = __fadd_rn(__fmul_rn(m, b1), __fmul_rn(one_minus_b1, g));
+}
+
 __device__ __forceinline__ float sophia_sign(float x) {
   return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x);
 }
@@ -80,11 +89,9 @@ __global__ void __launch_bounds__(kReduceThreads)
     const int dmode = chunk_decay(decay, ch.j0);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      float pi = pv[k];
-      const bool dec = dmode == 1 || (dmode == 2 && decayed_at(decay, ch.j0 + k));
-      if (dec) pi = __fmul_rn(pi, c.decay);
-      float mi = __fmul_rn(mv[k], c.b1);
-      mi = __fadd_rn(mi, __fmul_rn(c.one_minus_b1, gv[k]));
+      float pi = pv[k], mi = mv[k];
+      decay_and_momentum(pi, mi, gv[k], dmode == 1 || (dmode == 2 && decayed_at(decay, ch.j0 + k)),
+                         c.decay, c.b1, c.one_minus_b1);
       const float hi = hv[k];
       const float d = __fadd_rn(__fmul_rn(hi, c.rho_bs), 1e-15f);
       float r = __fdiv_rn(fabsf(mi), d);
@@ -154,11 +161,9 @@ __global__ void __launch_bounds__(256)
     const int dmode = chunk_decay(decay, ch.j0);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      float pi = pv[k];
-      const bool dec = dmode == 1 || (dmode == 2 && decayed_at(decay, ch.j0 + k));
-      if (dec) pi = __fmul_rn(pi, c.decay);
-      float mi = __fmul_rn(mv[k], c.b1);
-      mi = __fadd_rn(mi, __fmul_rn(c.one_minus_b1, gv[k]));
+      float pi = pv[k], mi = mv[k];
+      decay_and_momentum(pi, mi, gv[k], dmode == 1 || (dmode == 2 && decayed_at(decay, ch.j0 + k)),
+                         c.decay, c.b1, c.one_minus_b1);
       const float t = __fmul_rn(__fmul_rn(c.one_minus_b2, gv[k]), gv[k]);
       const float vi = __fadd_rn(__fmul_rn(vv[k], c.b2), t);
       const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(vi), c.inv_sqrt_bc2), c.eps);
