@@ -59,6 +59,8 @@ struct TrainBenchOptions {
   int warmup = 3;           // untimed steps (the last one runs a GNB pass for Sophia-G)
   double peak_tflops = 989.0;  // bf16 dense, H100 SXM datasheet
   std::string data;         // glob of llm.c token shards; empty = random tokens
+  bool bias = false;        // linear and LayerNorm biases (the official Sophia recipes: none;
+                            // llm.c's GPT-2: with), for like-for-like comparisons
 };
 
 #ifdef SGPT_WITH_CUDA
@@ -427,7 +429,8 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
 }
 
 void run_train_bench(const TrainBenchOptions& o) {
-  const ModelConfig mc = official_model(o.model);
+  ModelConfig mc = official_model(o.model);
+  mc.bias = o.bias;
   if (o.seq > mc.block_size) throw UserError("bench train: --seq exceeds the block size 1024");
   if (o.precision != "bf16" && o.precision != "fp32")
     throw UserError("bench train: --precision must be bf16 or fp32");
@@ -442,9 +445,10 @@ void run_train_bench(const TrainBenchOptions& o) {
   const double N = double(layout.total);
   const double flops_tok = 6.0 * N + 12.0 * mc.n_layer * mc.n_embd * o.seq;
   const double tokens = double(o.batch) * o.seq * o.accum;
-  std::printf("bench train: GPT-2 %s (%.1fM params), %s, micro-batch %d x %d, %d micro-step(s) = "
+  std::printf("bench train: GPT-2 %s%s (%.1fM params), %s, micro-batch %d x %d, %d micro-step(s) = "
               "%.0f tokens/step, %s tokens, on %s (%d SMs)\n",
-              o.model.c_str(), N / 1e6, o.precision.c_str(), o.batch, o.seq, o.accum, tokens,
+              o.model.c_str(), o.bias ? " with biases" : " without biases", N / 1e6,
+              o.precision.c_str(), o.batch, o.seq, o.accum, tokens,
               o.data.empty() ? "random" : o.data.c_str(), prop.name, prop.multiProcessorCount);
   std::printf("MFU = (6N + 12 L C T) x tokens / step time / %.0f TFLOP/s (%s); GNB passes are "
               "not counted as model flops\n\n",
@@ -574,6 +578,9 @@ void add_bench_commands(CLI::App& app) {
   train->add_option("--peak-tflops", tr->peak_tflops, "Peak for MFU (default: H100 SXM bf16 "
                                                       "dense datasheet)")
       ->capture_default_str();
+  train->add_flag("--bias", tr->bias,
+                  "Model with linear and LayerNorm biases (llm.c's GPT-2); default without (the "
+                  "official Sophia recipes)");
   train->add_option("--data", tr->data, "Glob of llm.c token shards (default: random tokens)");
   train->callback([tr] {
 #ifdef SGPT_WITH_CUDA
