@@ -76,77 +76,6 @@ __global__ void __launch_bounds__(kCeThreads)
   }
 }
 
-// bf16 cross-entropy, vectorized (see the top of the file). Uses sb_load8 / sb_exp (below).
-constexpr int kCeVecThreads = 512;
-constexpr int kCeVecUnroll = 4;
-template <bool kVec>
-__device__ __forceinline__ void sb_load8(float (&x)[8], const bf16* row, int j0, int V);
-__device__ __forceinline__ float sb_exp(float x, float m);
-
-__global__ void __launch_bounds__(kCeVecThreads, 2)
-    crossentropy_bf16_kernel(float* losses, bf16* logits, const int* targets, float dloss, int V,
-                             int Vp, bool write_dlogits) {
-  __shared__ float red[kCeVecThreads / 32];
-  bf16* row = logits + size_t(blockIdx.x) * Vp;
-  const int nvec = (V + 7) / 8;  // vectors holding real columns (the last may be partly padded)
-  float m = -INFINITY, s = 0.0f;
-  for (int v = threadIdx.x; v < nvec; v += kCeVecThreads * kCeVecUnroll) {
-    float x[kCeVecUnroll][8];
-#pragma unroll
-    for (int k = 0; k < kCeVecUnroll; ++k) {
-      if (v + kCeVecThreads * k < nvec) {
-        sb_load8<true>(x[k], row, (v + kCeVecThreads * k) * 8, V);  // columns >= V: -inf
-      } else {
-#pragma unroll
-        for (int c = 0; c < 8; ++c) x[k][c] = -INFINITY;
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < kCeVecUnroll; ++k) {
-      float vm = x[k][0];
-#pragma unroll
-      for (int c = 1; c < 8; ++c) vm = fmaxf(vm, x[k][c]);
-      if (vm > m) {
-        s *= sb_exp(m, vm);  // m = -inf: s is 0 and stays 0
-        m = vm;
-      }
-      if (m > -INFINITY) {
-#pragma unroll
-        for (int c = 0; c < 8; ++c) s += sb_exp(x[k][c], m);  // -inf columns add 0
-      }
-    }
-  }
-  const float M = block_max(m, red);
-  const float S = block_sum(m == -INFINITY ? 0.0f : s * sb_exp(m, M), red);
-  const int tgt = targets[blockIdx.x];
-  if (threadIdx.x == 0) losses[blockIdx.x] = logf(S) - (to_f(row[tgt]) - M);
-  if (!write_dlogits) return;
-  __syncthreads();  // row[tgt] is read above before anyone overwrites it
-  const float inv = 1.0f / S;
-  for (int v = threadIdx.x; v < Vp / 8; v += kCeVecThreads) {
-    const int j0 = v * 8;
-    float d[8];
-    if (j0 < V) {
-      float x[8];
-      sb_load8<true>(x, row, j0, V);
-#pragma unroll
-      for (int c = 0; c < 8; ++c)
-        d[c] = j0 + c < V ? dloss * (sb_exp(x[c], M) * inv - (j0 + c == tgt ? 1.0f : 0.0f)) : 0.0f;
-    } else {
-#pragma unroll
-      for (int c = 0; c < 8; ++c) d[c] = 0.0f;
-    }
-    uint4 q;
-    uint32_t* w = reinterpret_cast<uint32_t*>(&q);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const __nv_bfloat162 h = __floats2bfloat162_rn(d[2 * k], d[2 * k + 1]);
-      w[k] = *reinterpret_cast<const uint32_t*>(&h);
-    }
-    *reinterpret_cast<uint4*>(row + j0) = q;
-  }
-}
-
 // sample_labels: one THREAD per row (the sequential sums are chains of dependent adds, so one
 // row per lane keeps all 32 lanes busy), a warp = 32 consecutive rows. grid: ceil(N / 128);
 // block 128 (4 warps); smem: the exp table + a [32][kSlCols + 1] fp32 tile per warp.
@@ -302,16 +231,17 @@ __device__ __forceinline__ float sb_exp(float x, float m) {
   return exp2f(__fmaf_rn(x, 1.4426950408889634f, -m * 1.4426950408889634f));
 }
 
+// The label of one row (the whole block works on it): writes it to *label_out (shared; valid
+// after the next __syncthreads) and returns the row's M and S = sum_j exp(l_j - M) in every
+// thread. Called once per kernel (it has shared arrays of its own).
 template <bool kVec>
-__global__ void __launch_bounds__(kSbThreads, 1024 / kSbThreads)
-    sample_labels_bf16_kernel(int* targets, const bf16* logits, int T_, int V, int Vp,
-                              uint64_t seed, uint32_t step, uint32_t seq0) {
+__device__ __forceinline__ void sb_sample_row(const bf16* row, int V, int row_i, int T_,
+                                              uint64_t seed, uint32_t step, uint32_t seq0,
+                                              int* label_out, float& M_out, float& S_out) {
   constexpr int NT = kSbThreads, NW = NT / 32;
   __shared__ float seg_max[NW], seg_sum[NW], wtot[NW];
   __shared__ float s_u;
   __shared__ int s_found, s_last;
-  const int row_i = blockIdx.x;
-  const bf16* row = logits + size_t(row_i) * Vp;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int nvec = (V + 7) / 8;
   const int seg = (nvec + NW - 1) / NW;
@@ -369,6 +299,8 @@ __global__ void __launch_bounds__(kSbThreads, 1024 / kSbThreads)
     W[w] = seg_max[w] > -INFINITY ? seg_sum[w] * sb_exp(seg_max[w], M) : 0.0f;
     C = __fadd_rn(C, W[w]);
   }
+  M_out = M;
+  S_out = C;
   const float threshold = __fmul_rn(s_u, C);
   int wstar = -1;
   float base = 0.0f;  // C_{wstar - 1}
@@ -390,7 +322,7 @@ __global__ void __launch_bounds__(kSbThreads, 1024 / kSbThreads)
     for (int o = 16; o > 0; o >>= 1) last = max(last, __shfl_xor_sync(0xffffffffu, last, o));
     if (lane == 0) atomicMax(&s_last, last);
     __syncthreads();
-    if (threadIdx.x == 0) targets[row_i] = max(s_last, 0);
+    if (threadIdx.x == 0) *label_out = max(s_last, 0);
     return;
   }
   // Pass 2, the whole block on segment wstar, vectors [a, b), NT vectors per round (13 rounds
@@ -448,7 +380,7 @@ __global__ void __launch_bounds__(kSbThreads, 1024 / kSbThreads)
           if (label < 0 && c > threshold) label = v * 8 + k;
         }
         // (no crossing by rounding: the vector's last column with e > 0)
-        targets[row_i] = label >= 0 ? label : lnz >= 0 ? lnz : min(v * 8 + 7, V - 1);
+        *label_out = label >= 0 ? label : lnz >= 0 ? lnz : min(v * 8 + 7, V - 1);
       }
       return;
     }
@@ -459,7 +391,105 @@ __global__ void __launch_bounds__(kSbThreads, 1024 / kSbThreads)
   for (int o = 16; o > 0; o >>= 1) last = max(last, __shfl_xor_sync(0xffffffffu, last, o));
   if (lane == 0) atomicMax(&s_last, last);
   __syncthreads();
-  if (threadIdx.x == 0) targets[row_i] = s_last >= 0 ? s_last : min(b * 8, V) - 1;
+  if (threadIdx.x == 0) *label_out = s_last >= 0 ? s_last : min(b * 8, V) - 1;
+}
+
+// dlogits for columns j0 .. j0+7 of a bf16 row (16-byte aligned, j0 + 8 <= Vp), in place:
+// dloss * (exp(l_j - M) / S - [j == tgt]) for j < V, 0 in the padded columns.
+__device__ __forceinline__ void ce_write_dlogits8(bf16* row, int j0, int V, float M, float inv,
+                                                  float dloss, int tgt) {
+  float d[8];
+  if (j0 < V) {
+    float x[8];
+    sb_load8<true>(x, row, j0, V);
+#pragma unroll
+    for (int c = 0; c < 8; ++c)
+      d[c] = j0 + c < V ? dloss * (sb_exp(x[c], M) * inv - (j0 + c == tgt ? 1.0f : 0.0f)) : 0.0f;
+  } else {
+#pragma unroll
+    for (int c = 0; c < 8; ++c) d[c] = 0.0f;
+  }
+  uint4 q;
+  uint32_t* w = reinterpret_cast<uint32_t*>(&q);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(d[2 * k], d[2 * k + 1]);
+    w[k] = *reinterpret_cast<const uint32_t*>(&h);
+  }
+  *reinterpret_cast<uint4*>(row + j0) = q;
+}
+
+// GNB labels for bf16 logits, one block per row. kCe: the same kernel then computes the loss
+// against the sampled label and overwrites the row with dlogits (the cross-entropy of
+// crossentropy_bf16_kernel with this label; needs kVec): one kernel for the whole GNB classifier.
+template <bool kVec, bool kCe>
+__global__ void __launch_bounds__(kSbThreads, 1024 / kSbThreads)
+    sample_labels_bf16_kernel(int* targets, bf16* logits, int T_, int V, int Vp, uint64_t seed,
+                              uint32_t step, uint32_t seq0, float* losses, float dloss) {
+  static_assert(kVec || !kCe, "the fused cross-entropy needs 16-byte rows");
+  __shared__ int s_label;
+  const int row_i = blockIdx.x;
+  bf16* row = logits + size_t(row_i) * Vp;
+  float M, S;
+  sb_sample_row<kVec>(row, V, row_i, T_, seed, step, seq0, &s_label, M, S);
+  __syncthreads();
+  const int label = s_label;
+  if (threadIdx.x == 0) targets[row_i] = label;
+  if constexpr (kCe) {
+    if (threadIdx.x == 0) losses[row_i] = logf(S) - (to_f(row[label]) - M);
+    __syncthreads();  // row[label] is read above before anyone overwrites it
+    const float inv = 1.0f / S;
+    for (int v = threadIdx.x; v < Vp / 8; v += kSbThreads)
+      ce_write_dlogits8(row, v * 8, V, M, inv, dloss, label);
+  }
+}
+
+// bf16 cross-entropy, vectorized (see the top of the file).
+constexpr int kCeVecThreads = 512;
+constexpr int kCeVecUnroll = 4;
+
+__global__ void __launch_bounds__(kCeVecThreads, 2)
+    crossentropy_bf16_kernel(float* losses, bf16* logits, const int* targets, float dloss, int V,
+                             int Vp, bool write_dlogits) {
+  __shared__ float red[kCeVecThreads / 32];
+  bf16* row = logits + size_t(blockIdx.x) * Vp;
+  const int nvec = (V + 7) / 8;  // vectors holding real columns (the last may be partly padded)
+  float m = -INFINITY, s = 0.0f;
+  for (int v = threadIdx.x; v < nvec; v += kCeVecThreads * kCeVecUnroll) {
+    float x[kCeVecUnroll][8];
+#pragma unroll
+    for (int k = 0; k < kCeVecUnroll; ++k) {
+      if (v + kCeVecThreads * k < nvec) {
+        sb_load8<true>(x[k], row, (v + kCeVecThreads * k) * 8, V);  // columns >= V: -inf
+      } else {
+#pragma unroll
+        for (int c = 0; c < 8; ++c) x[k][c] = -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kCeVecUnroll; ++k) {
+      float vm = x[k][0];
+#pragma unroll
+      for (int c = 1; c < 8; ++c) vm = fmaxf(vm, x[k][c]);
+      if (vm > m) {
+        s *= sb_exp(m, vm);  // m = -inf: s is 0 and stays 0
+        m = vm;
+      }
+      if (m > -INFINITY) {
+#pragma unroll
+        for (int c = 0; c < 8; ++c) s += sb_exp(x[k][c], m);  // -inf columns add 0
+      }
+    }
+  }
+  const float M = block_max(m, red);
+  const float S = block_sum(m == -INFINITY ? 0.0f : s * sb_exp(m, M), red);
+  const int tgt = targets[blockIdx.x];
+  if (threadIdx.x == 0) losses[blockIdx.x] = logf(S) - (to_f(row[tgt]) - M);
+  if (!write_dlogits) return;
+  __syncthreads();  // row[tgt] is read above before anyone overwrites it
+  const float inv = 1.0f / S;
+  for (int v = threadIdx.x; v < Vp / 8; v += kCeVecThreads)
+    ce_write_dlogits8(row, v * 8, V, M, inv, dloss, tgt);
 }
 
 // One block; per-thread partial sums in double in a fixed order, then a fixed-order tree.
@@ -510,15 +540,32 @@ void sample_labels(int* targets, const T* logits, int N, int T_, int V, int Vp, 
                    uint32_t step, uint32_t seq0, Scratch& scratch, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, bf16>) {
     if (N == 0 || V == 0) return;
+    bf16* l = const_cast<bf16*>(logits);  // kCe = false: read only
     if (Vp % 8 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0)
-      sample_labels_bf16_kernel<true>
-          <<<N, kSbThreads, 0, stream>>>(targets, logits, T_, V, Vp, seed, step, seq0);
+      sample_labels_bf16_kernel<true, false><<<N, kSbThreads, 0, stream>>>(
+          targets, l, T_, V, Vp, seed, step, seq0, nullptr, 0.0f);
     else
-      sample_labels_bf16_kernel<false>
-          <<<N, kSbThreads, 0, stream>>>(targets, logits, T_, V, Vp, seed, step, seq0);
+      sample_labels_bf16_kernel<false, false><<<N, kSbThreads, 0, stream>>>(
+          targets, l, T_, V, Vp, seed, step, seq0, nullptr, 0.0f);
     SGPT_LAUNCH_CHECK();
   } else {
     sample_labels_exact(targets, logits, N, T_, V, Vp, seed, step, seq0, scratch, stream);
+  }
+}
+
+template <class T>
+bool sample_labels_crossentropy(float* losses, int* targets, T* logits, float dloss, int N,
+                                int T_, int V, int Vp, uint64_t seed, uint32_t step,
+                                uint32_t seq0, cudaStream_t stream) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (Vp % 8 != 0 || reinterpret_cast<uintptr_t>(logits) % 16 != 0) return false;
+    if (N == 0 || V == 0) return true;
+    sample_labels_bf16_kernel<true, true><<<N, kSbThreads, 0, stream>>>(
+        targets, logits, T_, V, Vp, seed, step, seq0, losses, dloss);
+    SGPT_LAUNCH_CHECK();
+    return true;
+  } else {
+    return false;  // fp32: the CPU-order sampler, then the cross-entropy kernel
   }
 }
 
@@ -540,6 +587,8 @@ void mean_loss(float* out, const float* losses, int N, cudaStream_t stream) {
                                                  bool, cudaStream_t);                          \
   template void sample_labels<T>(int*, const T*, int, int, int, int, uint64_t, uint32_t,      \
                                  uint32_t, cudaStream_t);                                      \
+  template bool sample_labels_crossentropy<T>(float*, int*, T*, float, int, int, int, int,     \
+                                              uint64_t, uint32_t, uint32_t, cudaStream_t);     \
   template void sample_labels<T>(int*, const T*, int, int, int, int, uint64_t, uint32_t,      \
                                  uint32_t, Scratch&, cudaStream_t);                          \
   template void sample_labels_exact<T>(int*, const T*, int, int, int, int, uint64_t, uint32_t, \

@@ -93,8 +93,7 @@ class CudaBackend final : public Backend {
                   uint32_t seq0) override {
     check_T(T);
     model_.forward_logits(weights(), inp, B);
-    model_.sample_targets(seed, step, seq0);
-    model_.loss(grad_scale, true);
+    model_.gnb_loss(grad_scale, seed, step, seq0);  // sampling + loss + dlogits
     model_.backward(weights(), grads_.get());
     return model_.read_mean_loss();
   }

@@ -194,6 +194,20 @@ void Gpt2Cuda<T>::sample_targets(uint64_t seed, uint32_t step, uint32_t seq0) {
 }
 
 template <class T>
+void Gpt2Cuda<T>::gnb_loss(float grad_scale, uint64_t seed, uint32_t step, uint32_t seq0) {
+  const int N = B_ * T_;
+  const float dloss = grad_scale / static_cast<float>(N);  // as loss()
+  if (!sample_labels_crossentropy(losses_.get(), targets_.get(), logits_.get(), dloss, N, T_,
+                                  cfg_.vocab_size, cfg_.padded_vocab_size, seed, step, seq0,
+                                  stream_)) {
+    sample_targets(seed, step, seq0);
+    crossentropy_forward_backward(losses_.get(), logits_.get(), targets_.get(), dloss, N,
+                                  cfg_.vocab_size, cfg_.padded_vocab_size, true, stream_);
+  }
+  mean_loss(mean_loss_.get(), losses_.get(), N, stream_);
+}
+
+template <class T>
 void Gpt2Cuda<T>::loss(float grad_scale, bool write_dlogits) {
   const int N = B_ * T_;
   const float dloss = grad_scale / static_cast<float>(N);  // as the CPU reference

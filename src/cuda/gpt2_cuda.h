@@ -42,6 +42,9 @@ class Gpt2Cuda {
   // Targets for the loss: from the host, or sampled from the logits (GNB, cpu::sample_labels).
   void set_targets(const int* tgt_host);
   void sample_targets(uint64_t seed, uint32_t step, uint32_t seq0);
+  // The GNB classifier: sample_targets + loss(grad_scale, write_dlogits = true), in one kernel
+  // where sample_labels_crossentropy applies (bf16), else as those two calls.
+  void gnb_loss(float grad_scale, uint64_t seed, uint32_t step, uint32_t seq0);
   // Per-position losses and their device mean; with write_dlogits the logits are replaced by
   // d(mean loss * grad_scale)/dlogits (dloss = grad_scale / N).
   void loss(float grad_scale, bool write_dlogits);

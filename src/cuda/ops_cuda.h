@@ -163,6 +163,15 @@ void sample_labels(int* targets, const T* logits, int N, int T_, int V, int Vp, 
 template <class T>
 void sample_labels(int* targets, const T* logits, int N, int T_, int V, int Vp, uint64_t seed,
                    uint32_t step, uint32_t seq0, cudaStream_t stream);
+// The GNB classifier in one kernel (bf16 logits with Vp a multiple of 8 and 16-byte aligned rows):
+// sample_labels into targets, then, in the same kernel, losses against those labels and dlogits
+// in place, as crossentropy_forward_backward(write_dlogits = true) computes them. Returns false,
+// doing nothing, where it does not apply (fp32: labels in the CPU's order need the separate
+// sampler); the caller then runs sample_labels and crossentropy_forward_backward.
+template <class T>
+bool sample_labels_crossentropy(float* losses, int* targets, T* logits, float dloss, int N,
+                                int T_, int V, int Vp, uint64_t seed, uint32_t step,
+                                uint32_t seq0, cudaStream_t stream);
 // out[0] = mean of losses[0..N) (fixed-order reduction, deterministic).
 void mean_loss(float* out, const float* losses, int N, cudaStream_t stream);
 

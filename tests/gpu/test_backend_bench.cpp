@@ -195,6 +195,7 @@ TEST(Bench, DISABLED_OpShares) {
     rows.push_back({"encoder bwd", time([&] { cuda::encoder_backward(gw.get(), gw.get(), dx.get(), dtb, B, T_, C, nullptr); }), 1});
   }
   rows.push_back({"lm head bwd", time([&] { cuda::matmul_backward(mm, dx.get(), gw.get(), (T*)nullptr, logits.get(), ln.get(), wte.get(), int(N), C, Vp, scratch, nullptr, false); }), 1});
+  rows.push_back({"GNB classifier fused (GNB only)", time([&] { cuda::sample_labels_crossentropy(losses.get(), targets.get(), logits.get(), 1.0f / N, int(N), T_, V, Vp, 1, 2, 3, nullptr); }), 0});
   rows.push_back({"sample_labels (GNB only)", time([&] { cuda::sample_labels(targets.get(), logits.get(), int(N), T_, V, Vp, 1, 2, 3, scratch, nullptr); }), 0});
   double total = 0;
   for (const Row& r : rows) total += r.ms * r.count;

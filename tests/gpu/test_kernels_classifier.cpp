@@ -259,6 +259,45 @@ TEST(Kernels, SampleLabelsBf16NearCpu) {
   check_bf16_vs_cpu(4, 257, 50257, 50304, 1.0f, 0.4);
 }
 
+// The GNB classifier in one kernel (bf16): its labels are exactly sample_labels' on the same
+// logits (the same sampling code), and its losses and in-place dlogits are those of the CPU
+// cross-entropy with those labels, with the bf16 tolerances of check_crossentropy. fp32 declines
+// (returns false, leaves everything untouched).
+void check_gnb_classifier_bf16(int N, int T_, int V, int Vp, float stddev) {
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + " N=" + std::to_string(N) + " V=" +
+               std::to_string(V));
+  Rng rng(seed);
+  auto logits = as_stored<bf16>(rng.normal(size_t(N) * Vp, stddev));
+  const float dloss = 1.0f / N;
+  auto d_ref_logits = to_device<bf16>(logits), d_logits = to_device<bf16>(logits);
+  DeviceBuffer<int> d_ref_targets(N), d_targets(N);
+  DeviceBuffer<float> d_losses(N);
+  poison(d_losses);
+  cuda::sample_labels(d_ref_targets.get(), d_ref_logits.get(), N, T_, V, Vp, 11, 5, 3, nullptr);
+  ASSERT_TRUE(cuda::sample_labels_crossentropy(d_losses.get(), d_targets.get(), d_logits.get(),
+                                               dloss, N, T_, V, Vp, 11, 5, 3, nullptr));
+  const auto targets = d_targets.download();
+  EXPECT_EQ(targets, d_ref_targets.download()) << "labels differ from sample_labels'";
+  std::vector<float> losses(N), dlogits(logits.size());
+  cpu::crossentropy_forward(losses.data(), logits.data(), targets.data(), N, V, Vp);
+  cpu::crossentropy_backward(dlogits.data(), logits.data(), targets.data(), dloss, N, V, Vp);
+  expect_close(to_host(d_losses), losses, Tol{1e-4, 0}, "fused GNB classifier losses");
+  expect_close(to_host(d_logits), dlogits, Tol{1e-2, 1e-3}, "fused GNB classifier dlogits");
+
+  auto d_f32 = to_device<float>(logits);
+  DeviceBuffer<float> d_l32(N);
+  EXPECT_FALSE(cuda::sample_labels_crossentropy(d_l32.get(), d_targets.get(), d_f32.get(), dloss,
+                                                N, T_, V, Vp, 11, 5, 3, nullptr));
+  expect_close(to_host(d_f32), logits, Tol{0, 0}, "fp32 logits untouched");
+}
+
+TEST(Kernels, GnbClassifierBf16Fused) {
+  SGPT_SKIP_WITHOUT_GPU();
+  check_gnb_classifier_bf16(37, 16, 1003, 1024, 3.0f);    // last real vector partly padded
+  check_gnb_classifier_bf16(6, 3, 50257, 50304, 1.0f);    // GPT-2 vocabulary
+}
+
 // Timing at the GPT-2 124M GNB shape (65,536 rows x 50,304 bf16 logits): the CPU-order kernel
 // (what bf16 ran before) against the one-block-per-row kernel, median of 5 event-timed runs, and
 // the fraction of rows where they agree (the CPU-order kernel's labels are the CPU's).
