@@ -233,6 +233,32 @@ TEST(Backend, DeterministicFp32AndBf16) {
   }
 }
 
+// A micro-batch smaller than the backend's max_B (the GNB pass with fraction < 1, a short last
+// eval batch) runs on a cuDNN plan of its own, built on first use: check it against the CPU
+// reference like the full batch, then the full batch again (its plan still cached).
+TEST(Backend, Bf16CudnnSmallerBatch) {
+  SGPT_SKIP_WITHOUT_GPU();
+  if (!cuda::CudnnAttention::built()) GTEST_SKIP() << "built without cuDNN";
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
+  Rng rng(seed);
+  const ModelConfig cfg = small_config(true);
+  const int T = 32;
+  const auto params = init(cfg, seed, true);
+  auto cpu = make_cpu_backend(cfg, 4, T, params);
+  auto gpu = make_cuda_backend(cfg, 4, T, Precision::kBf16, params, AttentionImpl::kCudnn);
+  for (int B : {2, 3, 4}) {
+    SCOPED_TRACE("B=" + std::to_string(B));
+    const Batch b = make_batch(rng, B, T, cfg.vocab_size);
+    cpu->zero_grad();
+    gpu->zero_grad();
+    const float lc = cpu->train_micro(b.inp.data(), b.tgt.data(), B, T, 1.0f);
+    const float lg = gpu->train_micro(b.inp.data(), b.tgt.data(), B, T, 1.0f);
+    EXPECT_NEAR(lg, lc, 2e-2 * std::fabs(lc));
+    expect_grads_close(*gpu, *cpu, 1e-1, 0, 0, "bf16 cuDNN grad");
+  }
+}
+
 TEST(Backend, Bf16CloseToFp32Reference) {
   SGPT_SKIP_WITHOUT_GPU();
   const uint64_t seed = test_seed();
