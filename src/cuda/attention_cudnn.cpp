@@ -16,6 +16,8 @@
 
 #include <array>
 #include <cstdint>
+#include <initializer_list>
+#include <cstdint>
 #include <limits>
 #include <map>
 #include <stdexcept>
@@ -457,8 +459,18 @@ void CudnnAttention::prepare(int B, int T, int C, int NH) {
   impl_->plan(true, B, T, C, NH);
 }
 
+namespace {
+// The tensors are declared 16-byte aligned to cuDNN; a pointer that is not would be undefined.
+void check_aligned(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+      throw std::invalid_argument("cuDNN attention: a tensor pointer is not 16-byte aligned");
+}
+}  // namespace
+
 void CudnnAttention::forward(bf16* out, float* lse, const bf16* inp, int B, int T, int C, int NH,
                              float scale, cudaStream_t stream) {
+  check_aligned({out, lse, inp});
   Plan& p = impl_->plan(false, B, T, C, NH);
   SGPT_CUDNN(cudnnSetStream(impl_->handle, stream));
   float mask_value = std::numeric_limits<float>::lowest();
@@ -470,6 +482,7 @@ void CudnnAttention::forward(bf16* out, float* lse, const bf16* inp, int B, int 
 void CudnnAttention::backward(bf16* dinp, const bf16* dout, const bf16* inp, const bf16* out,
                               const float* lse, int B, int T, int C, int NH, float scale,
                               cudaStream_t stream) {
+  check_aligned({dinp, dout, inp, out, lse});
   Plan& p = impl_->plan(true, B, T, C, NH);
   SGPT_CUDNN(cudnnSetStream(impl_->handle, stream));
   float mask_value = std::numeric_limits<float>::lowest(), one = 1.0f;

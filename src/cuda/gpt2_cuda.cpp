@@ -40,7 +40,9 @@ Gpt2Cuda<T>::Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t st
   ln2_rstd_.resize(L * N);
   lnf_mean_.resize(N);
   lnf_rstd_.resize(N);
-  lse_.resize(L * N * NH);
+  // Per-layer lse blocks start 16-byte aligned (cuDNN's stats tensor is declared so).
+  lse_stride_ = (N * NH + 3) / 4 * 4;
+  lse_.resize(L * lse_stride_);
   losses_.resize(N);
   mean_loss_.resize(1);
   dres_.resize(N * C);
@@ -141,10 +143,10 @@ void Gpt2Cuda<T>::forward_logits(const T* params, const int* inp_host, int B) {
                    3 * C, stream_);
     if constexpr (std::is_same_v<T, bf16>) {
       if (cudnn_batch_)
-        cudnn_->forward(atty, act(lse_, l, NH), qkv, B, T_, C, NH, attention_scale(l), stream_);
+        cudnn_->forward(atty, lse(l), qkv, B, T_, C, NH, attention_scale(l), stream_);
     }
     if (!cudnn_batch_)
-      attention_forward(atty, act(lse_, l, NH), qkv, B, T_, C, NH, attention_scale(l), stream_);
+      attention_forward(atty, lse(l), qkv, B, T_, C, NH, attention_scale(l), stream_);
     matmul_forward(matmul_, proj_.get(), atty, tensor(params, kAttprojw, l),
                    tensor(params, kAttprojb, l), N, C, C, stream_);
     residual_layernorm_forward(res2, ln2, act(ln2_mean_, l, 1), act(ln2_rstd_, l, 1), x,
@@ -272,11 +274,11 @@ void Gpt2Cuda<T>::backward(const T* params, T* grads) {
     if constexpr (std::is_same_v<T, bf16>) {
       if (cudnn_batch_)
         cudnn_->backward(dqkv_.get(), datty_.get(), act(qkv_, l, 3 * C), act(atty_, l, C),
-                         act(lse_, l, NH), B, T_, C, NH, attention_scale(l), stream_);
+                         lse(l), B, T_, C, NH, attention_scale(l), stream_);
     }
     if (!cudnn_batch_)
       attention_backward(dqkv_.get(), datty_.get(), act(qkv_, l, 3 * C), act(atty_, l, C),
-                         act(lse_, l, NH), B, T_, C, NH, attention_scale(l), scratch_, stream_,
+                         lse(l), B, T_, C, NH, attention_scale(l), scratch_, stream_,
                          /*accumulate=*/false);
     matmul_backward(matmul_, dln_.get(), tensor(grads, kQkvw, l), tensor(grads, kQkvb, l),
                     dqkv_.get(), act(ln1_, l, C), tensor(params, kQkvw, l), N, C, 3 * C, scratch_,

@@ -68,10 +68,12 @@ class Gpt2Cuda {
     return v.get() + static_cast<size_t>(l) * max_B_ * T_ * per_row;
   }
   float attention_scale(int layer) const;
+  float* lse(int l) const { return lse_.get() + static_cast<size_t>(l) * lse_stride_; }
 
   ModelConfig cfg_;
   ParamLayout layout_;
   int max_B_, T_;
+  size_t lse_stride_ = 0;  // floats per layer in lse_: max_B * T * NH rounded up to 4
   int B_ = 0;
   bool fuse_gelu_ = false;  // bf16: GELU in the fc / fcproj matmul epilogues (matmul.cu)
   std::unique_ptr<CudnnAttention> cudnn_;  // created on first selection of cuDNN attention

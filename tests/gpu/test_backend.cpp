@@ -257,6 +257,21 @@ TEST(Backend, Bf16CudnnSmallerBatch) {
     EXPECT_NEAR(lg, lc, 2e-2 * std::fabs(lc));
     expect_grads_close(*gpu, *cpu, 1e-1, 0, 0, "bf16 cuDNN grad");
   }
+  // Odd sizes: head size 8, max_B * T * NH = 3 * 33 * 3 = 297 floats of lse per layer (the model
+  // pads each layer's block to 16 bytes, which cuDNN's stats tensor needs).
+  ModelConfig odd = cfg;
+  odd.n_embd = 24;
+  odd.n_head = 3;
+  const auto odd_params = init(odd, seed, true);
+  auto cpu_odd = make_cpu_backend(odd, 3, 33, odd_params);
+  auto gpu_odd = make_cuda_backend(odd, 3, 33, Precision::kBf16, odd_params, AttentionImpl::kCudnn);
+  const Batch b = make_batch(rng, 3, 33, odd.vocab_size);
+  cpu_odd->zero_grad();
+  gpu_odd->zero_grad();
+  const float lc = cpu_odd->train_micro(b.inp.data(), b.tgt.data(), 3, 33, 1.0f);
+  const float lg = gpu_odd->train_micro(b.inp.data(), b.tgt.data(), 3, 33, 1.0f);
+  EXPECT_NEAR(lg, lc, 2e-2 * std::fabs(lc));
+  expect_grads_close(*gpu_odd, *cpu_odd, 1e-1, 0, 0, "bf16 cuDNN grad, odd sizes");
 }
 
 TEST(Backend, Bf16CloseToFp32Reference) {
