@@ -4,8 +4,10 @@
 #                              and copy them, with the shared libraries they need, into
 #                              .carry/gpu/ (and .carry/gpu.tar.gz, a smaller copy to carry)
 #   scripts/gpu_test.sh run    (on the GPU machine) run the carried binaries (unpacking
-#                              .carry/gpu.tar.gz if .carry/gpu is absent): all GPU tests, the step
-#                              benchmark and `sophiagpt bench train`; logs under $OUT (or ./gpu-logs)
+#                              .carry/gpu.tar.gz if .carry/gpu is absent): all GPU tests, the
+#                              PyTorch check (scripts/check_torch.sh, when PyTorch and
+#                              data/shards/sotu are there), the step benchmark and `sophiagpt bench
+#                              train`; logs under $OUT (or ./gpu-logs)
 #   scripts/gpu_test.sh build  (on the GPU machine) build there instead, then run
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +33,7 @@ pack)
   ;;
 build)
   cmake -S . -B build-gpu -DCMAKE_CUDA_ARCHITECTURES=90 -G Ninja 2>&1 | tail -3 &&
-    cmake --build build-gpu --target gpu_tests 2>&1 | tail -20 | tee "$out/build.log"
+    cmake --build build-gpu --target gpu_tests sophiagpt 2>&1 | tail -20 | tee "$out/build.log"
   bin=build-gpu/gpu_tests
   ;;
 run)
@@ -54,9 +56,14 @@ ldd "$bin" | grep -E "not found|cublas|cudart" | tee "$out/ldd.txt"
 echo "---- tests exit: $?"
 # (no pipe into head while the tests run: an early-closing reader would kill them with SIGPIPE)
 grep -E "^\[  (FAILED|PASSED|SKIPPED) |FAIL|Failure|error" "$out/tests.log" | head -60
+cli=$(dirname "$bin")/sophiagpt
+[[ -x $cli ]] || cli=build-gpu/sophiagpt
+# The end-to-end check against PyTorch, where PyTorch and the demo shards are there.
+if [[ -x $cli && -f data/shards/sotu/val_000000.bin ]] && python3 -c 'import torch' 2>/dev/null; then
+  scripts/check_torch.sh "$cli" "$out/check-torch" 2>&1 | tee "$out/check_torch.log" | tail -1
+fi
 if [[ ${SGPT_BENCH:-1} == 1 ]]; then
   "$bin" --gtest_also_run_disabled_tests --gtest_filter='*Bench*' 2>&1 | tee "$out/bench.log" | grep -E "BENCH|FAIL|rror"
-  cli=$(dirname "$bin")/sophiagpt
   if [[ -x $cli ]]; then
     echo "---- $cli bench train ${SGPT_BENCH_TRAIN_ARGS:-}"
     # shellcheck disable=SC2086
