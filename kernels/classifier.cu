@@ -231,6 +231,42 @@ __device__ __forceinline__ float sb_exp(float x, float m) {
   return exp2f(__fmaf_rn(x, 1.4426950408889634f, -m * 1.4426950408889634f));
 }
 
+// One thread's online (max m, sum s of exp(l - m)) over vectors v0, v0 + step, ... < v1 of a bf16
+// row (8 columns each; columns >= V count as -inf), kSbUnroll loads in flight. Shared by the
+// sampler (a warp's segment, step 32) and the cross-entropy (the whole row, step = block size).
+template <bool kVec>
+__device__ __forceinline__ void sb_online_max_sum(const bf16* row, int V, int v0, int v1,
+                                                  int step, float& m, float& s) {
+  m = -INFINITY;
+  s = 0.0f;
+  for (int v = v0; v < v1; v += step * kSbUnroll) {
+    float x[kSbUnroll][8];
+#pragma unroll
+    for (int k = 0; k < kSbUnroll; ++k) {
+      if (v + step * k < v1) {
+        sb_load8<kVec>(x[k], row, (v + step * k) * 8, V);
+      } else {
+#pragma unroll
+        for (int c = 0; c < 8; ++c) x[k][c] = -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kSbUnroll; ++k) {
+      float vm = x[k][0];
+#pragma unroll
+      for (int c = 1; c < 8; ++c) vm = fmaxf(vm, x[k][c]);
+      if (vm > m) {
+        s *= sb_exp(m, vm);  // m = -inf: s is 0 and stays 0
+        m = vm;
+      }
+      if (m > -INFINITY) {
+#pragma unroll
+        for (int c = 0; c < 8; ++c) s += sb_exp(x[k][c], m);  // -inf columns add 0
+      }
+    }
+  }
+}
+
 // The label of one row (the whole block works on it): writes it to *label_out (shared; valid
 // after the next __syncthreads) and returns the row's M and S = sum_j exp(l_j - M) in every
 // thread. Called once per kernel (it has shared arrays of its own).
@@ -254,33 +290,8 @@ __device__ __forceinline__ void sb_sample_row(const bf16* row, int V, int row_i,
   // Pass 1: online (max, sum of exp(l - max)) per thread over its vectors of its warp's segment.
   {
     const int v0 = min(nvec, warp * seg), v1 = min(nvec, v0 + seg);
-    float m = -INFINITY, s = 0.0f;
-    for (int v = v0 + lane; v < v1; v += 32 * kSbUnroll) {
-      float x[kSbUnroll][8];
-#pragma unroll
-      for (int k = 0; k < kSbUnroll; ++k) {
-        if (v + 32 * k < v1) {
-          sb_load8<kVec>(x[k], row, (v + 32 * k) * 8, V);
-        } else {
-#pragma unroll
-          for (int c = 0; c < 8; ++c) x[k][c] = -INFINITY;
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < kSbUnroll; ++k) {
-        float vm = x[k][0];
-#pragma unroll
-        for (int c = 1; c < 8; ++c) vm = fmaxf(vm, x[k][c]);
-        if (vm > m) {
-          s *= sb_exp(m, vm);  // m = -inf: s is 0 and stays 0
-          m = vm;
-        }
-        if (m > -INFINITY) {
-#pragma unroll
-          for (int c = 0; c < 8; ++c) s += sb_exp(x[k][c], m);
-        }
-      }
-    }
+    float m, s;
+    sb_online_max_sum<kVec>(row, V, v0 + lane, v1, 32, m, s);
     const float mw = warp_max(m);
     const float sw = warp_sum(m > -INFINITY ? s * sb_exp(m, mw) : 0.0f);
     if (lane == 0) {
@@ -446,7 +457,6 @@ __global__ void __launch_bounds__(kSbThreads, 1024 / kSbThreads)
 
 // bf16 cross-entropy, vectorized (see the top of the file).
 constexpr int kCeVecThreads = 512;
-constexpr int kCeVecUnroll = 4;
 
 __global__ void __launch_bounds__(kCeVecThreads, 2)
     crossentropy_bf16_kernel(float* losses, bf16* logits, const int* targets, float dloss, int V,
@@ -454,33 +464,8 @@ __global__ void __launch_bounds__(kCeVecThreads, 2)
   __shared__ float red[kCeVecThreads / 32];
   bf16* row = logits + size_t(blockIdx.x) * Vp;
   const int nvec = (V + 7) / 8;  // vectors holding real columns (the last may be partly padded)
-  float m = -INFINITY, s = 0.0f;
-  for (int v = threadIdx.x; v < nvec; v += kCeVecThreads * kCeVecUnroll) {
-    float x[kCeVecUnroll][8];
-#pragma unroll
-    for (int k = 0; k < kCeVecUnroll; ++k) {
-      if (v + kCeVecThreads * k < nvec) {
-        sb_load8<true>(x[k], row, (v + kCeVecThreads * k) * 8, V);  // columns >= V: -inf
-      } else {
-#pragma unroll
-        for (int c = 0; c < 8; ++c) x[k][c] = -INFINITY;
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < kCeVecUnroll; ++k) {
-      float vm = x[k][0];
-#pragma unroll
-      for (int c = 1; c < 8; ++c) vm = fmaxf(vm, x[k][c]);
-      if (vm > m) {
-        s *= sb_exp(m, vm);  // m = -inf: s is 0 and stays 0
-        m = vm;
-      }
-      if (m > -INFINITY) {
-#pragma unroll
-        for (int c = 0; c < 8; ++c) s += sb_exp(x[k][c], m);  // -inf columns add 0
-      }
-    }
-  }
+  float m, s;
+  sb_online_max_sum<true>(row, V, threadIdx.x, nvec, kCeVecThreads, m, s);
   const float M = block_max(m, red);
   const float S = block_sum(m == -INFINITY ? 0.0f : s * sb_exp(m, M), red);
   const int tgt = targets[blockIdx.x];
