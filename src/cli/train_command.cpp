@@ -18,12 +18,17 @@
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/vocab.h"
 #include "train/trainer.h"
+#include "dist/comm.h"
+#include "dist/launch.h"
 #ifdef SGPT_WITH_CUDA
 #include "cuda/cuda_backend.h"
+#include "cuda/nccl_comm.h"
 #endif
 
 namespace sgpt {
 namespace {
+
+constexpr int kExitDistFailureCode = dist::kExitDistFailure;
 
 struct TrainArgs {
   std::string config;
@@ -45,8 +50,14 @@ bool gpu_usable(std::string* why) {
 }
 
 // Resolves cfg.device to the GPU (true) or the CPU (false); adjusts cfg.precision on a fallback.
-bool choose_gpu(Config& cfg) {
+// `local_rank` picks the GPU (one per process on a node) before anything else touches CUDA.
+bool choose_gpu(Config& cfg, int local_rank = 0) {
   std::string why;
+#ifdef SGPT_WITH_CUDA
+  if (cfg.device != "cpu") cuda_select_device(local_rank);
+#else
+  (void)local_rank;
+#endif
   bool use_gpu = false;
   if (cfg.device == "cuda") {
     if (!gpu_usable(&why)) throw UserError("device 'cuda' was asked for but no GPU is usable: " + why);
@@ -64,42 +75,122 @@ bool choose_gpu(Config& cfg) {
   return use_gpu;
 }
 
-std::unique_ptr<Backend> make_backend(const Config& cfg, bool use_gpu, int B, const std::vector<float>& params) {
+std::unique_ptr<Backend> make_backend(const Config& cfg, bool use_gpu, int B, const std::vector<float>& params,
+                                      const DistOptions& dist = {}) {
   if (use_gpu) {
 #ifdef SGPT_WITH_CUDA
     try {
       return make_cuda_backend(cfg.model, B, cfg.model.block_size,
                                cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32,
-                               params, attention_impl_from_name(cfg.attention));
+                               params, attention_impl_from_name(cfg.attention), dist);
     } catch (const std::invalid_argument& e) {  // attention "cudnn" that cannot be used
       throw UserError(e.what());
     }
 #endif
   }
-  return make_cpu_backend(cfg.model, B, cfg.model.block_size, params);
+  return make_cpu_backend(cfg.model, B, cfg.model.block_size, params, dist);
+}
+
+// MPI stays initialised for the whole process once a run started by mpirun loaded it (also when
+// NCCL carries the training): MPI_Finalize runs at exit, and a rank that dies without it makes
+// mpirun stop the others at once.
+std::unique_ptr<dist::Comm>& mpi_holder() {
+  static std::unique_ptr<dist::Comm> mpi;
+  return mpi;
+}
+
+// The communicator of a launch of several processes: MPI on the CPU; NCCL on GPUs, its unique id
+// handed over by MPI (started by mpirun, plugin loadable, dist.init not set) or by the TCP / file
+// rendezvous of dist.init. Every rank waits here for the others (watchdog: dist.timeout_s).
+std::unique_ptr<dist::Comm> make_comm(const Config& cfg, const dist::LaunchInfo& li, bool use_gpu) {
+  if (li.world == 1) return dist::make_local_comm();
+  dist::Watchdog::instance().configure(li.rank, cfg.dist.timeout_s, nullptr);
+  dist::Guarded guard("joining the other ranks");
+  std::string why = "not started by an MPI launcher";
+  if (li.by_mpi() && (cfg.dist.init.empty() || !use_gpu)) mpi_holder() = dist::make_mpi_comm(&why);
+  dist::Comm* mpi = mpi_holder().get();
+  if (mpi && (mpi->rank() != li.rank || mpi->world() != li.world))
+    throw UserError("MPI says rank " + std::to_string(mpi->rank()) + " of " + std::to_string(mpi->world()) +
+                    ", the launcher's environment (" + li.launcher + ") rank " + std::to_string(li.rank) +
+                    " of " + std::to_string(li.world));
+  if (!use_gpu) {
+    if (!mpi)
+      throw UserError("data parallel training on the CPU runs over MPI: launch it with mpirun (" + why + ")");
+    dist::Watchdog::instance().configure(li.rank, cfg.dist.timeout_s, [] { mpi_holder()->abort(kExitDistFailureCode); });
+    return std::move(mpi_holder());
+  }
+#if defined(SGPT_WITH_CUDA) && defined(SGPT_WITH_NCCL)
+  std::vector<uint8_t> id;
+  if (li.rank == 0) id = cuda::NcclComm::unique_id();
+  if (mpi) {
+    id.resize(128);  // sizeof(ncclUniqueId)
+    mpi->broadcast(id.data(), id.size(), 0);
+  } else {
+    dist::rendezvous(dist::resolve_init(cfg.dist.init), li.rank, li.world, id, cfg.dist.timeout_s);
+  }
+  std::unique_ptr<cuda::NcclComm> nccl = cuda::NcclComm::create(li.rank, li.world, id);
+  cuda::NcclComm* raw = nccl.get();
+  dist::Watchdog::instance().configure(li.rank, cfg.dist.timeout_s, [raw] { raw->abort(kExitDistFailureCode); });
+  return nccl;
+#else
+  throw UserError("this build has no NCCL, so it trains on one GPU only (" + std::to_string(li.world) +
+                  " processes were launched); rebuild where CMake finds NCCL");
+#endif
 }
 
 void run_train(const TrainArgs& a) {
+  const dist::LaunchInfo li = dist::detect_launch();
   std::vector<std::string> sets = a.sets;
   if (!a.device.empty()) sets.push_back("device=\"" + a.device + "\"");
-  Config cfg = load_config(a.config, sets);
-  const bool use_gpu = choose_gpu(cfg);
+  Config cfg = load_config(a.config, sets, li.world);
+  const bool use_gpu = choose_gpu(cfg, li.local_rank);
 
   TrainOptions opt;
   opt.out_dir = a.out_dir;
   opt.resume = a.resume;
-  opt.quiet = a.quiet;
-  prepare_run_dir(cfg, opt);
+  opt.quiet = a.quiet || li.rank != 0;
+  opt.rank = li.rank;
+  opt.world = li.world;
+  // Every input is checked on every rank before the ranks meet, so all report the same error.
+  const int64_t ckpt = check_run_dir(opt);
+  check_data(cfg, li.world);
 
-  const ParamLayout layout = ParamLayout::make(cfg.model);
-  std::vector<float> params(layout.total);
-  if (!a.init_from.empty()) params = read_model_file(a.init_from, cfg.model);
-  else init_params(params.data(), cfg.model, layout, cfg.seed);
+  std::unique_ptr<dist::Comm> comm = make_comm(cfg, li, use_gpu);
+  std::unique_ptr<Backend> be;  // outlives the try block: the catch aborts the communicator first
+  try {
+    if (li.world > 1) dist::Watchdog::instance().arm("starting the run");
+    write_run_dir(cfg, opt, ckpt);
+    comm->barrier();
+    const ParamLayout layout = ParamLayout::make(cfg.model);
+    std::vector<float> params(layout.total);
+    if (!a.init_from.empty()) params = read_model_file(a.init_from, cfg.model);
+    else init_params(params.data(), cfg.model, layout, cfg.seed);
 
-  std::unique_ptr<Backend> be = make_backend(cfg, use_gpu, cfg.batch.micro_batch_size, params);
-  if (!a.quiet) std::printf("device: %s, precision %s, run directory %s\n", be->name().c_str(),
-                            cfg.precision.c_str(), a.out_dir.c_str());
-  train(cfg, *be, opt);
+    DistOptions dist;
+    dist.comm = li.world > 1 ? comm.get() : nullptr;
+    dist.zero = cfg.dist.zero == 1;
+    be = make_backend(cfg, use_gpu, cfg.batch.micro_batch_size, params, dist);
+    if (!opt.quiet) {
+      std::printf("device: %s, precision %s, run directory %s\n", be->name().c_str(), cfg.precision.c_str(),
+                  a.out_dir.c_str());
+      if (li.world > 1)
+        std::printf("data parallel: %d processes (%s launch), communicator %s, ZeRO-1 %s\n", li.world,
+                    li.launcher.c_str(), comm->name().c_str(), dist.zero ? "on" : "off");
+    }
+    train(cfg, *be, opt);
+  } catch (const std::exception& e) {
+    if (li.world == 1) throw;
+    // Name the rank, and make the others stop now rather than at their watchdog's timeout.
+    const bool user = dynamic_cast<const UserError*>(&e) != nullptr;
+    const std::string msg = "rank " + std::to_string(li.rank) + ": " + e.what();
+    if (comm->name() == "mpi") {
+      std::fprintf(stderr, "%s: %s\n", user ? "error" : "internal error", msg.c_str());
+      std::fflush(stderr);
+    }
+    comm->abort(user ? 2 : 3);  // MPI_Abort does not return
+    if (user) throw UserError(msg);
+    throw std::runtime_error(msg);
+  }
 }
 
 // A trained model: its config and parameters, from a run directory or from explicit files.

@@ -179,6 +179,11 @@ Config config_from_json(const json& j, const std::string& source) {
     r.get("keep", c.checkpoint.keep);
   });
   read_section(top, "log", source, [&](ObjectReader& r) { r.get("every", c.log.every); });
+  read_section(top, "dist", source, [&](ObjectReader& r) {
+    r.get("init", c.dist.init);
+    r.get("timeout_s", c.dist.timeout_s);
+    r.get("zero", c.dist.zero);
+  });
   top.get("seed", c.seed);
   top.get("precision", c.precision);
   top.get("device", c.device);
@@ -211,6 +216,7 @@ json config_to_json(const Config& c) {
       {"eval", {{"every", c.eval.every}, {"batches", c.eval.batches}}},
       {"checkpoint", {{"every", c.checkpoint.every}, {"keep", c.checkpoint.keep}}},
       {"log", {{"every", c.log.every}}},
+      {"dist", {{"init", c.dist.init}, {"timeout_s", c.dist.timeout_s}, {"zero", c.dist.zero}}},
       {"seed", c.seed},
       {"precision", c.precision},
       {"device", c.device},
@@ -285,6 +291,10 @@ void Config::validate(int world) const {
   if (checkpoint.every < 0) bad("checkpoint.every", "must be >= 0 (0 = only the final checkpoint)");
   if (checkpoint.keep < 1) bad("checkpoint.keep", "must be >= 1");
   if (log.every < 1) bad("log.every", "must be >= 1");
+  if (!(dist.timeout_s >= 0)) bad("dist.timeout_s", "must be >= 0 (0 = wait forever)");
+  if (dist.zero != 0 && dist.zero != 1) bad("dist.zero", "must be 0 or 1, got " + std::to_string(dist.zero));
+  if (!dist.init.empty() && dist.init.rfind("tcp://", 0) != 0 && dist.init.rfind("file://", 0) != 0)
+    bad("dist.init", "must be \"tcp://HOST:PORT\", \"file:///path\" or empty, got \"" + dist.init + "\"");
   if (precision != "fp32" && precision != "bf16")
     bad("precision", "must be \"fp32\" or \"bf16\", got \"" + precision + "\"");
   if (device != "auto" && device != "cpu" && device != "cuda")
@@ -313,7 +323,8 @@ void apply_override(json& j, const std::string& assignment) {
   const std::string key = assignment.substr(0, eq);
   const std::string text = assignment.substr(eq + 1);
   // Only keys of the schema may be set: the defaults hold every key.
-  const json defaults = config_to_json(Config{});
+  const Config default_config;  // (a named object: g++ 12 warns falsely on a Config{} temporary)
+  const json defaults = config_to_json(default_config);
   const json* schema = &defaults;
   json* node = &j;
   std::stringstream ss(key);

@@ -59,6 +59,12 @@ struct LogConfig {
   int64_t every = 10;    // console line every N steps (log.jsonl gets every step)
 };
 
+struct DistConfig {
+  std::string init;        // rendezvous: "tcp://HOST:PORT" | "file:///path" | "" (MASTER_ADDR/PORT)
+  double timeout_s = 300;  // a rank waiting longer than this for the others stops (0: never)
+  int zero = 1;            // 1: ZeRO-1 (optimizer state sharded over ranks), 0: replicated
+};
+
 struct Config {
   ModelConfig model;
   OptimizerConfig optimizer;
@@ -68,6 +74,7 @@ struct Config {
   EvalConfig eval;
   CheckpointConfig checkpoint;
   LogConfig log;
+  DistConfig dist;
   uint64_t seed = 1337;
   std::string precision = "fp32";  // "fp32" | "bf16" (bf16 needs the CUDA backend)
   std::string device = "auto";     // "auto" | "cpu" | "cuda"

@@ -8,16 +8,31 @@
 // cuda/optim_cuda.h, each one launch over the whole flat buffer.
 //
 // Stochastic rounding of the bf16 weights is keyed by (kRoundingSeed, optimizer step counter of
-// this backend), so two identical runs produce identical bits.
+// this backend) and the global flat index, so two identical runs produce identical bits, with any
+// number of ranks and with ZeRO-1 on or off.
+//
+// Data parallel (DistOptions with an NcclComm of W > 1 ranks; docs/multi_gpu.md). The gradient
+// and working-weight buffers are padded to dist::ShardLayout::padded. On the last micro-step of a
+// step the backward hands each finished layer to reduce_layer(): an event on the compute stream,
+// the communication stream waits for it and reduces that layer's gradient slices (all-reduce; with
+// ZeRO-1 a reduce of each slice's part to the rank owning it), so communication overlaps the
+// backward of the layers below. reduce_grad() makes the compute stream wait for the last of it.
+// With ZeRO-1 the fp32 master (bf16), m, h and v hold this rank's shard only; the optimizer
+// kernels run on the shard (index_base = its first global index) and the updated working weights
+// are all-gathered on the compute stream, after the optimizer kernel in stream order.
 #include "cuda/cuda_backend.h"
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <functional>
 #include <stdexcept>
 
 #include "cuda/buffer.h"
 #include "cuda/check.h"
 #include "cuda/gpt2_cuda.h"
+#include "cuda/nccl_comm.h"
 #include "cuda/optim_cuda.h"
 
 namespace sgpt {
@@ -43,30 +58,63 @@ bool cuda_usable(std::string* why) {
   return true;
 }
 
+int cuda_select_device(int local_rank) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return -1;
+  }
+  const int dev = local_rank % count;
+  SGPT_CUDA_CHECK(cudaSetDevice(dev));
+  return dev;
+}
+
 namespace {
 
 using cuda::DeviceBuffer;
+using cuda::CommType;
+using cuda::NcclComm;
 constexpr uint64_t kRoundingSeed = 0x5EED5EEDull;
 
 template <class W>  // working type of weights, activations and gradients
 class CudaBackend final : public Backend {
  public:
   CudaBackend(const ModelConfig& cfg, int max_B, int T, const std::vector<float>& init,
-              AttentionImpl attention)
+              AttentionImpl attention, const DistOptions& dist)
       : cfg_(cfg), layout_(ParamLayout::make(cfg)), T_(T), stream_(make_stream()),
-        model_(cfg, max_B, T, stream_, attention), decay_(cuda::DecayRanges::from_layout(layout_)) {
+        model_(cfg, max_B, T, stream_, attention), decay_(cuda::DecayRanges::from_layout(layout_)),
+        dist_(dist), shard_(dist::ShardLayout::make(layout_.total, dist.world())) {
     if (init.size() != layout_.total)
       throw std::invalid_argument("CudaBackend: initial parameters have the wrong size");
-    const size_t n = layout_.total;
-    master_.resize(n);
-    if constexpr (!kFp32) weights_.resize(n);
-    grads_.resize(n);
+    if (dist_.world() > 1) {
+      nccl_ = dynamic_cast<NcclComm*>(dist_.comm);
+      if (!nccl_) throw std::invalid_argument("CudaBackend: several ranks need an NCCL communicator");
+      comm_stream_ = make_stream();
+      SGPT_CUDA_CHECK(cudaEventCreateWithFlags(&ev_compute_, cudaEventDisableTiming));
+      SGPT_CUDA_CHECK(cudaEventCreateWithFlags(&ev_comm_, cudaEventDisableTiming));
+      const char* ov = std::getenv("SGPT_DIST_OVERLAP");
+      overlap_ = !(ov && std::string(ov) == "0");
+    }
+    sharded_ = dist_.world() > 1 && dist_.zero;
+    lo_ = sharded_ ? shard_.begin(dist_.rank()) : 0;
+    cnt_ = sharded_ ? shard_.owned(dist_.rank()) : layout_.total;
+    master_.resize(kFp32 ? shard_.padded : state_size());
+    if constexpr (!kFp32) weights_.resize(shard_.padded);
+    grads_.resize(shard_.padded);
+    SGPT_CUDA_CHECK(cudaMemsetAsync(master_.get(), 0, master_.bytes(), stream_));
+    if constexpr (!kFp32) SGPT_CUDA_CHECK(cudaMemsetAsync(weights_.get(), 0, weights_.bytes(), stream_));
     set("params", init);
     zero_grad();
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
+    if (comm_stream_) {
+      cudaStreamSynchronize(comm_stream_);
+      cudaStreamDestroy(comm_stream_);
+      cudaEventDestroy(ev_compute_);
+      cudaEventDestroy(ev_comm_);
+    }
   }
 
   std::string name() const override {
@@ -85,7 +133,7 @@ class CudaBackend final : public Backend {
     model_.forward_logits(weights(), inp, B);
     model_.set_targets(tgt);
     model_.loss(grad_scale, /*write_dlogits=*/true);
-    model_.backward(weights(), grads_.get());
+    backward();
     return model_.read_mean_loss();
   }
 
@@ -94,7 +142,7 @@ class CudaBackend final : public Backend {
     check_T(T);
     model_.forward_logits(weights(), inp, B);
     model_.gnb_loss(grad_scale, seed, step, seq0);  // sampling + loss + dlogits
-    model_.backward(weights(), grads_.get());
+    backward();
     return model_.read_mean_loss();
   }
 
@@ -106,65 +154,113 @@ class CudaBackend final : public Backend {
     return model_.read_mean_loss();
   }
 
+  void begin_last_micro() override { reduce_in_backward_ = dist_.world() > 1; }
+
+  void reduce_grad() override {
+    if (dist_.world() == 1) return;
+    reduce_in_backward_ = false;
+    if (!reduced_) {  // no overlap: the whole buffer at once, on the compute stream
+      if (sharded_) nccl_->reduce_scatter_dev(grads_.get(), shard_.shard, comm_type(), stream_);
+      else nccl_->allreduce_dev(grads_.get(), layout_.total, comm_type(), stream_);
+    } else {
+      SGPT_CUDA_CHECK(cudaEventRecord(ev_comm_, comm_stream_));
+      SGPT_CUDA_CHECK(cudaStreamWaitEvent(stream_, ev_comm_, 0));
+    }
+    reduced_ = false;
+  }
+
+  void average(double* x, size_t n) override {
+    if (dist_.world() == 1) return;
+    nccl_->allreduce_sum(x, n);
+    for (size_t i = 0; i < n; ++i) x[i] /= dist_.world();
+  }
+
+  // Without ZeRO every rank holds the same whole gradient: its own sum is the global one.
   double grad_sum_squares() override {
-    cuda::grad_sum_squares(grads_.get(), grads_.size(), reduce_, stream_);
+    if (cnt_ == 0) SGPT_CUDA_CHECK(cudaMemsetAsync(reduce_.results(), 0, sizeof(double), stream_));
+    else cuda::grad_sum_squares(grads_.get() + lo_, cnt_, reduce_, stream_);
+    if (sharded_) nccl_->allreduce_dev(reduce_.results(), 1, CommType::kDouble, stream_);
     return cuda::read_sum_squares(reduce_, stream_);
   }
-  void scale_grad(float s) override { cuda::scale_grad(grads_.get(), grads_.size(), s, stream_); }
+  void scale_grad(float s) override { cuda::scale_grad(grads_.get() + lo_, cnt_, s, stream_); }
 
   void sophia_step(const SophiaConsts& c, SophiaMetrics* metrics) override {
     ensure(m_);
     ensure(h_);
-    const size_t n = layout_.total;
-    cuda::sophia_step(master_.get(), m_.get(), h_.get(), grads_.get(), weights_out(), n, decay_, c,
-                      next_key(), metrics ? &reduce_ : nullptr, stream_);
-    if (metrics) cuda::read_sophia_metrics(reduce_, n, metrics, stream_);
+    if (cnt_ == 0) {
+      SGPT_CUDA_CHECK(cudaMemsetAsync(reduce_.results(), 0, 3 * sizeof(double), stream_));
+      next_key();
+    } else {
+      cuda::sophia_step(master(), m_.get(), h_.get(), grads_.get() + lo_, weights_out(), cnt_,
+                        decay_, c, next_key(), metrics ? &reduce_ : nullptr, stream_);
+    }
+    if (metrics) {
+      if (sharded_) nccl_->allreduce_dev(reduce_.results(), 3, CommType::kDouble, stream_);
+      cuda::read_sophia_metrics(reduce_, layout_.total, metrics, stream_);
+    }
+    gather_weights();
   }
 
   void hessian_ema(const HessianConsts& c) override {
     ensure(h_);
-    cuda::hessian_ema(h_.get(), grads_.get(), layout_.total, c, stream_);
+    cuda::hessian_ema(h_.get(), grads_.get() + lo_, cnt_, c, stream_);
   }
 
   void adamw_step(const AdamWConsts& c) override {
     ensure(m_);
     ensure(v_);
-    cuda::adamw_step(master_.get(), m_.get(), v_.get(), grads_.get(), weights_out(),
-                     layout_.total, decay_, c, next_key(), stream_);
+    if (cnt_ == 0) next_key();
+    else cuda::adamw_step(master(), m_.get(), v_.get(), grads_.get() + lo_, weights_out(), cnt_,
+                          decay_, c, next_key(), stream_);
+    gather_weights();
   }
 
+  // "grad": the whole buffer as it is (under ZeRO-1 after reduce_grad() only this rank's shard
+  // holds the reduced sums). Sharded state is all-gathered (collective).
   void get(const std::string& slot, std::vector<float>& out) override {
     if (slot == "grad") {
-      if constexpr (kFp32) {
-        out = grads_.download(stream_);
-      } else {
-        DeviceBuffer<float> tmp(grads_.size());
-        cuda::to_float(grads_.get(), tmp.get(), grads_.size(), stream_);
-        out = tmp.download(stream_);
-      }
+      out = to_host_float(grads_.get());
       return;
+    }
+    if constexpr (kFp32) {
+      if (slot == "params") {
+        out = to_host_float(master_.get());
+        return;
+      }
     }
     DeviceBuffer<float>& b = state(slot);
     ensure(b);
-    out = b.download(stream_);
+    if (!sharded_) {
+      out = b.download(stream_);
+      out.resize(layout_.total);
+      return;
+    }
+    DeviceBuffer<float> full(shard_.padded);
+    SGPT_CUDA_CHECK(cudaMemcpyAsync(full.get() + lo_, b.get(), shard_.shard * sizeof(float),
+                                    cudaMemcpyDeviceToDevice, stream_));
+    nccl_->allgather_dev(full.get(), shard_.shard, CommType::kFloat, stream_);
+    out = full.download(stream_);
+    out.resize(layout_.total);
   }
 
   void set(const std::string& slot, const std::vector<float>& in) override {
     if (in.size() != layout_.total)
       throw std::invalid_argument("CudaBackend::set(" + slot + "): wrong size");
-    if (slot == "grad") {
-      if constexpr (kFp32) {
-        grads_.upload(in.data(), in.size(), stream_);
-      } else {
-        DeviceBuffer<float> tmp(in.size());
-        tmp.upload(in.data(), in.size(), stream_);
-        cuda::cast_rn(tmp.get(), grads_.get(), in.size(), stream_);
-      }
-    } else {
+    DeviceBuffer<float> tmp(shard_.padded);
+    SGPT_CUDA_CHECK(cudaMemsetAsync(tmp.get(), 0, tmp.bytes(), stream_));
+    tmp.upload(in.data(), in.size(), stream_);
+    if (slot == "grad" || (slot == "params" && !kFp32)) {
+      W* dst = slot == "grad" ? grads_.get() : weights_.get();
+      if constexpr (kFp32) SGPT_CUDA_CHECK(cudaMemcpyAsync(dst, tmp.get(), tmp.bytes(), cudaMemcpyDeviceToDevice, stream_));
+      else cuda::cast_rn(tmp.get(), dst, in.size(), stream_);
+    }
+    if (slot != "grad") {
       DeviceBuffer<float>& b = state(slot);
-      if (b.size() != layout_.total) b.resize(layout_.total);
-      b.upload(in.data(), in.size(), stream_);
-      if (slot == "params" && !kFp32) cuda::cast_rn(master_.get(), weights_.get(), in.size(), stream_);
+      const size_t n = slot == "params" && kFp32 ? shard_.padded : state_size();
+      const size_t from = slot == "params" && kFp32 ? 0 : lo_;
+      if (b.size() != n) b.resize(n);
+      SGPT_CUDA_CHECK(cudaMemcpyAsync(b.get(), tmp.get() + from, n * sizeof(float),
+                                      cudaMemcpyDeviceToDevice, stream_));
     }
     SGPT_CUDA_CHECK(cudaStreamSynchronize(stream_));  // temporaries die here
   }
@@ -185,9 +281,72 @@ class CudaBackend final : public Backend {
     if constexpr (kFp32) return master_.get();
     else return weights_.get();
   }
+  // The optimizer's view: this rank's part of the fp32 master and of the working weights.
+  float* master() { return kFp32 ? master_.get() + lo_ : master_.get(); }
   W* weights_out() {
     if constexpr (kFp32) return nullptr;  // the master is the working weight buffer
-    else return weights_.get();
+    else return weights_.get() + lo_;
+  }
+  size_t state_size() const { return sharded_ ? shard_.shard : layout_.total; }
+  static constexpr CommType comm_type() { return kFp32 ? CommType::kFloat : CommType::kBf16; }
+
+  std::vector<float> to_host_float(const W* p) {
+    std::vector<float> out;
+    if constexpr (kFp32) {
+      out.resize(layout_.total);
+      SGPT_CUDA_CHECK(cudaMemcpyAsync(out.data(), p, out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+      SGPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    } else {
+      DeviceBuffer<float> tmp(layout_.total);
+      cuda::to_float(p, tmp.get(), layout_.total, stream_);
+      out = tmp.download(stream_);
+    }
+    return out;
+  }
+
+  // The model's backward; on the last micro-step of a data-parallel step each finished layer is
+  // handed to reduce_layer (overlap), unless SGPT_DIST_OVERLAP=0 (then reduce_grad() reduces the
+  // whole buffer after the backward).
+  void backward() {
+    if (!(reduce_in_backward_ && overlap_)) {
+      model_.backward(weights(), grads_.get());
+      return;
+    }
+    const std::function<void(int)> hook = [this](int l) { reduce_layer(l); };
+    model_.backward(weights(), grads_.get(), &hook);
+    reduced_ = true;
+  }
+
+  // Reduces the gradient slices of layer l (l = -1: the tensors outside the layers) on the
+  // communication stream, after the compute stream's work so far.
+  void reduce_layer(int l) {
+    SGPT_CUDA_CHECK(cudaEventRecord(ev_compute_, stream_));
+    SGPT_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, ev_compute_, 0));
+    nccl_->group_start();
+    for (int i = 0; i < kNumParamTensors; ++i) {
+      if (layout_.size[i] == 0) continue;
+      const bool global = i == kWte || i == kWpe || i == kLnfw || i == kLnfb;
+      if (global != (l < 0)) continue;
+      const size_t b = global ? layout_.offset[i] : layout_.layer_offset(i, l, cfg_.n_layer);
+      const size_t e = b + (global ? layout_.size[i] : layout_.size[i] / cfg_.n_layer);
+      if (!sharded_) {
+        nccl_->allreduce_dev(grads_.get() + b, e - b, comm_type(), comm_stream_);
+        continue;
+      }
+      for (int q = 0; q < dist_.world(); ++q) {  // the part of [b, e) that rank q owns
+        const size_t qb = std::max(b, shard_.begin(q)), qe = std::min(e, shard_.begin(q) + shard_.owned(q));
+        if (qb < qe) nccl_->reduce_dev(grads_.get() + qb, qe - qb, comm_type(), q, comm_stream_);
+      }
+    }
+    nccl_->group_end();
+  }
+
+  // ZeRO-1: every rank's updated shard of the working weights to every rank (after the optimizer
+  // kernel: same stream).
+  void gather_weights() {
+    if (!sharded_) return;
+    if constexpr (kFp32) nccl_->allgather_dev(master_.get(), shard_.shard, CommType::kFloat, stream_);
+    else nccl_->allgather_dev(weights_.get(), shard_.shard, CommType::kBf16, stream_);
   }
   cuda::RoundingKey next_key() {
     cuda::RoundingKey k;
@@ -196,8 +355,8 @@ class CudaBackend final : public Backend {
     return k;
   }
   void ensure(DeviceBuffer<float>& b) {
-    if (b.size() != layout_.total) {
-      b.resize(layout_.total);
+    if (b.size() != state_size()) {
+      b.resize(state_size());
       SGPT_CUDA_CHECK(cudaMemsetAsync(b.get(), 0, b.bytes(), stream_));
     }
   }
@@ -219,6 +378,15 @@ class CudaBackend final : public Backend {
   DeviceBuffer<float> master_, m_, h_, v_;
   DeviceBuffer<W> weights_, grads_;
   uint32_t opt_step_ = 0;
+  DistOptions dist_;
+  dist::ShardLayout shard_;
+  NcclComm* nccl_ = nullptr;
+  bool sharded_ = false, overlap_ = true;
+  size_t lo_ = 0, cnt_ = 0;  // this rank's range of the flat buffer (the whole buffer unsharded)
+  cudaStream_t comm_stream_ = nullptr;
+  cudaEvent_t ev_compute_ = nullptr, ev_comm_ = nullptr;
+  bool reduce_in_backward_ = false;  // the next backward is the last micro-step's
+  bool reduced_ = false;             // its layers went to the communication stream
 };
 
 }  // namespace
@@ -226,10 +394,10 @@ class CudaBackend final : public Backend {
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& cfg, int max_B, int T,
                                            Precision precision,
                                            const std::vector<float>& init_params,
-                                           AttentionImpl attention) {
+                                           AttentionImpl attention, const DistOptions& dist) {
   if (precision == Precision::kFp32)
-    return std::make_unique<CudaBackend<float>>(cfg, max_B, T, init_params, attention);
-  return std::make_unique<CudaBackend<cuda::bf16>>(cfg, max_B, T, init_params, attention);
+    return std::make_unique<CudaBackend<float>>(cfg, max_B, T, init_params, attention, dist);
+  return std::make_unique<CudaBackend<cuda::bf16>>(cfg, max_B, T, init_params, attention, dist);
 }
 
 }  // namespace sgpt

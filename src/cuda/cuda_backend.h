@@ -24,6 +24,11 @@ bool cuda_usable(std::string* why);
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& cfg, int max_B, int T,
                                            Precision precision,
                                            const std::vector<float>& init_params,
-                                           AttentionImpl attention = AttentionImpl::kAuto);
+                                           AttentionImpl attention = AttentionImpl::kAuto,
+                                           const DistOptions& dist = {});
+
+// Makes device `local_rank % device count` current (one GPU per rank). Call before anything else
+// touches CUDA; returns the device index, or -1 when no device is visible.
+int cuda_select_device(int local_rank);
 
 }  // namespace sgpt

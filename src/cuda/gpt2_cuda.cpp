@@ -228,7 +228,7 @@ float Gpt2Cuda<T>::read_mean_loss() {
 }
 
 template <class T>
-void Gpt2Cuda<T>::backward(const T* params, T* grads) {
+void Gpt2Cuda<T>::backward(const T* params, T* grads, const std::function<void(int)>* layer_done) {
   const int B = B_, C = cfg_.n_embd, NH = cfg_.n_head, L = cfg_.n_layer;
   const int Vp = cfg_.padded_vocab_size, N = B * T_;
   const size_t NC = static_cast<size_t>(N) * C;
@@ -286,9 +286,11 @@ void Gpt2Cuda<T>::backward(const T* params, T* grads) {
     layernorm_backward(dres_.get(), tensor(grads, kLn1w, l), tensor(grads, kLn1b, l), dln_.get(),
                        x, tensor(params, kLn1w, l), act(ln1_mean_, l, 1), act(ln1_rstd_, l, 1), N,
                        C, scratch_, stream_);
+    if (layer_done) (*layer_done)(l);
   }
   encoder_backward(tensor(grads, kWte), tensor(grads, kWpe), dres_.get(), buckets_, B, T_, C,
                    stream_);
+  if (layer_done) (*layer_done)(-1);
 }
 
 template class Gpt2Cuda<float>;

@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -49,8 +50,11 @@ class Gpt2Cuda {
   // d(mean loss * grad_scale)/dlogits (dloss = grad_scale / N).
   void loss(float grad_scale, bool write_dlogits);
   float read_mean_loss();  // synchronizes the stream
-  // Backward of the last loss(write_dlogits = true); ACCUMULATES into grads (flat layout).
-  void backward(const T* params, T* grads);
+  // Backward of the last loss(write_dlogits = true); ACCUMULATES into grads (flat layout). When
+  // `layer_done` is given it is called (host side, in stream order) once layer l's gradients are
+  // all enqueued, for l = L-1 down to 0, and with -1 once the rest (wte, wpe, lnf) are: the data-
+  // parallel backend starts reducing each layer there while the layers below run.
+  void backward(const T* params, T* grads, const std::function<void(int)>* layer_done = nullptr);
 
   int B() const { return B_; }
   const T* logits() const { return logits_.get(); }

@@ -4,9 +4,19 @@
 // the fp32 reference; CudaBackend (src/cuda/) implements the same contract on the GPU.
 //
 // Gradient contract: train_micro / gnb_micro ACCUMULATE into the gradient buffer the gradient of
-// (mean loss over the micro-batch) * grad_scale; the loop passes grad_scale = 1/accumulation_steps
-// (and divides by the data-parallel world size after the all-reduce), so after all micro-steps the
-// buffer holds the gradient of the mean loss over the whole step's batch.
+// (mean loss over the micro-batch) * grad_scale; the loop passes grad_scale =
+// 1/(accumulation_steps * world), so after all micro-steps and reduce_grad() the buffer holds the
+// gradient of the mean loss over the whole step's batch, all ranks together.
+//
+// Data parallel (docs/multi_gpu.md). A backend built with a dist::Comm of world W > 1 reduces the
+// gradient over the ranks: the loop calls begin_last_micro() before the last micro-step of a step
+// (a backend may then start reducing each layer's gradient as soon as its backward is done) and
+// reduce_grad() after it. Without ZeRO-1 every rank then holds the whole summed gradient; with
+// ZeRO-1 (dist.zero = 1) rank r holds only its shard (dist::ShardLayout over ParamLayout::total)
+// and keeps the optimizer state of that shard alone; the optimizer updates the shard and the
+// working weights are all-gathered. grad_sum_squares() and the Sophia-G metrics are global (summed
+// over ranks); get() gathers and set() takes a whole-model vector on every rank, so checkpoints do
+// not depend on W. get() and every method that reduces are collective: all ranks call them.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -14,6 +24,7 @@
 #include <vector>
 
 #include "cpu/optim.h"
+#include "dist/comm.h"
 #include "model/gpt2.h"
 
 namespace sgpt {
@@ -28,6 +39,15 @@ enum class Precision { kFp32, kBf16 };
 // and our kernels otherwise. The config key `attention` ("auto", "own", "cudnn") selects it.
 enum class AttentionImpl { kAuto, kOwn, kCudnn };
 AttentionImpl attention_impl_from_name(const std::string& name);  // throws std::invalid_argument
+
+// How a backend takes part in data parallelism: the communicator (nullptr: one process) and
+// whether the optimizer state is sharded (ZeRO-1).
+struct DistOptions {
+  dist::Comm* comm = nullptr;
+  bool zero = true;
+  int world() const { return comm ? comm->world() : 1; }
+  int rank() const { return comm ? comm->rank() : 0; }
+};
 
 class Backend {
  public:
@@ -47,7 +67,13 @@ class Backend {
   // Forward only; mean loss.
   virtual float eval_micro(const int* inp, const int* tgt, int B, int T) = 0;
 
-  // Sum of squares of the whole gradient buffer.
+  // Data parallel: see the comment at the top. No-ops for a single process.
+  virtual void begin_last_micro() {}
+  virtual void reduce_grad() {}
+  // Mean over ranks of per-rank values (losses): collective; identity for a single process.
+  virtual void average(double* x, size_t n) { (void)x; (void)n; }
+
+  // Sum of squares of the whole (reduced) gradient buffer, all ranks together.
   virtual double grad_sum_squares() = 0;
   virtual void scale_grad(float s) = 0;
 

@@ -11,11 +11,19 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(const ModelConfig& cfg, int max_B, int T, const std::vector<float>& init)
-      : cfg_(cfg), layout_(ParamLayout::make(cfg)), model_(cfg, max_B, T), params_(init),
-        grads_(layout_.total, 0.0f), m_(layout_.total, 0.0f), targets_(static_cast<size_t>(max_B) * T) {
-    if (params_.size() != layout_.total)
+  CpuBackend(const ModelConfig& cfg, int max_B, int T, const std::vector<float>& init,
+             const DistOptions& dist)
+      : cfg_(cfg), layout_(ParamLayout::make(cfg)), dist_(dist),
+        shard_(dist::ShardLayout::make(layout_.total, dist.world())), model_(cfg, max_B, T),
+        targets_(static_cast<size_t>(max_B) * T) {
+    if (init.size() != layout_.total)
       throw std::invalid_argument("CpuBackend: initial parameters have the wrong size");
+    sharded_ = dist_.world() > 1 && dist_.zero;
+    lo_ = sharded_ ? shard_.begin(dist_.rank()) : 0;
+    cnt_ = sharded_ ? shard_.owned(dist_.rank()) : layout_.total;
+    params_.assign(shard_.padded, 0.0f);
+    grads_.assign(shard_.padded, 0.0f);
+    std::copy(init.begin(), init.end(), params_.begin());
   }
 
   std::string name() const override { return "cpu"; }
@@ -47,74 +55,140 @@ class CpuBackend final : public Backend {
     return model_.forward(params_.data(), inp, tgt, B);
   }
 
-  double grad_sum_squares() override { return cpu::sum_squares(grads_.data(), grads_.size()); }
-  void scale_grad(float s) override { cpu::scale(grads_.data(), grads_.size(), s); }
+  void reduce_grad() override {
+    if (dist_.world() == 1) return;
+    if (sharded_) dist_.comm->reduce_scatter_sum(grads_.data(), shard_.shard);
+    else dist_.comm->allreduce_sum(grads_.data(), layout_.total);
+  }
+
+  void average(double* x, size_t n) override {
+    if (dist_.world() == 1) return;
+    dist_.comm->allreduce_sum(x, n);
+    for (size_t i = 0; i < n; ++i) x[i] /= dist_.world();
+  }
+
+  // Without ZeRO every rank holds the same whole gradient: its own sum is the global one.
+  double grad_sum_squares() override {
+    double s = cpu::sum_squares(grads_.data() + lo_, cnt_);
+    if (sharded_) dist_.comm->allreduce_sum(&s, 1);
+    return s;
+  }
+  void scale_grad(float s) override { cpu::scale(grads_.data() + lo_, cnt_, s); }
 
   void sophia_step(const SophiaConsts& c, SophiaMetrics* metrics) override {
+    ensure(m_);
     ensure(h_);
-    for_each_tensor([&](size_t off, size_t n, bool decayed) {
-      cpu::sophia_update(params_.data() + off, m_.data() + off, h_.data() + off,
-                         grads_.data() + off, n, c, decayed, metrics);
+    SophiaMetrics local;
+    for_each_owned([&](size_t off, size_t n, bool decayed) {
+      cpu::sophia_update(params_.data() + off, m_.data() + off - lo_, h_.data() + off - lo_,
+                         grads_.data() + off, n, c, decayed, metrics ? &local : nullptr);
     });
+    if (metrics) {
+      if (sharded_) {
+        double v[4] = {local.unclipped, local.count, local.h_l1, local.h_sq};
+        dist_.comm->allreduce_sum(v, 4);
+        local = SophiaMetrics{v[0], v[1], v[2], v[3]};
+      }
+      metrics->unclipped += local.unclipped;
+      metrics->count += local.count;
+      metrics->h_l1 += local.h_l1;
+      metrics->h_sq += local.h_sq;
+    }
+    gather_params();
   }
 
   void hessian_ema(const HessianConsts& c) override {
     ensure(h_);
-    cpu::hessian_ema(h_.data(), grads_.data(), grads_.size(), c);
+    cpu::hessian_ema(h_.data(), grads_.data() + lo_, cnt_, c);
   }
 
   void adamw_step(const AdamWConsts& c) override {
+    ensure(m_);
     ensure(v_);
-    for_each_tensor([&](size_t off, size_t n, bool decayed) {
-      cpu::adamw_update(params_.data() + off, m_.data() + off, v_.data() + off,
+    for_each_owned([&](size_t off, size_t n, bool decayed) {
+      cpu::adamw_update(params_.data() + off, m_.data() + off - lo_, v_.data() + off - lo_,
                         grads_.data() + off, n, c, decayed);
     });
+    gather_params();
   }
 
   void get(const std::string& slot, std::vector<float>& out) override {
-    std::vector<float>& s = buffer(slot);
+    if (slot == "params" || slot == "grad") {
+      const std::vector<float>& s = slot == "params" ? params_ : grads_;
+      out.assign(s.begin(), s.begin() + static_cast<long>(layout_.total));
+      return;
+    }
+    std::vector<float>& s = state(slot);
     ensure(s);
-    out = s;
+    if (!sharded_) {
+      out = s;
+      return;
+    }
+    std::vector<float> full(shard_.padded, 0.0f);
+    std::copy(s.begin(), s.end(), full.begin() + static_cast<long>(lo_));
+    dist_.comm->allgather(full.data(), shard_.shard);
+    full.resize(layout_.total);
+    out = std::move(full);
   }
   void set(const std::string& slot, const std::vector<float>& in) override {
     if (in.size() != layout_.total)
       throw std::invalid_argument("CpuBackend::set(" + slot + "): wrong size");
-    buffer(slot) = in;
+    if (slot == "params" || slot == "grad") {
+      std::copy(in.begin(), in.end(), (slot == "params" ? params_ : grads_).begin());
+      return;
+    }
+    std::vector<float>& s = state(slot);
+    s.assign(state_size(), 0.0f);
+    std::copy(in.begin() + static_cast<long>(lo_), in.begin() + static_cast<long>(lo_ + cnt_), s.begin());
   }
 
  private:
   void check_T(int T) const {
     if (T != model_.T()) throw std::invalid_argument("CpuBackend: sequence length differs from the allocated one");
   }
+  size_t state_size() const { return sharded_ ? shard_.shard : layout_.total; }
   void ensure(std::vector<float>& v) {
-    if (v.size() != layout_.total) v.assign(layout_.total, 0.0f);
+    if (v.size() != state_size()) v.assign(state_size(), 0.0f);
   }
-  std::vector<float>& buffer(const std::string& slot) {
-    if (slot == "params") return params_;
-    if (slot == "grad") return grads_;
+  std::vector<float>& state(const std::string& slot) {
     if (slot == "m") return m_;
     if (slot == "h") return h_;
     if (slot == "v") return v_;
     throw std::invalid_argument("CpuBackend: unknown state slot '" + slot + "'");
   }
+  // The parts of the tensors inside this rank's range [lo_, lo_ + cnt_), as (global offset,
+  // length, decayed).
   template <class Fn>
-  void for_each_tensor(Fn&& fn) {
-    for (int i = 0; i < kNumParamTensors; ++i)
-      if (layout_.size[i] > 0) fn(layout_.offset[i], layout_.size[i], ParamLayout::decayed(i));
+  void for_each_owned(Fn&& fn) {
+    const size_t hi = lo_ + cnt_;
+    for (int i = 0; i < kNumParamTensors; ++i) {
+      const size_t b = std::max(layout_.offset[i], lo_);
+      const size_t e = std::min(layout_.offset[i] + layout_.size[i], hi);
+      if (b < e) fn(b, e - b, ParamLayout::decayed(i));
+    }
+  }
+  void gather_params() {
+    if (sharded_) dist_.comm->allgather(params_.data(), shard_.shard);
   }
 
   ModelConfig cfg_;
   ParamLayout layout_;
+  DistOptions dist_;
+  dist::ShardLayout shard_;
+  bool sharded_ = false;
+  size_t lo_ = 0, cnt_ = 0;  // this rank's range of the flat buffer (the whole buffer unsharded)
   cpu::Gpt2<float> model_;
-  std::vector<float> params_, grads_, m_, h_, v_;
+  std::vector<float> params_, grads_;  // whole model, padded to shard_.padded
+  std::vector<float> m_, h_, v_;       // this rank's range (the whole buffer unsharded)
   std::vector<int> targets_;
 };
 
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& cfg, int max_B, int T,
-                                          const std::vector<float>& init_params) {
-  return std::make_unique<CpuBackend>(cfg, max_B, T, init_params);
+                                          const std::vector<float>& init_params,
+                                          const DistOptions& dist) {
+  return std::make_unique<CpuBackend>(cfg, max_B, T, init_params, dist);
 }
 
 }  // namespace sgpt

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -62,10 +64,10 @@ std::vector<std::string> slot_names(const Config& cfg) {
 }
 
 void save_checkpoint(const Config& cfg, Backend& be, const DataLoader& train_loader,
-                     const std::string& dir, int64_t step) {
+                     const std::string& dir, int64_t step, bool write) {
   std::vector<float> params;
   be.get("params", params);
-  write_model_file(model_path(dir, step), cfg.model, params);
+  if (write) write_model_file(model_path(dir, step), cfg.model, params);
   TrainState st;
   st.meta = json{{"step", step}, {"optimizer", cfg.optimizer.name},
                  {"n_params", be.layout().total}, {"model", model_json(cfg.model)},
@@ -75,7 +77,7 @@ void save_checkpoint(const Config& cfg, Backend& be, const DataLoader& train_loa
     st.slots.emplace_back();
     be.get(s, st.slots.back());
   }
-  write_state_file(state_path(dir, step), st);
+  if (write) write_state_file(state_path(dir, step), st);
 }
 
 void prune_checkpoints(const std::string& dir, int keep, int64_t protect) {
@@ -150,7 +152,7 @@ int64_t latest_checkpoint(const std::string& dir) {
   return best;
 }
 
-int64_t prepare_run_dir(const Config& cfg, const TrainOptions& opt) {
+int64_t check_run_dir(const TrainOptions& opt) {
   if (opt.out_dir.empty()) throw UserError("--out-dir must not be empty");
   std::error_code ec;
   const fs::path dir(opt.out_dir);
@@ -166,19 +168,70 @@ int64_t prepare_run_dir(const Config& cfg, const TrainOptions& opt) {
                     "' already holds a run (log.jsonl or checkpoints); pass --resume to continue it "
                     "or choose another directory");
   }
-  if (opt.rank == 0) {
-    fs::create_directories(dir, ec);
-    if (ec) throw UserError("cannot create --out-dir '" + opt.out_dir + "': " + ec.message());
-    const std::string text = config_to_json(cfg).dump(2) + "\n";
-    // A resumed run records its config beside the original, named by the step it resumed from,
-    // so no earlier file is overwritten.
-    char resumed[48];
-    std::snprintf(resumed, sizeof resumed, "config.resume_%08lld.json", static_cast<long long>(ckpt));
-    const std::string name = opt.resume ? std::string(resumed) : "config.json";
-    write_file_atomic((dir / name).string(), {{text.data(), text.size()}});
-  }
   return opt.resume ? ckpt : 0;
 }
+
+void write_run_dir(const Config& cfg, const TrainOptions& opt, int64_t ckpt) {
+  if (opt.rank != 0) return;
+  std::error_code ec;
+  const fs::path dir(opt.out_dir);
+  fs::create_directories(dir, ec);
+  if (ec) throw UserError("cannot create --out-dir '" + opt.out_dir + "': " + ec.message());
+  const std::string text = config_to_json(cfg).dump(2) + "\n";
+  // A resumed run records its config beside the original, named by the step it resumed from,
+  // so no earlier file is overwritten.
+  char resumed[48];
+  std::snprintf(resumed, sizeof resumed, "config.resume_%08lld.json", static_cast<long long>(ckpt));
+  const std::string name = opt.resume ? std::string(resumed) : "config.json";
+  write_file_atomic((dir / name).string(), {{text.data(), text.size()}});
+}
+
+int64_t prepare_run_dir(const Config& cfg, const TrainOptions& opt) {
+  const int64_t ckpt = check_run_dir(opt);
+  write_run_dir(cfg, opt, ckpt);
+  return ckpt;
+}
+
+namespace {
+LoaderOptions loader_options(const Config& cfg, int rank, int world) {
+  LoaderOptions lo;
+  lo.pattern = cfg.data.train;
+  lo.format = parse_token_format(cfg.data.format);
+  lo.B = cfg.batch.micro_batch_size;
+  lo.T = cfg.model.block_size;
+  lo.rank = rank;
+  lo.world = world;
+  lo.seed = cfg.seed;
+  lo.vocab_size = cfg.model.vocab_size;
+  if (lo.pattern.empty()) throw UserError("config key 'data.train' is empty: name the training token files");
+  return lo;
+}
+}  // namespace
+
+void check_data(const Config& cfg, int world) {
+  LoaderOptions lo = loader_options(cfg, 0, world);
+  DataLoader train(lo);
+  if (!cfg.data.val.empty() && cfg.eval.every > 0) {
+    lo.pattern = cfg.data.val;
+    DataLoader val(lo);
+  }
+}
+
+namespace {
+// Test hook for the failure tests of data parallelism (docs/multi_gpu.md):
+// SGPT_TEST_FAULT="RANK:STEP:throw" makes rank RANK throw at the start of step STEP,
+// "RANK:STEP:kill" makes it kill itself with SIGKILL there.
+void inject_fault(int rank, int64_t step) {
+  static const char* spec = std::getenv("SGPT_TEST_FAULT");
+  if (!spec || !*spec) return;
+  int r = -1;
+  long long s = -1;
+  char mode[16] = {};
+  if (std::sscanf(spec, "%d:%lld:%15s", &r, &s, mode) != 3 || r != rank || s != step) return;
+  if (std::string(mode) == "kill") std::raise(SIGKILL);
+  throw std::runtime_error("injected fault (SGPT_TEST_FAULT) at step " + std::to_string(step));
+}
+}  // namespace
 
 TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   const ModelConfig& mc = cfg.model;
@@ -190,17 +243,13 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   const int k = oc.hessian_interval;
   const int Bh = std::max(1, static_cast<int>(std::floor(oc.hessian_batch_fraction * B)));
   const bool main_rank = opt.rank == 0;
+  const bool multi = opt.world > 1;
+  // Each rank's micro-step gradient is scaled by 1/(accum*world): the sum over ranks is the mean.
+  const float grad_scale = 1.0f / static_cast<float>(accum * opt.world);
+  // The watchdog ends this rank if a phase that waits for the others never completes.
+  auto phase = [&](const char* what) { if (multi) dist::Watchdog::instance().arm(what); };
 
-  LoaderOptions lo;
-  lo.pattern = cfg.data.train;
-  lo.format = parse_token_format(cfg.data.format);
-  lo.B = B;
-  lo.T = T;
-  lo.rank = opt.rank;
-  lo.world = opt.world;
-  lo.seed = cfg.seed;
-  lo.vocab_size = mc.vocab_size;
-  if (lo.pattern.empty()) throw UserError("config key 'data.train' is empty: name the training token files");
+  const LoaderOptions lo = loader_options(cfg, opt.rank, opt.world);
   DataLoader train_loader(lo);
   std::unique_ptr<DataLoader> val_loader;
   if (!cfg.data.val.empty() && cfg.eval.every > 0) {
@@ -216,6 +265,9 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     start = latest_checkpoint(opt.out_dir);
     load_checkpoint(cfg, be, train_loader, opt.out_dir, start);
   }
+  // Evaluation: ceil(eval.batches / world) micro-batches per rank, averaged over ranks (the same
+  // sequences as one process when eval.batches is a multiple of the number of ranks).
+  const int eval_batches = (cfg.eval.batches + opt.world - 1) / opt.world;
   res.start_step = start;
 
   JsonlLog log((fs::path(opt.out_dir) / "log.jsonl").string(), main_rank && !opt.out_dir.empty());
@@ -227,21 +279,23 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
 
   if (main_rank && !opt.quiet) {
     std::printf("model: %d layers, %d heads, %d dims, T=%d, %zu parameters | %s | micro-batch %d x %d, "
-                "%d accumulation steps, %.0f tokens/step\n",
+                "%d accumulation steps, %d process(es), %.0f tokens/step\n",
                 mc.n_layer, mc.n_head, mc.n_embd, T, be.layout().total, oc.name.c_str(), B, T, accum,
-                tokens_per_step);
+                opt.world, tokens_per_step);
     std::fflush(stdout);
   }
 
   auto evaluate = [&](int64_t step) {
     if (!val_loader) return;
+    phase("evaluation");
     val_loader->reset();
     double sum = 0;
-    for (int i = 0; i < cfg.eval.batches; ++i) {
+    for (int i = 0; i < eval_batches; ++i) {
       val_loader->next(inp.data(), tgt.data());
       sum += be.eval_micro(inp.data(), tgt.data(), B, T);
     }
-    const double vl = sum / cfg.eval.batches;
+    double vl = sum / eval_batches;
+    be.average(&vl, 1);
     res.last_val_loss = vl;
     log.write(json{{"type", "eval"}, {"step", step}, {"val_loss", vl}});
     if (main_rank && !opt.quiet) {
@@ -256,13 +310,17 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     if (cfg.eval.every > 0 && step % cfg.eval.every == 0) evaluate(step);
 
     const double t0 = now_s();
+    phase("a training step");
+    inject_fault(opt.rank, step);
     const double lr = lr_at(step, oc.lr, oc.min_lr, cfg.schedule.warmup_iters, cfg.schedule.lr_decay_iters);
     be.zero_grad();
     double loss = 0;
     for (int micro = 0; micro < accum; ++micro) {
       train_loader.next(inp.data(), tgt.data());
-      loss += be.train_micro(inp.data(), tgt.data(), B, T, 1.0f / static_cast<float>(accum));
+      if (micro == accum - 1) be.begin_last_micro();
+      loss += be.train_micro(inp.data(), tgt.data(), B, T, grad_scale);
     }
+    be.reduce_grad();
     loss /= accum;
     const double norm = std::sqrt(be.grad_sum_squares());
     const float clip = cpu::clip_scale(norm, oc.grad_clip);
@@ -281,15 +339,25 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
       be.zero_grad();
       for (int micro = 0; micro < accum; ++micro) {
         train_loader.next(inp.data(), tgt.data());
+        // Labels keyed by the global index of the sequence among the pass's GNB sequences: the
+        // same for any number of ranks.
         const uint32_t seq0 = static_cast<uint32_t>((micro * opt.world + opt.rank) * Bh);
-        gnb_loss += be.gnb_micro(inp.data(), Bh, T, 1.0f / static_cast<float>(accum), cfg.seed,
+        if (micro == accum - 1) be.begin_last_micro();
+        gnb_loss += be.gnb_micro(inp.data(), Bh, T, grad_scale, cfg.seed,
                                  static_cast<uint32_t>(step), seq0);
       }
+      be.reduce_grad();
       gnb_loss /= accum;
       gnb_norm = std::sqrt(be.grad_sum_squares());
       const float c2 = cpu::clip_scale(gnb_norm, oc.grad_clip);
       if (c2 != 1.0f) be.scale_grad(c2);
       be.hessian_ema(hc);
+    }
+    if (multi) {  // the logged losses are means over all ranks
+      double v[2] = {loss, gnb_loss};
+      be.average(v, 2);
+      loss = v[0];
+      gnb_loss = v[1];
     }
     const double dt = now_s() - t0;
     ema_step_s = ema_step_s < 0 ? dt : 0.9 * ema_step_s + 0.1 * dt;
@@ -315,12 +383,20 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
 
     const int64_t done = step + 1;
     const bool periodic = cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0;
-    if (main_rank && !opt.out_dir.empty() && (periodic || done == max_steps)) {
-      save_checkpoint(cfg, be, train_loader, opt.out_dir, done);
-      prune_checkpoints(opt.out_dir, cfg.checkpoint.keep, done);
+    if (!opt.out_dir.empty() && (periodic || done == max_steps)) {
+      phase("a checkpoint");
+      // Every rank takes part (sharded state is gathered); rank 0 writes.
+      save_checkpoint(cfg, be, train_loader, opt.out_dir, done, main_rank);
+      if (main_rank) prune_checkpoints(opt.out_dir, cfg.checkpoint.keep, done);
     }
   }
   if (cfg.eval.every > 0 && start < max_steps) evaluate(max_steps);
+  if (multi) {
+    phase("the end of training");
+    double barrier = 0;
+    be.average(&barrier, 1);  // nobody leaves (and tears down the communicator) before the rest
+    dist::Watchdog::instance().disarm();
+  }
   if (main_rank && !opt.quiet) {
     std::printf("done: %lld steps in %s\n", static_cast<long long>(res.steps_done),
                 fmt_duration(now_s() - t_start).c_str());

@@ -23,7 +23,7 @@ namespace sgpt {
 struct TrainOptions {
   std::string out_dir;        // run directory: config.json, log.jsonl, model_*.bin, state_*.bin
   bool resume = false;        // continue from the newest checkpoint in out_dir
-  int rank = 0, world = 1;    // data-parallel position (1 process for now)
+  int rank = 0, world = 1;    // data-parallel position (the backend's communicator has the same)
   bool quiet = false;         // no console progress lines
 };
 
@@ -36,7 +36,15 @@ struct TrainResult {
 
 // Checks that out_dir can take a new run (refuses one that already holds a run unless resuming),
 // creates it and writes config.json. Returns the checkpoint step to resume from (or 0).
+// = check_run_dir then (rank 0) write_run_dir. In a multi-process run every rank checks before
+// the processes meet, and rank 0 writes only after, so no rank sees rank 0's new files.
 int64_t prepare_run_dir(const Config& cfg, const TrainOptions& opt);
+int64_t check_run_dir(const TrainOptions& opt);
+void write_run_dir(const Config& cfg, const TrainOptions& opt, int64_t ckpt);
+
+// Opens the training (and validation) files as train() will, so bad data is reported before any
+// model memory is allocated or any process waits for another. Throws UserError.
+void check_data(const Config& cfg, int world);
 
 TrainResult train(const Config& cfg, Backend& backend, const TrainOptions& opt);
 
