@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GPU tests and the step benchmark.
-#   scripts/gpu_test.sh pack   (on the build machine) build gpu_tests and sophiagpt in build-gpu
-#                              and copy them, with the shared libraries they need, into
-#                              .carry/gpu/ (and .carry/gpu.tar.gz, a smaller copy to carry)
+#   scripts/gpu_test.sh pack   (on the build machine) build gpu_tests, cpu_tests, sophiagpt and
+#                              its MPI plugin in $BUILD_DIR (default build-gpu) and copy them, with
+#                              the shared libraries they need, into .carry/gpu/ (and
+#                              .carry/gpu.tar.gz, a smaller copy to carry). NCCL, cuBLAS, cuDNN and
+#                              MPI are not carried: the GPU machine's own are used.
 #   scripts/gpu_test.sh run    (on the GPU machine) run the carried binaries (unpacking
 #                              .carry/gpu.tar.gz if .carry/gpu is absent): all GPU tests, the
 #                              PyTorch check (scripts/check_torch.sh, when PyTorch and
@@ -18,14 +20,15 @@ mkdir -p "$out"
 case "$mode" in
 pack)
   set -e
-  cmake -S . -B build-gpu -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-  cmake --build build-gpu -j"$(nproc)" --target gpu_tests sophiagpt
+  b=${BUILD_DIR:-build-gpu}
+  cmake -S . -B "$b" -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+  cmake --build "$b" -j"$(nproc)" --target gpu_tests cpu_tests sophiagpt sophiagpt_mpi
   rm -rf .carry/gpu .carry/gpu.tar.gz && mkdir -p .carry/gpu/lib
-  strip -o .carry/gpu/gpu_tests build-gpu/gpu_tests
-  strip -o .carry/gpu/sophiagpt build-gpu/sophiagpt
-  # Every shared library except the C runtime and the CUDA math libraries the GPU machine has.
-  ldd build-gpu/gpu_tests build-gpu/sophiagpt | awk '$3 ~ /^\// {print $3}' | sort -u |
-    grep -v -E '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so|libcublas|libcudnn' |
+  for f in gpu_tests cpu_tests sophiagpt libsophiagpt_mpi.so; do strip -o .carry/gpu/$f "$b/$f"; done
+  # Every shared library except the C runtime, the CUDA libraries, NCCL and MPI, which the GPU
+  # machine has (NCCL alone is over 200 MB).
+  ldd "$b/gpu_tests" "$b/cpu_tests" "$b/sophiagpt" | awk '$3 ~ /^\// {print $3}' | sort -u |
+    grep -v -E '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so|libcublas|libcudnn|libnccl|libmpi|libopen-' |
     xargs -r -I{} cp -L {} .carry/gpu/lib/
   tar czf .carry/gpu.tar.gz -C .carry gpu
   du -sh .carry/gpu .carry/gpu.tar.gz
@@ -37,18 +40,11 @@ build)
   bin=build-gpu/gpu_tests
   ;;
 run)
-  [[ -d .carry/gpu ]] || tar xzf .carry/gpu.tar.gz -C .carry
-  bin=.carry/gpu/gpu_tests
-  export LD_LIBRARY_PATH=".carry/gpu/lib:${LD_LIBRARY_PATH:-}"
+  source scripts/gpu_env.sh
+  bin=$BIN/gpu_tests
   ;;
 esac
-
-# cuBLASLt (and cuDNN): the toolkit's, else PyTorch's wheels.
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-  [[ -e $d/libcublasLt.so.13 ]] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
-done
-py_libs=$(python3 -c 'import nvidia, os; p = nvidia.__path__[0]; print(":".join(os.path.join(p, d, "lib") for d in os.listdir(p) if os.path.isdir(os.path.join(p, d, "lib"))))' 2>/dev/null)
-[[ -n $py_libs ]] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$py_libs"
+[[ $mode == build ]] && BIN=build-gpu source scripts/gpu_env.sh
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 ldd "$bin" | grep -E "not found|cublas|cudart" | tee "$out/ldd.txt"

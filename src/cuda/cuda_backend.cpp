@@ -169,9 +169,15 @@ class CudaBackend final : public Backend {
     reduced_ = false;
   }
 
+  // On the compute stream, like every other collective of this backend outside the per-layer
+  // reductions: NCCL operations of one communicator then run in the order they were issued.
   void average(double* x, size_t n) override {
     if (dist_.world() == 1) return;
-    nccl_->allreduce_sum(x, n);
+    if (avg_.size() < n) avg_.resize(n);
+    avg_.upload(x, n, stream_);
+    nccl_->allreduce_dev(avg_.get(), n, CommType::kDouble, stream_);
+    SGPT_CUDA_CHECK(cudaMemcpyAsync(x, avg_.get(), n * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+    SGPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
     for (size_t i = 0; i < n; ++i) x[i] /= dist_.world();
   }
 
@@ -213,6 +219,16 @@ class CudaBackend final : public Backend {
     else cuda::adamw_step(master(), m_.get(), v_.get(), grads_.get() + lo_, weights_out(), cnt_,
                           decay_, c, next_key(), stream_);
     gather_weights();
+  }
+
+  double device_memory_mib() override {
+    size_t free_b = 0, total_b = 0;
+    SGPT_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    return static_cast<double>(total_b - free_b) / (1 << 20);
+  }
+  double state_memory_mib() override {
+    const size_t master = kFp32 ? 0 : master_.size();
+    return static_cast<double>(master + m_.size() + h_.size() + v_.size()) * sizeof(float) / (1 << 20);
   }
 
   // "grad": the whole buffer as it is (under ZeRO-1 after reduce_grad() only this rank's shard
@@ -385,6 +401,7 @@ class CudaBackend final : public Backend {
   size_t lo_ = 0, cnt_ = 0;  // this rank's range of the flat buffer (the whole buffer unsharded)
   cudaStream_t comm_stream_ = nullptr;
   cudaEvent_t ev_compute_ = nullptr, ev_comm_ = nullptr;
+  DeviceBuffer<double> avg_;
   bool reduce_in_backward_ = false;  // the next backward is the last micro-step's
   bool reduced_ = false;             // its layers went to the communication stream
 };

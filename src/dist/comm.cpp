@@ -180,7 +180,12 @@ void Watchdog::loop() {
       std::fflush(stderr);
       auto hook = abort_hook_;
       l.unlock();
-      if (hook) hook();
+      // The hook (ncclCommAbort, MPI_Abort) runs on its own thread: it may block behind the hung
+      // operation, and this rank must end either way.
+      if (hook) {
+        std::thread(hook).detach();
+        std::this_thread::sleep_for(std::chrono::seconds(5));
+      }
       std::_Exit(kExitDistFailure);
     }
   }

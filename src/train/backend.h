@@ -87,6 +87,11 @@ class Backend {
   virtual void get(const std::string& slot, std::vector<float>& out) = 0;
   virtual void set(const std::string& slot, const std::vector<float>& in) = 0;
 
+  // Memory in MiB: the device's memory in use (the whole device, as cudaMemGetInfo reports it;
+  // -1 on the CPU) and this rank's optimizer state (fp32 master when separate, m, h/v).
+  virtual double device_memory_mib() { return -1; }
+  virtual double state_memory_mib() = 0;
+
   // Switches the attention implementation between steps (benchmarks interleave them on one
   // backend). The CPU backend has one implementation and ignores it.
   virtual void set_attention(AttentionImpl) {}

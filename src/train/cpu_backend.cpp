@@ -112,6 +112,10 @@ class CpuBackend final : public Backend {
     gather_params();
   }
 
+  double state_memory_mib() override {
+    return static_cast<double>(m_.size() + h_.size() + v_.size()) * sizeof(float) / (1 << 20);
+  }
+
   void get(const std::string& slot, std::vector<float>& out) override {
     if (slot == "params" || slot == "grad") {
       const std::vector<float>& s = slot == "params" ? params_ : grads_;

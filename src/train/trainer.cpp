@@ -364,8 +364,17 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     res.train_losses.push_back(loss);
     res.steps_done++;
 
-    log.write(json{{"type", "train"}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-                   {"tokens_per_s", tokens_per_step / dt}, {"ms", dt * 1e3}});
+    json rec{{"type", "train"}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
+             {"tokens_per_s", tokens_per_step / dt}, {"ms", dt * 1e3}};
+    if (step == start) {  // memory once the optimizer state exists (rank 0's; ranks are alike)
+      rec["state_mib"] = be.state_memory_mib();
+      const double dev = be.device_memory_mib();
+      if (dev >= 0) rec["device_mib"] = dev;
+      if (main_rank && !opt.quiet)
+        std::printf("memory per rank: optimizer state %.0f MiB%s\n", be.state_memory_mib(),
+                    dev >= 0 ? (", device in use " + std::to_string(static_cast<long>(dev)) + " MiB").c_str() : "");
+    }
+    log.write(rec);
     if (gnb) {
       log.write(json{{"type", "gnb"}, {"step", step}, {"win_rate", metrics.win_rate()},
                      {"h_l1", metrics.h_l1}, {"h_l2", std::sqrt(metrics.h_sq)},

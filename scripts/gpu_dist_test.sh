@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Multi-GPU tests and benchmarks, on a machine with two or more GPUs, with the binaries of
+# `scripts/gpu_test.sh pack` (carry .carry/gpu.tar.gz and data/shards/sotu). Logs under $OUT (or
+# ./gpu-logs). docs/multi_gpu.md lists what each part shows; docs/benchmarks.md has the figures.
+#   scripts/gpu_dist_test.sh tests    the DistTrain tests over NCCL (fp32 1 vs 2 GPUs, ZeRO-1 on/off,
+#                                     resume across GPU counts, failing ranks, bf16 tracking and
+#                                     bit-reproducibility), then launches without mpirun: the TCP
+#                                     and file rendezvous (the same bits as under mpirun) and a rank
+#                                     killed mid-run (the other stops at dist.timeout_s)
+#   scripts/gpu_dist_test.sh bench [SECTION...]
+#                                     GPT-2 training steps on 1 and 2 GPUs; sections: nvlink
+#                                     (124M, AdamW and Sophia-G, ZeRO-1 on), sockets (NCCL over
+#                                     TCP sockets, with and without overlap), sizes (355M and
+#                                     774M, ZeRO-1 on and off)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+source scripts/gpu_env.sh
+EXE=$BIN/sophiagpt
+NGPU=$(nvidia-smi -L | wc -l)
+MPIRUN=(mpirun --allow-run-as-root --bind-to none)
+SHARDS=data/shards/sotu
+
+tests() {
+  echo "==== DistTrain tests over NCCL ($NGPU GPUs)"
+  SGPT_EXE=$EXE SGPT_DIST_DEVICE=cuda SGPT_DIST_MAX_RANKS=$NGPU "$BIN/cpu_tests" --gtest_filter='DistTrain*' \
+    >"$out/dist_tests.log" 2>&1
+  echo "exit $?"
+  grep -E "^\[  (FAILED|PASSED|SKIPPED|     OK) |Failure|bf16, 2 GPUs" "$out/dist_tests.log" | head -40
+
+  echo "==== launches without mpirun"
+  local d=/tmp/sgpt_launch; rm -rf $d; mkdir -p $d
+  local cfg=(--config configs/tiny_cpu.json --device cuda --set precision=bf16 --set schedule.max_steps=30
+             --set "data.train=$SHARDS/train_*.bin" --set "data.val=$SHARDS/val_*.bin" --set eval.every=10
+             --set checkpoint.every=0 --set dist.timeout_s=20 -q)
+  "${MPIRUN[@]}" -np 2 "$EXE" train "${cfg[@]}" --out-dir $d/mpi >$d/mpi.log 2>&1; echo "mpirun: exit $?"
+  # torchrun-style variables, TCP rendezvous on MASTER_ADDR:MASTER_PORT
+  for r in 0 1; do
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=29611 \
+      "$EXE" train "${cfg[@]}" --out-dir $d/tcp >$d/tcp$r.log 2>&1 &
+  done
+  wait -n; a=$?; wait -n; b=$?; echo "tcp: exits $a $b"
+  # file rendezvous
+  for r in 0 1; do
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r "$EXE" train "${cfg[@]}" --set dist.init=file://$d/rdv \
+      --out-dir $d/file >$d/file$r.log 2>&1 &
+  done
+  wait -n; a=$?; wait -n; b=$?; echo "file: exits $a $b; rendezvous file left: $(ls $d | grep -c rdv)"
+  for m in tcp file; do
+    cmp -s $d/mpi/model_00000030.bin $d/$m/model_00000030.bin && echo "$m: model bits equal mpirun's" ||
+      echo "$m: MODEL DIFFERS from mpirun's"
+  done
+  # a rank killed mid-run (TCP launch: no mpirun to stop the other): rank 0 must stop by itself
+  local t0=$SECONDS
+  RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER_PORT=29612 "$EXE" train "${cfg[@]}" --out-dir $d/kill >$d/kill0.log 2>&1 &
+  local p0=$!
+  RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_PORT=29612 SGPT_TEST_FAULT=1:12:kill "$EXE" train "${cfg[@]}" \
+    --out-dir $d/kill >$d/kill1.log 2>&1 &
+  wait $p0; echo "killed rank 1: rank 0 exit $? after $((SECONDS - t0)) s (dist.timeout_s 20): $(tail -1 $d/kill0.log)"
+  wait
+  # a rank that throws (TCP launch)
+  t0=$SECONDS
+  RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER_PORT=29613 "$EXE" train "${cfg[@]}" --out-dir $d/throw >$d/throw0.log 2>&1 &
+  p0=$!
+  RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_PORT=29613 SGPT_TEST_FAULT=1:12:throw "$EXE" train "${cfg[@]}" \
+    --out-dir $d/throw >$d/throw1.log 2>&1 &
+  local p1=$!
+  wait $p1; echo "throwing rank 1: exit $? ($(tail -1 $d/throw1.log))"
+  wait $p0; echo "  rank 0: exit $? after $((SECONDS - t0)) s: $(tail -1 $d/throw0.log)"
+  cp $d/*.log "$out/" 2>/dev/null; mkdir -p "$out/launch"; cp $d/*.log "$out/launch/"
+}
+
+# run NAME NP CONFIG [--set ...]: one `train` of 30 steps; prints the mean ms of steps 10-29,
+# tokens/s and the memory record of the first step.
+run() {
+  local name=$1 np=$2 config=$3; shift 3
+  local dir=/dev/shm/sgpt_bench/$name; rm -rf /dev/shm/sgpt_bench  # the final checkpoint goes to memory
+  local cmd=("$EXE" train --config "$config" --out-dir "$dir" -q --set "data.train=$SHARDS/train_*.bin"
+             --set data.val= --set eval.every=0 --set checkpoint.every=0 --set schedule.max_steps=30 "$@")
+  local xs=() e
+  for e in "${ENVS[@]}"; do xs+=(-x "$e"); done
+  if ((np > 1)); then "${MPIRUN[@]}" -np "$np" "${xs[@]}" "${cmd[@]}" >"$out/bench_$name.log" 2>&1
+  else env "${ENVS[@]}" CUDA_VISIBLE_DEVICES=0 "${cmd[@]}" >"$out/bench_$name.log" 2>&1; fi
+  local rc=$?
+  python3 - "$dir/log.jsonl" "$name" "$rc" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])] if sys.argv[3] == "0" else []
+tr = [r for r in recs if r["type"] == "train"]
+if len(tr) < 30:
+    print(f"{sys.argv[2]:32s} FAILED (exit {sys.argv[3]})"); sys.exit()
+ms = sum(r["ms"] for r in tr[10:30]) / 20
+tok = tr[10]["tokens_per_s"] * tr[10]["ms"] / 1e3
+first = tr[0]
+print(f"{sys.argv[2]:32s} {ms:9.1f} ms/step {tok / ms * 1e3:10.0f} tok/s  state {first['state_mib']:8.0f} MiB"
+      f"  device {first.get('device_mib', -1):8.0f} MiB  loss {tr[-1]['loss']:.3f}")
+PY
+}
+
+bench() {
+  local S=configs/gpt2_125m_sophiag.json A=configs/gpt2_125m_adamw.json
+  local mb=(--set batch.micro_batch_size=64)
+  ENVS=()
+  for section in "${@:-nvlink sockets sizes}"; do
+  for sec in $section; do
+    case $sec in
+    nvlink)
+      echo "==== 124M bf16, micro-batch 64 x 1024, 524288 tokens/step (8 micro-steps on 1 GPU, 4 on 2)"
+      for np in 1 2; do
+        run "adamw_${np}gpu" $np $A "${mb[@]}" --set batch.total_batch_tokens=524288
+        run "sophiag_f1_${np}gpu" $np $S "${mb[@]}" --set batch.total_batch_tokens=524288
+        run "sophiag_f05_${np}gpu" $np $S "${mb[@]}" --set batch.total_batch_tokens=524288 \
+          --set optimizer.hessian_batch_fraction=0.5
+      done
+      echo "==== 124M, 131072 tokens/step (2 micro-steps on 1 GPU, 1 on 2: no accumulation to hide behind)"
+      for np in 1 2; do run "adamw_131k_${np}gpu" $np $A "${mb[@]}" --set batch.total_batch_tokens=131072; done
+      ;;
+    sockets)
+      echo "==== NCCL over sockets (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1), 124M AdamW"
+      ENVS=(NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1)
+      for tok in 131072 524288; do
+        run "sock_adamw_${tok}_overlap" 2 $A "${mb[@]}" --set batch.total_batch_tokens=$tok
+        ENVS+=(SGPT_DIST_OVERLAP=0)
+        run "sock_adamw_${tok}_no_overlap" 2 $A "${mb[@]}" --set batch.total_batch_tokens=$tok
+        ENVS=(NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1)
+      done
+      run "sock_sophiag_f1_524288_overlap" 2 $S "${mb[@]}" --set batch.total_batch_tokens=524288
+      ENVS=()
+      ;;
+    sizes)
+      echo "==== 355M and 774M bf16, micro-batch 16 x 1024, 131072 tokens/step, Sophia-G k=10"
+      for size in 355m 770m; do
+        local c=configs/gpt2_${size}_sophiag.json
+        run "sophiag_${size}_1gpu" 1 $c --set batch.micro_batch_size=16 --set batch.total_batch_tokens=131072
+        run "sophiag_${size}_2gpu_zero1" 2 $c --set batch.micro_batch_size=16 --set batch.total_batch_tokens=131072
+        run "sophiag_${size}_2gpu_zero0" 2 $c --set batch.micro_batch_size=16 --set batch.total_batch_tokens=131072 \
+          --set dist.zero=0
+      done
+      ;;
+    esac
+  done
+  done
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+"$EXE" --version; mpirun --version | head -1
+case ${1:-tests} in
+tests) tests ;;
+bench) shift; bench "$@" ;;
+*) echo "usage: $0 tests | bench [nvlink|sockets|sizes]..." >&2; exit 2 ;;
+esac
