@@ -32,6 +32,7 @@ tests() {
   echo "==== launches without mpirun"
   local d=/tmp/sgpt_launch; rm -rf $d; mkdir -p $d
   local cfg=(--config configs/tiny_cpu.json --device cuda --set precision=bf16 --set schedule.max_steps=30
+             --set batch.total_batch_tokens=512
              --set "data.train=$SHARDS/train_*.bin" --set "data.val=$SHARDS/val_*.bin" --set eval.every=10
              --set checkpoint.every=0 --set dist.timeout_s=20 -q)
   "${MPIRUN[@]}" -np 2 "$EXE" train "${cfg[@]}" --out-dir $d/mpi >$d/mpi.log 2>&1; echo "mpirun: exit $?"
@@ -68,7 +69,7 @@ tests() {
   local p1=$!
   wait $p1; echo "throwing rank 1: exit $? ($(tail -1 $d/throw1.log))"
   wait $p0; echo "  rank 0: exit $? after $((SECONDS - t0)) s: $(tail -1 $d/throw0.log)"
-  cp $d/*.log "$out/" 2>/dev/null; mkdir -p "$out/launch"; cp $d/*.log "$out/launch/"
+  tar czf "$out/launch_logs.tar.gz" -C $d $(cd $d && ls *.log)
 }
 
 # run NAME NP CONFIG [--set ...]: one `train` of 30 steps; prints the mean ms of steps 10-29,

@@ -183,11 +183,15 @@ void run_train(const TrainArgs& a) {
     // Name the rank, and make the others stop now rather than at their watchdog's timeout.
     const bool user = dynamic_cast<const UserError*>(&e) != nullptr;
     const std::string msg = "rank " + std::to_string(li.rank) + ": " + e.what();
-    if (comm->name() == "mpi") {
+    // Under MPI (also when NCCL carries the training) MPI_Abort stops every rank at once; leaving
+    // through MPI_Finalize instead would wait for the others, which wait for this rank.
+    if (dist::Comm* mpi = mpi_holder() ? mpi_holder().get() : comm->name() == "mpi" ? comm.get() : nullptr) {
       std::fprintf(stderr, "%s: %s\n", user ? "error" : "internal error", msg.c_str());
       std::fflush(stderr);
+      if (comm.get() != mpi) comm->abort(user ? 2 : 3);
+      mpi->abort(user ? 2 : 3);  // does not return
     }
-    comm->abort(user ? 2 : 3);  // MPI_Abort does not return
+    comm->abort(user ? 2 : 3);
     if (user) throw UserError(msg);
     throw std::runtime_error(msg);
   }

@@ -368,6 +368,7 @@ class CudaBackend final : public Backend {
     cuda::RoundingKey k;
     k.seed = kRoundingSeed;
     k.step = opt_step_++;
+    k.index_base = lo_;  // the optimizer runs on this rank's range: decay mask and rounding by global index
     return k;
   }
   void ensure(DeviceBuffer<float>& b) {
