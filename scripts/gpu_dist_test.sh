@@ -7,6 +7,7 @@
 #                                     bit-reproducibility), then launches without mpirun: the TCP
 #                                     and file rendezvous (the same bits as under mpirun) and a rank
 #                                     killed mid-run (the other stops at dist.timeout_s)
+#   scripts/gpu_dist_test.sh launch   the launches without mpirun alone
 #   scripts/gpu_dist_test.sh bench [SECTION...]
 #                                     GPT-2 training steps on 1 and 2 GPUs; sections: nvlink
 #                                     (124M, AdamW and Sophia-G, ZeRO-1 on), sockets (NCCL over
@@ -28,7 +29,10 @@ tests() {
     >"$out/dist_tests.log" 2>&1
   echo "exit $?"
   grep -E "^\[  (FAILED|PASSED|SKIPPED|     OK) |Failure|bf16, 2 GPUs" "$out/dist_tests.log" | head -40
+  launch
+}
 
+launch() {
   echo "==== launches without mpirun"
   local d=/tmp/sgpt_launch; rm -rf $d; mkdir -p $d
   local cfg=(--config configs/tiny_cpu.json --device cuda --set precision=bf16 --set schedule.max_steps=30
@@ -117,6 +121,9 @@ bench() {
       for np in 1 2; do run "adamw_131k_${np}gpu" $np $A "${mb[@]}" --set batch.total_batch_tokens=131072; done
       ;;
     sockets)
+      echo "==== NVLink without overlap (the whole gradient reduced after the backward), 131072 tokens/step"
+      ENVS=(SGPT_DIST_OVERLAP=0)
+      run "adamw_131k_2gpu_no_overlap" 2 $A "${mb[@]}" --set batch.total_batch_tokens=131072
       echo "==== NCCL over sockets (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1), 124M AdamW"
       ENVS=(NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1)
       for tok in 131072 524288; do
@@ -147,6 +154,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 "$EXE" --version; mpirun --version | head -1
 case ${1:-tests} in
 tests) tests ;;
+launch) launch ;;
 bench) shift; bench "$@" ;;
 *) echo "usage: $0 tests | bench [nvlink|sockets|sizes]..." >&2; exit 2 ;;
 esac

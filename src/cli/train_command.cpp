@@ -28,8 +28,6 @@
 namespace sgpt {
 namespace {
 
-constexpr int kExitDistFailureCode = dist::kExitDistFailure;
-
 struct TrainArgs {
   std::string config;
   std::vector<std::string> sets;
@@ -104,7 +102,7 @@ std::unique_ptr<dist::Comm>& mpi_holder() {
 // rendezvous of dist.init. Every rank waits here for the others (watchdog: dist.timeout_s).
 std::unique_ptr<dist::Comm> make_comm(const Config& cfg, const dist::LaunchInfo& li, bool use_gpu) {
   if (li.world == 1) return dist::make_local_comm();
-  dist::Watchdog::instance().configure(li.rank, cfg.dist.timeout_s, nullptr);
+  dist::Watchdog::instance().configure(li.rank, cfg.dist.timeout_s);
   dist::Guarded guard("joining the other ranks");
   std::string why = "not started by an MPI launcher";
   if (li.by_mpi() && (cfg.dist.init.empty() || !use_gpu)) mpi_holder() = dist::make_mpi_comm(&why);
@@ -116,7 +114,6 @@ std::unique_ptr<dist::Comm> make_comm(const Config& cfg, const dist::LaunchInfo&
   if (!use_gpu) {
     if (!mpi)
       throw UserError("data parallel training on the CPU runs over MPI: launch it with mpirun (" + why + ")");
-    dist::Watchdog::instance().configure(li.rank, cfg.dist.timeout_s, [] { mpi_holder()->abort(kExitDistFailureCode); });
     return std::move(mpi_holder());
   }
 #if defined(SGPT_WITH_CUDA) && defined(SGPT_WITH_NCCL)
@@ -129,8 +126,6 @@ std::unique_ptr<dist::Comm> make_comm(const Config& cfg, const dist::LaunchInfo&
     dist::rendezvous(dist::resolve_init(cfg.dist.init), li.rank, li.world, id, cfg.dist.timeout_s);
   }
   std::unique_ptr<cuda::NcclComm> nccl = cuda::NcclComm::create(li.rank, li.world, id);
-  cuda::NcclComm* raw = nccl.get();
-  dist::Watchdog::instance().configure(li.rank, cfg.dist.timeout_s, [raw] { raw->abort(kExitDistFailureCode); });
   return nccl;
 #else
   throw UserError("this build has no NCCL, so it trains on one GPU only (" + std::to_string(li.world) +

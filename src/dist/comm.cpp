@@ -148,11 +148,10 @@ Watchdog::~Watchdog() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Watchdog::configure(int rank, double timeout_s, std::function<void()> abort_hook) {
+void Watchdog::configure(int rank, double timeout_s) {
   std::lock_guard<std::mutex> l(mu_);
   rank_ = rank;
   timeout_s_ = timeout_s;
-  abort_hook_ = std::move(abort_hook);
   if (timeout_s > 0 && !thread_.joinable()) thread_ = std::thread([this] { loop(); });
 }
 
@@ -178,14 +177,9 @@ void Watchdog::loop() {
                    "probably failed or was killed (see its output). Stopping this rank.\n",
                    rank_, what_, timeout_s_);
       std::fflush(stderr);
-      auto hook = abort_hook_;
-      l.unlock();
-      // The hook (ncclCommAbort, MPI_Abort) runs on its own thread: it may block behind the hung
-      // operation, and this rank must end either way.
-      if (hook) {
-        std::thread(hook).detach();
-        std::this_thread::sleep_for(std::chrono::seconds(5));
-      }
+      // No ncclCommAbort or MPI_Abort from here: called on this thread while the main thread is
+      // blocked inside the hung operation they can crash or hang the process (seen with NCCL).
+      // Ending the process frees its GPU memory and connections; mpirun then stops the others.
       std::_Exit(kExitDistFailure);
     }
   }

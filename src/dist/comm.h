@@ -51,15 +51,15 @@ std::unique_ptr<Comm> make_local_comm();
 // must have been started by an MPI launcher.
 std::unique_ptr<Comm> make_mpi_comm(std::string* why);
 
-// Ends the process when an armed operation runs longer than the timeout: prints
-// "rank R: <what> did not complete within <t> s ..." to stderr, calls the abort hook (for example
-// ncclCommAbort), and exits with kExitDistFailure. One per process; arm() before a blocking
-// collective, disarm() after. timeout_s <= 0 disables it.
+// Ends the process when an armed phase runs longer than the timeout: prints "rank R: <what> did
+// not complete within <t> s ..." to stderr and exits with kExitDistFailure at once. One per
+// process; the training loop arms it per phase (a step, an evaluation, a checkpoint); arm()
+// restarts the clock. timeout_s <= 0 disables it.
 constexpr int kExitDistFailure = 4;
 class Watchdog {
  public:
   static Watchdog& instance();
-  void configure(int rank, double timeout_s, std::function<void()> abort_hook);
+  void configure(int rank, double timeout_s);
   void arm(const char* what);
   void disarm();
   double timeout_s() const { return timeout_s_; }
@@ -74,7 +74,6 @@ class Watchdog {
   bool stop_ = false;
   int rank_ = 0;
   double timeout_s_ = 0;
-  std::function<void()> abort_hook_;
   const char* what_ = nullptr;
   double armed_at_ = 0;
 };

@@ -21,6 +21,7 @@
 // among 70K. AdamW's update is continuous in the gradient: its weights agree to 1e-6.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <chrono>
@@ -346,4 +347,47 @@ TEST(DistTrain, BadInputReportedByEveryRank) {
   EXPECT_NE(b.code, 0) << b.out;
   EXPECT_NE(b.out.find("batch.total_batch_tokens"), std::string::npos) << b.out;
   EXPECT_FALSE(fs::exists(d / "run2" / "config.json"));
+}
+
+// The watchdog ends a rank whose phase outlasts dist.timeout_s, naming the rank and the phase,
+// with exit code 4 (in a child process: it ends the process).
+TEST(DistWatchdog, EndsTheProcessNamingThePhase) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(fds[1], 2);
+    sgpt::dist::Watchdog::instance().configure(3, 0.5);
+    sgpt::dist::Watchdog::instance().arm("a test phase");
+    ::sleep(20);
+    std::_Exit(0);
+  }
+  ::close(fds[1]);
+  std::string err;
+  char buf[512];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) err.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), sgpt::dist::kExitDistFailure);
+  EXPECT_LT(s, 5.0);
+  EXPECT_NE(err.find("rank 3: a test phase did not complete within dist.timeout_s = 0.5 s"), std::string::npos) << err;
+}
+
+TEST(DistWatchdog, DisarmedOrDisabledNeverFires) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    sgpt::dist::Watchdog::instance().configure(0, 0.3);
+    sgpt::dist::Watchdog::instance().arm("a phase");
+    sgpt::dist::Watchdog::instance().disarm();
+    ::usleep(1200 * 1000);
+    std::_Exit(0);
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 0);
 }
