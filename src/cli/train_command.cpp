@@ -123,7 +123,10 @@ std::unique_ptr<dist::Comm> make_comm(const Config& cfg, const dist::LaunchInfo&
     id.resize(128);  // sizeof(ncclUniqueId)
     mpi->broadcast(id.data(), id.size(), 0);
   } else {
-    dist::rendezvous(dist::resolve_init(cfg.dist.init), li.rank, li.world, id, cfg.dist.timeout_s);
+    const std::string init = dist::resolve_init(cfg.dist.init);
+    if (li.by_mpi() && cfg.dist.init.empty() && li.rank == 0)
+      std::printf("note: MPI unavailable (%s); the NCCL id goes over %s (dist.init)\n", why.c_str(), init.c_str());
+    dist::rendezvous(init, li.rank, li.world, id, cfg.dist.timeout_s);
   }
   std::unique_ptr<cuda::NcclComm> nccl = cuda::NcclComm::create(li.rank, li.world, id);
   return nccl;
