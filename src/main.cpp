@@ -1,5 +1,6 @@
 // sophiagpt: GPT-2 pretraining with Sophia-G (and AdamW), CPU reference and CUDA backends.
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <cstdio>
 #include <exception>
 
@@ -7,6 +8,9 @@
 #include "common/error.h"
 
 int main(int argc, char** argv) {
+  // A write past the file-size limit (ulimit -f) fails with EFBIG, and the writer reports it
+  // naming the file, instead of the process dying by SIGXFSZ without a word.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"sophiagpt: pretrain GPT-2 with Sophia-G (arXiv 2305.14342) or AdamW"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "sophiagpt 0.1.0");
@@ -17,6 +21,8 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const sgpt::ExitRequest& e) {
+    return e.code();
   } catch (const sgpt::UserError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;

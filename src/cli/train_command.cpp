@@ -151,10 +151,12 @@ void run_train(const TrainArgs& a) {
   opt.world = li.world;
   // Every input is checked on every rank before the ranks meet, so all report the same error.
   const int64_t ckpt = check_run_dir(opt);
+  opt.resume_step = ckpt;
   check_data(cfg, li.world);
 
   std::unique_ptr<dist::Comm> comm = make_comm(cfg, li, use_gpu);
   std::unique_ptr<Backend> be;  // outlives the try block: the catch aborts the communicator first
+  TrainResult result;
   try {
     if (li.world > 1) dist::Watchdog::instance().arm("starting the run");
     write_run_dir(cfg, opt, ckpt);
@@ -175,7 +177,7 @@ void run_train(const TrainArgs& a) {
         std::printf("data parallel: %d processes (%s launch), communicator %s, ZeRO-1 %s\n", li.world,
                     li.launcher.c_str(), comm->name().c_str(), dist.zero ? "on" : "off");
     }
-    train(cfg, *be, opt);
+    result = train(cfg, *be, opt);
   } catch (const std::exception& e) {
     if (li.world == 1) throw;
     // Name the rank, and make the others stop now rather than at their watchdog's timeout.
@@ -193,6 +195,8 @@ void run_train(const TrainArgs& a) {
     if (user) throw UserError(msg);
     throw std::runtime_error(msg);
   }
+  // Every rank stopped at the same step and the checkpoint is written: a distinct exit code.
+  if (result.stopped_by_signal) throw ExitRequest(kExitStoppedBySignal);
 }
 
 // A trained model: its config and parameters, from a run directory or from explicit files.
@@ -205,8 +209,9 @@ struct ModelArgs {
 void add_model_options(CLI::App* c, ModelArgs& m) {
   c->add_option("-r,--run", m.run, "Run directory: its config.json and its newest model_*.bin");
   c->add_option("--step", m.step, "With --run: the checkpoint step to use (default: the newest)");
-  c->add_option("-c,--config", m.config, "Config file (instead of --run)")->check(CLI::ExistingFile);
-  c->add_option("-m,--model", m.model, "llm.c model file (instead of --run's checkpoint)")->check(CLI::ExistingFile);
+  // Missing files are reported by the readers (exit code 2, like every bad input).
+  c->add_option("-c,--config", m.config, "Config file (instead of --run)");
+  c->add_option("-m,--model", m.model, "llm.c model file (instead of --run's checkpoint)");
   c->add_option("-s,--set", m.sets, "Override a config key: key.path=value (repeatable)");
 }
 
@@ -318,15 +323,14 @@ void run_eval(const EvalArgs& a) {
 void add_train_commands(CLI::App& app) {
   auto args = std::make_shared<TrainArgs>();
   CLI::App* t = app.add_subcommand("train", "Pretrain GPT-2 with Sophia-G or AdamW");
-  t->add_option("-c,--config", args->config, "JSON config file (docs/config.md); defaults apply to absent keys")
-      ->check(CLI::ExistingFile);
+  t->add_option("-c,--config", args->config, "JSON config file (docs/config.md); defaults apply to absent keys");
   t->add_option("-s,--set", args->sets, "Override a config key: key.path=value (repeatable)");
   t->add_option("-o,--out-dir", args->out_dir, "Run directory (config.json, log.jsonl, checkpoints)")->capture_default_str();
   t->add_option("-d,--device", args->device, "cpu | cuda | auto (overrides the config's \"device\")")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  t->add_option("--init-from", args->init_from, "Start from this llm.c model file instead of a fresh init")
-      ->check(CLI::ExistingFile);
-  t->add_flag("--resume", args->resume, "Continue from the newest checkpoint in --out-dir");
+  t->add_option("--init-from", args->init_from, "Start from this llm.c model file instead of a fresh init");
+  t->add_flag("--resume", args->resume,
+              "Continue from the newest checkpoint in --out-dir that verifies (step 0 when it has none)");
   t->add_flag("-q,--quiet", args->quiet, "No progress lines");
   t->callback([args] { run_train(*args); });
 

@@ -9,4 +9,19 @@ class UserError : public std::runtime_error {
  public:
   explicit UserError(const std::string& what) : std::runtime_error(what) {}
 };
+
+// Exit codes (docs/reliability.md): 0 done, 2 UserError (bad input, damaged file, divergence),
+// 3 internal error, 4 a rank waited too long for the others (dist::kExitDistFailure),
+// 5 stopped by SIGINT/SIGTERM after writing a checkpoint (resume with --resume); a second signal
+// exits at once with 128 + the signal number (130, 143), as the default action would.
+constexpr int kExitStoppedBySignal = 5;
+
+// Ends the program with `code` after everything was said and done (main() returns it silently).
+class ExitRequest : public std::runtime_error {
+ public:
+  explicit ExitRequest(int code) : std::runtime_error("exit " + std::to_string(code)), code_(code) {}
+  int code() const { return code_; }
+ private:
+  int code_;
+};
 }  // namespace sgpt

@@ -1,6 +1,8 @@
 #include "config/config.h"
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -26,8 +28,9 @@ std::string type_name(const json& v) {
 // Reads the keys of one JSON object, checking types, and rejects keys it did not read.
 class ObjectReader {
  public:
-  ObjectReader(const json& j, std::string path, const std::string& source)
-      : j_(j), path_(std::move(path)), source_(source) {
+  ObjectReader(const json& j, std::string path, const std::string& source,
+               const std::map<std::string, std::string>& overrides)
+      : j_(j), path_(std::move(path)), source_(source), overrides_(overrides) {
     if (!j_.is_object())
       fail(path_.empty() ? std::string("the config") : path_, "must be an object, got " + type_name(j_));
   }
@@ -80,8 +83,13 @@ class ObjectReader {
   }
 
   [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+    // A value that came from --set is that option's fault, not the file's.
+    for (const auto& [k, assignment] : overrides_)
+      if (k == key || key.rfind(k + ".", 0) == 0 || k.rfind(key + ".", 0) == 0)
+        throw UserError("--set '" + assignment + "': config key '" + key + "' " + what);
     throw UserError(source_ + ": config key '" + key + "' " + what);
   }
+  const std::map<std::string, std::string>& overrides() const { return overrides_; }
 
  private:
   const json* find(const char* key) {
@@ -110,13 +118,14 @@ class ObjectReader {
   const json& j_;
   std::string path_;
   const std::string& source_;
+  const std::map<std::string, std::string>& overrides_;
   std::set<std::string> seen_;
 };
 
 template <class F>
 void read_section(ObjectReader& top, const char* key, const std::string& source, F&& body) {
   if (const json* s = top.section(key)) {
-    ObjectReader r(*s, key, source);
+    ObjectReader r(*s, key, source, top.overrides());
     body(r);
     r.finish();
   }
@@ -128,9 +137,10 @@ void read_section(ObjectReader& top, const char* key, const std::string& source,
 
 }  // namespace
 
-Config config_from_json(const json& j, const std::string& source) {
+Config config_from_json(const json& j, const std::string& source,
+                        const std::map<std::string, std::string>& overrides) {
   Config c;
-  ObjectReader top(j, "", source);
+  ObjectReader top(j, "", source, overrides);
   read_section(top, "model", source, [&](ObjectReader& r) {
     ModelConfig& m = c.model;
     r.get("n_layer", m.n_layer);
@@ -155,6 +165,7 @@ Config config_from_json(const json& j, const std::string& source) {
     r.get("hessian_interval", o.hessian_interval);
     r.get("hessian_batch_fraction", o.hessian_batch_fraction);
     r.get("grad_clip", o.grad_clip);
+    r.get("max_consecutive_skips", o.max_consecutive_skips);
   });
   read_section(top, "schedule", source, [&](ObjectReader& r) {
     r.get("warmup_iters", c.schedule.warmup_iters);
@@ -205,7 +216,8 @@ json config_to_json(const Config& c) {
        {{"name", o.name}, {"lr", o.lr}, {"min_lr", o.min_lr}, {"beta1", o.beta1},
         {"beta2", o.beta2}, {"rho", o.rho}, {"weight_decay", o.weight_decay}, {"eps", o.eps},
         {"bs", o.bs}, {"hessian_interval", o.hessian_interval},
-        {"hessian_batch_fraction", o.hessian_batch_fraction}, {"grad_clip", o.grad_clip}}},
+        {"hessian_batch_fraction", o.hessian_batch_fraction}, {"grad_clip", o.grad_clip},
+        {"max_consecutive_skips", o.max_consecutive_skips}}},
       {"schedule",
        {{"warmup_iters", c.schedule.warmup_iters}, {"lr_decay_iters", c.schedule.lr_decay_iters},
         {"max_steps", c.schedule.max_steps}}},
@@ -264,6 +276,9 @@ void Config::validate(int world) const {
   if (!(o.hessian_batch_fraction > 0 && o.hessian_batch_fraction <= 1))
     bad("optimizer.hessian_batch_fraction", "must be in (0, 1]");
   if (!(o.grad_clip >= 0)) bad("optimizer.grad_clip", "must be >= 0 (0 disables clipping)");
+  if (o.max_consecutive_skips < 1 || o.max_consecutive_skips > 1000000)
+    bad("optimizer.max_consecutive_skips",
+        "must be in [1, 1000000], got " + std::to_string(o.max_consecutive_skips));
 
   if (schedule.warmup_iters < 0) bad("schedule.warmup_iters", "must be >= 0");
   if (schedule.lr_decay_iters < schedule.warmup_iters)
@@ -308,11 +323,50 @@ void Config::validate(int world) const {
 
 json read_json_file(const std::string& path) {
   std::ifstream f(path);
-  if (!f) throw UserError("cannot read config file '" + path + "'");
+  if (!f) throw UserError("cannot read config file '" + path + "': " + std::strerror(errno));
+  // The key path being parsed (for messages) and the keys seen in each open object (duplicates).
+  struct Frame {
+    bool object;
+    std::string key;
+    std::set<std::string> keys;
+  };
+  std::vector<Frame> stack;
+  auto path_of = [&] {
+    std::string p;
+    for (const Frame& fr : stack) {
+      if (!fr.object || fr.key.empty()) continue;
+      p += (p.empty() ? "" : ".") + fr.key;
+    }
+    return p;
+  };
+  const json::parser_callback_t cb = [&](int, json::parse_event_t ev, json& parsed) {
+    switch (ev) {
+      case json::parse_event_t::object_start: stack.push_back({true, "", {}}); break;
+      case json::parse_event_t::array_start: stack.push_back({false, "", {}}); break;
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        if (!stack.empty()) stack.pop_back();
+        break;
+      case json::parse_event_t::key: {
+        Frame& fr = stack.back();
+        fr.key = parsed.get<std::string>();
+        if (!fr.keys.insert(fr.key).second)
+          throw UserError("config file '" + path + "': config key '" + path_of() +
+                          "' appears twice (a JSON object's keys must be unique)");
+        break;
+      }
+      case json::parse_event_t::value: break;
+    }
+    return true;
+  };
   try {
-    return json::parse(f);
+    return json::parse(f, cb);
   } catch (const json::parse_error& e) {
     throw UserError("config file '" + path + "' is not valid JSON: " + e.what());
+  } catch (const json::out_of_range& e) {  // 406: a number a double cannot hold (1e400)
+    const std::string key = path_of();
+    throw UserError("config file '" + path + "': " + (key.empty() ? std::string("a value") : "config key '" + key + "'") +
+                    " holds a number out of the range of a double (" + e.what() + ")");
   }
 }
 
@@ -348,6 +402,9 @@ void apply_override(json& j, const std::string& assignment) {
     value = json::parse(text);
   } catch (const json::parse_error&) {
     value = text;  // a bare word: a string
+  } catch (const json::out_of_range&) {
+    throw UserError("--set '" + assignment + "': config key '" + key +
+                    "' gets a number out of the range of a double");
   }
   (*node)[parts.back()] = value;
 }
@@ -355,9 +412,13 @@ void apply_override(json& j, const std::string& assignment) {
 Config load_config(const std::string& path, const std::vector<std::string>& overrides, int world) {
   json j = path.empty() ? json::object() : read_json_file(path);
   if (!j.is_object()) throw UserError("config file '" + path + "' must hold a JSON object");
-  for (const auto& o : overrides) apply_override(j, o);
+  std::map<std::string, std::string> set_keys;
+  for (const auto& o : overrides) {
+    apply_override(j, o);
+    set_keys[o.substr(0, o.find('='))] = o;
+  }
   const std::string source = path.empty() ? std::string("config") : path;
-  Config c = config_from_json(j, source);
+  Config c = config_from_json(j, source, set_keys);
   c.validate(world);
   return c;
 }

@@ -5,6 +5,7 @@
 // key path and what was expected. The resolved config (to_json) is written into the run directory.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -26,6 +27,9 @@ struct OptimizerConfig {
   int hessian_interval = 10;       // k: GNB pass after every step with step % k == k-1
   double hessian_batch_fraction = 1.0;
   double grad_clip = 1.0;          // 0 disables
+  // Divergence guard: a step whose loss or gradient norm is not finite is skipped (no update);
+  // this many skipped steps in a row stop the run with an error.
+  int max_consecutive_skips = 5;
 };
 
 struct ScheduleConfig {
@@ -90,10 +94,14 @@ struct Config {
 };
 
 // Parses a config object. `source` names the input in messages (a file path or "--set").
-Config config_from_json(const nlohmann::json& j, const std::string& source);
+// `overrides` (key path -> the --set assignment that gave it) makes errors in those keys name the
+// --set instead of the file.
+Config config_from_json(const nlohmann::json& j, const std::string& source,
+                        const std::map<std::string, std::string>& overrides = {});
 nlohmann::json config_to_json(const Config& c);
 
-// Reads a JSON file (UserError naming the file on I/O or syntax errors).
+// Reads a JSON file (UserError naming the file on I/O or syntax errors, on a number out of the
+// range of a double, naming its key, and on a key that appears twice in one object).
 nlohmann::json read_json_file(const std::string& path);
 
 // Applies "a.b.c=value" overrides to a JSON document. The value is parsed as JSON when it is valid

@@ -6,9 +6,13 @@
 #include <cstdlib>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
+
+#include <signal.h>
+#include <unistd.h>
 
 #include "common/error.h"
 #include "data/loader.h"
@@ -36,7 +40,7 @@ std::string fmt_duration(double s) {
 // One JSON object per line, flushed, so a crashed run keeps what it logged.
 class JsonlLog {
  public:
-  JsonlLog(const std::string& path, bool enabled) {
+  JsonlLog(const std::string& path, bool enabled) : path_(path) {
     if (!enabled) return;
     f_ = std::fopen(path.c_str(), "a");
     if (!f_) throw UserError("cannot open log file '" + path + "' for appending");
@@ -45,10 +49,12 @@ class JsonlLog {
   void write(const json& j) {
     if (!f_) return;
     const std::string s = j.dump();
-    std::fprintf(f_, "%s\n", s.c_str());
-    std::fflush(f_);
+    // A full disk or the file-size limit is an error naming the log, not a silently short log.
+    if (std::fprintf(f_, "%s\n", s.c_str()) < 0 || std::fflush(f_) != 0)
+      throw UserError("cannot append to the log file '" + path_ + "': " + std::strerror(errno));
   }
  private:
+  std::string path_;
   std::FILE* f_ = nullptr;
 };
 
@@ -63,11 +69,51 @@ std::vector<std::string> slot_names(const Config& cfg) {
                                          : std::vector<std::string>{"m", "v"};
 }
 
+// Test hooks for the failure tests (docs/multi_gpu.md, docs/reliability.md):
+// SGPT_TEST_FAULT="RANK:STEP:MODE" acts on rank RANK at step STEP. MODE: "throw" (an exception at
+// the start of the step), "kill" (SIGKILL there), "term" (SIGTERM there), "int2" (SIGINT twice
+// there), "nan" (the rank's loss is NaN in every step from STEP on), "corrupt" (rank 0 flips a
+// byte of model_<STEP>.bin right after writing it, before it is verified).
+struct TestFault {
+  int rank = -1;
+  long long step = -1;
+  std::string mode;
+};
+const TestFault& test_fault() {
+  static const TestFault f = [] {
+    TestFault t;
+    const char* spec = std::getenv("SGPT_TEST_FAULT");
+    char mode[16] = {};
+    if (spec && *spec && std::sscanf(spec, "%d:%lld:%15s", &t.rank, &t.step, mode) == 3) t.mode = mode;
+    return t;
+  }();
+  return f;
+}
+
+void flip_a_byte(const std::string& path) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(-5, std::ios::end);
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x10);
+  f.seekp(-5, std::ios::end);
+  f.write(&c, 1);
+}
+
+// The first non-finite element of v, or -1.
+int64_t first_non_finite(const std::vector<float>& v) {
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i])) return static_cast<int64_t>(i);
+  return -1;
+}
+
+// Every rank gathers the state (get() is collective); a state holding a non-finite value is never
+// written (all ranks hold the same gathered values, so all refuse alike). The writing rank writes
+// both files, then reads them back and verifies them: only then may older checkpoints be pruned.
 void save_checkpoint(const Config& cfg, Backend& be, const DataLoader& train_loader,
                      const std::string& dir, int64_t step, bool write) {
   std::vector<float> params;
   be.get("params", params);
-  if (write) write_model_file(model_path(dir, step), cfg.model, params);
   TrainState st;
   st.meta = json{{"step", step}, {"optimizer", cfg.optimizer.name},
                  {"n_params", be.layout().total}, {"model", model_json(cfg.model)},
@@ -77,9 +123,30 @@ void save_checkpoint(const Config& cfg, Backend& be, const DataLoader& train_loa
     st.slots.emplace_back();
     be.get(s, st.slots.back());
   }
-  if (write) write_state_file(state_path(dir, step), st);
+  auto refuse = [&](const std::string& what, int64_t at) {
+    throw UserError("training diverged: the " + what + " holds a non-finite value (element " + std::to_string(at) +
+                    ") after step " + std::to_string(step) + "; checkpoint step " + std::to_string(step) +
+                    " was not written and no earlier checkpoint was deleted");
+  };
+  if (const int64_t at = first_non_finite(params); at >= 0) refuse("weights", at);
+  for (size_t i = 0; i < st.slots.size(); ++i)
+    if (const int64_t at = first_non_finite(st.slots[i]); at >= 0) refuse("optimizer state '" + st.slot_names[i] + "'", at);
+  if (!write) return;
+  const std::string mp = model_path(dir, step), sp = state_path(dir, step);
+  write_model_file(mp, cfg.model, params);
+  write_state_file(sp, st);
+  if (test_fault().mode == "corrupt" && test_fault().step == step) flip_a_byte(mp);
+  try {
+    verify_checkpoint_file(mp);
+    verify_checkpoint_file(sp);
+  } catch (const UserError& e) {
+    throw UserError(std::string("checkpoint step ") + std::to_string(step) + " does not verify after writing it (" +
+                    e.what() + "); no earlier checkpoint was deleted");
+  }
 }
 
+// Deletes all but the `keep` newest checkpoints; called only after checkpoint `protect` (the
+// newest) was written and verified.
 void prune_checkpoints(const std::string& dir, int keep, int64_t protect) {
   std::vector<int64_t> steps;
   const std::regex re("state_([0-9]{8})\\.bin");
@@ -136,6 +203,51 @@ std::string state_path(const std::string& dir, int64_t step) {
   return (fs::path(dir) / b).string();
 }
 
+namespace {
+const std::regex& checkpoint_file_re() {
+  static const std::regex re("(model|state)_([0-9]{8})\\.bin");
+  return re;
+}
+// Steps of every model_*.bin and state_*.bin in dir (complete or not).
+std::vector<int64_t> checkpoint_file_steps(const std::string& dir) {
+  std::vector<int64_t> steps;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::smatch m;
+    const std::string name = e.path().filename().string();
+    if (std::regex_match(name, m, checkpoint_file_re())) steps.push_back(std::stoll(m[2]));
+  }
+  std::sort(steps.begin(), steps.end(), std::greater<>());
+  steps.erase(std::unique(steps.begin(), steps.end()), steps.end());
+  return steps;
+}
+}  // namespace
+
+ResumePoint find_resume_checkpoint(const std::string& dir) {
+  ResumePoint rp;
+  for (const int64_t s : checkpoint_file_steps(dir)) {
+    const std::string mp = model_path(dir, s), sp = state_path(dir, s);
+    std::error_code ec;
+    const bool has_m = fs::exists(mp, ec), has_s = fs::exists(sp, ec);
+    if (!has_m || !has_s) {
+      rp.rejected.push_back("checkpoint step " + std::to_string(s) + " is incomplete: '" + (has_m ? sp : mp) +
+                            "' is missing");
+      continue;
+    }
+    try {
+      bool vm = false, vs = false;
+      verify_checkpoint_file(mp, &vm);
+      verify_checkpoint_file(sp, &vs);
+      rp.step = s;
+      rp.unverified = !(vm && vs);
+      return rp;
+    } catch (const UserError& e) {
+      rp.rejected.push_back(e.what());
+    }
+  }
+  return rp;
+}
+
 int64_t latest_checkpoint(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return -1;
@@ -158,17 +270,42 @@ int64_t check_run_dir(const TrainOptions& opt) {
   const fs::path dir(opt.out_dir);
   if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
     throw UserError("--out-dir '" + opt.out_dir + "' exists and is not a directory");
-  const int64_t ckpt = latest_checkpoint(opt.out_dir);
-  const bool has_run = fs::exists(dir / "log.jsonl", ec) || ckpt >= 0;
-  if (opt.resume) {
-    if (ckpt < 0)
-      throw UserError("--resume: no checkpoint (model_*.bin + state_*.bin) in '" + opt.out_dir + "'");
-  } else if (has_run) {
-    throw UserError("--out-dir '" + opt.out_dir +
-                    "' already holds a run (log.jsonl or checkpoints); pass --resume to continue it "
-                    "or choose another directory");
+  const bool is_dir = fs::is_directory(dir, ec);
+  const bool has_run = is_dir && (fs::exists(dir / "log.jsonl", ec) || fs::exists(dir / "config.json", ec) ||
+                                  !checkpoint_file_steps(opt.out_dir).empty());
+  if (!opt.resume) {
+    if (has_run)
+      throw UserError("--out-dir '" + opt.out_dir +
+                      "' already holds a run (log.jsonl, config.json or checkpoints); pass --resume to continue "
+                      "it (from its newest good checkpoint, or from step 0 when it has none) or choose another "
+                      "directory");
+    return 0;
   }
-  return opt.resume ? ckpt : 0;
+  if (!has_run)
+    throw UserError("--resume: '" + opt.out_dir +
+                    "' holds no run to resume (no log.jsonl, config.json or checkpoint); start it without --resume");
+  const ResumePoint rp = find_resume_checkpoint(opt.out_dir);
+  if (opt.rank == 0) {
+    for (const std::string& r : rp.rejected) std::fprintf(stderr, "warning: %s\n", r.c_str());
+    if (rp.step >= 0 && !rp.rejected.empty())
+      std::fprintf(stderr,
+                   "warning: resuming from the newest checkpoint that verifies, step %lld ('%s'); the newer "
+                   "checkpoint files are set aside as <name>.bad\n",
+                   static_cast<long long>(rp.step), model_path(opt.out_dir, rp.step).c_str());
+    if (rp.step < 0)
+      std::fprintf(stderr,
+                   "note: '%s' holds no complete checkpoint%s: the run restarts from step 0 (log.jsonl is "
+                   "appended to%s)\n",
+                   opt.out_dir.c_str(), rp.rejected.empty() ? "" : " that verifies",
+                   rp.rejected.empty() ? "" : "; the checkpoint files are set aside as <name>.bad");
+    if (rp.unverified)
+      std::fprintf(stderr,
+                   "note: checkpoint step %lld carries no checksums (written by an older sophiagpt): it is "
+                   "checked for size only\n",
+                   static_cast<long long>(rp.step));
+    std::fflush(stderr);
+  }
+  return std::max<int64_t>(rp.step, 0);
 }
 
 void write_run_dir(const Config& cfg, const TrainOptions& opt, int64_t ckpt) {
@@ -177,6 +314,21 @@ void write_run_dir(const Config& cfg, const TrainOptions& opt, int64_t ckpt) {
   const fs::path dir(opt.out_dir);
   fs::create_directories(dir, ec);
   if (ec) throw UserError("cannot create --out-dir '" + opt.out_dir + "': " + ec.message());
+  for (const std::string& name : remove_stale_temp_files(opt.out_dir))
+    std::fprintf(stderr, "note: removed '%s', a temporary file of a writer that no longer runs\n",
+                 (dir / name).string().c_str());
+  if (opt.resume) {  // checkpoint files newer than the one resumed from failed verification
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      std::smatch m;
+      const std::string name = e.path().filename().string();
+      if (!std::regex_match(name, m, checkpoint_file_re()) || std::stoll(m[2]) <= ckpt) continue;
+      const std::string to = e.path().string() + ".bad";
+      if (std::rename(e.path().string().c_str(), to.c_str()) == 0)
+        std::fprintf(stderr, "note: set aside '%s' as '%s' (not used; kept for inspection)\n",
+                     e.path().string().c_str(), to.c_str());
+    }
+  }
+  std::fflush(stderr);
   const std::string text = config_to_json(cfg).dump(2) + "\n";
   // A resumed run records its config beside the original, named by the step it resumed from,
   // so no earlier file is overwritten.
@@ -218,19 +370,62 @@ void check_data(const Config& cfg, int world) {
 }
 
 namespace {
-// Test hook for the failure tests of data parallelism (docs/multi_gpu.md):
-// SGPT_TEST_FAULT="RANK:STEP:throw" makes rank RANK throw at the start of step STEP,
-// "RANK:STEP:kill" makes it kill itself with SIGKILL there.
+// The start-of-step hooks of SGPT_TEST_FAULT (see TestFault).
 void inject_fault(int rank, int64_t step) {
-  static const char* spec = std::getenv("SGPT_TEST_FAULT");
-  if (!spec || !*spec) return;
-  int r = -1;
-  long long s = -1;
-  char mode[16] = {};
-  if (std::sscanf(spec, "%d:%lld:%15s", &r, &s, mode) != 3 || r != rank || s != step) return;
-  if (std::string(mode) == "kill") std::raise(SIGKILL);
-  throw std::runtime_error("injected fault (SGPT_TEST_FAULT) at step " + std::to_string(step));
+  const TestFault& f = test_fault();
+  if (f.rank != rank || f.step != step) return;
+  if (f.mode == "kill") std::raise(SIGKILL);
+  if (f.mode == "term") std::raise(SIGTERM);
+  if (f.mode == "int2") {
+    std::raise(SIGINT);
+    std::raise(SIGINT);
+  }
+  if (f.mode == "throw") throw std::runtime_error("injected fault (SGPT_TEST_FAULT) at step " + std::to_string(step));
 }
+
+// SIGINT / SIGTERM: the first asks the loop to stop after the current step (with a checkpoint);
+// a second ends the process at once, as the default action would. Installed for the duration of
+// train() only.
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_stop_signal(int sig) {
+  if (g_stop_signal != 0) {
+    static const char msg[] = "\nsophiagpt: second signal: exiting at once, without a checkpoint\n";
+    [[maybe_unused]] const ssize_t n = ::write(2, msg, sizeof msg - 1);
+    ::_exit(128 + sig);
+  }
+  g_stop_signal = sig;
+  static const char msg_int[] =
+      "\nsophiagpt: SIGINT: finishing the current step, then writing a checkpoint (again: exit at once)\n";
+  static const char msg_term[] =
+      "\nsophiagpt: SIGTERM: finishing the current step, then writing a checkpoint (again: exit at once)\n";
+  const char* m = sig == SIGINT ? msg_int : msg_term;
+  [[maybe_unused]] const ssize_t n = ::write(2, m, (sig == SIGINT ? sizeof msg_int : sizeof msg_term) - 1);
+}
+
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    ::sigaction(SIGINT, &sa, &old_int_);
+    ::sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopSignals() {
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+const char* signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
 }  // namespace
 
 TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
@@ -262,9 +457,10 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   TrainResult res;
   int64_t start = 0;
   if (opt.resume) {
-    start = latest_checkpoint(opt.out_dir);
-    load_checkpoint(cfg, be, train_loader, opt.out_dir, start);
+    start = opt.resume_step >= 0 ? opt.resume_step : std::max<int64_t>(find_resume_checkpoint(opt.out_dir).step, 0);
+    if (start > 0) load_checkpoint(cfg, be, train_loader, opt.out_dir, start);
   }
+  res.last_checkpoint = start > 0 ? start : -1;
   // Evaluation: ceil(eval.batches / world) micro-batches per rank, averaged over ranks (the same
   // sequences as one process when eval.batches is a multiple of the number of ranks).
   const int eval_batches = (cfg.eval.batches + opt.world - 1) / opt.world;
@@ -306,6 +502,15 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
 
   const double t_start = now_s();
   double ema_step_s = -1;
+  const int max_skips = oc.max_consecutive_skips;
+  int64_t consecutive_skips = 0, first_skip = -1;
+  const bool nan_fault = test_fault().mode == "nan" && test_fault().rank == opt.rank;
+  auto newest_checkpoint_text = [&]() -> std::string {
+    if (res.last_checkpoint < 0) return "there is no checkpoint";
+    return "the newest checkpoint is step " + std::to_string(res.last_checkpoint) + " ('" +
+           model_path(opt.out_dir, res.last_checkpoint) + "')";
+  };
+  StopSignals signals;
   for (int64_t step = start; step < max_steps; ++step) {
     if (cfg.eval.every > 0 && step % cfg.eval.every == 0) evaluate(step);
 
@@ -322,19 +527,32 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     }
     be.reduce_grad();
     loss /= accum;
+    if (nan_fault && step >= test_fault().step) loss = std::nan("");
     const double norm = std::sqrt(be.grad_sum_squares());
-    const float clip = cpu::clip_scale(norm, oc.grad_clip);
-    if (clip != 1.0f) be.scale_grad(clip);
+    if (multi) be.average(&loss, 1);  // the mean over ranks: the guard decides alike on every rank
 
-    const bool gnb = sophia && step % k == k - 1;
+    // Divergence guard: the loss (mean over ranks) and the gradient norm (over the whole model)
+    // are the same on every rank; a non-finite one skips the update, the GNB pass included.
+    const bool finite = std::isfinite(loss) && std::isfinite(norm);
+    const bool gnb = finite && sophia && step % k == k - 1;
     SophiaMetrics metrics;
-    if (sophia) {
-      be.sophia_step(SophiaConsts::make(lr, oc.beta1, oc.rho, bs, oc.weight_decay), gnb ? &metrics : nullptr);
+    double gnb_loss = 0, gnb_norm = 0;
+    bool gnb_applied = false;
+    if (finite) {
+      consecutive_skips = 0;
+      const float clip = cpu::clip_scale(norm, oc.grad_clip);
+      if (clip != 1.0f) be.scale_grad(clip);
+      if (sophia) {
+        be.sophia_step(SophiaConsts::make(lr, oc.beta1, oc.rho, bs, oc.weight_decay), gnb ? &metrics : nullptr);
+      } else {
+        be.adamw_step(AdamWConsts::make(lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay, step + 1));
+      }
     } else {
-      be.adamw_step(AdamWConsts::make(lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay, step + 1));
+      if (consecutive_skips == 0) first_skip = step;
+      ++consecutive_skips;
+      ++res.skipped_steps;
     }
 
-    double gnb_loss = 0, gnb_norm = 0;
     if (gnb) {
       be.zero_grad();
       for (int micro = 0; micro < accum; ++micro) {
@@ -349,36 +567,53 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
       be.reduce_grad();
       gnb_loss /= accum;
       gnb_norm = std::sqrt(be.grad_sum_squares());
-      const float c2 = cpu::clip_scale(gnb_norm, oc.grad_clip);
-      if (c2 != 1.0f) be.scale_grad(c2);
-      be.hessian_ema(hc);
-    }
-    if (multi) {  // the logged losses are means over all ranks
-      double v[2] = {loss, gnb_loss};
-      be.average(v, 2);
-      loss = v[0];
-      gnb_loss = v[1];
+      if (multi) be.average(&gnb_loss, 1);
+      // A non-finite GNB pass leaves h as it was (the step's update above stands).
+      gnb_applied = std::isfinite(gnb_loss) && std::isfinite(gnb_norm);
+      if (gnb_applied) {
+        const float c2 = cpu::clip_scale(gnb_norm, oc.grad_clip);
+        if (c2 != 1.0f) be.scale_grad(c2);
+        be.hessian_ema(hc);
+      }
     }
     const double dt = now_s() - t0;
     ema_step_s = ema_step_s < 0 ? dt : 0.9 * ema_step_s + 0.1 * dt;
     res.train_losses.push_back(loss);
     res.steps_done++;
 
-    json rec{{"type", "train"}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-             {"tokens_per_s", tokens_per_step / dt}, {"ms", dt * 1e3}};
-    if (step == start) {  // memory once the optimizer state exists (rank 0's; ranks are alike)
-      rec["state_mib"] = be.state_memory_mib();
-      const double dev = be.device_memory_mib();
-      if (dev >= 0) rec["device_mib"] = dev;
-      if (main_rank && !opt.quiet)
-        std::printf("memory per rank: optimizer state %.0f MiB%s\n", be.state_memory_mib(),
-                    dev >= 0 ? (", device in use " + std::to_string(static_cast<long>(dev)) + " MiB").c_str() : "");
+    if (finite) {
+      json rec{{"type", "train"}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
+               {"tokens_per_s", tokens_per_step / dt}, {"ms", dt * 1e3}};
+      if (step == start) {  // memory once the optimizer state exists (rank 0's; ranks are alike)
+        rec["state_mib"] = be.state_memory_mib();
+        const double dev = be.device_memory_mib();
+        if (dev >= 0) rec["device_mib"] = dev;
+        if (main_rank && !opt.quiet)
+          std::printf("memory per rank: optimizer state %.0f MiB%s\n", be.state_memory_mib(),
+                      dev >= 0 ? (", device in use " + std::to_string(static_cast<long>(dev)) + " MiB").c_str() : "");
+      }
+      log.write(rec);
+    } else {
+      // NaN / inf are written as null.
+      log.write(json{{"type", "skip"}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
+                     {"consecutive", consecutive_skips}});
+      if (main_rank)
+        std::fprintf(stderr,
+                     "warning: step %lld skipped (no update): loss %g, gradient norm %g; %lld in a row, the run "
+                     "stops at optimizer.max_consecutive_skips = %d\n",
+                     static_cast<long long>(step), loss, norm, static_cast<long long>(consecutive_skips), max_skips);
     }
-    log.write(rec);
     if (gnb) {
-      log.write(json{{"type", "gnb"}, {"step", step}, {"win_rate", metrics.win_rate()},
-                     {"h_l1", metrics.h_l1}, {"h_l2", std::sqrt(metrics.h_sq)},
-                     {"gnb_loss", gnb_loss}, {"gnb_grad_norm", gnb_norm}});
+      json rec{{"type", "gnb"}, {"step", step}, {"win_rate", metrics.win_rate()},
+               {"h_l1", metrics.h_l1}, {"h_l2", std::sqrt(metrics.h_sq)},
+               {"gnb_loss", gnb_loss}, {"gnb_grad_norm", gnb_norm}};
+      if (!gnb_applied) {
+        rec["skipped"] = true;
+        if (main_rank)
+          std::fprintf(stderr, "warning: step %lld: the GNB pass is not finite (loss %g, gradient norm %g); h is "
+                       "left unchanged\n", static_cast<long long>(step), gnb_loss, gnb_norm);
+      }
+      log.write(rec);
     }
     if (main_rank && !opt.quiet && (step % cfg.log.every == 0 || step + 1 == max_steps)) {
       const double eta = ema_step_s * static_cast<double>(max_steps - step - 1);
@@ -387,26 +622,67 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
                   dt * 1e3, tokens_per_step / dt, fmt_duration(eta).c_str());
       std::fflush(stdout);
     }
-    if (!std::isfinite(loss)) throw std::runtime_error("training diverged: the loss is not finite at step " +
-                                                       std::to_string(step));
+    if (consecutive_skips >= max_skips) {
+      throw UserError("training diverged: the loss or the gradient norm was not finite in " +
+                      std::to_string(consecutive_skips) + " consecutive steps (steps " + std::to_string(first_skip) +
+                      " to " + std::to_string(step) + "; optimizer.max_consecutive_skips = " +
+                      std::to_string(max_skips) + "). No update was applied in those steps and no checkpoint was "
+                      "written from them; " + newest_checkpoint_text() + ". Lower optimizer.lr (or check the data)" +
+                      (res.last_checkpoint >= 0 ? ", then continue from it with --resume" : " and start again"));
+    }
+
+    // A stop asked for by a signal on any rank ends the run at this step on every rank.
+    bool stop = g_stop_signal != 0;
+    if (multi) {
+      double flag = stop ? 1.0 : 0.0;
+      be.average(&flag, 1);
+      stop = flag > 0;
+    }
 
     const int64_t done = step + 1;
     const bool periodic = cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0;
-    if (!opt.out_dir.empty() && (periodic || done == max_steps)) {
-      phase("a checkpoint");
-      // Every rank takes part (sharded state is gathered); rank 0 writes.
-      save_checkpoint(cfg, be, train_loader, opt.out_dir, done, main_rank);
-      if (main_rank) prune_checkpoints(opt.out_dir, cfg.checkpoint.keep, done);
+    bool written = false;
+    if (!opt.out_dir.empty() && (periodic || done == max_steps || stop)) {
+      if (!finite) {
+        if (main_rank)
+          std::fprintf(stderr, "warning: checkpoint step %lld not written: the step was skipped by the divergence "
+                       "guard\n", static_cast<long long>(done));
+      } else {
+        phase("a checkpoint");
+        // Every rank takes part (sharded state is gathered); rank 0 writes, verifies, then prunes.
+        save_checkpoint(cfg, be, train_loader, opt.out_dir, done, main_rank);
+        if (main_rank) prune_checkpoints(opt.out_dir, cfg.checkpoint.keep, done);
+        res.last_checkpoint = done;
+        written = true;
+      }
+    }
+    if (stop) {
+      res.stopped_by_signal = true;
+      res.stop_signal = g_stop_signal;
+      if (main_rank) {
+        const std::string what = g_stop_signal ? signal_name(g_stop_signal) : "a signal on another rank";
+        std::string where;
+        if (written)
+          where = "checkpoint written to '" + model_path(opt.out_dir, done) + "' and '" + state_path(opt.out_dir, done) +
+                  "'; continue with --resume";
+        else
+          where = std::string("no checkpoint written for this step; ") + newest_checkpoint_text();
+        std::fprintf(stderr, "stopped by %s after step %lld of %lld: %s (exit code %d)\n", what.c_str(),
+                     static_cast<long long>(done), static_cast<long long>(max_steps), where.c_str(),
+                     kExitStoppedBySignal);
+        std::fflush(stderr);
+      }
+      break;
     }
   }
-  if (cfg.eval.every > 0 && start < max_steps) evaluate(max_steps);
+  if (cfg.eval.every > 0 && start < max_steps && !res.stopped_by_signal) evaluate(max_steps);
   if (multi) {
     phase("the end of training");
     double barrier = 0;
     be.average(&barrier, 1);  // nobody leaves (and tears down the communicator) before the rest
     dist::Watchdog::instance().disarm();
   }
-  if (main_rank && !opt.quiet) {
+  if (main_rank && !opt.quiet && !res.stopped_by_signal) {
     std::printf("done: %lld steps in %s\n", static_cast<long long>(res.steps_done),
                 fmt_duration(now_s() - t_start).c_str());
   }

@@ -10,6 +10,13 @@
 //              of CE against labels sampled from the model's softmax
 //       clip by global norm (grad_clip); h = b2*h + (1-b2)*grad*grad
 //     log; checkpoint every checkpoint.every steps and at the end
+//
+// Reliability (docs/reliability.md): a step whose loss or gradient norm is not finite is skipped
+// (no update; optimizer.max_consecutive_skips in a row stop the run with a UserError); SIGINT /
+// SIGTERM finish the current step, write a checkpoint and end the run (TrainResult::stop_signal);
+// every checkpoint is read back and verified before older ones are pruned; --resume takes the
+// newest checkpoint that verifies, or restarts from step 0 when there is none. All of these
+// decisions are taken from values that are the same on every rank.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -22,7 +29,8 @@ namespace sgpt {
 
 struct TrainOptions {
   std::string out_dir;        // run directory: config.json, log.jsonl, model_*.bin, state_*.bin
-  bool resume = false;        // continue from the newest checkpoint in out_dir
+  bool resume = false;        // continue from the newest good checkpoint in out_dir (or step 0)
+  int64_t resume_step = -1;   // the step check_run_dir chose (-1: train() finds it again)
   int rank = 0, world = 1;    // data-parallel position (the backend's communicator has the same)
   bool quiet = false;         // no console progress lines
 };
@@ -32,10 +40,18 @@ struct TrainResult {
   int64_t steps_done = 0;
   std::vector<double> train_losses;   // per step run in this call
   double last_val_loss = -1;          // -1 when no eval ran
+  int64_t skipped_steps = 0;          // steps the divergence guard skipped
+  bool stopped_by_signal = false;     // SIGINT / SIGTERM (on any rank) ended the run early
+  int stop_signal = 0;                // the signal, when this rank received it (else 0)
+  int64_t last_checkpoint = -1;       // newest checkpoint step written or resumed from (-1: none)
 };
 
 // Checks that out_dir can take a new run (refuses one that already holds a run unless resuming),
 // creates it and writes config.json. Returns the checkpoint step to resume from (or 0).
+// Resuming: the newest checkpoint whose files verify; damaged or incomplete newer ones are named
+// in a warning (rank 0) and set aside by write_run_dir as <name>.bad; a run directory without any
+// good checkpoint restarts from step 0 with a note. write_run_dir also removes the temporary files
+// of writers that died (remove_stale_temp_files).
 // = check_run_dir then (rank 0) write_run_dir. In a multi-process run every rank checks before
 // the processes meet, and rank 0 writes only after, so no rank sees rank 0's new files.
 int64_t prepare_run_dir(const Config& cfg, const TrainOptions& opt);
@@ -50,6 +66,16 @@ TrainResult train(const Config& cfg, Backend& backend, const TrainOptions& opt);
 
 // Newest step with both model_<step>.bin and state_<step>.bin in dir, or -1.
 int64_t latest_checkpoint(const std::string& dir);
+
+// The checkpoint --resume uses: the newest step whose two files both pass verify_checkpoint_file
+// (-1: none). `rejected` lists each newer checkpoint and why it was passed over; `unverified` is
+// set when the chosen one carries no checksums (written before they existed).
+struct ResumePoint {
+  int64_t step = -1;
+  std::vector<std::string> rejected;
+  bool unverified = false;
+};
+ResumePoint find_resume_checkpoint(const std::string& dir);
 std::string model_path(const std::string& dir, int64_t step);
 std::string state_path(const std::string& dir, int64_t step);
 
