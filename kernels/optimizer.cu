@@ -1,7 +1,7 @@
 // Fused optimizer steps over the flat parameter buffer: Sophia-G (with its metrics), the Hessian
 // EMA and AdamW, one launch each; plus the unfused per-tensor baseline the benchmark compares with.
 //
-// Math (DESIGN.md section 3; CPU references of the same names in src/cpu/optim.cpp), per element,
+// Math (docs/design.md section 3; CPU references of the same names in src/cpu/optim.cpp), per element,
 // in this order, every fp32 operation explicitly rounded (__fmul_rn, __fadd_rn, __fdiv_rn,
 // __fsqrt_rn: no FMA contraction, IEEE division and square root) so the results equal the CPU's
 // (compiled with -ffp-contract=off) bit for bit:
@@ -54,7 +54,7 @@ __device__ __forceinline__ int chunk_decay(const DecayRanges& d, size_t j0) {
   return 0;
 }
 
-// The part of the update Sophia-G and AdamW share (DESIGN.md section 3, in this order): decoupled
+// The part of the update Sophia-G and AdamW share (docs/design.md section 3, in this order): decoupled
 // weight decay of the parameter where the tensor is decayed, then the first moment
 // m = b1 * m + (1 - b1) * g, each operation rounded as written.
 __device__ __forceinline__ void decay_and_momentum(float& p, float& m, float g, bool decayed,

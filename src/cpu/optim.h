@@ -1,5 +1,5 @@
 // CPU reference of the optimizers, the Hessian EMA, gradient clipping and the LR schedule
-// (DESIGN.md section 3). These are the literal formulas; the fused CUDA kernels of the same names
+// (docs/design.md section 3). These are the literal formulas; the fused CUDA kernels of the same names
 // must reproduce them bit for bit in fp32 (they use explicitly rounded multiply and add, no FMA
 // contraction; this file is compiled with -ffp-contract=off).
 #pragma once

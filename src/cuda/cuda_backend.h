@@ -1,4 +1,4 @@
-// The GPU backend (DESIGN.md: src/cuda/ is the host side of the GPU path). Plain C++ header with no
+// The GPU backend (src/cuda/ is the host side of the GPU path: docs/design.md section 1). Plain C++ header with no
 // CUDA includes, so the trainer and the CLI can use it from any translation unit.
 #pragma once
 #include <memory>

@@ -1,4 +1,4 @@
-// GPU optimizer, reduction and cast kernels over the flat parameter buffer (DESIGN.md section 3).
+// GPU optimizer, reduction and cast kernels over the flat parameter buffer (docs/design.md section 3).
 // Plain C++ declarations: usable from .cpp (host compiler) and .cu files. Implementations:
 //   kernels/optimizer.cu  sophia_step, hessian_ema, adamw_step (+ the unfused benchmark baseline)
 //   kernels/norm.cu       grad_sum_squares, scale_grad, the deterministic second reduction pass

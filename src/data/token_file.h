@@ -1,6 +1,6 @@
 // Token files on disk, and the checks every reader applies.
 //
-// Formats (DESIGN.md section 4)
+// Formats (docs/design.md section 4)
 //   llm.c shard   header of 256 little-endian int32: [0] = 20240520 (magic), [1] = 1 (version),
 //                 [2] = token count N; then N uint16 tokens. File size must be exactly 1024 + 2N.
 //   nanoGPT file  headerless uint16 tokens (train.bin / val.bin of nanoGPT and the official

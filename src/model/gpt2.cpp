@@ -1,6 +1,6 @@
 // GPT-2 flat parameter layout and initialisation (see model/gpt2.h for the tensor table).
 //
-// Init (DESIGN.md section 2), element e of the flat buffer (global index, so the value of an
+// Init (docs/design.md section 2), element e of the flat buffer (global index, so the value of an
 // element does not depend on how the buffer is split over threads or ranks):
 //   (w0, w1, w2, w3) = philox(seed, lo32(e), hi32(e), 0, kInitWeights)
 //   u1 = uniform01_double(w0, w1), u2 = uniform01_double(w2, w3)          (both in [0, 1))

@@ -78,7 +78,7 @@ double attention_scale(const ModelConfig& cfg, int layer);
 // Number of parameters excluding position embeddings, as nanoGPT reports it.
 size_t num_params_reported(const ModelConfig& cfg);
 
-// Initialise parameters (fp32, flat layout) exactly as DESIGN.md section 2: N(0, 0.02) for Linear
+// Initialise parameters (fp32, flat layout) exactly as docs/design.md section 2: N(0, 0.02) for Linear
 // and embedding weights, N(0, 0.02/sqrt(2 L)) for the two residual projections, zeros for biases,
 // ones for LayerNorm weights, zero for the padded vocabulary rows. Deterministic in `seed`
 // (Philox stream kInitWeights), identical on every platform.

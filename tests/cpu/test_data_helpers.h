@@ -98,7 +98,7 @@ inline RunResult run_exe(const std::vector<std::string>& args, const std::string
   return r;
 }
 
-// llm.c shard bytes per DESIGN.md section 4, written here independently of the code under test.
+// llm.c shard bytes per docs/design.md section 4, written here independently of the code under test.
 inline std::string llmc_shard_bytes(const std::vector<uint16_t>& tokens, int32_t magic = 20240520,
                                      int32_t version = 1, int32_t count = -1) {
   int32_t header[256] = {};

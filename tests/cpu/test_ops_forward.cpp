@@ -435,7 +435,7 @@ sgpt::ModelConfig small_config(bool bias, bool layer_scale) {
   return cfg;
 }
 
-// Logits [B*T, Vp] of GPT-2 computed straight from the definition (DESIGN.md section 2).
+// Logits [B*T, Vp] of GPT-2 computed straight from the definition (docs/design.md section 2).
 std::vector<LD> ref_model_logits(const sgpt::ModelConfig& cfg, const std::vector<LD>& p,
                                  const std::vector<int>& inp, int B, int T) {
   const auto lay = sgpt::ParamLayout::make(cfg);

@@ -1,4 +1,4 @@
-// Optimizer reference tests: every expected value below is worked out by hand from DESIGN.md
+// Optimizer reference tests: every expected value below is worked out by hand from docs/design.md
 // section 3 (the arithmetic is in the comments), not taken from the code under test.
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // `sophiagpt prepare`: every input kind (txt, jsonl, xz, tar, OpenWebText's tar of xz'd tars),
 // llm.c shards and nanoGPT files with <|endoftext|> before every document, the seeded validation
 // split, the manifest, and every bad input: a clear message naming it, exit code 2, and nothing
-// written or overwritten. Expected token ids come from DESIGN.md section 6's test vectors.
+// written or overwritten. Expected token ids come from docs/design.md section 6's test vectors.
 #include <archive.h>
 #include <archive_entry.h>
 #include <gtest/gtest.h>
@@ -25,7 +25,7 @@ using U16 = std::vector<uint16_t>;
 
 namespace {
 
-// DESIGN.md section 6.
+// docs/design.md section 6.
 const std::string kHello = "Hello world";   // 15496 995
 const std::string kHello2 = "hello world";  // 31373 995
 constexpr uint16_t E = 50256;
@@ -163,7 +163,7 @@ TEST(Prepare, EveryInputKind) {
 
 TEST(Prepare, ValidationSplitIsSeededAndThreadIndependent) {
   TempDir d;
-  // 400 documents "0" x k (k = 1..8): each is <|endoftext|> + one token (DESIGN.md vectors).
+  // 400 documents "0" x k (k = 1..8): each is <|endoftext|> + one token (docs/design.md section 6).
   std::string jsonl;
   for (int i = 0; i < 400; ++i) jsonl += "{\"text\": \"" + std::string(size_t(1 + i % 8), '0') + "\"}\n";
   write_file(d / "docs.jsonl", jsonl);

@@ -1,4 +1,4 @@
-// GPT-2 tokenizer: the test vectors of DESIGN.md section 6, special-token handling, exact byte
+// GPT-2 tokenizer: the test vectors of docs/design.md section 6, special-token handling, exact byte
 // round trips on random Unicode, long pieces, SHA-256 and UTF-8 against published vectors, and the
 // errors for a missing or altered vocabulary. (The comparison with an independent encoder on the
 // 10.8 MB demo corpus is scripts/check_tokenizer.sh.)
