@@ -16,11 +16,11 @@ namespace sgpt {
 
 struct OptimizerConfig {
   std::string name = "sophiag";  // "sophiag" | "adamw"
-  double lr = 3e-4;
+  double lr = 6e-4;
   double min_lr = 1.5e-5;
   double beta1 = 0.965;
   double beta2 = 0.99;
-  double rho = 0.03;
+  double rho = 0.05;
   double weight_decay = 0.2;
   double eps = 1e-8;               // AdamW only
   double bs = 0;                   // Sophia-G: tokens per optimizer step; 0 = derive from batch
