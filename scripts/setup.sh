@@ -2,6 +2,8 @@
 # Installs every Debian package the build, the tests and the demo need. Idempotent: packages that
 # are already at the pinned version are left alone. Versions are pinned; apt verifies each package
 # against the signed archive index (sha256), which is the checksum pin for Debian packages.
+# clang + libclang-rt-14-dev (libFuzzer and the sanitizer runtimes; only a Recommends of clang,
+# so it is named here) are for scripts/fuzz.sh.
 set -euo pipefail
 
 PKGS=(
@@ -17,6 +19,8 @@ PKGS=(
   "openmpi-bin=4.1.4-3+b1"
   "gnuplot-nox=5.4.4+dfsg1-2+b2"
   "python3=3.11.2-1+b1"
+  "clang=1:14.0-55.7~deb12u1"
+  "libclang-rt-14-dev=1:14.0.6-12"
 )
 
 missing=()

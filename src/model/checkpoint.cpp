@@ -91,6 +91,29 @@ bool header_shape(const int32_t* h, ModelConfig& m) {
   return m.padded_vocab_size >= m.vocab_size;
 }
 
+// "n_params" of a state file's JSON: a non-negative integer (a float such as 4.6e19 would be an
+// out-of-range conversion, undefined behaviour; found by fuzz_checkpoint).
+uint64_t n_params_of(const nlohmann::json& meta, const std::string& path) {
+  const nlohmann::json& v = meta.at("n_params");
+  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
+    throw UserError("training-state file '" + path + "' has a malformed header: n_params is " + v.dump() +
+                    ", not a non-negative integer");
+  return v.get<uint64_t>();
+}
+
+// The slots of a state file must fill exactly the bytes after its JSON: slots * n * 4 == size - pos,
+// checked without overflow (a damaged or crafted n_params near 2^64 must not wrap into a match).
+void check_state_size(const std::string& path, uint64_t size, uint64_t pos, uint64_t slots, uint64_t n) {
+  const uint64_t rem = size >= pos ? size - pos : 0;
+  const bool fits = size >= pos && (slots == 0 || n == 0 ? rem == 0 : n <= rem / 4 / slots && slots * n * 4 == rem);
+  if (fits) return;
+  const bool representable = slots == 0 || n <= (UINT64_MAX - pos) / 4 / slots;
+  throw UserError("training-state file '" + path + "' has " + std::to_string(size) + " bytes, expected " +
+                  (representable ? std::to_string(pos + slots * n * 4) + " (truncated?)"
+                                 : std::to_string(pos) + " + " + std::to_string(slots) + " x " + std::to_string(n) +
+                                       " x 4, more than any file holds (damaged?)"));
+}
+
 uint64_t model_file_bytes(const ModelConfig& m, int version) {
   const ParamLayout L = ParamLayout::make(m);
   uint64_t total = 0;
@@ -319,15 +342,13 @@ TrainState read_state_file(const std::string& path, bool* verified) {
   try {
     st.meta = nlohmann::json::parse(buf.begin() + 24, buf.begin() + 24 + static_cast<std::ptrdiff_t>(len));
     st.slot_names = st.meta.at("slots").get<std::vector<std::string>>();
-    n = st.meta.at("n_params").get<uint64_t>();
+    n = n_params_of(st.meta, path);
   } catch (const nlohmann::json::exception& e) {
     if (has_crc && computed != stored) checksum_mismatch("training-state file", path, stored, computed);
     throw UserError("training-state file '" + path + "' has a malformed header: " + e.what());
   }
   size_t pos = 24 + len;
-  if (buf.size() != pos + st.slot_names.size() * n * 4)
-    throw UserError("training-state file '" + path + "' has " + std::to_string(buf.size()) +
-                    " bytes, expected " + std::to_string(pos + st.slot_names.size() * n * 4) + " (truncated?)");
+  check_state_size(path, buf.size(), pos, st.slot_names.size(), n);
   if (has_crc && computed != stored) checksum_mismatch("training-state file", path, stored, computed);
   for (size_t s = 0; s < st.slot_names.size(); ++s, pos += n * 4) {
     std::vector<float> v(n);
@@ -356,16 +377,15 @@ void verify_checkpoint_file(const std::string& path, bool* verified) {
     std::string text(static_cast<size_t>(len), '\0');
     f.seekg(24);
     if (!f.read(text.data(), static_cast<std::streamsize>(len))) throw UserError("cannot read '" + path + "'");
-    uint64_t want = 0;
+    uint64_t slots = 0, n = 0;
     try {
       const nlohmann::json meta = nlohmann::json::parse(text);
-      want = 24 + len + meta.at("slots").size() * meta.at("n_params").get<uint64_t>() * 4;
+      slots = meta.at("slots").size();
+      n = n_params_of(meta, path);
     } catch (const nlohmann::json::exception& e) {
       throw UserError("training-state file '" + path + "' has a malformed header (damaged?): " + e.what());
     }
-    if (size != want)
-      throw UserError("training-state file '" + path + "' has " + std::to_string(size) + " bytes, expected " +
-                      std::to_string(want) + " (truncated?)");
+    check_state_size(path, size, 24 + len, slots, n);
   } else {
     if (size < 1024) throw UserError("model file '" + path + "' is too short for its 1024-byte header");
     int32_t h[256];

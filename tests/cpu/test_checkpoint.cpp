@@ -116,3 +116,21 @@ TEST(AtomicWrite, NoTempFileLeftAndOldFileKeptOnFailure) {
   EXPECT_THROW(write_file_atomic((dir / "no" / "y.bin").string(), {{a.data(), a.size()}}), UserError);
   EXPECT_EQ(fs::file_size(path), 5u);
 }
+
+// tests/fuzz/findings: an n_params near 2^64 made the size check wrap into a match, then the slot
+// allocation threw std::length_error or asked for 2^60 bytes (exit 3), found by reading the reader
+// for the fuzzing work; an n_params written as a float beyond 2^64 was an out-of-range conversion
+// (undefined behaviour), found by fuzz_checkpoint. Each must be a UserError naming the file.
+TEST(StateFile, HugeParameterCountIsAnErrorNotAnAllocation) {
+  for (const char* name : {"state_n_params_wrap_length_error.bin", "state_n_params_wrap_huge_alloc.bin",
+                           "state_n_params_float_out_of_range.bin"}) {
+    const std::string path = std::string(SGPT_SOURCE_DIR) + "/tests/fuzz/findings/" + name;
+    try {
+      read_state_file(path);
+      ADD_FAILURE() << name << " was accepted";
+    } catch (const sgpt::UserError& e) {
+      EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(verify_checkpoint_file(path), sgpt::UserError) << name;
+  }
+}

@@ -1,0 +1,110 @@
+// libFuzzer target: the checkpoint readers (src/model/checkpoint.h) on arbitrary bytes: 
+// verify_checkpoint_file, read_state_file, and read_model_file both with a fixed small shape and
+// with the shape the file's own header claims (when that shape is small, so the reader gets past
+// the header checks). Acceptable: success or sgpt::UserError. A file that verify_checkpoint_file
+// accepts must also load.
+// With SGPT_FUZZ_WRITE_SEEDS=DIR set, the binary writes seed files with our own writers into DIR
+// and exits (scripts/fuzz.sh --seeds regenerates tests/fuzz/corpus/fuzz_checkpoint this way).
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "fuzz_common.h"
+#include "model/checkpoint.h"
+#include "model/gpt2.h"
+
+namespace {
+sgpt::ModelConfig tiny(bool bias) {
+  sgpt::ModelConfig m;
+  m.n_layer = 1;
+  m.n_head = 2;
+  m.n_embd = 4;
+  m.block_size = 4;
+  m.vocab_size = 5;
+  m.padded_vocab_size = 8;
+  m.bias = bias;
+  return m;
+}
+
+template <class F>
+bool accepted(const char* what, F&& f) {
+  try {
+    f();
+    return true;
+  } catch (const sgpt::UserError&) {
+    return false;
+  } catch (const std::exception& e) {
+    sgpt_fuzz::finding(what, &e);
+  }
+}
+
+void write_seeds(const std::string& dir) {
+  for (bool bias : {false, true}) {
+    const sgpt::ModelConfig m = tiny(bias);
+    const sgpt::ParamLayout L = sgpt::ParamLayout::make(m);
+    std::vector<float> p(L.total);
+    for (size_t i = 0; i < p.size(); ++i) p[i] = static_cast<float>(i) * 0.01f - 0.5f;
+    sgpt::write_model_file(dir + (bias ? "/model_bias.bin" : "/model.bin"), m, p);
+  }
+  sgpt::TrainState s;
+  s.meta = {{"step", 3}, {"optimizer", "sophiag"}, {"n_params", 4}};
+  s.slot_names = {"m", "h"};
+  s.slots = {{1, 2, 3, 4}, {5, 6, 7, 8}};
+  sgpt::write_state_file(dir + "/state.bin", s);
+  s.meta = {{"step", 1}, {"optimizer", "adamw"}, {"n_params", 2}};
+  s.slot_names = {"m", "v"};
+  s.slots = {{1, 2}, {3, 4}};
+  sgpt::write_state_file(dir + "/state_adamw.bin", s);
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  if (const char* dir = std::getenv("SGPT_FUZZ_WRITE_SEEDS")) {
+    write_seeds(dir);
+    std::exit(0);
+  }
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string& path = sgpt_fuzz::temp_path("ckpt");
+  sgpt_fuzz::write_bytes(path, data, size);
+
+  const bool verifies = accepted("verify_checkpoint_file threw an unexpected exception",
+                                 [&] { sgpt::verify_checkpoint_file(path); });
+  const bool state_ok = accepted("read_state_file threw an unexpected exception",
+                                 [&] { (void)sgpt::read_state_file(path); });
+  bool model_ok = false;
+  for (bool bias : {false, true})
+    model_ok |= accepted("read_model_file threw an unexpected exception",
+                         [&] { (void)sgpt::read_model_file(path, tiny(bias)); });
+
+  // The shape the header claims, when small.
+  if (size >= 1024) {
+    int32_t h[10];
+    std::memcpy(h, data, sizeof h);
+    bool small = true;
+    for (int i = 2; i <= 7; ++i) small &= h[i] >= 1 && h[i] <= 256;
+    if (small && h[3] <= h[7] && h[4] <= 4 && h[6] % h[5] == 0) {
+      for (bool bias : {false, true}) {
+        sgpt::ModelConfig m;
+        m.block_size = h[2];
+        m.vocab_size = h[3];
+        m.n_layer = h[4];
+        m.n_head = h[5];
+        m.n_embd = h[6];
+        m.padded_vocab_size = h[7];
+        m.bias = bias;
+        m.scale_attn_by_inverse_layer_idx = h[9] != 1;
+        model_ok |= accepted("read_model_file (header's shape) threw an unexpected exception",
+                             [&] { (void)sgpt::read_model_file(path, m); });
+      }
+    }
+  }
+  // What verifies must load (the resume path verifies first, then reads).
+  if (verifies && size >= 8 && std::memcmp(data, "SGPTSTAT", 8) == 0 && !state_ok)
+    sgpt_fuzz::finding("a state file passes verify_checkpoint_file but read_state_file refuses it");
+  (void)model_ok;
+  return 0;
+}
