@@ -7,6 +7,7 @@
 //                      random word of global element j = index_base + i comes from Philox stream
 //                      kStochasticRounding keyed by (seed, j/4, step), word j%4)
 //   to_float           out = (float)in                                (exact)
+//   accumulate_float   acc = acc + (float)in                          (one fp32 rounding)
 //   fill_uniform       out = round(lo + (hi - lo) * u_i), u_i = uniform01(word i%4 of
 //                      philox(seed, i/4, (i/4)>>32, 0xB0B, kInitWeights))
 // Memory layout: contiguous buffers of n elements, processed in chunks of 8 (16-byte accesses
@@ -53,6 +54,22 @@ __global__ void __launch_bounds__(256)
     float x[8];
     load8(in, c, x);
     store8(out, c, x);
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(256)
+    accumulate_float_kernel(const T* __restrict__ in, float* __restrict__ acc, ChunkGrid grid) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t q = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < grid.nchunks;
+       q += stride) {
+    const Chunk c = grid.chunk(q);
+    float x[8], a[8];
+    load8(in, c, x);
+    load8(acc, c, a);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) a[k] = __fadd_rn(a[k], x[k]);
+    store8(acc, c, a);
   }
 }
 
@@ -104,6 +121,14 @@ void to_float(const T* in, float* out, size_t n, cudaStream_t stream) {
 }
 
 template <class T>
+void accumulate_float(const T* in, float* acc, size_t n, cudaStream_t stream) {
+  const ChunkGrid grid = make_chunk_grid(n, 0, chunk_aligned(in, 0) && chunk_aligned(acc, 0));
+  if (grid.nchunks == 0) return;
+  accumulate_float_kernel<T><<<full_grid(grid.nchunks, 256), 256, 0, stream>>>(in, acc, grid);
+  CUDA_LAUNCH_CHECK();
+}
+
+template <class T>
 void fill_uniform(T* out, size_t n, float lo, float hi, uint64_t seed, cudaStream_t stream) {
   if (n == 0) return;
   fill_uniform_kernel<T><<<full_grid(n, 256), 256, 0, stream>>>(out, n, lo, hi - lo, seed);
@@ -114,6 +139,7 @@ void fill_uniform(T* out, size_t n, float lo, float hi, uint64_t seed, cudaStrea
   template void cast_rn<T>(const float*, T*, size_t, cudaStream_t);                           \
   template void stochastic_round<T>(const float*, T*, size_t, const RoundingKey&, cudaStream_t); \
   template void to_float<T>(const T*, float*, size_t, cudaStream_t);                          \
+  template void accumulate_float<T>(const T*, float*, size_t, cudaStream_t);                  \
   template void fill_uniform<T>(T*, size_t, float, float, uint64_t, cudaStream_t);
 SGPT_INSTANTIATE_CAST(float)
 SGPT_INSTANTIATE_CAST(__nv_bfloat16)

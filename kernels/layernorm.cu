@@ -16,6 +16,8 @@
 // and stored, and LayerNorm of that stored value: exactly residual_forward followed by
 // layernorm_forward (cpu::residual_forward + cpu::layernorm_forward), with one read of a and b
 // instead of a write and a re-read of res (vectorized path; other C run the two kernels).
+// The output is formed by ln_out (explicitly rounded operations) in every forward path and in
+// layernorm_recompute (activation recompute from the saved mean/rstd), so both give the same bits.
 // Backward, fused path (C a multiple of the 16-byte vector width V = 16 / sizeof(T) and
 // C <= 4 * 32 * V: 1024 channels in bf16, 512 in fp32): one pass over dout and inp. A block of
 // 8 warps owns a contiguous chunk of rows; each warp takes every 8th row of it, loads the row once
@@ -38,6 +40,14 @@ namespace sgpt::cuda {
 
 constexpr float kLnEps = 1e-5f;
 
+// One output of the forward, out_c = (x_c - mean) * rstd * weight_c (+ bias_c), with explicitly
+// rounded operations (no FMA contraction, in any kernel that uses it): every forward path and
+// layernorm_recompute go through it, so a recompute from the saved mean/rstd gives the same bits.
+__device__ __forceinline__ float ln_out(float x, float m, float r, float w, const float* b) {
+  const float y = __fmul_rn(__fmul_rn(__fsub_rn(x, m), r), w);
+  return b ? __fadd_rn(y, *b) : y;
+}
+
 template <class T>
 __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const T* inp,
                                          const T* weight, const T* bias, int N, int C) {
@@ -56,9 +66,8 @@ __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const
   const float r = 1.0f / sqrtf(warp_sum(v) / C + kLnEps);
   T* o = out + size_t(row) * C;
   for (int c = lane; c < C; c += 32) {
-    float y = (to_f(x[c]) - m) * r * to_f(weight[c]);
-    if (bias) y += to_f(bias[c]);
-    o[c] = from_f<T>(y);
+    const float b = bias ? to_f(bias[c]) : 0.0f;
+    o[c] = from_f<T>(ln_out(to_f(x[c]), m, r, to_f(weight[c]), bias ? &b : nullptr));
   }
   if (lane == 0) {
     mean[row] = m;
@@ -221,10 +230,7 @@ __global__ void __launch_bounds__(kLnFwdWarps * 32)
       load_vec(wv, weight + c0);
       if (bias) load_vec(bv, bias + c0);
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        y[j] = (xv[i][j] - m) * r * wv[j];
-        if (bias) y[j] += bv[j];
-      }
+      for (int j = 0; j < V; ++j) y[j] = ln_out(xv[i][j], m, r, wv[j], bias ? &bv[j] : nullptr);
       store_vec(out + base + c0, y);
     }
   }
@@ -409,6 +415,56 @@ void residual_layernorm_forward(T* res, T* out, float* mean, float* rstd, const 
   layernorm_forward(out, mean, rstd, res, weight, bias, N, C, stream);
 }
 
+// Activation recompute: out from inp and the saved mean/rstd, one thread per 16-byte vector of a
+// row (C a multiple of V, 16-byte aligned tensors) or per element otherwise; grid-stride.
+template <class T, bool kVec>
+__global__ void layernorm_recompute_kernel(T* out, const T* inp, const float* mean,
+                                           const float* rstd, const T* weight, const T* bias,
+                                           int N, int C) {
+  constexpr int V = kVec ? Vec<T>::n : 1;
+  const size_t per_row = size_t(C) / V, n = size_t(N) * per_row;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    const size_t row = i / per_row;
+    const int c0 = static_cast<int>(i - row * per_row) * V;
+    const float m = mean[row], r = rstd[row];
+    float x[V], w[V], b[V], y[V];
+    if constexpr (kVec) {
+      load_vec(x, inp + row * C + c0);
+      load_vec(w, weight + c0);
+      if (bias) load_vec(b, bias + c0);
+    } else {
+      x[0] = to_f(inp[row * C + c0]);
+      w[0] = to_f(weight[c0]);
+      if (bias) b[0] = to_f(bias[c0]);
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) y[j] = ln_out(x[j], m, r, w[j], bias ? &b[j] : nullptr);
+    if constexpr (kVec) store_vec(out + row * C + c0, y);
+    else out[row * C + c0] = from_f<T>(y[0]);
+  }
+}
+
+template <class T>
+void layernorm_recompute(T* out, const T* inp, const float* mean, const float* rstd,
+                         const T* weight, const T* bias, int N, int C, cudaStream_t stream) {
+  if (N == 0) return;
+  constexpr int V = Vec<T>::n;
+  const auto aligned = [](const void* p) {
+    return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  };
+  const bool vec = C % V == 0 && aligned(out) && aligned(inp) && aligned(weight) && aligned(bias);
+  const size_t n = size_t(N) * C / (vec ? V : 1);
+  const unsigned grid = std::max(1u, std::min(ceil_div(n, 256), 65535u * 4));
+  if (vec)
+    layernorm_recompute_kernel<T, true><<<grid, 256, 0, stream>>>(out, inp, mean, rstd, weight,
+                                                                  bias, N, C);
+  else
+    layernorm_recompute_kernel<T, false><<<grid, 256, 0, stream>>>(out, inp, mean, rstd, weight,
+                                                                   bias, N, C);
+  SGPT_LAUNCH_CHECK();
+}
+
 template <class T>
 void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                         const T* weight, const float* mean, const float* rstd, int N, int C,
@@ -450,6 +506,8 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
                                      cudaStream_t);                                            \
   template void residual_layernorm_forward<T>(T*, T*, float*, float*, const T*, const T*,       \
                                               const T*, const T*, int, int, cudaStream_t);     \
+  template void layernorm_recompute<T>(T*, const T*, const float*, const float*, const T*,      \
+                                       const T*, int, int, cudaStream_t);                      \
   template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const float*,  \
                                       const float*, int, int, Scratch&, cudaStream_t);
 SGPT_INSTANTIATE(float)

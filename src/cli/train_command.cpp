@@ -1,5 +1,6 @@
 // `sophiagpt train`: resolve the config, pick the device, build the backend, run the loop.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -8,13 +9,17 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/model_args.h"
 #include "common/error.h"
 #include "config/config.h"
 #include "model/checkpoint.h"
 #include "train/cpu_backend.h"
 #include "common/philox.h"
+#include "cpu/decode_cpu.h"
 #include "cpu/gpt2_cpu.h"
+#include "cpu/sampling.h"
 #include "data/loader.h"
+#include "eval/hellaswag.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/vocab.h"
 #include "train/trainer.h"
@@ -22,6 +27,7 @@
 #include "dist/launch.h"
 #ifdef SGPT_WITH_CUDA
 #include "cuda/cuda_backend.h"
+#include "cuda/decode_cuda.h"
 #include "cuda/nccl_comm.h"
 #endif
 
@@ -78,9 +84,11 @@ std::unique_ptr<Backend> make_backend(const Config& cfg, bool use_gpu, int B, co
   if (use_gpu) {
 #ifdef SGPT_WITH_CUDA
     try {
-      return make_cuda_backend(cfg.model, B, cfg.model.block_size,
-                               cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32,
-                               params, attention_impl_from_name(cfg.attention), dist);
+      auto be = make_cuda_backend(cfg.model, B, cfg.model.block_size,
+                                  cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32,
+                                  params, attention_impl_from_name(cfg.attention), dist);
+      be->set_recompute(cfg.recompute);  // before the first step allocates the activations
+      return be;
     } catch (const std::invalid_argument& e) {  // attention "cudnn" that cannot be used
       throw UserError(e.what());
     }
@@ -149,6 +157,10 @@ void run_train(const TrainArgs& a) {
   opt.quiet = a.quiet || li.rank != 0;
   opt.rank = li.rank;
   opt.world = li.world;
+#ifdef SGPT_WITH_CUDA
+  // Samples during training (sample.every) decode on the GPU when training runs there.
+  if (use_gpu) opt.make_decoder = [](const ModelConfig& m) { return make_cuda_decoder(m); };
+#endif
   // Every input is checked on every rank before the ranks meet, so all report the same error.
   const int64_t ckpt = check_run_dir(opt);
   opt.resume_step = ckpt;
@@ -199,13 +211,9 @@ void run_train(const TrainArgs& a) {
   if (result.stopped_by_signal) throw ExitRequest(kExitStoppedBySignal);
 }
 
-// A trained model: its config and parameters, from a run directory or from explicit files.
-struct ModelArgs {
-  std::string run, config, model;
-  std::vector<std::string> sets;
-  int64_t step = -1;
-};
+}  // namespace
 
+// ModelArgs, add_model_options and load_trained: declared in cli/model_args.h (export uses them too).
 void add_model_options(CLI::App* c, ModelArgs& m) {
   c->add_option("-r,--run", m.run, "Run directory: its config.json and its newest model_*.bin");
   c->add_option("--step", m.step, "With --run: the checkpoint step to use (default: the newest)");
@@ -234,69 +242,106 @@ std::pair<Config, std::vector<float>> load_trained(const ModelArgs& m) {
   return {cfg, std::move(params)};
 }
 
+namespace {
+
 struct SampleArgs {
   ModelArgs m;
   std::string prompt = "\n";
   std::string vocab;
+  std::string device = "auto";
   int tokens = 100;
   double temperature = 1.0;
   int top_k = 40;
+  double top_p = 1.0;
   uint64_t seed = 1;
 };
 
-// Autoregressive sampling on the CPU reference model (temperature, top-k; Philox uniforms).
+// Autoregressive sampling with the KV-cache decoder (docs/sampling.md): on the GPU when one is
+// usable (--device auto), else on the CPU; the tokens are drawn on the host by cpu/sampling.h.
 void run_sample(const SampleArgs& a) {
   auto [cfg, params] = load_trained(a.m);
   if (a.tokens < 0) throw UserError("--tokens must be >= 0");
-  if (!(a.temperature > 0)) throw UserError("--temperature must be > 0");
+  SamplingOptions so;
+  so.temperature = a.temperature;
+  so.top_k = a.top_k;
+  so.top_p = a.top_p;
+  so.seed = a.seed;
+  validate_sampling_options(so, "--");
   const Tokenizer tok = Tokenizer::load(find_vocab_dir(a.vocab));
   std::vector<int> ids = tok.encode(a.prompt, /*allow_special=*/true);
-  if (ids.empty()) ids.push_back(50256);
+  if (ids.empty()) ids.push_back(kEndOfText);
   for (int id : ids)
     if (id >= cfg.model.vocab_size)
       throw UserError("--prompt encodes to token " + std::to_string(id) + ", outside the model's vocabulary");
-  const int T = cfg.model.block_size, V = cfg.model.vocab_size, Vp = cfg.model.padded_vocab_size;
-  cpu::Gpt2<float> model(cfg.model, 1, T);
-  std::vector<int> ctx(T, 0);
+  // The decoders are fp32 whatever precision the model was trained in.
+  bool use_gpu = false;
+  if (a.device != "cpu") {
+#ifdef SGPT_WITH_CUDA
+    cuda_select_device(0);
+#endif
+    std::string why;
+    use_gpu = gpu_usable(&why);
+    if (!use_gpu && a.device == "cuda") throw UserError("--device cuda was asked for but no GPU is usable: " + why);
+    if (!use_gpu) std::fprintf(stderr, "note: no usable GPU (%s); sampling on the CPU\n", why.c_str());
+  }
+  std::unique_ptr<Decoder> dec;
+#ifdef SGPT_WITH_CUDA
+  if (use_gpu) dec = make_cuda_decoder(cfg.model);
+#endif
+  if (!dec) dec = make_cpu_decoder(cfg.model);
+  dec->set_params(params.data());
   std::fputs(a.prompt.c_str(), stdout);
-  std::vector<std::pair<float, int>> cand(V);
-  for (int n = 0; n < a.tokens; ++n) {
-    const int len = std::min<int>(static_cast<int>(ids.size()), T);
-    std::copy(ids.end() - len, ids.end(), ctx.begin());
-    model.forward_logits(params.data(), ctx.data(), 1);
-    const float* l = model.logits() + static_cast<size_t>(len - 1) * Vp;
-    for (int v = 0; v < V; ++v) cand[v] = {l[v], v};
-    int k = a.top_k > 0 ? std::min(a.top_k, V) : V;
-    std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [](auto& x, auto& y) { return x.first > y.first; });
-    double sum = 0;
-    std::vector<double> w(k);
-    for (int i = 0; i < k; ++i) sum += w[i] = std::exp((cand[i].first - cand[0].first) / a.temperature);
-    const Philox4 r = philox(a.seed, static_cast<uint32_t>(n), 0, 0, kTextSampling);
-    double u = uniform01_double(r.v[0], r.v[1]) * sum;
-    int pick = cand[k - 1].second;
-    for (int i = 0; i < k; ++i) {
-      if (u < w[i]) { pick = cand[i].second; break; }
-      u -= w[i];
-    }
-    ids.push_back(pick);
-    const std::string piece = tok.decode(std::span<const int>(&pick, 1));
+  const auto t0 = std::chrono::steady_clock::now();
+  generate(*dec, ids, a.tokens, so, [&](int t) {
+    const std::string piece = tok.decode(std::span<const int>(&t, 1));
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
-  }
+  });
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::fputs("\n", stdout);
+  std::fflush(stdout);
+  std::fprintf(stderr, "%d tokens in %.3f s: %.1f tokens/s (%s; prompt of %zu tokens, %d slide(s))\n", a.tokens, s,
+               s > 0 ? a.tokens / s : 0.0, dec->name().c_str(), ids.size(), dec->slides());
 }
 
 struct EvalArgs {
   ModelArgs m;
   std::string device = "auto";
   int batches = 0;
+  std::string hellaswag;  // HellaSwag JSONL: score it instead of the validation loss
+  int64_t limit = 0;      // with hellaswag: the first N examples only (0: all)
+  std::string vocab;
 };
+
+// HellaSwag accuracy (llm.c's acc_norm; src/eval/hellaswag.h, docs/eval.md) of a trained model.
+void run_hellaswag_eval(const EvalArgs& a, const Config& cfg, bool use_gpu, const std::vector<float>& params) {
+  if (a.limit < 0) throw UserError("--limit must be >= 0 (0: every example)");
+  const auto t0 = std::chrono::steady_clock::now();
+  const Tokenizer tok = Tokenizer::load(find_vocab_dir(a.vocab));
+  const std::vector<HellaSwagExample> ex = load_hellaswag(a.hellaswag, tok, a.limit);
+  const int B = cfg.batch.micro_batch_size, T = cfg.model.block_size;
+  check_hellaswag(ex, cfg.model.vocab_size, T, a.hellaswag);
+  auto be = make_backend(cfg, use_gpu, B, params);
+  HellaSwagResult r;
+  try {
+    r = evaluate_hellaswag(*be, ex, 0, ex.size(), B, T, a.hellaswag);
+  } catch (const std::logic_error& e) {  // a backend without per-position losses
+    throw UserError("the " + be->name() + " backend cannot score HellaSwag (" + e.what() + "); try --device cpu");
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("hellaswag: acc_norm %.4f = %lld/%lld examples (%s, batches of %d x %d, %.1f s)\n", r.accuracy(),
+              static_cast<long long>(r.correct), static_cast<long long>(r.total), be->name().c_str(), B, T, s);
+  if (r.truncated > 0)
+    std::printf("note: %lld example(s) did not fit in block_size %d: their context was cut from the left\n",
+                static_cast<long long>(r.truncated), T);
+}
 
 // Validation loss of a trained model over the config's data.val (or --set data.val=...).
 void run_eval(const EvalArgs& a) {
   auto [cfg, params] = load_trained(a.m);
   cfg.device = a.device;
   const bool use_gpu = choose_gpu(cfg);
+  if (!a.hellaswag.empty()) return run_hellaswag_eval(a, cfg, use_gpu, params);
   if (cfg.data.val.empty()) throw UserError("config key 'data.val' is empty: nothing to evaluate on");
   LoaderOptions lo;
   lo.pattern = cfg.data.val;
@@ -335,22 +380,47 @@ void add_train_commands(CLI::App& app) {
   t->callback([args] { run_train(*args); });
 
   auto sargs = std::make_shared<SampleArgs>();
-  CLI::App* s = app.add_subcommand("sample", "Generate text from a trained model (CPU)");
+  CLI::App* s = app.add_subcommand("sample", "Generate text from a trained model (KV cache; GPU when usable)");
   add_model_options(s, sargs->m);
   s->add_option("-p,--prompt", sargs->prompt, "Text to continue");
   s->add_option("-n,--tokens", sargs->tokens, "Tokens to generate")->capture_default_str();
   s->add_option("--temperature", sargs->temperature, "Softmax temperature")->capture_default_str();
   s->add_option("--top-k", sargs->top_k, "Sample among the k most likely tokens (0: all)")->capture_default_str();
+  s->add_option("--top-p", sargs->top_p, "Nucleus: the fewest most likely tokens holding this much probability (1: all)")
+      ->capture_default_str();
   s->add_option("--seed", sargs->seed, "Sampling seed")->capture_default_str();
+  s->add_option("-d,--device", sargs->device, "cpu | cuda | auto (default: the GPU when one is usable)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str();
   s->add_option("--vocab", sargs->vocab, "Folder holding encoder.json and vocab.bpe (default: data/cache/gpt2)");
   s->callback([sargs] { run_sample(*sargs); });
 
   auto eargs = std::make_shared<EvalArgs>();
-  CLI::App* e = app.add_subcommand("eval", "Validation loss of a trained model");
+  CLI::App* e = app.add_subcommand("eval", "Validation loss (or HellaSwag accuracy) of a trained model");
   add_model_options(e, eargs->m);
   e->add_option("-d,--device", eargs->device, "cpu | cuda | auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   e->add_option("--batches", eargs->batches, "Micro-batches to average (default: the config's eval.batches)");
+  e->add_option("--hellaswag", eargs->hellaswag,
+                "HellaSwag JSONL (hellaswag_val.jsonl, docs/eval.md): report its accuracy instead of the validation loss");
+  e->add_option("--limit", eargs->limit, "With --hellaswag: the first N examples only (default: all)");
+  e->add_option("--vocab", eargs->vocab, "With --hellaswag: folder holding encoder.json and vocab.bpe (default: data/cache/gpt2)");
   e->callback([eargs] { run_eval(*eargs); });
+
+  // `info`: what this build and machine can do (scripts/demo.sh asks it whether a GPU is usable).
+  auto gpu_only = std::make_shared<bool>(false);
+  CLI::App* info = app.add_subcommand("info", "Whether this build has CUDA and a GPU is usable");
+  info->add_flag("--gpu-usable", *gpu_only, "Only the answer, as the exit code: 0 when a GPU is usable, 1 when not");
+  info->callback([gpu_only] {
+    std::string why;
+    const bool usable = gpu_usable(&why);
+    if (*gpu_only) throw ExitRequest(usable ? 0 : 1);
+#ifdef SGPT_WITH_CUDA
+    std::printf("cuda build: yes\n");
+#else
+    std::printf("cuda build: no\n");
+#endif
+    std::printf("gpu: %s\n", usable ? "usable" : ("not usable (" + why + ")").c_str());
+  });
 }
 
 }  // namespace sgpt

@@ -184,12 +184,25 @@ Config config_from_json(const json& j, const std::string& source,
   read_section(top, "eval", source, [&](ObjectReader& r) {
     r.get("every", c.eval.every);
     r.get("batches", c.eval.batches);
+    r.get("hellaswag_every", c.eval.hellaswag_every);
+    r.get("hellaswag_file", c.eval.hellaswag_file);
   });
   read_section(top, "checkpoint", source, [&](ObjectReader& r) {
     r.get("every", c.checkpoint.every);
     r.get("keep", c.checkpoint.keep);
   });
-  read_section(top, "log", source, [&](ObjectReader& r) { r.get("every", c.log.every); });
+  read_section(top, "log", source, [&](ObjectReader& r) {
+    r.get("every", c.log.every);
+    r.get("peak_tflops", c.log.peak_tflops);
+  });
+  read_section(top, "sample", source, [&](ObjectReader& r) {
+    r.get("every", c.sample.every);
+    r.get("tokens", c.sample.tokens);
+    r.get("prompt", c.sample.prompt);
+    r.get("temperature", c.sample.temperature);
+    r.get("top_k", c.sample.top_k);
+    r.get("top_p", c.sample.top_p);
+  });
   read_section(top, "dist", source, [&](ObjectReader& r) {
     r.get("init", c.dist.init);
     r.get("timeout_s", c.dist.timeout_s);
@@ -199,6 +212,8 @@ Config config_from_json(const json& j, const std::string& source,
   top.get("precision", c.precision);
   top.get("device", c.device);
   top.get("attention", c.attention);
+  top.get("recompute", c.recompute);
+  top.get("grad_accum_precision", c.grad_accum_precision);
   top.finish();
   c.model.padded_vocab_size = pad_vocab(c.model.vocab_size);
   return c;
@@ -225,14 +240,19 @@ json config_to_json(const Config& c) {
        {{"micro_batch_size", c.batch.micro_batch_size},
         {"total_batch_tokens", c.batch.total_batch_tokens}}},
       {"data", {{"train", c.data.train}, {"val", c.data.val}, {"format", c.data.format}}},
-      {"eval", {{"every", c.eval.every}, {"batches", c.eval.batches}}},
+      {"eval", {{"every", c.eval.every}, {"batches", c.eval.batches},
+                {"hellaswag_every", c.eval.hellaswag_every}, {"hellaswag_file", c.eval.hellaswag_file}}},
       {"checkpoint", {{"every", c.checkpoint.every}, {"keep", c.checkpoint.keep}}},
-      {"log", {{"every", c.log.every}}},
+      {"log", {{"every", c.log.every}, {"peak_tflops", c.log.peak_tflops}}},
+      {"sample", {{"every", c.sample.every}, {"tokens", c.sample.tokens}, {"prompt", c.sample.prompt},
+                  {"temperature", c.sample.temperature}, {"top_k", c.sample.top_k}, {"top_p", c.sample.top_p}}},
       {"dist", {{"init", c.dist.init}, {"timeout_s", c.dist.timeout_s}, {"zero", c.dist.zero}}},
       {"seed", c.seed},
       {"precision", c.precision},
       {"device", c.device},
       {"attention", c.attention},
+      {"recompute", c.recompute},
+      {"grad_accum_precision", c.grad_accum_precision},
   };
 }
 
@@ -306,6 +326,23 @@ void Config::validate(int world) const {
   if (checkpoint.every < 0) bad("checkpoint.every", "must be >= 0 (0 = only the final checkpoint)");
   if (checkpoint.keep < 1) bad("checkpoint.keep", "must be >= 1");
   if (log.every < 1) bad("log.every", "must be >= 1");
+  if (!(log.peak_tflops >= 0))
+    bad("log.peak_tflops", "must be >= 0 (TFLOP/s of the device for MFU; 0 = detect from the GPU's name), got " +
+                               std::to_string(log.peak_tflops));
+  if (eval.hellaswag_every < 0) bad("eval.hellaswag_every", "must be >= 0 (0 disables)");
+  // That the file exists is checked before training (check_data), not here: a finished run's
+  // config.json stays loadable (eval, sample) after the file moved.
+  if (eval.hellaswag_every > 0 && eval.hellaswag_file.empty())
+    bad("eval.hellaswag_file", "is empty but eval.hellaswag_every is " + std::to_string(eval.hellaswag_every) +
+                                   ": name the HellaSwag JSONL (docs/eval.md)");
+  if (sample.every < 0) bad("sample.every", "must be >= 0 (0 disables), got " + std::to_string(sample.every));
+  if (sample.tokens < 1 || sample.tokens > 1000000)
+    bad("sample.tokens", "must be in [1, 1000000], got " + std::to_string(sample.tokens));
+  if (!(sample.temperature > 0) || !std::isfinite(sample.temperature))
+    bad("sample.temperature", "must be a finite number > 0, got " + std::to_string(sample.temperature));
+  if (sample.top_k < 0) bad("sample.top_k", "must be >= 0 (0 = no cut), got " + std::to_string(sample.top_k));
+  if (!(sample.top_p > 0 && sample.top_p <= 1))
+    bad("sample.top_p", "must be in (0, 1] (1 = no cut), got " + std::to_string(sample.top_p));
   if (!(dist.timeout_s >= 0)) bad("dist.timeout_s", "must be >= 0 (0 = wait forever)");
   if (dist.zero != 0 && dist.zero != 1) bad("dist.zero", "must be 0 or 1, got " + std::to_string(dist.zero));
   if (!dist.init.empty() && dist.init.rfind("tcp://", 0) != 0 && dist.init.rfind("file://", 0) != 0)
@@ -314,6 +351,11 @@ void Config::validate(int world) const {
     bad("precision", "must be \"fp32\" or \"bf16\", got \"" + precision + "\"");
   if (device != "auto" && device != "cpu" && device != "cuda")
     bad("device", "must be \"auto\", \"cpu\" or \"cuda\", got \"" + device + "\"");
+  if (grad_accum_precision != "auto" && grad_accum_precision != "fp32" && grad_accum_precision != "bf16")
+    bad("grad_accum_precision", "must be \"auto\", \"fp32\" or \"bf16\", got \"" + grad_accum_precision + "\"");
+  if (recompute < 0 || recompute > 2)
+    bad("recompute", "must be 0 (keep every activation), 1 (recompute the GELU outputs) or 2 "
+                     "(also the LayerNorm outputs), got " + std::to_string(recompute));
   if (attention != "auto" && attention != "own" && attention != "cudnn")
     bad("attention", "must be \"auto\", \"own\" or \"cudnn\", got \"" + attention + "\"");
   if (attention == "cudnn" && precision != "bf16")

@@ -52,6 +52,8 @@ struct DataConfig {
 struct EvalConfig {
   int64_t every = 1000;  // 0 disables
   int batches = 200;
+  int64_t hellaswag_every = 0;  // HellaSwag accuracy every N steps (and at the end); 0 disables
+  std::string hellaswag_file;   // the HellaSwag JSONL (src/eval/hellaswag.h, docs/eval.md)
 };
 
 struct CheckpointConfig {
@@ -61,6 +63,18 @@ struct CheckpointConfig {
 
 struct LogConfig {
   int64_t every = 10;    // console line every N steps (log.jsonl gets every step)
+  double peak_tflops = 0;  // device peak for MFU (src/eval/mfu.h); 0 = detect from the GPU's name
+};
+
+// Samples printed during training (docs/sampling.md): rank 0 decodes `tokens` tokens every
+// `every` steps with the KV-cache decoder (the GPU one when training on the GPU).
+struct SampleConfig {
+  int64_t every = 0;         // 0 disables
+  int tokens = 64;           // tokens per sample, >= 1
+  std::string prompt;        // "" = the end-of-text token (docs/config.md)
+  double temperature = 1.0;  // > 0
+  int top_k = 40;            // 0 = no cut
+  double top_p = 1.0;        // in (0, 1]; 1 = no cut
 };
 
 struct DistConfig {
@@ -78,11 +92,20 @@ struct Config {
   EvalConfig eval;
   CheckpointConfig checkpoint;
   LogConfig log;
+  SampleConfig sample;
   DistConfig dist;
   uint64_t seed = 1337;
   std::string precision = "fp32";  // "fp32" | "bf16" (bf16 needs the CUDA backend)
   std::string device = "auto";     // "auto" | "cpu" | "cuda"
   std::string attention = "auto";  // GPU attention: "auto" | "own" | "cudnn" (train/backend.h)
+  int recompute = 0;  // GPU activation recompute: 0 none, 1 GELU outputs, 2 also LayerNorm outputs
+  // bf16 mode: gradients summed over micro-steps in "fp32" or in the "bf16" gradient buffer;
+  // "auto": fp32 when a step has more than one micro-step per process (docs/decisions.md). fp32
+  // precision: always fp32.
+  std::string grad_accum_precision = "auto";
+  bool grad_accum_fp32(int world = 1) const {
+    return grad_accum_precision == "fp32" || (grad_accum_precision == "auto" && grad_accum_steps(world) > 1);
+  }
 
   // Derived (not keys): gradient accumulation steps and Sophia's bs, for a world of `world`
   // processes. Validated in validate(world).

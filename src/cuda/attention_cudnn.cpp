@@ -14,6 +14,7 @@
 //   stats (lse)          dims [B,NH,T,1]   strides [NH*T, T, 1, 1]
 #include "cuda/attention_cudnn.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <initializer_list>
@@ -410,8 +411,14 @@ std::string shape_text(int B, int T, int C, int NH) {
 struct CudnnAttention::Impl {
   cudnnHandle_t handle = nullptr;
   std::map<std::array<int, 5>, std::unique_ptr<Plan>> plans;  // {backward?, B, T, C, NH}
-  DeviceBuffer<unsigned char> workspace;
+  DeviceBuffer<unsigned char> workspace;  // used when the caller lends none
+  int64_t max_workspace = 0;               // the largest workspace of the plans built so far
   int64_t fwd_engine = -1, bwd_engine = -1;
+
+  void* own_workspace(int64_t bytes) {
+    if (workspace.size() < static_cast<size_t>(bytes)) workspace.resize(static_cast<size_t>(bytes));
+    return workspace.get();
+  }
 
   ~Impl() {
     plans.clear();  // plans reference the handle
@@ -440,13 +447,16 @@ struct CudnnAttention::Impl {
                                shape_text(B, T, C, NH) + ": " + why);
     }
     (backward ? bwd_engine : fwd_engine) = slot->engine;
-    if (workspace.size() < static_cast<size_t>(slot->workspace))
-      workspace.resize(static_cast<size_t>(slot->workspace));
+    max_workspace = std::max(max_workspace, slot->workspace);
     return *slot;
   }
 };
 
 bool CudnnAttention::built() { return true; }
+std::string CudnnAttention::runtime_version() {
+  const size_t v = cudnnGetVersion();
+  return std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100);
+}
 
 CudnnAttention::CudnnAttention() : impl_(std::make_unique<Impl>()) {
   SGPT_CUDNN(cudnnCreate(&impl_->handle));
@@ -459,6 +469,14 @@ void CudnnAttention::prepare(int B, int T, int C, int NH) {
   impl_->plan(true, B, T, C, NH);
 }
 
+size_t CudnnAttention::workspace_bytes(int B, int T, int C, int NH) {
+  const int64_t f = impl_->plan(false, B, T, C, NH).workspace;
+  const int64_t b = impl_->plan(true, B, T, C, NH).workspace;
+  return static_cast<size_t>(std::max(f, b));
+}
+
+size_t CudnnAttention::own_workspace_bytes() const { return impl_->workspace.size(); }
+
 namespace {
 // The tensors are declared 16-byte aligned to cuDNN; a pointer that is not would be undefined.
 void check_aligned(std::initializer_list<const void*> ptrs) {
@@ -469,21 +487,23 @@ void check_aligned(std::initializer_list<const void*> ptrs) {
 }  // namespace
 
 void CudnnAttention::forward(bf16* out, float* lse, const bf16* inp, int B, int T, int C, int NH,
-                             float scale, cudaStream_t stream) {
-  check_aligned({out, lse, inp});
+                             float scale, cudaStream_t stream, void* workspace) {
+  check_aligned({out, lse, inp, workspace});
   Plan& p = impl_->plan(false, B, T, C, NH);
+  if (!workspace) workspace = impl_->own_workspace(p.workspace);
   SGPT_CUDNN(cudnnSetStream(impl_->handle, stream));
   float mask_value = std::numeric_limits<float>::lowest();
   auto* q = const_cast<bf16*>(inp);
   execute(impl_->handle, p, {kQ, kK, kV, kO, kStats, kScale, kMaskValue},
-          {q, q + C, q + 2 * C, out, lse, &scale, &mask_value}, impl_->workspace.get());
+          {q, q + C, q + 2 * C, out, lse, &scale, &mask_value}, workspace);
 }
 
 void CudnnAttention::backward(bf16* dinp, const bf16* dout, const bf16* inp, const bf16* out,
                               const float* lse, int B, int T, int C, int NH, float scale,
-                              cudaStream_t stream) {
-  check_aligned({dinp, dout, inp, out, lse});
+                              cudaStream_t stream, void* workspace) {
+  check_aligned({dinp, dout, inp, out, lse, workspace});
   Plan& p = impl_->plan(true, B, T, C, NH);
+  if (!workspace) workspace = impl_->own_workspace(p.workspace);
   SGPT_CUDNN(cudnnSetStream(impl_->handle, stream));
   float mask_value = std::numeric_limits<float>::lowest(), one = 1.0f;
   auto* q = const_cast<bf16*>(inp);
@@ -491,7 +511,7 @@ void CudnnAttention::backward(bf16* dinp, const bf16* dout, const bf16* inp, con
           {kQ, kK, kV, kO, kDO, kStats, kDQ, kDK, kDV, kScale, kMaskValue, kOne},
           {q, q + C, q + 2 * C, const_cast<bf16*>(out), const_cast<bf16*>(dout),
            const_cast<float*>(lse), dinp, dinp + C, dinp + 2 * C, &scale, &mask_value, &one},
-          impl_->workspace.get());
+          workspace);
 }
 
 std::string CudnnAttention::describe() const {
@@ -500,8 +520,8 @@ std::string CudnnAttention::describe() const {
                   std::to_string(v % 100);
   if (impl_->fwd_engine >= 0) s += ", forward engine " + std::to_string(impl_->fwd_engine);
   if (impl_->bwd_engine >= 0) s += ", backward engine " + std::to_string(impl_->bwd_engine);
-  if (impl_->workspace.size() > 0)
-    s += ", workspace " + std::to_string((impl_->workspace.size() + (1 << 20) - 1) >> 20) + " MiB";
+  if (impl_->max_workspace > 0)
+    s += ", workspace " + std::to_string((impl_->max_workspace + (1 << 20) - 1) >> 20) + " MiB";
   return s;
 }
 
@@ -509,14 +529,18 @@ std::string CudnnAttention::describe() const {
 
 struct CudnnAttention::Impl {};
 bool CudnnAttention::built() { return false; }
+std::string CudnnAttention::runtime_version() { return ""; }
 CudnnAttention::CudnnAttention() {
   throw std::runtime_error("cuDNN attention: this build has no cuDNN (CMake did not find libcudnn)");
 }
 CudnnAttention::~CudnnAttention() = default;
 void CudnnAttention::prepare(int, int, int, int) {}
-void CudnnAttention::forward(bf16*, float*, const bf16*, int, int, int, int, float, cudaStream_t) {}
+size_t CudnnAttention::workspace_bytes(int, int, int, int) { return 0; }
+size_t CudnnAttention::own_workspace_bytes() const { return 0; }
+void CudnnAttention::forward(bf16*, float*, const bf16*, int, int, int, int, float, cudaStream_t,
+                             void*) {}
 void CudnnAttention::backward(bf16*, const bf16*, const bf16*, const bf16*, const float*, int, int,
-                              int, int, float, cudaStream_t) {}
+                              int, int, float, cudaStream_t, void*) {}
 std::string CudnnAttention::describe() const { return "no cuDNN"; }
 
 #endif

@@ -34,6 +34,8 @@ class CudnnAttention {
 
   // Whether this build links cuDNN.
   static bool built();
+  // The cuDNN library loaded at run time, "9.19.0" (empty in a build without cuDNN).
+  static std::string runtime_version();
   // Whether the shapes are ones cuDNN's fused attention supports: head size C/NH a multiple of 8
   // and at most 128, C a multiple of 8 (16-byte aligned q, k, v column blocks).
   static bool supports(int C, int NH);
@@ -42,10 +44,20 @@ class CudnnAttention {
   // shape or a missing engine is reported here rather than at the first training step.
   void prepare(int B, int T, int C, int NH);
 
+  // The workspace bytes the forward and backward plans of this shape need (the larger of the
+  // two; builds the plans when not cached yet).
+  size_t workspace_bytes(int B, int T, int C, int NH);
+
+  // `workspace`: device memory of at least workspace_bytes(B, T, C, NH) bytes, 16-byte aligned,
+  // that nothing else uses during the call (the model lends a region of its logits buffer, dead
+  // at those times); nullptr: a workspace owned by this object, grown on demand.
   void forward(bf16* out, float* lse, const bf16* inp, int B, int T, int C, int NH, float scale,
-               cudaStream_t stream);
+               cudaStream_t stream, void* workspace = nullptr);
   void backward(bf16* dinp, const bf16* dout, const bf16* inp, const bf16* out, const float* lse,
-                int B, int T, int C, int NH, float scale, cudaStream_t stream);
+                int B, int T, int C, int NH, float scale, cudaStream_t stream,
+                void* workspace = nullptr);
+  // Bytes of the workspace owned by this object (0 while every call got one from the caller).
+  size_t own_workspace_bytes() const;
 
   // "cuDNN <runtime version>, forward engine <index>, backward engine <index>, workspace <MiB>"
   // (engines of the plans built so far; the workspace is the largest any of them needs), for logs

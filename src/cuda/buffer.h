@@ -28,11 +28,20 @@ class DeviceBuffer {
     return *this;
   }
 
-  // Reallocates (contents lost) when n differs from the current size.
+  // Reallocates (contents lost) when n differs from the current size. A failed cudaMalloc (out
+  // of memory) throws with the buffer left empty and CUDA's last-error state cleared, so the
+  // process can free memory and carry on (cudaGetLastError would otherwise report it at the next
+  // kernel launch check).
   void resize(size_t n) {
     if (n == n_) return;
     release();
-    if (n > 0) SGPT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_), n * sizeof(T)));
+    if (n == 0) return;
+    const cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&ptr_), n * sizeof(T));
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      ptr_ = nullptr;
+      SGPT_CUDA_CHECK(e);
+    }
     n_ = n;
   }
   void release() {
@@ -73,6 +82,7 @@ class Scratch {
     if (buf_.size() < n) buf_.resize(n);
     return buf_.get();
   }
+  size_t bytes() const { return buf_.bytes(); }
 
  private:
   DeviceBuffer<float> buf_;

@@ -7,9 +7,17 @@
 // (activations, kernels) is Gpt2Cuda<W>; the optimizer, norm and cast kernels are those of
 // cuda/optim_cuda.h, each one launch over the whole flat buffer.
 //
-// Stochastic rounding of the bf16 weights is keyed by (kRoundingSeed, optimizer step counter of
+// Stochastic rounding of the bf16 weights is keyed by (rounding seed, optimizer step counter of
 // this backend) and the global flat index, so two identical runs produce identical bits, with any
-// number of ranks and with ZeRO-1 on or off.
+// number of ranks and with ZeRO-1 on or off. The seed comes from the run's `seed`
+// (set_rounding); the counter and the bf16 working weights themselves (slot "working") are saved
+// in checkpoints, so a resumed bf16 run continues with the same bits (docs/reliability.md).
+//
+// Gradient accumulation in bf16 mode (set_grad_accum_fp32): by default each micro-step's
+// backward adds into the bf16 gradient buffer. With fp32 accumulation the backward writes each
+// micro-step's gradient into the (zeroed) bf16 buffer and it is added into an fp32 buffer, which
+// is what the optimizer, the norm, the Hessian EMA and the reduction over ranks then use - the
+// arithmetic of PyTorch autocast with fp32 parameters (docs/decisions.md).
 //
 // Data parallel (DistOptions with an NcclComm of W > 1 ranks; docs/multi_gpu.md). The gradient
 // and working-weight buffers are padded to dist::ShardLayout::padded. On the last micro-step of a
@@ -99,6 +107,7 @@ class CudaBackend final : public Backend {
     lo_ = sharded_ ? shard_.begin(dist_.rank()) : 0;
     cnt_ = sharded_ ? shard_.owned(dist_.rank()) : layout_.total;
     master_.resize(kFp32 ? shard_.padded : state_size());
+    rounding_seed_ = kRoundingSeed;
     if constexpr (!kFp32) weights_.resize(shard_.padded);
     grads_.resize(shard_.padded);
     SGPT_CUDA_CHECK(cudaMemsetAsync(master_.get(), 0, master_.bytes(), stream_));
@@ -121,11 +130,37 @@ class CudaBackend final : public Backend {
     return std::string(kFp32 ? "cuda-fp32" : "cuda-bf16") + ", attention " + model_.attention_name();
   }
   void set_attention(AttentionImpl attention) override { model_.set_attention(attention); }
+  void set_recompute(int level) override { model_.set_recompute(level); }
+  std::vector<std::pair<std::string, size_t>> memory_breakdown() const override {
+    return model_.memory_breakdown({{"params fp32 master", master_.bytes()}, {"params working (bf16)", weights_.bytes()}, {"grads", grads_.bytes()}, {"grads fp32 accumulation", acc_.bytes()}, {"optimizer m", m_.bytes()}, {"optimizer h", h_.bytes()}, {"optimizer v", v_.bytes()}});
+  }
   const ModelConfig& model() const override { return cfg_; }
   const ParamLayout& layout() const override { return layout_; }
 
   void zero_grad() override {
-    SGPT_CUDA_CHECK(cudaMemsetAsync(grads_.get(), 0, grads_.bytes(), stream_));
+    if (acc32_) SGPT_CUDA_CHECK(cudaMemsetAsync(acc_.get(), 0, acc_.bytes(), stream_));
+    else SGPT_CUDA_CHECK(cudaMemsetAsync(grads_.get(), 0, grads_.bytes(), stream_));
+  }
+
+  void set_grad_accum_fp32(bool on) override {
+    if constexpr (kFp32) return;  // fp32 gradients accumulate in fp32 already
+    if (on == acc32_) return;
+    acc32_ = on;
+    if (on) {
+      acc_.resize(shard_.padded);
+      SGPT_CUDA_CHECK(cudaMemsetAsync(acc_.get(), 0, acc_.bytes(), stream_));
+    } else {
+      acc_ = DeviceBuffer<float>();
+    }
+    zero_grad();
+  }
+  bool grad_accum_fp32() const override { return kFp32 || acc32_; }
+
+  bool has_working_weights() const override { return !kFp32; }
+  uint32_t rounding_counter() const override { return opt_step_; }
+  void set_rounding(uint64_t seed, uint32_t counter) override {
+    rounding_seed_ = seed;
+    opt_step_ = counter;
   }
 
   float train_micro(const int* inp, const int* tgt, int B, int T, float grad_scale) override {
@@ -154,14 +189,55 @@ class CudaBackend final : public Backend {
     return model_.read_mean_loss();
   }
 
+  // Per-position losses (HellaSwag): positions with tgt < 0 are scored against token 0 and
+  // reported as 0.
+  void eval_losses(const int* inp, const int* tgt, int B, int T, float* losses_out) override {
+    check_T(T);
+    const size_t n = static_cast<size_t>(B) * T;
+    std::vector<int> t(tgt, tgt + n);
+    for (int& x : t) x = std::max(x, 0);
+    model_.forward_logits(weights(), inp, B);
+    model_.set_targets(t.data());
+    model_.loss(1.0f, /*write_dlogits=*/false);
+    SGPT_CUDA_CHECK(cudaMemcpyAsync(losses_out, model_.losses(), n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    SGPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (size_t i = 0; i < n; ++i)
+      if (tgt[i] < 0) losses_out[i] = 0.0f;
+  }
+
+  std::string device_name() const override {
+    int dev = 0;
+    cudaDeviceProp p{};
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess) return "";
+    return p.name;
+  }
+  nlohmann::json machine_info() const override {
+    int dev = 0, driver = 0, runtime = 0;
+    cudaGetDevice(&dev);
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    cudaDeviceProp p{};
+    cudaGetDeviceProperties(&p, dev);
+    auto ver = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+    nlohmann::json j{{"device", p.name}, {"device_memory_mib", p.totalGlobalMem >> 20},
+                     {"compute_capability", std::to_string(p.major) + "." + std::to_string(p.minor)},
+                     {"cuda_driver", ver(driver)}, {"cuda_runtime", ver(runtime)},
+                     {"attention", model_.attention_name()}, {"world", dist_.world()}};
+    if (cuda::CudnnAttention::built()) j["cudnn"] = cuda::CudnnAttention::runtime_version();
+#ifdef SGPT_WITH_NCCL
+    j["nccl"] = NcclComm::version();
+#endif
+    return j;
+  }
+
   void begin_last_micro() override { reduce_in_backward_ = dist_.world() > 1; }
 
   void reduce_grad() override {
     if (dist_.world() == 1) return;
     reduce_in_backward_ = false;
     if (!reduced_) {  // no overlap: the whole buffer at once, on the compute stream
-      if (sharded_) nccl_->reduce_scatter_dev(grads_.get(), shard_.shard, comm_type(), stream_);
-      else nccl_->allreduce_dev(grads_.get(), layout_.total, comm_type(), stream_);
+      if (sharded_) nccl_->reduce_scatter_dev(grad_buf(), shard_.shard, grad_type(), stream_);
+      else nccl_->allreduce_dev(grad_buf(), layout_.total, grad_type(), stream_);
     } else {
       SGPT_CUDA_CHECK(cudaEventRecord(ev_comm_, comm_stream_));
       SGPT_CUDA_CHECK(cudaStreamWaitEvent(stream_, ev_comm_, 0));
@@ -184,11 +260,13 @@ class CudaBackend final : public Backend {
   // Without ZeRO every rank holds the same whole gradient: its own sum is the global one.
   double grad_sum_squares() override {
     if (cnt_ == 0) SGPT_CUDA_CHECK(cudaMemsetAsync(reduce_.results(), 0, sizeof(double), stream_));
-    else cuda::grad_sum_squares(grads_.get() + lo_, cnt_, reduce_, stream_);
+    else with_grad([&](auto* g) { cuda::grad_sum_squares(g + lo_, cnt_, reduce_, stream_); });
     if (sharded_) nccl_->allreduce_dev(reduce_.results(), 1, CommType::kDouble, stream_);
     return cuda::read_sum_squares(reduce_, stream_);
   }
-  void scale_grad(float s) override { cuda::scale_grad(grads_.get() + lo_, cnt_, s, stream_); }
+  void scale_grad(float s) override {
+    with_grad([&](auto* g) { cuda::scale_grad(g + lo_, cnt_, s, stream_); });
+  }
 
   void sophia_step(const SophiaConsts& c, SophiaMetrics* metrics) override {
     ensure(m_);
@@ -197,8 +275,11 @@ class CudaBackend final : public Backend {
       SGPT_CUDA_CHECK(cudaMemsetAsync(reduce_.results(), 0, 3 * sizeof(double), stream_));
       next_key();
     } else {
-      cuda::sophia_step(master(), m_.get(), h_.get(), grads_.get() + lo_, weights_out(), cnt_,
-                        decay_, c, next_key(), metrics ? &reduce_ : nullptr, stream_);
+      const cuda::RoundingKey key = next_key();
+      with_grad([&](auto* g) {
+        cuda::sophia_step(master(), m_.get(), h_.get(), g + lo_, weights_out(), cnt_, decay_, c,
+                          key, metrics ? &reduce_ : nullptr, stream_);
+      });
     }
     if (metrics) {
       if (sharded_) nccl_->allreduce_dev(reduce_.results(), 3, CommType::kDouble, stream_);
@@ -209,15 +290,20 @@ class CudaBackend final : public Backend {
 
   void hessian_ema(const HessianConsts& c) override {
     ensure(h_);
-    cuda::hessian_ema(h_.get(), grads_.get() + lo_, cnt_, c, stream_);
+    with_grad([&](auto* g) { cuda::hessian_ema(h_.get(), g + lo_, cnt_, c, stream_); });
   }
 
   void adamw_step(const AdamWConsts& c) override {
     ensure(m_);
     ensure(v_);
     if (cnt_ == 0) next_key();
-    else cuda::adamw_step(master(), m_.get(), v_.get(), grads_.get() + lo_, weights_out(), cnt_,
-                          decay_, c, next_key(), stream_);
+    else {
+      const cuda::RoundingKey key = next_key();
+      with_grad([&](auto* g) {
+        cuda::adamw_step(master(), m_.get(), v_.get(), g + lo_, weights_out(), cnt_, decay_, c, key,
+                         stream_);
+      });
+    }
     gather_weights();
   }
 
@@ -235,12 +321,23 @@ class CudaBackend final : public Backend {
   // holds the reduced sums). Sharded state is all-gathered (collective).
   void get(const std::string& slot, std::vector<float>& out) override {
     if (slot == "grad") {
-      out = to_host_float(grads_.get());
+      if (acc32_) {
+        out = acc_.download(stream_);
+        out.resize(layout_.total);
+      } else {
+        out = to_host_float(grads_.get());
+      }
       return;
     }
     if constexpr (kFp32) {
-      if (slot == "params") {
+      if (slot == "params" || slot == "working") {
         out = to_host_float(master_.get());
+        return;
+      }
+    }
+    if constexpr (!kFp32) {
+      if (slot == "working") {  // the bf16 working weights (whole on every rank), widened exactly
+        out = to_host_float(weights_.get());
         return;
       }
     }
@@ -265,6 +362,17 @@ class CudaBackend final : public Backend {
     DeviceBuffer<float> tmp(shard_.padded);
     SGPT_CUDA_CHECK(cudaMemsetAsync(tmp.get(), 0, tmp.bytes(), stream_));
     tmp.upload(in.data(), in.size(), stream_);
+    if (slot == "grad" && acc32_) {
+      SGPT_CUDA_CHECK(cudaMemcpyAsync(acc_.get(), tmp.get(), tmp.bytes(), cudaMemcpyDeviceToDevice, stream_));
+      SGPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      return;
+    }
+    if (slot == "working") {  // bf16 values held exactly in fp32: rounding them is the identity
+      if constexpr (kFp32) throw std::invalid_argument("CudaBackend: no separate working weights in fp32");
+      else cuda::cast_rn(tmp.get(), weights_.get(), in.size(), stream_);
+      SGPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      return;
+    }
     if (slot == "grad" || (slot == "params" && !kFp32)) {
       W* dst = slot == "grad" ? grads_.get() : weights_.get();
       if constexpr (kFp32) SGPT_CUDA_CHECK(cudaMemcpyAsync(dst, tmp.get(), tmp.bytes(), cudaMemcpyDeviceToDevice, stream_));
@@ -305,6 +413,19 @@ class CudaBackend final : public Backend {
   }
   size_t state_size() const { return sharded_ ? shard_.shard : layout_.total; }
   static constexpr CommType comm_type() { return kFp32 ? CommType::kFloat : CommType::kBf16; }
+  // The gradient the optimizer sees: the fp32 accumulator when there is one, else the W buffer.
+  template <class F>
+  void with_grad(F&& f) {
+    if constexpr (!kFp32) {
+      if (acc32_) {
+        f(acc_.get());
+        return;
+      }
+    }
+    f(grads_.get());
+  }
+  void* grad_buf() { return acc32_ ? static_cast<void*>(acc_.get()) : static_cast<void*>(grads_.get()); }
+  CommType grad_type() const { return acc32_ ? CommType::kFloat : comm_type(); }
 
   std::vector<float> to_host_float(const W* p) {
     std::vector<float> out;
@@ -324,8 +445,10 @@ class CudaBackend final : public Backend {
   // handed to reduce_layer (overlap), unless SGPT_DIST_OVERLAP=0 (then reduce_grad() reduces the
   // whole buffer after the backward).
   void backward() {
+    if (acc32_) SGPT_CUDA_CHECK(cudaMemsetAsync(grads_.get(), 0, grads_.bytes(), stream_));
     if (!(reduce_in_backward_ && overlap_)) {
       model_.backward(weights(), grads_.get());
+      if (acc32_) cuda::accumulate_float(grads_.get(), acc_.get(), layout_.total, stream_);
       return;
     }
     const std::function<void(int)> hook = [this](int l) { reduce_layer(l); };
@@ -335,23 +458,36 @@ class CudaBackend final : public Backend {
 
   // Reduces the gradient slices of layer l (l = -1: the tensors outside the layers) on the
   // communication stream, after the compute stream's work so far.
+  // With fp32 accumulation the layer's micro-step gradient is first added into the fp32 buffer
+  // (compute stream) and the fp32 sums are reduced.
   void reduce_layer(int l) {
-    SGPT_CUDA_CHECK(cudaEventRecord(ev_compute_, stream_));
-    SGPT_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, ev_compute_, 0));
-    nccl_->group_start();
+    std::pair<size_t, size_t> ranges[kNumParamTensors];
+    int nr = 0;
     for (int i = 0; i < kNumParamTensors; ++i) {
       if (layout_.size[i] == 0) continue;
       const bool global = i == kWte || i == kWpe || i == kLnfw || i == kLnfb;
       if (global != (l < 0)) continue;
       const size_t b = global ? layout_.offset[i] : layout_.layer_offset(i, l, cfg_.n_layer);
-      const size_t e = b + (global ? layout_.size[i] : layout_.size[i] / cfg_.n_layer);
+      ranges[nr++] = {b, b + (global ? layout_.size[i] : layout_.size[i] / cfg_.n_layer)};
+    }
+    if (acc32_)
+      for (int r = 0; r < nr; ++r)
+        cuda::accumulate_float(grads_.get() + ranges[r].first, acc_.get() + ranges[r].first,
+                               ranges[r].second - ranges[r].first, stream_);
+    SGPT_CUDA_CHECK(cudaEventRecord(ev_compute_, stream_));
+    SGPT_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, ev_compute_, 0));
+    const size_t esz = acc32_ ? sizeof(float) : sizeof(W);
+    char* base = static_cast<char*>(grad_buf());
+    nccl_->group_start();
+    for (int r = 0; r < nr; ++r) {
+      const auto [b, e] = ranges[r];
       if (!sharded_) {
-        nccl_->allreduce_dev(grads_.get() + b, e - b, comm_type(), comm_stream_);
+        nccl_->allreduce_dev(base + b * esz, e - b, grad_type(), comm_stream_);
         continue;
       }
       for (int q = 0; q < dist_.world(); ++q) {  // the part of [b, e) that rank q owns
         const size_t qb = std::max(b, shard_.begin(q)), qe = std::min(e, shard_.begin(q) + shard_.owned(q));
-        if (qb < qe) nccl_->reduce_dev(grads_.get() + qb, qe - qb, comm_type(), q, comm_stream_);
+        if (qb < qe) nccl_->reduce_dev(base + qb * esz, qe - qb, grad_type(), q, comm_stream_);
       }
     }
     nccl_->group_end();
@@ -366,7 +502,7 @@ class CudaBackend final : public Backend {
   }
   cuda::RoundingKey next_key() {
     cuda::RoundingKey k;
-    k.seed = kRoundingSeed;
+    k.seed = rounding_seed_;
     k.step = opt_step_++;
     k.index_base = lo_;  // the optimizer runs on this rank's range: decay mask and rounding by global index
     return k;
@@ -394,6 +530,9 @@ class CudaBackend final : public Backend {
   cuda::ReduceScratch reduce_;
   DeviceBuffer<float> master_, m_, h_, v_;
   DeviceBuffer<W> weights_, grads_;
+  DeviceBuffer<float> acc_;  // fp32 gradient accumulation (bf16 mode, set_grad_accum_fp32)
+  bool acc32_ = false;
+  uint64_t rounding_seed_ = 0;
   uint32_t opt_step_ = 0;
   DistOptions dist_;
   dist::ShardLayout shard_;

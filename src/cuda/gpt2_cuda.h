@@ -3,11 +3,33 @@
 // __nv_bfloat16 (weights, activations and gradients in T; LayerNorm statistics, attention
 // log-sum-exp and losses in fp32).
 //
-// Activations for max_B x T rows, per layer l ([L, N, ...]): ln1 [C] + mean/rstd, qkv [3C],
-// atty [C], lse [NH, T] (per sequence), res2 [C], ln2 [C] + mean/rstd, fch [4C], fch_gelu [4C],
-// res3 [C]; shared: encoded [C], proj [C], lnf [C] + mean/rstd, logits [Vp], losses. The backward
-// reuses one layer's worth of gradient scratch and writes dlogits over the logits. In bf16 the GELU
-// runs in the cuBLASLt epilogues of the fc (forward) and fcproj (backward, dinp) matmuls.
+// Activations for max_B x T rows (N = max_B * T), per layer l ([L, N, ...], each layer's block
+// starting 256-byte aligned): ln1 [C] + mean/rstd, qkv [3C], atty [C], lse [NH, T] (per
+// sequence), res2 [C], ln2 [C] + mean/rstd, fch [4C], fch_gelu [4C], res3 [C]; shared: encoded
+// [C], lnf [C] + mean/rstd, dln [C] and the arena. In bf16 the GELU runs in the cuBLASLt
+// epilogues of the fc (forward) and fcproj (backward, dinp) matmuls.
+//
+// The arena is one allocation holding the logits [N, Vp] (overwritten in place by dlogits). The
+// logits are dead during the layers of the forward (written at its end) and, once the tied head's
+// backward has read the dlogits, during the layers of the backward; the arena therefore also holds,
+// in disjoint 256-byte aligned regions after the logits' start, everything that lives only there:
+// proj [C] (forward temporary), the gradient scratch dres [C], dqkv [3C], datty [C], dfch [4C]
+// (and dfch_gelu [4C] without the GELU epilogue), the one-layer recompute buffers, and last the
+// cuDNN attention workspace (forward and backward share it). Its size is the larger of the logits
+// and the sum of those regions.
+//
+// Activation recompute (set_recompute; config key `recompute`), bit-identical to none:
+//   1: fch_gelu is not kept per layer (one layer's buffer in the arena); the backward recomputes
+//      it for layer l just before the fcproj backward. fp32 (and bf16 with SGPT_GELU_FUSION=0):
+//      gelu_forward on the kept fch, the same kernel on the same input as the forward. bf16 with
+//      the GELU epilogue: the epilogue applies GELU to the fp32 accumulator before rounding, which
+//      no kernel on the stored bf16 fch can reproduce, so the backward re-runs the fc matmul with
+//      the same epilogue on the same operands (the same cached algorithm: every activation pointer
+//      is 256-byte aligned in every mode), which rewrites gelu and fch with the same bits. fch is
+//      then not kept per layer either (one layer's buffer). Cost: one extra fc matmul (2 N C 4C
+//      flops) per layer, about 6.6% of a 124M step's model flops.
+//   2: also ln1 and ln2 (one layer's buffer in the arena), recomputed from the layer input / res2
+//      and the saved mean/rstd with layernorm_recompute (the same arithmetic as the forward).
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -16,6 +38,8 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cuda/attention_cudnn.h"
 #include "cuda/buffer.h"
@@ -28,8 +52,24 @@ namespace sgpt::cuda {
 template <class T>
 class Gpt2Cuda {
  public:
+  // Activations are allocated on the first forward (after set_recompute has had its say).
   Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream,
-           AttentionImpl attention = AttentionImpl::kAuto);
+           AttentionImpl attention = AttentionImpl::kAuto, int recompute = 0);
+
+  // Activation recompute level, 0, 1 or 2 (see the top of this file); throws
+  // std::invalid_argument otherwise. Frees the activations (the next forward allocates them for
+  // the new level): call it between steps, not between a forward and its backward.
+  void set_recompute(int level);
+  int recompute() const { return recompute_; }
+
+  // Device memory this model holds, one entry per allocation (name, bytes as allocated; the
+  // entries sum to the total), followed by `extra` (the backend's parameters, gradients and
+  // optimizer state). Zero-byte entries are left out. Activations appear after the first forward.
+  std::vector<std::pair<std::string, size_t>> memory_breakdown(
+      const std::vector<std::pair<std::string, size_t>>& extra = {}) const;
+  // The regions of the arena (name, bytes), for reports: logits, then the regions reused while the
+  // logits are dead (they overlap the logits; the last is the cuDNN workspace region).
+  std::vector<std::pair<std::string, size_t>> arena_layout() const;
 
   // Selects the attention implementation (train/backend.h). kCudnn throws std::invalid_argument
   // when cuDNN attention cannot be used (fp32, no cuDNN in the build, unsupported head size, no
@@ -57,8 +97,9 @@ class Gpt2Cuda {
   void backward(const T* params, T* grads, const std::function<void(int)>* layer_done = nullptr);
 
   int B() const { return B_; }
-  const T* logits() const { return logits_.get(); }
+  const T* logits() const { return logits_; }
   const int* targets() const { return targets_.get(); }
+  const float* losses() const { return losses_.get(); }  // per position, after loss()
 
  private:
   template <class P>
@@ -67,23 +108,49 @@ class Gpt2Cuda {
     const bool global = i == kWte || i == kWpe || i == kLnfw || i == kLnfb;
     return base + layout_.layer_offset(i, l, global ? 1 : cfg_.n_layer);
   }
+  // Elements of P per layer block of a per-layer activation with per_row values per position:
+  // max_B * T * per_row rounded up to 256 bytes, so every layer's block starts 256-byte aligned
+  // (cuBLASLt picks its algorithm by pointer alignment: the same alignment in every recompute
+  // mode means the same algorithm and the same bits).
   template <class P>
-  P* act(DeviceBuffer<P>& v, int l, size_t per_row) const {
-    return v.get() + static_cast<size_t>(l) * max_B_ * T_ * per_row;
+  size_t layer_stride(size_t per_row) const {
+    constexpr size_t a = 256 / sizeof(P);
+    return (static_cast<size_t>(max_B_) * T_ * per_row + a - 1) / a * a;
+  }
+  template <class P>
+  P* act(const DeviceBuffer<P>& v, int l, size_t per_row) const {
+    return v.get() + static_cast<size_t>(l) * layer_stride<P>(per_row);
+  }
+  // The activations that recompute may keep in one layer's buffer instead of per layer.
+  T* ln1(int l) const { return keep_ln_ ? act(ln1_, l, cfg_.n_embd) : ln_buf_; }
+  T* ln2(int l) const { return keep_ln_ ? act(ln2_, l, cfg_.n_embd) : ln_buf_; }
+  T* fch(int l) const { return keep_fch_ ? act(fch_, l, 4 * size_t(cfg_.n_embd)) : fch_buf_; }
+  T* fch_gelu(int l) const {
+    return keep_gelu_ ? act(fch_gelu_, l, 4 * size_t(cfg_.n_embd)) : gelu_buf_;
   }
   float attention_scale(int layer) const;
   float* lse(int l) const { return lse_.get() + static_cast<size_t>(l) * lse_stride_; }
+  void allocate();  // every activation buffer for max_B rows, at the current recompute level
+  void release();
+  // fch = ln2 @ Wfc^T + b and fch_gelu = gelu(fch) of layer l (the forward's; in the backward
+  // with `recompute`, only what the level dropped, with the forward's exact arithmetic).
+  void fc_gelu(const T* params, int l, int N, bool recompute);
+  void* cudnn_workspace(int B);  // the arena's cuDNN region, or cudnn_ws_ when a plan needs more
 
   ModelConfig cfg_;
   ParamLayout layout_;
   int max_B_, T_;
-  size_t lse_stride_ = 0;  // floats per layer in lse_: max_B * T * NH rounded up to 4
+  size_t lse_stride_ = 0;  // floats per layer in lse_: max_B * T * NH rounded up to 256 bytes
   int B_ = 0;
+  int recompute_ = 0;
+  bool keep_gelu_ = true, keep_fch_ = true, keep_ln_ = true;  // per layer (from recompute_)
+  bool allocated_ = false;
   bool fuse_gelu_ = false;  // bf16: GELU in the fc / fcproj matmul epilogues (matmul.cu)
   std::unique_ptr<CudnnAttention> cudnn_;  // created on first selection of cuDNN attention
   bool use_cudnn_ = false;        // cuDNN attention selected
   bool cudnn_required_ = false;   // selected explicitly ("cudnn"), not by "auto"
   bool cudnn_batch_ = false;      // the current batch (B_) runs on cuDNN
+  void* cudnn_ws_ptr_ = nullptr;  // its workspace (cudnn_workspace(B_))
   std::set<int> cudnn_failed_;    // batch sizes without a cuDNN plan (auto: our kernels)
   bool cudnn_ready(int B);
   cudaStream_t stream_;
@@ -92,11 +159,17 @@ class Gpt2Cuda {
   TokenBuckets buckets_host_;
   DeviceTokenBuckets buckets_;
   DeviceBuffer<int> inp_, targets_;
-  DeviceBuffer<T> encoded_, ln1_, qkv_, atty_, res2_, ln2_, fch_, fch_gelu_, res3_, proj_, lnf_,
-      logits_;
+  DeviceBuffer<T> encoded_, ln1_, qkv_, atty_, res2_, ln2_, fch_, fch_gelu_, res3_, lnf_, dln_;
   DeviceBuffer<float> ln1_mean_, ln1_rstd_, ln2_mean_, ln2_rstd_, lnf_mean_, lnf_rstd_, lse_,
       losses_, mean_loss_;
-  DeviceBuffer<T> dres_, dln_, dqkv_, datty_, dfch_gelu_, dfch_;
+  // The arena (see the top of the file) and the pointers into it.
+  DeviceBuffer<unsigned char> arena_;
+  std::vector<std::pair<std::string, size_t>> arena_regions_;  // for arena_layout()
+  size_t cudnn_off_ = 0;  // byte offset of the cuDNN region (it runs to the arena's end)
+  T *logits_ = nullptr, *proj_ = nullptr, *gelu_buf_ = nullptr, *fch_buf_ = nullptr,
+    *ln_buf_ = nullptr, *dres_ = nullptr, *dqkv_ = nullptr, *datty_ = nullptr, *dfch_ = nullptr,
+    *dfch_gelu_ = nullptr;
+  DeviceBuffer<unsigned char> cudnn_ws_;  // only when a batch's plans need more than the region
 };
 
 extern template class Gpt2Cuda<float>;

@@ -62,6 +62,13 @@ template <class T>
 void residual_layernorm_forward(T* res, T* out, float* mean, float* rstd, const T* a, const T* b,
                                 const T* weight, const T* bias, int N, int C,
                                 cudaStream_t stream);
+// out = LayerNorm(inp) with the mean and rstd that layernorm_forward / residual_layernorm_forward
+// saved for this same inp (activation recompute): the same bits as that forward's out (every
+// path evaluates out_c = (x_c - mean) * rstd * weight_c + bias_c with the same explicitly rounded
+// operations, so no FMA contraction can differ).
+template <class T>
+void layernorm_recompute(T* out, const T* inp, const float* mean, const float* rstd,
+                         const T* weight, const T* bias, int N, int C, cudaStream_t stream);
 // Deterministic: dweight/dbias are reduced over rows in a fixed two-stage order via `scratch`.
 template <class T>
 void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
@@ -80,6 +87,7 @@ class MatmulContext {
   MatmulContext& operator=(const MatmulContext&) = delete;
   struct Impl;
   Impl& impl() { return *impl_; }
+  size_t workspace_bytes() const;  // the cuBLASLt workspace this context allocated
 
  private:
   std::unique_ptr<Impl> impl_;

@@ -2,7 +2,7 @@
 // Plain C++ declarations: usable from .cpp (host compiler) and .cu files. Implementations:
 //   kernels/optimizer.cu  sophia_step, hessian_ema, adamw_step (+ the unfused benchmark baseline)
 //   kernels/norm.cu       grad_sum_squares, scale_grad, the deterministic second reduction pass
-//   kernels/cast.cu       cast_rn, stochastic_round, to_float, fill_uniform
+//   kernels/cast.cu       cast_rn, stochastic_round, to_float, accumulate_float, fill_uniform
 // Each function pairs with the CPU reference of the same name in src/cpu/optim.h, which is its
 // test oracle (tests/gpu/test_optimizer*.cpp).
 //
@@ -170,6 +170,10 @@ void stochastic_round(const float* in, T* out, size_t n, const RoundingKey& key,
 // out = (float)in, exact.
 template <class T>
 void to_float(const T* in, float* out, size_t n, cudaStream_t stream);
+// acc = acc + (float)in, one fp32 addition (round to nearest) per element: the fp32 gradient
+// accumulation of bf16 micro-step gradients (grad_accum_precision "fp32").
+template <class T>
+void accumulate_float(const T* in, float* acc, size_t n, cudaStream_t stream);
 // out[i] = round(lo + (hi - lo) * u), u uniform in [0, 1) from Philox(seed, i) (stream
 // kInitWeights with c2 = 0xB0B): benchmark and test inputs filled on the device.
 template <class T>

@@ -20,8 +20,12 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "cpu/optim.h"
 #include "dist/comm.h"
@@ -83,7 +87,8 @@ class Backend {
   virtual void adamw_step(const AdamWConsts& c) = 0;
 
   // State transfer as fp32 host vectors of ParamLayout::total elements (checkpoints, tests).
-  // slot: "params" (fp32 master), "m", "h" (Sophia) or "v" (AdamW), "grad".
+  // slot: "params" (fp32 master), "m", "h" (Sophia) or "v" (AdamW), "grad", and "working" (the
+  // bf16 working weights, widened exactly; only where has_working_weights()).
   virtual void get(const std::string& slot, std::vector<float>& out) = 0;
   virtual void set(const std::string& slot, const std::vector<float>& in) = 0;
 
@@ -92,9 +97,51 @@ class Backend {
   virtual double device_memory_mib() { return -1; }
   virtual double state_memory_mib() = 0;
 
+  // Gradient accumulation over micro-steps in fp32 (bf16 mode; the fp32 backends always do).
+  // Set before training: switching clears the gradient.
+  virtual void set_grad_accum_fp32(bool on) { (void)on; }
+  virtual bool grad_accum_fp32() const { return true; }
+
+  // A working copy of the weights separate from the fp32 master (bf16 mode), written by the
+  // optimizer with stochastic rounding keyed by (seed, counter, global index); the counter
+  // advances once per optimizer step. Checkpoints save both so a resumed run has the same bits.
+  virtual bool has_working_weights() const { return false; }
+  virtual uint32_t rounding_counter() const { return 0; }
+  virtual void set_rounding(uint64_t seed, uint32_t counter) { (void)seed; (void)counter; }
+
   // Switches the attention implementation between steps (benchmarks interleave them on one
   // backend). The CPU backend has one implementation and ignores it.
   virtual void set_attention(AttentionImpl) {}
+
+  // Activation recompute (config key `recompute`, docs/config.md): 0 keeps every activation for
+  // the backward, 1 recomputes the GELU outputs in the backward, 2 also the LayerNorm outputs;
+  // the results are bit-identical at every level. Set it before the first step (the GPU backend
+  // allocates its activations at the first forward); throws std::invalid_argument outside 0..2.
+  // The CPU backend ignores it.
+  virtual void set_recompute(int level) {
+    if (level < 0 || level > 2) throw std::invalid_argument("recompute must be 0, 1 or 2");
+  }
+  // Device memory this backend holds, one entry per allocation: (what, bytes as allocated). The
+  // activations appear after the first step. Empty on the CPU.
+  virtual std::vector<std::pair<std::string, size_t>> memory_breakdown() const { return {}; }
+
+  // Forward only, per position: losses_out[b*T + t] = cross-entropy of the logits at (b, t)
+  // against tgt[b*T + t] (fp32, B*T values; B <= the allocated batch, T = the allocated length),
+  // and exactly 0 where tgt[b*T + t] < 0 (padding: those positions are not scored). inp holds
+  // valid ids everywhere. Not collective. Used by the HellaSwag evaluation (src/eval/).
+  virtual void eval_losses(const int* inp, const int* tgt, int B, int T, float* losses_out) {
+    (void)inp; (void)tgt; (void)B; (void)T; (void)losses_out;
+    throw std::logic_error("eval_losses not implemented");
+  }
+
+  // The device, for logs and the MFU peak (src/eval/mfu.h): the GPU's name as the driver reports
+  // it (cudaDeviceProp::name, e.g. "NVIDIA H100 80GB HBM3"), "cpu" for the CPU backend, "" when
+  // unknown.
+  virtual std::string device_name() const { return ""; }
+  // The machine, for the first record of a run's log.jsonl: e.g. {"device", "driver",
+  // "cuda_runtime", "cudnn", "nccl", ...} on the GPU, {"device": "cpu", "threads": N} on the CPU;
+  // {} when unknown. Not collective.
+  virtual nlohmann::json machine_info() const { return nlohmann::json::object(); }
 };
 
 }  // namespace sgpt

@@ -6,6 +6,10 @@
 #include "cpu/gpt2_cpu.h"
 #include "cpu/ops.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace sgpt {
 namespace {
 
@@ -53,6 +57,27 @@ class CpuBackend final : public Backend {
   float eval_micro(const int* inp, const int* tgt, int B, int T) override {
     check_T(T);
     return model_.forward(params_.data(), inp, tgt, B);
+  }
+
+  // Padding targets (< 0) are scored against token 0 and their losses then set to 0.
+  void eval_losses(const int* inp, const int* tgt, int B, int T, float* losses_out) override {
+    check_T(T);
+    if (B < 1 || B > model_.max_B()) throw std::invalid_argument("CpuBackend::eval_losses: B out of range");
+    const size_t n = static_cast<size_t>(B) * T;
+    for (size_t i = 0; i < n; ++i) targets_[i] = tgt[i] < 0 ? 0 : tgt[i];
+    model_.forward(params_.data(), inp, targets_.data(), B);
+    const float* l = model_.losses();
+    for (size_t i = 0; i < n; ++i) losses_out[i] = tgt[i] < 0 ? 0.0f : l[i];
+  }
+
+  std::string device_name() const override { return "cpu"; }
+  nlohmann::json machine_info() const override {
+#ifdef _OPENMP
+    const int threads = omp_get_max_threads();
+#else
+    const int threads = 1;
+#endif
+    return nlohmann::json{{"device", "cpu"}, {"threads", threads}};
   }
 
   void reduce_grad() override {

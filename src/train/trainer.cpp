@@ -16,7 +16,18 @@
 
 #include "common/error.h"
 #include "data/loader.h"
+#include "eval/hellaswag.h"
+#include "eval/mfu.h"
 #include "model/checkpoint.h"
+#include "cpu/decode_cpu.h"
+#include "cpu/sampling.h"
+#include "tokenizer/utf8.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/vocab.h"
+
+#ifndef SGPT_COMMIT
+#define SGPT_COMMIT "unknown"  // set by CMakeLists.txt from `git rev-parse --short HEAD`
+#endif
 
 namespace sgpt {
 namespace fs = std::filesystem;
@@ -119,6 +130,10 @@ void save_checkpoint(const Config& cfg, Backend& be, const DataLoader& train_loa
                  {"n_params", be.layout().total}, {"model", model_json(cfg.model)},
                  {"seed", cfg.seed}, {"data", train_loader.state()}};
   st.slot_names = slot_names(cfg);
+  if (be.has_working_weights()) {  // bf16: the working weights and the rounding counter too
+    st.slot_names.push_back("working");
+    st.meta["rounding_counter"] = be.rounding_counter();
+  }
   for (const auto& s : st.slot_names) {
     st.slots.emplace_back();
     be.get(s, st.slots.back());
@@ -180,9 +195,29 @@ void load_checkpoint(const Config& cfg, Backend& be, DataLoader& train_loader,
              " parameters, the model has " + std::to_string(be.layout().total));
   if (st.meta.value("model", json{}) != model_json(cfg.model)) mismatch("the model shape differs");
   if (st.meta.value("step", int64_t{-1}) != step) mismatch("its step differs from its file name");
-  if (st.slot_names != slot_names(cfg)) mismatch("its optimizer slots differ");
+  std::vector<std::string> names = st.slot_names;
+  const auto w = std::find(names.begin(), names.end(), "working");
+  const bool has_working = w != names.end();
+  if (has_working) names.erase(w);
+  if (names != slot_names(cfg)) mismatch("its optimizer slots differ");
   be.set("params", read_model_file(model_path(dir, step), cfg.model));
-  for (size_t i = 0; i < st.slots.size(); ++i) be.set(st.slot_names[i], st.slots[i]);
+  for (size_t i = 0; i < st.slots.size(); ++i) {
+    if (st.slot_names[i] == "working") {
+      // Saved by a bf16 run: restored where this run has bf16 working weights too (else the
+      // fp32 master alone is the model).
+      if (be.has_working_weights()) be.set("working", st.slots[i]);
+      continue;
+    }
+    be.set(st.slot_names[i], st.slots[i]);
+  }
+  if (be.has_working_weights()) {
+    if (has_working && st.meta.contains("rounding_counter"))
+      be.set_rounding(cfg.seed, st.meta.at("rounding_counter").get<uint32_t>());
+    else
+      std::fprintf(stderr, "warning: '%s' holds no bf16 working weights (written by an fp32 run or an older "
+                   "version): they are rounded to nearest from the fp32 master, so the continuation is not "
+                   "bit-identical to an uninterrupted bf16 run\n", sp.c_str());
+  }
   try {
     train_loader.restore(st.meta.at("data"));
   } catch (const json::exception& e) {
@@ -360,6 +395,27 @@ LoaderOptions loader_options(const Config& cfg, int rank, int world) {
 }
 }  // namespace
 
+namespace {
+void check_hellaswag_file(const Config& cfg) {
+  if (cfg.eval.hellaswag_every <= 0) return;
+  std::error_code ec;
+  if (!fs::is_regular_file(cfg.eval.hellaswag_file, ec))
+    throw UserError("config key 'eval.hellaswag_file': '" + cfg.eval.hellaswag_file +
+                    "' does not exist or is not a file (eval.hellaswag_every is " +
+                    std::to_string(cfg.eval.hellaswag_every) +
+                    "); docs/eval.md says where to get hellaswag_val.jsonl");
+}
+
+// The process's command line, for the machine record (Linux: /proc/self/cmdline; "" elsewhere).
+std::string command_line() {
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  while (!s.empty() && s.back() == '\0') s.pop_back();
+  std::replace(s.begin(), s.end(), '\0', ' ');
+  return s;
+}
+}  // namespace
+
 void check_data(const Config& cfg, int world) {
   LoaderOptions lo = loader_options(cfg, 0, world);
   DataLoader train(lo);
@@ -367,6 +423,7 @@ void check_data(const Config& cfg, int world) {
     lo.pattern = cfg.data.val;
     DataLoader val(lo);
   }
+  check_hellaswag_file(cfg);
 }
 
 namespace {
@@ -454,6 +511,10 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     val_loader = std::make_unique<DataLoader>(vo);
   }
 
+  // Stochastic rounding of bf16 working weights keyed by the run's seed (restored with its
+  // counter on resume); fp32 gradient accumulation where the config asks for it.
+  be.set_rounding(cfg.seed, 0);
+  be.set_grad_accum_fp32(cfg.grad_accum_fp32(opt.world));
   TrainResult res;
   int64_t start = 0;
   if (opt.resume) {
@@ -481,6 +542,135 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     std::fflush(stdout);
   }
 
+  // MFU (src/eval/mfu.h): model FLOPs of the training forward + backward only (6N + 12 L C T per
+  // token; the GNB pass is not counted, though its time is in the step's time), over the peak of
+  // all devices (log.peak_tflops, else the GPU's datasheet peak; unknown: no MFU).
+  const double flops_per_token = training_flops_per_token(mc, be.layout().total, T);
+  const double peak_tflops =
+      cfg.log.peak_tflops > 0 ? cfg.log.peak_tflops : detect_peak_tflops(be.device_name(), cfg.precision);
+  {
+    // The machine record: the first record this call writes. "step" is -1 (it precedes the
+    // steps), so readers that key records by step skip it; start_step is where this call begins.
+    json rec{{"type", "machine"}, {"step", -1}, {"start_step", start}};
+    const json mi = be.machine_info();
+    if (mi.is_object())
+      for (auto it = mi.begin(); it != mi.end(); ++it)
+        if (!rec.contains(it.key())) rec[it.key()] = it.value();
+    if (!rec.contains("device")) rec["device"] = be.device_name();
+    rec["backend"] = be.name();
+    rec["precision"] = cfg.precision;
+    rec["world"] = opt.world;
+    rec["commit"] = SGPT_COMMIT;
+    rec["command_line"] = command_line();
+    rec["flops_per_token"] = flops_per_token;
+    if (peak_tflops > 0) rec["peak_tflops"] = peak_tflops;
+    log.write(rec);
+    if (main_rank && !opt.quiet) {
+      std::string m;
+      for (auto it = rec.begin(); it != rec.end(); ++it)
+        if (mi.contains(it.key())) m += (m.empty() ? "" : ", ") + it.key() + " " + (it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
+      char peak_text[64] = "not reported (unknown device peak: set log.peak_tflops)";
+      if (peak_tflops > 0) std::snprintf(peak_text, sizeof peak_text, "against %g TFLOP/s per device", peak_tflops);
+      std::printf("machine: %s | commit %s | %d process(es) | MFU %s\n", m.empty() ? be.name().c_str() : m.c_str(),
+                  SGPT_COMMIT, opt.world, peak_text);
+      std::fflush(stdout);
+    }
+  }
+
+  // HellaSwag (eval.hellaswag_every, src/eval/hellaswag.h): every rank loads and checks all
+  // examples (so a bad file fails alike everywhere), scores its own slice, and the counts are
+  // summed over the ranks through Backend::average.
+  std::vector<HellaSwagExample> hellaswag_examples;
+  if (cfg.eval.hellaswag_every > 0) {
+    check_hellaswag_file(cfg);
+    hellaswag_examples = load_hellaswag(cfg.eval.hellaswag_file, Tokenizer::load(find_vocab_dir()));
+    check_hellaswag(hellaswag_examples, mc.vocab_size, T, cfg.eval.hellaswag_file);
+    std::vector<int> pi(static_cast<size_t>(B) * T, std::min(kEndOfText, mc.vocab_size - 1)), pt(pi.size(), -1);
+    std::vector<float> pl(pi.size());
+    try {  // a backend without per-position losses fails here, not at the first evaluation
+      be.eval_losses(pi.data(), pt.data(), B, T, pl.data());
+    } catch (const std::logic_error& e) {
+      throw UserError("config key 'eval.hellaswag_every': the " + be.name() + " backend cannot score HellaSwag (" +
+                      e.what() + "); set it to 0");
+    }
+  }
+  auto hellaswag = [&](int64_t step) {
+    if (hellaswag_examples.empty()) return;
+    phase("a HellaSwag evaluation");
+    const auto [lo_ex, hi_ex] = hellaswag_slice(hellaswag_examples.size(), opt.rank, opt.world);
+    const HellaSwagResult r = evaluate_hellaswag(be, hellaswag_examples, lo_ex, hi_ex, B, T, cfg.eval.hellaswag_file);
+    double counts[2] = {static_cast<double>(r.correct), static_cast<double>(r.total)};
+    if (multi) {
+      be.average(counts, 2);  // means over ranks: times world gives the sums
+      for (double& c : counts) c *= opt.world;
+    }
+    const int64_t correct = std::llround(counts[0]), total = std::llround(counts[1]);
+    const double acc = total > 0 ? static_cast<double>(correct) / static_cast<double>(total) : 0.0;
+    res.last_hellaswag = acc;
+    log.write(json{{"type", "hellaswag"}, {"step", step}, {"hellaswag", acc}, {"correct", correct}, {"total", total}});
+    if (main_rank && !opt.quiet) {
+      std::printf("step %lld: hellaswag %.4f (%lld/%lld)\n", static_cast<long long>(step), acc,
+                  static_cast<long long>(correct), static_cast<long long>(total));
+      std::fflush(stdout);
+    }
+  };
+
+  // Samples (sample.every, docs/sampling.md): the prompt is encoded on every rank (a bad prompt
+  // fails alike everywhere); every rank gathers the weights (Backend::get is collective), rank 0
+  // decodes with its decoder (opt.make_decoder: the GPU one on the GPU; else the CPU one).
+  std::vector<int> sample_prompt;
+  std::unique_ptr<Tokenizer> sample_tok;
+  std::unique_ptr<Decoder> sample_decoder;
+  SamplingOptions sample_opt;
+  if (cfg.sample.every > 0) {
+    sample_opt.temperature = cfg.sample.temperature;
+    sample_opt.top_k = cfg.sample.top_k;
+    sample_opt.top_p = cfg.sample.top_p;
+    sample_opt.seed = cfg.seed;
+    try {
+      sample_tok = std::make_unique<Tokenizer>(Tokenizer::load(find_vocab_dir()));
+    } catch (const UserError& e) {
+      if (!cfg.sample.prompt.empty())
+        throw UserError(std::string("config key 'sample.prompt' needs the GPT-2 vocabulary to encode it: ") + e.what());
+      if (main_rank)
+        std::fprintf(stderr, "note: samples are printed as token ids (no GPT-2 vocabulary: %s)\n", e.what());
+    }
+    if (sample_tok && !cfg.sample.prompt.empty()) {
+      sample_prompt = sample_tok->encode(cfg.sample.prompt, /*allow_special=*/true);
+      for (int id : sample_prompt)
+        if (id >= mc.vocab_size)
+          throw UserError("config key 'sample.prompt' encodes to token " + std::to_string(id) +
+                          ", outside the model's vocabulary (model.vocab_size " + std::to_string(mc.vocab_size) + ")");
+    }
+    // The start token: end-of-text, or the last id of a model with a smaller vocabulary.
+    if (sample_prompt.empty()) sample_prompt.push_back(std::min(kEndOfText, mc.vocab_size - 1));
+  }
+  auto sample = [&](int64_t step) {
+    phase("a sample");
+    std::vector<float> params;
+    be.get("params", params);  // collective: every rank
+    if (!main_rank) return;
+    if (!sample_decoder) sample_decoder = opt.make_decoder ? opt.make_decoder(mc) : make_cpu_decoder(mc);
+    sample_decoder->set_params(params.data());
+    const double t0 = now_s();
+    const std::vector<int> toks = generate(*sample_decoder, sample_prompt, cfg.sample.tokens, sample_opt);
+    const double dt = now_s() - t0;
+    std::string text;
+    if (sample_tok) {
+      text = utf8_repair(sample_tok->decode(toks));
+    } else {
+      for (int t : toks) text += (text.empty() ? "" : " ") + std::to_string(t);
+    }
+    res.samples.emplace_back(step, toks);
+    log.write(json{{"type", "sample"}, {"step", step}, {"tokens", toks}, {"text", text}});
+    if (!opt.quiet) {
+      std::printf("--- sample at step %lld (%s, %d tokens, %.0f tokens/s) ---\n%s\n---\n",
+                  static_cast<long long>(step), sample_decoder->name().c_str(), cfg.sample.tokens,
+                  dt > 0 ? toks.size() / dt : 0.0, text.c_str());
+      std::fflush(stdout);
+    }
+  };
+
   auto evaluate = [&](int64_t step) {
     if (!val_loader) return;
     phase("evaluation");
@@ -501,7 +691,10 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   };
 
   const double t_start = now_s();
-  double ema_step_s = -1;
+  // The ETA: the remaining steps times the mean time of the last (up to) kEtaWindow steps.
+  constexpr size_t kEtaWindow = 20;
+  std::vector<double> recent_dt;
+  double recent_sum = 0;
   const int max_skips = oc.max_consecutive_skips;
   int64_t consecutive_skips = 0, first_skip = -1;
   const bool nan_fault = test_fault().mode == "nan" && test_fault().rank == opt.rank;
@@ -513,6 +706,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   StopSignals signals;
   for (int64_t step = start; step < max_steps; ++step) {
     if (cfg.eval.every > 0 && step % cfg.eval.every == 0) evaluate(step);
+    if (cfg.eval.hellaswag_every > 0 && step > 0 && step % cfg.eval.hellaswag_every == 0) hellaswag(step);
 
     const double t0 = now_s();
     phase("a training step");
@@ -577,13 +771,22 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
       }
     }
     const double dt = now_s() - t0;
-    ema_step_s = ema_step_s < 0 ? dt : 0.9 * ema_step_s + 0.1 * dt;
+    if (recent_dt.size() == kEtaWindow) {
+      recent_sum -= recent_dt[static_cast<size_t>(res.steps_done) % kEtaWindow];
+      recent_dt[static_cast<size_t>(res.steps_done) % kEtaWindow] = dt;
+    } else {
+      recent_dt.push_back(dt);
+    }
+    recent_sum += dt;
+    const double eta_s = recent_sum / static_cast<double>(recent_dt.size()) * static_cast<double>(max_steps - step - 1);
+    const double step_mfu = mfu(flops_per_token, tokens_per_step / dt, peak_tflops, opt.world);
     res.train_losses.push_back(loss);
     res.steps_done++;
 
     if (finite) {
       json rec{{"type", "train"}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-               {"tokens_per_s", tokens_per_step / dt}, {"ms", dt * 1e3}};
+               {"tokens_per_s", tokens_per_step / dt}, {"ms", dt * 1e3}, {"eta_s", eta_s}};
+      if (step_mfu >= 0) rec["mfu"] = step_mfu;
       if (step == start) {  // memory once the optimizer state exists (rank 0's; ranks are alike)
         rec["state_mib"] = be.state_memory_mib();
         const double dev = be.device_memory_mib();
@@ -616,10 +819,11 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
       log.write(rec);
     }
     if (main_rank && !opt.quiet && (step % cfg.log.every == 0 || step + 1 == max_steps)) {
-      const double eta = ema_step_s * static_cast<double>(max_steps - step - 1);
-      std::printf("step %6lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s | ETA %s\n",
+      char mfu_text[32] = "";
+      if (step_mfu >= 0) std::snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%", 100.0 * step_mfu);
+      std::printf("step %6lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s%s | ETA %s\n",
                   static_cast<long long>(step + 1), static_cast<long long>(max_steps), loss, lr, norm,
-                  dt * 1e3, tokens_per_step / dt, fmt_duration(eta).c_str());
+                  dt * 1e3, tokens_per_step / dt, mfu_text, fmt_duration(eta_s).c_str());
       std::fflush(stdout);
     }
     if (consecutive_skips >= max_skips) {
@@ -640,6 +844,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     }
 
     const int64_t done = step + 1;
+    if (cfg.sample.every > 0 && done % cfg.sample.every == 0 && !stop) sample(done);
     const bool periodic = cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0;
     bool written = false;
     if (!opt.out_dir.empty() && (periodic || done == max_steps || stop)) {
@@ -676,6 +881,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     }
   }
   if (cfg.eval.every > 0 && start < max_steps && !res.stopped_by_signal) evaluate(max_steps);
+  if (cfg.eval.hellaswag_every > 0 && start < max_steps && !res.stopped_by_signal) hellaswag(max_steps);
   if (multi) {
     phase("the end of training");
     double barrier = 0;

@@ -10,6 +10,7 @@
 //              of CE against labels sampled from the model's softmax
 //       clip by global norm (grad_clip); h = b2*h + (1-b2)*grad*grad
 //     log; checkpoint every checkpoint.every steps and at the end
+//     sample: rank 0 prints generated text every sample.every steps (docs/sampling.md)
 //
 // Reliability (docs/reliability.md): a step whose loss or gradient norm is not finite is skipped
 // (no update; optimizer.max_consecutive_skips in a row stop the run with a UserError); SIGINT /
@@ -19,10 +20,14 @@
 // decisions are taken from values that are the same on every rank.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "config/config.h"
+#include "cpu/decode_cpu.h"
 #include "train/backend.h"
 
 namespace sgpt {
@@ -33,6 +38,11 @@ struct TrainOptions {
   int64_t resume_step = -1;   // the step check_run_dir chose (-1: train() finds it again)
   int rank = 0, world = 1;    // data-parallel position (the backend's communicator has the same)
   bool quiet = false;         // no console progress lines
+  // Samples during training (config sample.every): rank 0 builds its decoder with this the first
+  // time it samples and reuses it, uploading the current weights each time (empty: the CPU
+  // decoder). The train command passes the GPU decoder when it trains on the GPU, so the trainer
+  // itself needs no CUDA.
+  std::function<std::unique_ptr<Decoder>(const ModelConfig&)> make_decoder;
 };
 
 struct TrainResult {
@@ -40,6 +50,9 @@ struct TrainResult {
   int64_t steps_done = 0;
   std::vector<double> train_losses;   // per step run in this call
   double last_val_loss = -1;          // -1 when no eval ran
+  // (step, generated tokens) of every sample printed (sample.every; rank 0 only).
+  std::vector<std::pair<int64_t, std::vector<int>>> samples;
+  double last_hellaswag = -1;         // HellaSwag accuracy of the last evaluation (-1: none ran)
   int64_t skipped_steps = 0;          // steps the divergence guard skipped
   bool stopped_by_signal = false;     // SIGINT / SIGTERM (on any rank) ended the run early
   int stop_signal = 0;                // the signal, when this rank received it (else 0)

@@ -1,0 +1,265 @@
+// `sophiagpt export` and `sophiagpt logits` (registered by add_export_commands).
+//
+//   export --run DIR [--step N] --format hf|llmc --out OUT [--dtype fp32|bf16] [--vocab DIR]
+//          [--overwrite]
+//       hf: a Hugging Face transformers folder OUT (config.json, model.safetensors, tokenizer
+//       files: see src/model/hf_export.h, docs/export.md); llmc: an llm.c model file OUT
+//       (version 3 for fp32, 5 for bf16). The folder is written as OUT.tmp<pid> and renamed into
+//       place, the file through write_file_atomic, so a failure never leaves half an export
+//       under OUT. An OUT that exists and is not empty is refused unless --overwrite.
+//   logits --run DIR [--step N] (--tokens "ID,ID,..." | --text TEXT) --out FILE [--vocab DIR]
+//       The fp32 CPU reference forward of one sequence (length <= block_size); FILE gets the
+//       logits [T, V] as raw little-endian float32 (V = the real vocabulary, not the padded one),
+//       for checkers outside the program (scripts/check_hf_export.py).
+//
+// Without --step the checkpoint is the newest model_<step>.bin of the run that verifies (header,
+// size, checksum); newer ones that fail are named in a warning. The model options are those of
+// sample and eval (cli/model_args.h), so --config/--model/--set work here too.
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <filesystem>
+#include <regex>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <unistd.h>
+
+#include "cli/commands.h"
+#include "cli/model_args.h"
+#include "common/error.h"
+#include "cpu/gpt2_cpu.h"
+#include "model/checkpoint.h"
+#include "model/hf_export.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/vocab.h"
+#include "train/trainer.h"
+
+namespace sgpt {
+namespace {
+namespace fs = std::filesystem;
+
+// Fills in m.step when the run's checkpoint is to be chosen: the newest model file that verifies.
+void choose_checkpoint(ModelArgs& m) {
+  if (m.run.empty() || !m.model.empty() || m.step >= 0) return;  // load_trained takes it from here
+  std::error_code ec;
+  if (!fs::is_directory(m.run, ec)) throw UserError("--run '" + m.run + "' is not a directory");
+  static const std::regex re("model_([0-9]{8})\\.bin");
+  std::vector<int64_t> steps;
+  for (const auto& e : fs::directory_iterator(m.run, ec)) {
+    std::smatch sm;
+    const std::string name = e.path().filename().string();
+    if (std::regex_match(name, sm, re)) steps.push_back(std::stoll(sm[1]));
+  }
+  if (ec) throw UserError("cannot list --run '" + m.run + "': " + ec.message());
+  if (steps.empty()) throw UserError("--run '" + m.run + "' holds no checkpoint (model_*.bin)");
+  std::sort(steps.begin(), steps.end(), std::greater<>());
+  std::string why;
+  for (const int64_t s : steps) {
+    try {
+      verify_checkpoint_file(model_path(m.run, s));
+      if (!why.empty()) std::fprintf(stderr, "warning: newer checkpoints passed over: %s\n", why.c_str());
+      m.step = s;
+      return;
+    } catch (const UserError& e) {
+      why += (why.empty() ? "" : "; ") + std::string(e.what());
+    }
+  }
+  throw UserError("--run '" + m.run + "' has no checkpoint that verifies: " + why);
+}
+
+std::string step_text(const ModelArgs& m) {
+  return m.model.empty() ? "step " + std::to_string(m.step) + " of " + m.run : m.model;
+}
+
+struct ExportArgs {
+  ModelArgs m;
+  std::string format, out, dtype = "fp32", vocab;
+  bool overwrite = false;
+};
+
+// The files an export folder holds: a folder with any of them is taken as an earlier export, the
+// only kind --overwrite replaces (so a mistyped --out never removes an unrelated folder).
+bool looks_like_export(const fs::path& dir) {
+  std::error_code ec;
+  for (const char* f : {"config.json", "model.safetensors"})
+    if (fs::exists(dir / f, ec)) return true;
+  return false;
+}
+
+// OUT as an absolute path without a trailing separator; refuses ".", ".." and "/".
+fs::path normalized_out(const std::string& out) {
+  if (out.empty()) throw UserError("--out must not be empty");
+  fs::path p = fs::absolute(fs::path(out)).lexically_normal();
+  if (!p.has_filename() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();
+  const std::string name = p.filename().string();
+  if (name.empty() || name == "." || name == "..")
+    throw UserError("--out '" + out + "' must name a new folder or file, not '" + p.string() + "'");
+  return p;
+}
+
+void check_out(const ExportArgs& a, const fs::path& out) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(out, ec);
+  if (!fs::exists(st)) return;
+  const bool hf = a.format == "hf";
+  if (fs::is_directory(st)) {
+    if (!hf) throw UserError("--out '" + a.out + "' is a folder; --format llmc writes one file");
+    if (fs::is_empty(out, ec)) return;
+    if (!a.overwrite) throw UserError("--out '" + a.out + "' exists and is not empty (pass --overwrite to replace it)");
+    if (!looks_like_export(out))
+      throw UserError("--out '" + a.out + "' is not empty and holds no config.json or model.safetensors: not an "
+                      "earlier export, so --overwrite does not replace it; remove it yourself or choose another --out");
+    return;
+  }
+  if (hf) {
+    if (!a.overwrite) throw UserError("--out '" + a.out + "' exists and is a file (pass --overwrite to replace it)");
+    return;
+  }
+  if (fs::is_regular_file(st) && fs::file_size(out, ec) == 0) return;
+  if (!fs::is_regular_file(st)) throw UserError("--out '" + a.out + "' exists and is not a regular file");
+  if (!a.overwrite) throw UserError("--out '" + a.out + "' exists and is not empty (pass --overwrite to replace it)");
+}
+
+// Writes the folder as <out>.tmp<pid>, then renames it into place (an existing out, which
+// check_out allowed, is moved aside first and removed after).
+void export_folder(const ExportArgs& a, const fs::path& out, const Config& cfg, const std::vector<float>& params,
+                   const std::string& vocab_dir) {
+  const std::string pid = std::to_string(::getpid());
+  fs::path tmp = out, old = out;
+  tmp += ".tmp" + pid;
+  old += ".old" + pid;
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directories(tmp, ec) && ec)
+    throw UserError("cannot create '" + tmp.string() + "' (the temporary folder for --out '" + a.out + "'): " +
+                    ec.message());
+  try {
+    write_hf_folder(tmp.string(), cfg.model, params,
+                    a.dtype == "bf16" ? ExportDtype::kBf16 : ExportDtype::kFp32, vocab_dir);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  const bool had = fs::exists(fs::symlink_status(out, ec));
+  if (had) {
+    fs::rename(out, old, ec);
+    if (ec) {
+      const std::string why = ec.message();
+      fs::remove_all(tmp, ec);
+      throw UserError("cannot move the existing --out '" + a.out + "' aside: " + why);
+    }
+  }
+  fs::rename(tmp, out, ec);
+  if (ec) {
+    const std::string why = ec.message();
+    if (had) fs::rename(old, out, ec);
+    fs::remove_all(tmp, ec);
+    throw UserError("cannot rename '" + tmp.string() + "' to --out '" + a.out + "': " + why);
+  }
+  if (had) fs::remove_all(old, ec);
+}
+
+void run_export(ExportArgs a) {
+  if (a.format != "hf" && a.format != "llmc")
+    throw UserError("--format '" + a.format + "' is not one of: hf, llmc");
+  if (a.dtype != "fp32" && a.dtype != "bf16")
+    throw UserError("--dtype '" + a.dtype + "' is not one of: fp32, bf16");
+  const fs::path out = normalized_out(a.out);
+  check_out(a, out);
+  const std::string vocab_dir = a.format == "hf" ? find_vocab_dir(a.vocab) : "";
+  choose_checkpoint(a.m);
+  const auto [cfg, params] = load_trained(a.m);
+  std::error_code ec;
+  fs::create_directories(out.parent_path(), ec);
+  if (a.format == "hf") {
+    if (cfg.model.vocab_size != kGpt2VocabSize)
+      std::fprintf(stderr, "note: the model has %d tokens, the GPT-2 tokenizer written beside it %d\n",
+                   cfg.model.vocab_size, kGpt2VocabSize);
+    export_folder(a, out, cfg, params, vocab_dir);
+  } else if (a.dtype == "bf16") {
+    write_model_file_bf16(out.string(), cfg.model, params);
+  } else {
+    write_model_file(out.string(), cfg.model, params);
+  }
+  std::printf("exported %s to %s (%s, %s)\n", step_text(a.m).c_str(), a.out.c_str(), a.format.c_str(),
+              a.dtype.c_str());
+}
+
+struct LogitsArgs {
+  ModelArgs m;
+  std::string tokens, text, out, vocab;
+};
+
+// "ID,ID,..." (commas and/or whitespace between the ids).
+std::vector<int> parse_token_list(const std::string& s) {
+  std::vector<int> ids;
+  size_t i = 0;
+  while (i < s.size()) {
+    if (s[i] == ',' || s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < s.size() && s[j] != ',' && s[j] != ' ' && s[j] != '\t' && s[j] != '\n' && s[j] != '\r') ++j;
+    int v = 0;
+    const auto [p, err] = std::from_chars(s.data() + i, s.data() + j, v);
+    if (err != std::errc() || p != s.data() + j || v < 0)
+      throw UserError("--tokens: '" + s.substr(i, j - i) + "' is not a token id (a non-negative integer)");
+    ids.push_back(v);
+    i = j;
+  }
+  return ids;
+}
+
+void run_logits(LogitsArgs a) {
+  if (a.tokens.empty() == a.text.empty()) throw UserError("give the sequence as --tokens or as --text (one of them)");
+  if (a.out.empty()) throw UserError("--out must not be empty");
+  std::vector<int> ids;
+  if (!a.tokens.empty()) ids = parse_token_list(a.tokens);
+  else ids = Tokenizer::load(find_vocab_dir(a.vocab)).encode(a.text, /*allow_special=*/true);
+  const char* what = a.tokens.empty() ? "--text" : "--tokens";
+  if (ids.empty()) throw UserError(std::string(what) + " holds no token");
+  choose_checkpoint(a.m);
+  const auto [cfg, params] = load_trained(a.m);
+  const int T = static_cast<int>(ids.size()), V = cfg.model.vocab_size, Vp = cfg.model.padded_vocab_size;
+  if (T > cfg.model.block_size)
+    throw UserError(std::string(what) + " holds " + std::to_string(T) + " tokens, more than the model's block_size " +
+                    std::to_string(cfg.model.block_size));
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] >= V)
+      throw UserError(std::string(what) + ": token " + std::to_string(i) + " is " + std::to_string(ids[i]) +
+                      ", outside the model's vocabulary (" + std::to_string(V) + " tokens)");
+  cpu::Gpt2<float> model(cfg.model, 1, T);
+  model.forward_logits(params.data(), ids.data(), 1);
+  std::vector<std::pair<const void*, size_t>> rows;
+  for (int t = 0; t < T; ++t) rows.push_back({model.logits() + static_cast<size_t>(t) * Vp, static_cast<size_t>(V) * 4});
+  write_file_atomic(a.out, rows);
+  std::printf("logits [%d, %d] of %s (float32) -> %s\n", T, V, step_text(a.m).c_str(), a.out.c_str());
+}
+
+}  // namespace
+
+void add_export_commands(CLI::App& app) {
+  auto ea = std::make_shared<ExportArgs>();
+  CLI::App* e = app.add_subcommand("export", "Export a trained model: Hugging Face folder or llm.c model file");
+  add_model_options(e, ea->m);
+  e->add_option("-f,--format", ea->format, "hf (transformers folder) | llmc (llm.c model file)")->required();
+  e->add_option("-o,--out", ea->out, "Output: a folder for hf, a file for llmc")->required();
+  e->add_option("--dtype", ea->dtype, "fp32 | bf16 (round to nearest even)")->capture_default_str();
+  e->add_option("--vocab", ea->vocab, "Folder holding encoder.json and vocab.bpe (default: data/cache/gpt2)");
+  e->add_flag("--overwrite", ea->overwrite, "Replace an existing non-empty --out (an earlier export)");
+  e->callback([ea] { run_export(*ea); });
+
+  auto la = std::make_shared<LogitsArgs>();
+  CLI::App* l = app.add_subcommand("logits", "Logits of one sequence from the fp32 CPU reference (raw float32 [T, V])");
+  add_model_options(l, la->m);
+  l->add_option("--tokens", la->tokens, "Token ids, comma-separated");
+  l->add_option("--text", la->text, "Text, encoded with the GPT-2 tokenizer");
+  l->add_option("-o,--out", la->out, "Output file: T x V little-endian float32")->required();
+  l->add_option("--vocab", la->vocab, "Folder holding encoder.json and vocab.bpe (for --text)");
+  l->callback([la] { run_logits(*la); });
+}
+
+}  // namespace sgpt
