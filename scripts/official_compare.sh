@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Runs the official Sophia trainer (github.com/Liuhong99/Sophia, train_sophiag.py, as a separate
+# program: nothing of it is part of sophiagpt) and sophiagpt on the same tokens with the same
+# recipe, and records both programs' own metrics side by side (docs/study.md, "Agreement with the
+# official trainer"). Needs a GPU machine with PyTorch.
+#
+#   scripts/official_compare.sh OFFICIAL_DIR OUT_DIR RUN...
+#
+# OFFICIAL_DIR  a checkout of the official repository (commit a7e1572 was used)
+# OUT_DIR       work folder: the official trainer's copy and data, run folders, logs
+# RUN           which runs, each NAME=GPU, run in parallel when their GPUs differ:
+#   official_bf16   train_sophiag.py, dtype bfloat16 (autocast, fp32 master weights), no compile
+#   official_fp32   the same with dtype float32 (TF32 matmuls, as the official trainer allows)
+#   ours_bf16       sophiagpt, bf16 (fp32 gradient accumulation: grad_accum_precision auto)
+#   ours_bf16acc    sophiagpt, bf16 with bf16 gradient accumulation
+#   ours_fp32       sophiagpt, fp32
+# Recipe (the first comparison of the study issue): GPT-2 124M (no biases, attention scaled by
+# 1/(layer+1)), 8 x 1024 tokens x 8 micro-steps = 65,536 tokens per step, Sophia-G lr 6e-4,
+# min_lr 1.5e-5, rho 0.05, weight decay 0.2, betas (0.965, 0.99), k = 10, clip 1.0, warmup 100,
+# cosine to step 1000, STEPS steps (default 300), evaluation every 50 steps on 20 x 8 sequences.
+# Sophia-G's bs is 65,536 in both (the official `total_bs * block_size` with total_bs = 64).
+# Logging: --log_interval=10. With 1 the official trainer stops at its first GNB step
+# (AttributeError: it calls .item() on the int it initialises hessian_norm to, in the branch that
+# logs on GNB steps); with 10 its logging runs in the other branch only (steps 0, 10, 20, ...),
+# after the first GNB pass has made hessian_norm a float.
+# Data: data/shards/study (scripts/study.sh prepare) as headerless uint16 files, read by random
+# windows by both programs (sophiagpt's data.format "nanogpt").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+EXE=${SOPHIAGPT:-$ROOT/build/sophiagpt}
+STEPS=${STEPS:-300}
+off=$1 out=$2
+shift 2
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+# The official trainer reads data/<dataset>/{train,val}.bin relative to its working folder and
+# executes configurator.py from there: run it from a copy.
+if [[ ! -d $out/official ]]; then
+  cp -r "$off" "$out/official"
+fi
+mkdir -p "$out/official/data/study"
+for s in train val; do
+  f=$out/official/data/study/$s.bin
+  [[ -s $f ]] && continue
+  : >"$f"
+  for shard in data/shards/study/${s}_*.bin; do tail -c +1025 "$shard" >>"$f"; done  # 256 int32 header
+done
+
+official() {  # TAG DTYPE GPU
+  local tag=$1 dtype=$2 gpu=$3
+  rm -f "$out/$tag.jsonl"
+  (cd "$out/official" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$ROOT/scripts/official_shim SGPT_WANDB_LOG=$out/$tag.jsonl \
+    python3 train_sophiag.py config/train_gpt2_small_sophiag.py --dataset=study --batch_size=8 \
+      --gradient_accumulation_steps=8 --total_bs=64 --max_iters="$STEPS" --lr_decay_iters=1000 \
+      --warmup_iters=100 --eval_interval=50 --eval_iters=20 --log_interval=10 --compile=False \
+      --dtype="$dtype" --wandb_log=True --always_save_checkpoint=False --out_dir="$out/ckpt_$tag") \
+    >"$out/$tag.log" 2>&1
+  echo "$tag: exit $? ($(grep -c . "$out/$tag.jsonl" 2>/dev/null) records)"
+}
+
+ours() {  # TAG GPU key=value...
+  local tag=$1 gpu=$2
+  shift 2
+  local sets=() kv
+  for kv in "$@"; do sets+=(--set "$kv"); done
+  rm -rf "${out:?}/$tag"
+  CUDA_VISIBLE_DEVICES=$gpu "$EXE" train --config configs/study/compare_124m_sophiag.json -q \
+    --set "data.train=$out/official/data/study/train.bin" --set "data.val=$out/official/data/study/val.bin" \
+    --set schedule.max_steps="$STEPS" "${sets[@]}" --out-dir "$out/$tag" >"$out/$tag.log" 2>&1
+  echo "$tag: exit $?"
+}
+
+declare -A lanes
+for spec in "$@"; do
+  name=${spec%=*} gpu=${spec#*=}
+  case $name in
+    official_bf16) cmd="official official_bf16 bfloat16 $gpu" ;;
+    official_fp32) cmd="official official_fp32 float32 $gpu" ;;
+    ours_bf16) cmd="ours ours_bf16 $gpu precision=bf16" ;;
+    ours_bf16acc) cmd="ours ours_bf16acc $gpu precision=bf16 grad_accum_precision=bf16" ;;
+    ours_fp32) cmd="ours ours_fp32 $gpu precision=fp32" ;;
+    *) echo "official_compare: unknown run '$name'" >&2; exit 2 ;;
+  esac
+  lanes[$gpu]+="$cmd;"
+done
+for gpu in "${!lanes[@]}"; do
+  (IFS=';'; for c in ${lanes[$gpu]}; do [[ -n $c ]] && eval "$c"; done) &
+done
+wait
+python3 scripts/official_compare.py "$out"

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The AdamW vs Sophia-G study (docs/study.md): data, the grid of runs, the table.
+#
+#   scripts/study.sh prepare [CORPUS_DIR]
+#       Checks the corpora (SHA256SUMS in CORPUS_DIR) and tokenizes ELTeC-eng and ECCO-TCP parts 0
+#       and 4 into data/shards/study/{train,val}_*.bin with a fixed held-out validation split (3% of
+#       the documents, seed 1337). CORPUS_DIR defaults to data/cache/corpora.
+#   scripts/study.sh run PLAN [--gpus N] [--runs DIR] [--deadline SECONDS]
+#       Runs every line of PLAN (configs/study/*.plan: `NAME CONFIG [key=value ...]`) that is not
+#       complete yet, one run per GPU at a time (N defaults to the GPUs nvidia-smi lists, 1 without
+#       it). Runs left unfinished (the deadline: SIGTERM, the trainer writes a checkpoint) resume
+#       from their newest checkpoint the next time. Run directories: DIR/NAME (default runs/study).
+#   scripts/study.sh next PLAN_OUT [--runs DIR]
+#       Writes the second phase (warmup variant and two more seeds of the best setting of each
+#       optimizer) from the finished lr/rho sweep (scripts/study_table.py --next).
+#   scripts/study.sh table [--runs DIR]
+#       The results table (scripts/study_table.py), markdown on stdout.
+#   scripts/study.sh plots OUT_DIR [--runs DIR]
+#       OUT_DIR/lr_sweep.png (final validation loss against lr, per optimizer and rho) and
+#       OUT_DIR/best_curves.png (validation loss against tokens of each optimizer's best runs),
+#       with gnuplot.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+EXE=${SOPHIAGPT:-build/sophiagpt}
+RUNS=runs/study
+cmd=${1:-}
+shift || true
+
+case "$cmd" in
+prepare)
+  set -e
+  src=${1:-data/cache/corpora}
+  (cd "$src" && sha256sum -c SHA256SUMS)
+  "$EXE" prepare --input "$src/eltec-eng-00.jsonl.xz" --input "$src/ecco-tcp-00.jsonl.xz" \
+    --input "$src/ecco-tcp-04.jsonl.xz" --output-dir data/shards/study --val-fraction 0.03 --seed 1337 \
+    --overwrite
+  exit 0
+  ;;
+run) ;;
+next)
+  out=$1; shift
+  [[ ${1:-} == --runs ]] && RUNS=$2
+  python3 scripts/study_table.py --runs "$RUNS" --next >"$out"
+  exit $?
+  ;;
+table)
+  [[ ${1:-} == --runs ]] && RUNS=$2
+  python3 scripts/study_table.py --runs "$RUNS"
+  exit $?
+  ;;
+plots)
+  set -e
+  od=$1; shift
+  [[ ${1:-} == --runs ]] && RUNS=$2
+  mkdir -p "$od"
+  dat=$(mktemp)
+  python3 scripts/study_table.py --runs "$RUNS" --sweep-dat "$dat"
+  series=$(awk '!/^#/ {print $1 "_" $2}' "$dat" | sort -u)
+  plot="" i=0
+  for s in $series; do
+    opt=${s%_*} rho=${s#*_}
+    label=$([[ $opt == adamw ]] && echo "AdamW" || echo "Sophia-G rho $rho")
+    plot+="${plot:+, }'$dat' using (strcol(1) eq '$opt' && \$2 == $rho ? \$3 : 1/0):4 with linespoints lw 2 pt 7 title '$label'"
+  done
+  gnuplot <<GP
+set terminal pngcairo size 900,600 font ',11'
+set output '$od/lr_sweep.png'
+set logscale x
+set xlabel 'peak learning rate'
+set ylabel 'final validation loss (unfinished or diverged runs left out)'
+set title 'Small GPT-2 (6 x 384), 39.3M tokens: final validation loss against the learning rate'
+set key top left
+set grid
+plot $plot
+GP
+  rm -f "$dat"
+  mapfile -t best < <(python3 scripts/study_table.py --runs "$RUNS" --best-dirs)
+  python3 scripts/plot.py "${best[@]}" --x tokens --no-train -o "$od/best_curves.png" \
+    --title "Validation loss of the best setting of each optimizer (all seeds)"
+  exit 0
+  ;;
+*) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
+
+plan=$1; shift
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+((NGPU > 0)) || NGPU=1
+DEADLINE=0
+while (($#)); do
+  case "$1" in
+    --gpus) NGPU=$2; shift ;;
+    --runs) RUNS=$2; shift ;;
+    --deadline) DEADLINE=$2; shift ;;
+    *) echo "study.sh: unknown option '$1'" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ -f $plan ]] || { echo "study.sh: no plan file '$plan'" >&2; exit 2; }
+mkdir -p "$RUNS"
+START=$SECONDS
+
+# complete NAME: the run wrote its final record (a checkpoint at max_steps).
+complete() { [[ -f $RUNS/$1/done ]]; }
+
+run_one() {  # GPU NAME CONFIG [key=value ...]
+  local gpu=$1 name=$2 config=$3; shift 3
+  local dir=$RUNS/$name sets=() kv
+  for kv in "$@"; do sets+=(--set "$kv"); done
+  local resume=()
+  [[ -f $dir/config.json ]] && resume=(--resume)
+  echo "[gpu $gpu] $name: start ($(date +%H:%M:%S))"
+  CUDA_VISIBLE_DEVICES=$gpu "$EXE" train --config "$config" "${sets[@]}" --out-dir "$dir" -q "${resume[@]}" \
+    </dev/null >>"$dir.out" 2>&1 &
+  local pid=$!
+  while kill -0 $pid 2>/dev/null; do
+    if ((DEADLINE > 0 && SECONDS - START > DEADLINE)); then kill -TERM $pid; wait $pid; break; fi
+    sleep 2
+  done
+  wait $pid
+  local rc=$?
+  # exit 0: finished; anything else: left to resume (5: stopped by the signal) or failed
+  if ((rc == 0)); then touch "$dir/done"; fi
+  echo "[gpu $gpu] $name: exit $rc ($(date +%H:%M:%S))"
+}
+
+queue() {  # GPU: runs lines i with i % NGPU == GPU
+  local gpu=$1 i=0 line
+  while IFS= read -r line; do
+    [[ -z $line || $line == \#* ]] && continue
+    if ((i++ % NGPU == gpu)); then
+      # shellcheck disable=SC2086
+      set -- $line
+      complete "$1" && continue
+      ((DEADLINE > 0 && SECONDS - START > DEADLINE)) && { echo "[gpu $gpu] $1: not started (deadline)"; continue; }
+      run_one "$gpu" "$@"
+    fi
+  done <"$plan"
+}
+
+for ((g = 0; g < NGPU; ++g)); do queue $g & done
+wait
+echo "study.sh: $(grep -cv -e '^#' -e '^$' "$plan") runs in $plan, $(ls "$RUNS"/*/done 2>/dev/null | wc -l) complete in $RUNS"

@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Collects the AdamW vs Sophia-G study (docs/study.md) from its run directories.
+
+usage: scripts/study_table.py [--runs DIR]            markdown tables on stdout
+       scripts/study_table.py [--runs DIR] --next     the second phase's plan on stdout
+       scripts/study_table.py [--runs DIR] --sweep-dat FILE   lr sweep data for gnuplot
+       scripts/study_table.py [--runs DIR] --best-dirs        the best settings' runs, for plot.py
+
+A run directory holds config.json and log.jsonl (sophiagpt train) and `done` once it finished.
+A setting is (optimizer, lr, rho, warmup); its seeds are runs that differ only in `seed`.
+The sweep uses seed 1337; the best setting of each optimizer (lowest final validation loss among
+finished runs) gets two more seeds and a warmup variant in the second phase.
+
+Measures (docs/study.md says how to read them):
+  final val     the evaluation after the last step (mean and sample standard deviation over seeds)
+  tokens ratio  L* = the higher of the two optimizers' mean final val losses (a loss both reach);
+                T_X(L*) = tokens at which run X's validation curve first reaches L* (linear
+                interpolation between evaluations); ratio = mean T_AdamW(L*) / mean T_Sophia(L*),
+                with the range over every (AdamW seed, Sophia seed) pair. > 1: Sophia-G needs fewer
+                tokens. Note: a point inside a cosine schedule is not the end of a shorter run.
+  compute ratio the same with FLOPs: Sophia-G's tokens count (1 + f_eff / k) times (the GNB pass).
+"""
+import json
+import math
+import os
+import statistics
+import sys
+
+PHASE2_SEEDS = (1338, 1339)
+BASE_SEED = 1337
+
+
+def load(d):
+    try:
+        cfg = json.load(open(os.path.join(d, "config.json")))
+        recs = [json.loads(l) for l in open(os.path.join(d, "log.jsonl")) if l.strip()]
+    except (OSError, ValueError):
+        return None
+    o = cfg["optimizer"]
+    evals = {}
+    for r in recs:
+        if r.get("type") == "eval" and r.get("val_loss") is not None:
+            evals[r["step"]] = r["val_loss"]
+    skips = sum(1 for r in recs if r.get("type") == "skip")
+    gnb = [r for r in recs if r.get("type") == "gnb"]
+    max_steps = cfg["schedule"]["max_steps"]
+    done = os.path.exists(os.path.join(d, "done"))
+    ev = sorted(evals.items())
+    final = evals.get(max_steps)
+    bad = any(v is None or not math.isfinite(v) for _, v in ev) or skips > 0
+    B = cfg["batch"]["micro_batch_size"]
+    f = o.get("hessian_batch_fraction", 1.0)
+    f_eff = max(1, math.floor(f * B)) / B
+    return {
+        "name": os.path.basename(d), "opt": o["name"], "lr": o["lr"],
+        "rho": o["rho"] if o["name"] == "sophiag" else None,
+        "warmup": cfg["schedule"]["warmup_iters"], "seed": cfg["seed"], "done": done,
+        "final": final, "evals": ev, "tokens": cfg["batch"]["total_batch_tokens"],
+        "max_steps": max_steps, "diverged": bad or (done and final is None),
+        "skips": skips, "gnb": gnb,
+        "flop_factor": 1 + f_eff / o["hessian_interval"] if o["name"] == "sophiag" else 1.0,
+        "line": None,
+    }
+
+
+def setting(r):
+    return (r["opt"], r["lr"], r["rho"], r["warmup"])
+
+
+def tokens_to(r, target):
+    """Tokens at which the run's validation curve first reaches `target` (None: never)."""
+    prev = None
+    for step, v in r["evals"]:
+        if v <= target:
+            if prev is None:
+                return step * r["tokens"]
+            s0, v0 = prev
+            t = s0 + (step - s0) * (v0 - target) / (v0 - v) if v0 != v else step
+            return t * r["tokens"]
+        prev = (step, v)
+    return None
+
+
+def fmt(x, p=4):
+    return "-" if x is None else f"{x:.{p}f}"
+
+
+def main():
+    args = sys.argv[1:]
+    runs_dir = "runs/study"
+    if "--runs" in args:
+        runs_dir = args[args.index("--runs") + 1]
+    runs = [r for r in (load(os.path.join(runs_dir, n)) for n in sorted(os.listdir(runs_dir))
+                        if os.path.isdir(os.path.join(runs_dir, n))) if r]
+    base = [r for r in runs if r["seed"] == BASE_SEED]
+    best = {}
+    for r in base:
+        if not r["done"] or r["diverged"] or r["final"] is None:
+            continue
+        # the sweep's own warmup: the most common one (the warmup variant is a separate check)
+        if r["opt"] not in best or r["final"] < best[r["opt"]]["final"]:
+            best[r["opt"]] = r
+    warmups = statistics.multimode([r["warmup"] for r in base]) if base else []
+    sweep_warmup = warmups[0] if warmups else None
+    for o in list(best):
+        cands = [r for r in base if r["opt"] == o and r["warmup"] == sweep_warmup and r["done"]
+                 and not r["diverged"] and r["final"] is not None]
+        if cands:
+            best[o] = min(cands, key=lambda r: r["final"])
+
+    if "--sweep-dat" in args:
+        out = open(args[args.index("--sweep-dat") + 1], "w")
+        out.write("# optimizer rho lr final_val (nan: diverged or unfinished)\n")
+        for r in sorted(base, key=lambda r: (r["opt"], r["rho"] or 0, r["lr"])):
+            if r["warmup"] != sweep_warmup:
+                continue
+            v = r["final"] if r["done"] and not r["diverged"] and r["final"] is not None else float("nan")
+            out.write(f"{r['opt']} {r['rho'] if r['rho'] is not None else 0} {r['lr']} {v}\n")
+        return
+
+    if "--best-dirs" in args:  # the runs of each optimizer's best setting, LOG=LABEL for plot.py
+        for o, b in sorted(best.items()):
+            for r in runs:
+                if setting(r) == setting(b):
+                    print(f"{os.path.join(runs_dir, r['name'])}={'AdamW' if o == 'adamw' else 'Sophia-G'} "
+                          f"lr {r['lr']:g}{' rho ' + str(r['rho']) if r['rho'] else ''} seed {r['seed']}")
+        return
+
+    if "--next" in args:
+        print("# second phase: generated by scripts/study_table.py --next from the sweep")
+        for o, r in sorted(best.items()):
+            cfg = f"configs/study/small_{o}.json"
+            common = f"optimizer.lr={r['lr']} optimizer.min_lr={r['lr'] / 10:g}"
+            if o == "sophiag":
+                common += f" optimizer.rho={r['rho']}"
+            tag = r["name"]
+            w2 = 300 if r["warmup"] != 300 else 100
+            for s in PHASE2_SEEDS:
+                print(f"{tag}_seed{s} {cfg} {common} seed={s}")
+            print(f"{tag}_warmup{w2} {cfg} {common} schedule.warmup_iters={w2}")
+        return
+
+    print(f"## Runs ({len(runs)} in {runs_dir})\n")
+    print("| run | optimizer | lr | rho | warmup | seed | final val | best val | status |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(runs, key=lambda r: (r["opt"], r["rho"] or 0, r["lr"], r["warmup"], r["seed"])):
+        vals = [v for _, v in r["evals"] if v is not None and math.isfinite(v)]
+        status = ("diverged" if r["diverged"] else "done") if r["done"] else \
+            ("diverged (stopped)" if r["diverged"] else "unfinished")
+        print(f"| {r['name']} | {r['opt']} | {r['lr']:g} | {fmt(r['rho'], 3) if r['rho'] else '-'} | "
+              f"{r['warmup']} | {r['seed']} | {fmt(r['final'])} | {fmt(min(vals) if vals else None)} | {status} |")
+
+    print("\n## Best setting of each optimizer, over seeds\n")
+    print("| optimizer | lr | rho | warmup | seeds | final val mean | std | min | max |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    groups = {}
+    for o, b in best.items():
+        g = [r for r in runs if setting(r) == setting(b) and r["done"] and not r["diverged"] and r["final"] is not None]
+        groups[o] = g
+        fs = [r["final"] for r in g]
+        sd = statistics.stdev(fs) if len(fs) > 1 else None
+        print(f"| {o} | {b['lr']:g} | {fmt(b['rho'], 3) if b['rho'] else '-'} | {b['warmup']} | {len(fs)} | "
+              f"{fmt(statistics.mean(fs))} | {fmt(sd)} | {fmt(min(fs))} | {fmt(max(fs))} |")
+
+    if "adamw" in groups and "sophiag" in groups and groups["adamw"] and groups["sophiag"]:
+        A, S = groups["adamw"], groups["sophiag"]
+        la = statistics.mean(r["final"] for r in A)
+        ls = statistics.mean(r["final"] for r in S)
+        target = max(la, ls)
+        print(f"\n## Tokens and compute to the same loss\n\nL* = {target:.4f} (the higher of the mean final "
+              f"losses: AdamW {la:.4f}, Sophia-G {ls:.4f}; difference Sophia-G - AdamW = {ls - la:+.4f})\n")
+        ta = [tokens_to(r, target) for r in A]
+        ts = [tokens_to(r, target) for r in S]
+        if all(t is not None for t in ta + ts):
+            ratios = [a / s for a in ta for s in ts]
+            fa, fs_ = A[0]["flop_factor"], S[0]["flop_factor"]
+            cratios = [a * fa / (s * fs_) for a in ta for s in ts]
+            print(f"| measure | mean | range over seed pairs |\n|---|---|---|")
+            print(f"| tokens to L*: AdamW / Sophia-G | {statistics.mean(ta) / statistics.mean(ts):.3f} | "
+                  f"{min(ratios):.3f} - {max(ratios):.3f} |")
+            print(f"| compute to L* (GNB counted, x{fs_:.3f} for Sophia-G) | "
+                  f"{statistics.mean(ta) * fa / (statistics.mean(ts) * fs_):.3f} | {min(cratios):.3f} - {max(cratios):.3f} |")
+        else:
+            print("some run never reached L* (see the runs table)")
+
+    div = [r for r in runs if r["diverged"]]
+    print(f"\n## Divergences\n\n{len(div)} run(s)" + (":" if div else "."))
+    for r in div:
+        print(f"- {r['name']}: {r['opt']} lr {r['lr']:g}" + (f" rho {r['rho']}" if r["rho"] else "") +
+              f", {r['skips']} skipped step(s), evaluations {[(s, round(v, 3) if v is not None else None) for s, v in r['evals']]}")
+
+    if "sophiag" in groups and groups["sophiag"]:
+        print("\n## Sophia-G's clipping over training (best setting, seed 1337)\n")
+        b = best["sophiag"]
+        g = b["gnb"]
+        if g:
+            n = len(g)
+            print("| part of training | GNB passes | mean win rate | mean h_l1 | mean GNB grad norm |\n|---|---|---|---|---|")
+            for lo, hi, label in ((0, n // 5, "first 20%"), (2 * n // 5, 3 * n // 5, "middle 20%"), (n - n // 5, n, "last 20%")):
+                part = g[lo:hi] or g[lo:lo + 1]
+                print(f"| {label} | {len(part)} | {statistics.mean(x['win_rate'] for x in part):.4f} | "
+                      f"{statistics.mean(x['h_l1'] for x in part):.4g} | "
+                      f"{statistics.mean(x['gnb_grad_norm'] for x in part):.4g} |")
+
+
+if __name__ == "__main__":
+    main()
