@@ -3,9 +3,10 @@
 // 1. Resume is bit-identical in bf16: 12 steps straight vs 6 steps, a checkpoint, a fresh backend
 //    resumed to 12, for Sophia-G (GNB passes on both sides of the cut) and AdamW, with bf16 and
 //    fp32 gradient accumulation. Losses of steps 6-11 and the fp32 master, m, h/v and the bf16
-//    working weights equal bit for bit. Fails when the working weights or the rounding counter
-//    are not restored (the weights would be rounded to nearest from the master, and the next
-//    stochastic rounding would use another random stream).
+//    working weights equal bit for bit. Control: the same checkpoint with the working weights and
+//    the rounding counter removed from its state file (the weights are then rounded to nearest
+//    from the master and the rounding stream restarts, as before they were saved) must end with
+//    different bits.
 // 2. fp32 gradient accumulation: the accumulated gradient equals, bit for bit, the fp32 sum (in
 //    micro-step order) of the bf16 gradients of the single micro-steps computed with bf16
 //    accumulation from a zeroed buffer. Expected values come from the bf16 path alone (one
@@ -21,6 +22,7 @@
 
 #include "cuda/cuda_backend.h"
 #include "data/loader.h"
+#include "model/checkpoint.h"
 #include "train/trainer.h"
 
 using namespace sgpt;
@@ -109,6 +111,23 @@ TEST(Bf16State, ResumeIsBitIdentical) {
         prepare(half, ob);
         train(half, *b1, ob);
       }
+      // Control: the same checkpoint without the working weights and the rounding counter (what
+      // checkpoints held before they were saved): the resumed run must then differ, or this test
+      // could not tell a broken restore from a working one.
+      const std::string ctrl = (dir / ("control_" + tag)).string();
+      fs::copy(ob.out_dir, ctrl, fs::copy_options::recursive);
+      {
+        TrainState st = read_state_file(state_path(ctrl, 6));
+        for (size_t i = 0; i < st.slot_names.size(); ++i)
+          if (st.slot_names[i] == "working") {
+            st.slot_names.erase(st.slot_names.begin() + static_cast<std::ptrdiff_t>(i));
+            st.slots.erase(st.slots.begin() + static_cast<std::ptrdiff_t>(i));
+            break;
+          }
+        ASSERT_TRUE(st.meta.contains("rounding_counter")) << tag;
+        st.meta.erase("rounding_counter");
+        write_state_file(state_path(ctrl, 6), st);
+      }
       auto b2 = fresh(c);  // a new process starts from a fresh init, then loads
       ob.resume = true;
       ASSERT_EQ(prepare(c, ob), 6);
@@ -122,6 +141,16 @@ TEST(Bf16State, ResumeIsBitIdentical) {
         b2->get(slot, y);
         EXPECT_TRUE(same_bits(x, y)) << tag << " slot " << slot;
       }
+      auto b3 = fresh(c);
+      TrainOptions oc = ob;
+      oc.out_dir = ctrl;
+      ASSERT_EQ(prepare(c, oc), 6);
+      train(c, *b3, oc);
+      std::vector<float> x, y;
+      a->get("working", x);
+      b3->get("working", y);
+      EXPECT_FALSE(same_bits(x, y)) << tag << ": resuming without the saved working weights and "
+                                    << "counter gave the same bits (the comparison above proves nothing)";
     }
   }
   fs::remove_all(dir);
