@@ -185,12 +185,10 @@ std::vector<std::string> remove_stale_temp_files(const std::string& dir) {
   return removed;
 }
 
-void write_model_file(const std::string& path, const ModelConfig& cfg, const std::vector<float>& params) {
-  const ParamLayout L = ParamLayout::make(cfg);
-  if (params.size() != L.total) throw std::invalid_argument("write_model_file: parameter count mismatch");
+std::vector<int32_t> model_file_header(const ModelConfig& cfg, int version) {
   std::vector<int32_t> header(256, 0);
   header[0] = kModelMagic;
-  header[1] = 3;
+  header[1] = version;
   header[2] = cfg.block_size;
   header[3] = cfg.vocab_size;
   header[4] = cfg.n_layer;
@@ -200,7 +198,14 @@ void write_model_file(const std::string& path, const ModelConfig& cfg, const std
   header[8] = 1 + (cfg.bias ? 1 : 0);
   header[9] = 1 + (cfg.scale_attn_by_inverse_layer_idx ? 1 : 0);
   header[10] = kModelChecksumTag;
-  header[11] = 0;  // computed below, over the whole file with this slot as zero
+  header[11] = 0;  // the checksum, computed over the whole file with this slot as zero
+  return header;
+}
+
+void write_model_file(const std::string& path, const ModelConfig& cfg, const std::vector<float>& params) {
+  const ParamLayout L = ParamLayout::make(cfg);
+  if (params.size() != L.total) throw std::invalid_argument("write_model_file: parameter count mismatch");
+  std::vector<int32_t> header = model_file_header(cfg, 3);
   size_t zeros = 0;
   for (int i = 0; i < kNumParamTensors; ++i) zeros = std::max(zeros, L.file_size[i] - L.size[i]);
   const std::vector<float> zero(zeros, 0.0f);

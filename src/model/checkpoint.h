@@ -38,6 +38,8 @@ constexpr int32_t kModelChecksumTag = 0x31435243;  // the bytes "CRC1"
 constexpr uint32_t kStateVersion = 2;              // 1: no checksum (still read)
 
 void write_model_file(const std::string& path, const ModelConfig& cfg, const std::vector<float>& params);
+// The 256-slot header above for a model of shape cfg, version 3 (fp32) or 5 (bf16), checksum slot 0.
+std::vector<int32_t> model_file_header(const ModelConfig& cfg, int version);
 // Reads a model file, verifies its checksum and checks its header against cfg (UserError naming
 // the file and the mismatching field). bf16 files (version 5) are widened to fp32. *verified (when
 // given) tells whether the file carried a checksum (false: an llm.c file or an old one).

@@ -211,19 +211,7 @@ void write_hf_folder(const std::string& dir, const ModelConfig& cfg, const std::
 void write_model_file_bf16(const std::string& path, const ModelConfig& cfg, const std::vector<float>& params) {
   const ParamLayout L = ParamLayout::make(cfg);
   if (params.size() != L.total) throw std::invalid_argument("write_model_file_bf16: parameter count mismatch");
-  std::vector<int32_t> header(256, 0);
-  header[0] = kModelMagic;
-  header[1] = 5;
-  header[2] = cfg.block_size;
-  header[3] = cfg.vocab_size;
-  header[4] = cfg.n_layer;
-  header[5] = cfg.n_head;
-  header[6] = cfg.n_embd;
-  header[7] = cfg.padded_vocab_size;
-  header[8] = 1 + (cfg.bias ? 1 : 0);
-  header[9] = 1 + (cfg.scale_attn_by_inverse_layer_idx ? 1 : 0);
-  header[10] = kModelChecksumTag;
-  header[11] = 0;  // the checksum is computed with this slot as zero
+  std::vector<int32_t> header = model_file_header(cfg, 5);
   size_t file_total = 0;
   for (int i = 0; i < kNumParamTensors; ++i) file_total += L.file_size[i];
   std::vector<uint16_t> data;

@@ -11,25 +11,11 @@
 
 #include "data/loader.h"
 #include "model/checkpoint.h"
+#include "test_cli_helpers.h"
 
 namespace fs = std::filesystem;
 
 namespace {
-
-struct Exec {
-  int code;
-  std::string out;
-};
-
-Exec run(const std::string& args) {
-  const std::string cmd = std::string(SGPT_EXE) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
 
 fs::path scratch(const std::string& name) {
   fs::path p = fs::temp_directory_path() / ("sgpt_cli_" + std::to_string(::getpid())) / name;
@@ -61,14 +47,14 @@ bool contains(const std::string& s, const std::string& n) { return s.find(n) != 
 
 TEST(Cli, HelpForEverySubcommand) {
   for (const char* sub : {"train", "eval", "sample", "tokenize", "prepare", "bench"}) {
-    const Exec r = run(std::string(sub) + " --help");
+    const Exec r = run_cli(std::string(sub) + " --help");
     EXPECT_EQ(r.code, 0) << sub << ": " << r.out;
     EXPECT_TRUE(contains(r.out, "Usage")) << r.out;
   }
 }
 
 TEST(Cli, MissingConfigFile) {
-  const Exec r = run("train --config /nonexistent/cfg.json");
+  const Exec r = run_cli("train --config /nonexistent/cfg.json");
   EXPECT_NE(r.code, 0);
   EXPECT_TRUE(contains(r.out, "/nonexistent/cfg.json")) << r.out;
 }
@@ -76,7 +62,7 @@ TEST(Cli, MissingConfigFile) {
 TEST(Cli, InvalidJson) {
   const fs::path d = scratch("badjson");
   write(d / "c.json", "{\"model\": {");
-  const Exec r = run("train --config " + (d / "c.json").string() + " --out-dir " + (d / "run").string());
+  const Exec r = run_cli("train --config " + (d / "c.json").string() + " --out-dir " + (d / "run").string());
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(contains(r.out, "not valid JSON")) << r.out;
   EXPECT_TRUE(contains(r.out, "c.json")) << r.out;
@@ -86,32 +72,32 @@ TEST(Cli, InvalidJson) {
 TEST(Cli, UnknownKeyNamesThePath) {
   const fs::path d = scratch("unknown");
   write(d / "c.json", R"({"optimizer": {"rhoo": 0.1}})");
-  const Exec r = run("train --config " + (d / "c.json").string() + " --out-dir " + (d / "run").string());
+  const Exec r = run_cli("train --config " + (d / "c.json").string() + " --out-dir " + (d / "run").string());
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(contains(r.out, "optimizer.rhoo")) << r.out;
 }
 
 TEST(Cli, OutOfRangeOverride) {
   const fs::path d = tiny_setup("range");
-  const Exec r = run("train --config " + (d / "cfg.json").string() + " --set optimizer.rho=-1 --out-dir " +
+  const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --set optimizer.rho=-1 --out-dir " +
                     (d / "run").string());
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(contains(r.out, "optimizer.rho")) << r.out;
-  const Exec r2 = run("train --config " + (d / "cfg.json").string() + " --set batch.total_batch_tokens=17 --out-dir " +
+  const Exec r2 = run_cli("train --config " + (d / "cfg.json").string() + " --set batch.total_batch_tokens=17 --out-dir " +
                      (d / "run").string());
   EXPECT_EQ(r2.code, 2);
   EXPECT_TRUE(contains(r2.out, "batch.total_batch_tokens")) << r2.out;
 }
 
 TEST(Cli, BadDeviceValue) {
-  const Exec r = run("train --device tpu");
+  const Exec r = run_cli("train --device tpu");
   EXPECT_NE(r.code, 0);
   EXPECT_TRUE(contains(r.out, "device")) << r.out;
 }
 
 TEST(Cli, AutoFallsBackToCpuAndTrains) {
   const fs::path d = tiny_setup("auto");
-  const Exec r = run("train --config " + (d / "cfg.json").string() + " --device auto --out-dir " + (d / "run").string());
+  const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --device auto --out-dir " + (d / "run").string());
   EXPECT_EQ(r.code, 0) << r.out;
   // On a machine without a GPU the fallback is one line; with one, the GPU is used.
   EXPECT_TRUE(contains(r.out, "no usable GPU") || contains(r.out, "device: cuda")) << r.out;
@@ -120,18 +106,18 @@ TEST(Cli, AutoFallsBackToCpuAndTrains) {
   EXPECT_TRUE(fs::exists(d / "run" / "model_00000003.bin"));
   // A second run into the same directory is refused and leaves the first intact.
   const auto size = fs::file_size(d / "run" / "log.jsonl");
-  const Exec again = run("train --config " + (d / "cfg.json").string() + " --device cpu --out-dir " + (d / "run").string());
+  const Exec again = run_cli("train --config " + (d / "cfg.json").string() + " --device cpu --out-dir " + (d / "run").string());
   EXPECT_EQ(again.code, 2);
   EXPECT_TRUE(contains(again.out, "already holds a run")) << again.out;
   EXPECT_EQ(fs::file_size(d / "run" / "log.jsonl"), size);
   // Resume with more steps continues from the checkpoint.
-  const Exec more = run("train --config " + (d / "cfg.json").string() +
+  const Exec more = run_cli("train --config " + (d / "cfg.json").string() +
                        " --set schedule.max_steps=5 --device cpu --resume --out-dir " + (d / "run").string());
   EXPECT_EQ(more.code, 0) << more.out;
   EXPECT_TRUE(fs::exists(d / "run" / "model_00000005.bin"));
   EXPECT_TRUE(fs::exists(d / "run" / "config.resume_00000003.json"));
   // Resuming again keeps the first resume's config file.
-  const Exec again2 = run("train --config " + (d / "cfg.json").string() +
+  const Exec again2 = run_cli("train --config " + (d / "cfg.json").string() +
                           " --set schedule.max_steps=6 --device cpu --resume --out-dir " + (d / "run").string());
   EXPECT_EQ(again2.code, 0) << again2.out;
   EXPECT_TRUE(fs::exists(d / "run" / "config.resume_00000003.json"));
@@ -140,7 +126,7 @@ TEST(Cli, AutoFallsBackToCpuAndTrains) {
 
 TEST(Cli, CudaWithoutGpuIsAnError) {
   const fs::path d = tiny_setup("cuda");
-  const Exec r = run("train --config " + (d / "cfg.json").string() + " --device cuda --out-dir " + (d / "run").string());
+  const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --device cuda --out-dir " + (d / "run").string());
   if (contains(r.out, "device: cuda")) GTEST_SKIP() << "a GPU is usable here";
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_TRUE(contains(r.out, "no GPU is usable")) << r.out;
@@ -148,7 +134,7 @@ TEST(Cli, CudaWithoutGpuIsAnError) {
 
 TEST(Cli, MissingTrainingData) {
   const fs::path d = tiny_setup("nodata");
-  const Exec r = run("train --config " + (d / "cfg.json").string() + " --set data.train=/nonexistent/x_*.bin --device cpu --out-dir " +
+  const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --set data.train=/nonexistent/x_*.bin --device cpu --out-dir " +
                     (d / "run").string());
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_TRUE(contains(r.out, "/nonexistent/x_*.bin")) << r.out;
@@ -162,7 +148,7 @@ TEST(Cli, InitFromMismatchedModelFile) {
   const sgpt::ParamLayout L = sgpt::ParamLayout::make(other);
   std::vector<float> p(L.total, 0.01f);
   sgpt::write_model_file((d / "m.bin").string(), other, p);
-  const Exec r = run("train --config " + (d / "cfg.json").string() + " --init-from " + (d / "m.bin").string() +
+  const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --init-from " + (d / "m.bin").string() +
                     " --device cpu --out-dir " + (d / "run").string());
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_TRUE(contains(r.out, "n_layer")) << r.out;
@@ -172,20 +158,20 @@ TEST(Cli, InitFromMismatchedModelFile) {
 TEST(Cli, EvalAndSampleOfATrainedRun) {
   const fs::path d = tiny_setup("evalsample");
   const std::string run_dir = (d / "run").string();
-  const Exec t = run("train --config " + (d / "cfg.json").string() + " --set data.val=\"" + (d / "train.bin").string() +
+  const Exec t = run_cli("train --config " + (d / "cfg.json").string() + " --set data.val=\"" + (d / "train.bin").string() +
                      "\" --set eval.batches=2 --device cpu -q --out-dir " + run_dir);
   ASSERT_EQ(t.code, 0) << t.out;
-  const Exec e = run("eval --run " + run_dir + " --device cpu");
+  const Exec e = run_cli("eval --run " + run_dir + " --device cpu");
   EXPECT_EQ(e.code, 0) << e.out;
   EXPECT_TRUE(contains(e.out, "val loss")) << e.out;
   // The tiny model's vocabulary (50) cannot hold the prompt's GPT-2 ids: a clear error.
-  const Exec s = run("sample --run " + run_dir + " --prompt Hello --tokens 3 --vocab " SGPT_SOURCE_DIR "/data/cache/gpt2");
+  const Exec s = run_cli("sample --run " + run_dir + " --prompt Hello --tokens 3 --vocab " SGPT_SOURCE_DIR "/data/cache/gpt2");
   EXPECT_EQ(s.code, 2) << s.out;
   EXPECT_TRUE(contains(s.out, "outside the model's vocabulary")) << s.out;
-  const Exec none = run("eval --run " + (d / "nothing").string());
+  const Exec none = run_cli("eval --run " + (d / "nothing").string());
   EXPECT_EQ(none.code, 2) << none.out;
   EXPECT_TRUE(contains(none.out, "nothing")) << none.out;
-  const Exec step = run("sample --run " + run_dir + " --step 7");
+  const Exec step = run_cli("sample --run " + run_dir + " --step 7");
   EXPECT_EQ(step.code, 2) << step.out;
   EXPECT_TRUE(contains(step.out, "step 7")) << step.out;
 }
@@ -210,7 +196,7 @@ TEST(Cli, EveryBadConfigValueExitsWithTheKeyPath) {
       {"optimizer.no_such_key=1", "optimizer.no_such_key"},
   };
   for (const auto& [set, key] : cases) {
-    const Exec r = run("train --config " + (d / "cfg.json").string() + " --set '" + set + "' --device cpu --out-dir " +
+    const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --set '" + set + "' --device cpu --out-dir " +
                        (d / "run").string());
     EXPECT_EQ(r.code, 2) << set << ": " << r.out;
     EXPECT_TRUE(contains(r.out, key)) << set << ": " << r.out;

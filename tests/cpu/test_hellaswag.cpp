@@ -20,6 +20,7 @@
 #include "tokenizer/tokenizer.h"
 #include "train/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_cli_helpers.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
@@ -362,22 +363,6 @@ TEST(HellaSwag, TrainerEvaluatesPeriodically) {
   const std::string e = error_of([&] { check_data(c, 1); });
   EXPECT_TRUE(contains(e, "eval.hellaswag_file") && contains(e, "nope.jsonl")) << e;
 }
-
-namespace {
-struct Exec {
-  int code;
-  std::string out;
-};
-Exec run_cli(const std::string& args) {
-  const std::string cmd = std::string(SGPT_EXE) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
-}  // namespace
 
 TEST(HellaSwag, EvalCommandOnATinyTrainedModel) {
   const fs::path d = scratch("cli");

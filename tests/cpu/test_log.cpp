@@ -16,6 +16,7 @@
 #include "model/checkpoint.h"
 #include "train/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_cli_helpers.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
@@ -206,22 +207,6 @@ TEST(Log, ConfigKeysAreValidated) {
   EXPECT_EQ(back.eval.hellaswag_every, 50);
   EXPECT_EQ(back.eval.hellaswag_file, "hs.jsonl");
 }
-
-namespace {
-struct Exec {
-  int code;
-  std::string out;
-};
-Exec run_cli(const std::string& args) {
-  const std::string cmd = std::string(SGPT_EXE) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int st = pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
-}  // namespace
 
 TEST(Log, ConsoleLinesAndTheInfoCommand) {
   const fs::path d = scratch("console");

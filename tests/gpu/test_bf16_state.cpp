@@ -24,6 +24,7 @@
 #include "data/loader.h"
 #include "model/checkpoint.h"
 #include "train/trainer.h"
+#include "test_shards.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
@@ -33,17 +34,6 @@ namespace {
 bool gpu_or_skip() {
   std::string why;
   return cuda_usable(&why);
-}
-
-std::string pattern_shard(const fs::path& dir, const std::string& name, int V, size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<uint16_t> toks(n);
-  for (size_t i = 1; i < n; ++i)
-    toks[i] = static_cast<uint16_t>((rng() % 8) ? (7 * toks[i - 1] + 11) % V : rng() % V);
-  fs::create_directories(dir);
-  const std::string p = (dir / name).string();
-  write_llmc_shard(p, toks);
-  return p;
 }
 
 // Odd sizes: C = 72 (3 heads of 24), V = 301 (padded to 320), T = 48; 2 micro-steps per step.

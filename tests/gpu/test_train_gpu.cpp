@@ -22,6 +22,7 @@
 #include "data/loader.h"
 #include "train/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_shards.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
@@ -31,17 +32,6 @@ namespace {
 bool gpu_or_skip() {
   std::string why;
   return cuda_usable(&why);
-}
-
-std::string pattern_shard(const fs::path& dir, const std::string& name, int V, size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<uint16_t> toks(n);
-  for (size_t i = 1; i < n; ++i)
-    toks[i] = static_cast<uint16_t>((rng() % 8) ? (7 * toks[i - 1] + 11) % V : rng() % V);
-  fs::create_directories(dir);
-  const std::string p = (dir / name).string();
-  write_llmc_shard(p, toks);
-  return p;
 }
 
 Config make_config(const std::string& train_path, int steps) {
