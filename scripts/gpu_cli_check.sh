@@ -8,6 +8,7 @@
 #   2. `sample` on the GPU and on the CPU from an fp32 model, same seed: the same text
 #   3. `eval --hellaswag` on the GPU and on the CPU: the same count of correct examples
 #   4. the GPU demo's config (configs/demo_gpu.json) for 200 steps: tokens/s and MFU
+#   5. sampling speed at GPT-2 124M, 256 tokens, GPU vs CPU (reported, not a pass/fail)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}
@@ -88,6 +89,17 @@ t = [json.loads(l) for l in open(sys.argv[1])]
 t = [x for x in t if x.get("type") == "train"][20:]
 print("  %.0f tokens/s, MFU %s" % (sum(x["tokens_per_s"] for x in t) / len(t), t[-1].get("mfu")))
 PY
+# 5. sampling speed at 124M: 256 tokens with the KV cache on the GPU and on the CPU (the CPU path
+#    before the KV cache recomputed the whole prefix for every token, so it was slower still)
+"$EXE" train --config configs/gpt2_125m_sophiag.json --device cuda --set schedule.max_steps=1 \
+  --set schedule.warmup_iters=1 --set batch.total_batch_tokens=8192 --set "data.train=data/shards/sotu/train_*.bin" \
+  --set data.val= --set eval.every=0 -q --out-dir "$d/m124" >"$d/m124.log" 2>&1 || bad "124M model for sampling (exit $?)"
+for dev in cuda cpu; do
+  "$EXE" sample --run "$d/m124" --device $dev --prompt "The state of the Union" -n 256 \
+    --seed 1 >"$d/s124_$dev.txt" 2>"$d/s124_$dev.err"
+  echo "  124M, 256 tokens, $dev: $(grep -h "tokens/s" "$d/s124_$dev.err" | tail -1)"
+done
+
 tar czf "$out/cli_check.tar.gz" -C "$d" --exclude='*.bin' . 2>/dev/null
 echo "gpu_cli_check: $fails failure(s)"
 exit $fails
