@@ -1,7 +1,11 @@
 // Config parsing and validation: every bad value is an error that names the key path.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 #include "config/config.h"
@@ -132,4 +136,38 @@ TEST(Config, OverrideOfUnknownKeyIsAnError) {
   }
   EXPECT_THROW(apply_override(j, "novalue"), UserError);
   EXPECT_THROW(apply_override(j, "model=3"), UserError);
+}
+
+// Every config shipped in configs/ and configs/study/ loads and validates, and every line of the
+// study plans (configs/study/*.plan: NAME CONFIG key=value ...) names a config that exists and
+// overrides that apply and validate: a typo is found here, not after a GPU has been reserved.
+TEST(ConfigFiles, EveryShippedConfigAndPlanLineLoads) {
+  namespace fs = std::filesystem;
+  const fs::path root = SGPT_SOURCE_DIR;
+  int configs = 0, lines = 0;
+  for (const char* dir : {"configs", "configs/study"}) {
+    for (const auto& e : fs::directory_iterator(root / dir)) {
+      if (e.path().extension() != ".json") continue;
+      EXPECT_NO_THROW(sgpt::load_config(e.path().string(), {})) << e.path();
+      ++configs;
+    }
+  }
+  for (const auto& e : fs::directory_iterator(root / "configs/study")) {
+    if (e.path().extension() != ".plan") continue;
+    std::ifstream in(e.path());
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty() || line[0] == '#') continue;
+      std::istringstream ws(line);
+      std::string name, config, kv;
+      ws >> name >> config;
+      std::vector<std::string> sets;
+      while (ws >> kv) sets.push_back(kv);
+      ASSERT_TRUE(fs::exists(root / config)) << e.path() << ": " << line;
+      EXPECT_NO_THROW(sgpt::load_config((root / config).string(), sets)) << e.path() << ": " << line;
+      ++lines;
+    }
+  }
+  EXPECT_GE(configs, 10);
+  EXPECT_GE(lines, 20);
 }
