@@ -33,6 +33,7 @@
 #include "cpu/optim.h"
 #include "cuda/check.h"
 #include "cuda/cuda_backend.h"
+#include "config/config.h"
 #include "cuda/optim_cuda.h"
 #include "data/loader.h"
 #include "model/gpt2.h"
@@ -360,7 +361,7 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
     be = make_cuda_backend(mc, o.batch, o.seq, prec, init,
                            attention_impl_from_name(cfgs.front().attention));
     be->set_recompute(o.recompute);
-    be->set_grad_accum_fp32(o.grad_accum == "fp32" || (o.grad_accum == "auto" && o.accum > 1));
+    be->set_grad_accum_fp32(Config::grad_accum_fp32_for(o.grad_accum, o.accum));
     for (const auto& a : o.attentions) {
       be->set_attention(attention_impl_from_name(a));
       std::printf("attention %s: %s\n", a.c_str(), be->name().c_str());

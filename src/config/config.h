@@ -104,7 +104,11 @@ struct Config {
   // precision: always fp32.
   std::string grad_accum_precision = "auto";
   bool grad_accum_fp32(int world = 1) const {
-    return grad_accum_precision == "fp32" || (grad_accum_precision == "auto" && grad_accum_steps(world) > 1);
+    return grad_accum_fp32_for(grad_accum_precision, grad_accum_steps(world));
+  }
+  // The rule itself, for callers without a Config (`bench train --grad-accum`).
+  static bool grad_accum_fp32_for(const std::string& setting, int accum_steps) {
+    return setting == "fp32" || (setting == "auto" && accum_steps > 1);
   }
 
   // Derived (not keys): gradient accumulation steps and Sophia's bs, for a world of `world`
