@@ -9,6 +9,7 @@
 #   3. `eval --hellaswag` on the GPU and on the CPU: the same count of correct examples
 #   4. the GPU demo's config (configs/demo_gpu.json) for 200 steps: tokens/s and MFU
 #   5. sampling speed at GPT-2 124M, 256 tokens, GPU vs CPU (reported, not a pass/fail)
+#   6. with OLD_SOPHIAGPT set: the same on the CPU with a build from before the KV cache
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}
@@ -99,6 +100,16 @@ for dev in cuda cpu; do
     --seed 1 >"$d/s124_$dev.txt" 2>"$d/s124_$dev.err"
   echo "  124M, 256 tokens, $dev: $(grep -h "tokens/s" "$d/s124_$dev.err" | tail -1)"
 done
+# 6. optional: the same with the sample command as it was before the KV cache (a CPU build of an
+#    older commit, given as OLD_SOPHIAGPT; it recomputes the context for every token), timed here
+if [[ -n ${OLD_SOPHIAGPT:-} ]]; then
+  t0=$(date +%s.%N)
+  "$OLD_SOPHIAGPT" sample -c configs/gpt2_125m_sophiag.json -m "$(ls "$d"/m124/model_*.bin | tail -1)" \
+    --prompt "The state of the Union" -n 256 --seed 1 >"$d/s124_old.txt" 2>"$d/s124_old.err"
+  rc=$?
+  t1=$(date +%s.%N)
+  echo "  124M, 256 tokens, cpu without KV cache ($OLD_SOPHIAGPT, exit $rc): $(python3 -c "print('%.1f s, %.2f tokens/s' % ($t1 - $t0, 256 / ($t1 - $t0)))")"
+fi
 
 tar czf "$out/cli_check.tar.gz" -C "$d" --exclude='*.bin' . 2>/dev/null
 echo "gpu_cli_check: $fails failure(s)"

@@ -9,16 +9,25 @@
 # OFFICIAL_DIR  a checkout of the official repository (commit a7e1572 was used)
 # OUT_DIR       work folder: the official trainer's copy and data, run folders, logs
 # RUN           which runs, each NAME=GPU, run in parallel when their GPUs differ:
-#   official_bf16   train_sophiag.py, dtype bfloat16 (autocast, fp32 master weights), no compile
+#   official_bf16   train_sophiag.py, dtype bfloat16 (autocast, fp32 master weights), compiled
+#                   (OFFICIAL_COMPILE=False: not compiled)
 #   official_fp32   the same with dtype float32 (TF32 matmuls, as the official trainer allows)
+#   official_x8     official_bf16 with --gradient_accumulation_steps=8, as the earlier comparisons
+#                   ran it: 8 x 8 = 64 micro-steps, 524,288 tokens per step, bs still 65,536
 #   ours_bf16       sophiagpt, bf16 (fp32 gradient accumulation: grad_accum_precision auto)
 #   ours_bf16acc    sophiagpt, bf16 with bf16 gradient accumulation
 #   ours_fp32       sophiagpt, fp32
+#   ours_x8         ours_bf16 set up as official_x8 runs: 524,288 tokens per step, bs 65,536
 # Recipe (the first comparison of the study issue): GPT-2 124M (no biases, attention scaled by
 # 1/(layer+1)), 8 x 1024 tokens x 8 micro-steps = 65,536 tokens per step, Sophia-G lr 6e-4,
 # min_lr 1.5e-5, rho 0.05, weight decay 0.2, betas (0.965, 0.99), k = 10, clip 1.0, warmup 100,
 # cosine to step 1000, STEPS steps (default 300), evaluation every 50 steps on 20 x 8 sequences.
 # Sophia-G's bs is 65,536 in both (the official `total_bs * block_size` with total_bs = 64).
+# Micro-steps: started as one process (no torchrun), the official trainers multiply
+# gradient_accumulation_steps by 8 ("simulate 8 gpus", train_sophiag.py and train_adam.py at
+# a7e1572), so 8 micro-steps are asked for with --gradient_accumulation_steps=1. The runs before
+# 2026-11-30 passed 8, and the official trainer then took 524,288 tokens per step while its
+# Sophia-G bs (total_bs * block_size) stayed 65,536: official_x8 / ours_x8 (docs/study.md).
 # Logging: --log_interval=10. With 1 the official trainer stops at its first GNB step
 # (AttributeError: it calls .item() on the int it initialises hessian_norm to, in the branch that
 # logs on GNB steps); with 10 its logging runs in the other branch only (steps 0, 10, 20, ...),
@@ -48,13 +57,13 @@ for s in train val; do
   for shard in data/shards/study/${s}_*.bin; do tail -c +1025 "$shard" >>"$f"; done  # 256 int32 header
 done
 
-official() {  # TAG DTYPE GPU
-  local tag=$1 dtype=$2 gpu=$3
+official() {  # TAG DTYPE GPU ACCUM
+  local tag=$1 dtype=$2 gpu=$3 accum=${4:-1}
   rm -f "$out/$tag.jsonl"
   (cd "$out/official" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$ROOT/scripts/official_shim SGPT_WANDB_LOG=$out/$tag.jsonl \
     python3 train_sophiag.py config/train_gpt2_small_sophiag.py --dataset=study --batch_size=8 \
-      --gradient_accumulation_steps=8 --total_bs=64 --max_iters="$STEPS" --lr_decay_iters=1000 \
-      --warmup_iters=100 --eval_interval=50 --eval_iters=20 --log_interval=10 --compile=False \
+      --gradient_accumulation_steps="$accum" --total_bs=64 --max_iters="$STEPS" --lr_decay_iters=1000 \
+      --warmup_iters=100 --eval_interval=50 --eval_iters=20 --log_interval=10 --compile="${OFFICIAL_COMPILE:-True}" \
       --dtype="$dtype" --wandb_log=True --always_save_checkpoint=False --out_dir="$out/ckpt_$tag") \
     >"$out/$tag.log" 2>&1
   echo "$tag: exit $? ($(grep -c . "$out/$tag.jsonl" 2>/dev/null) records)"
@@ -78,9 +87,11 @@ for spec in "$@"; do
   case $name in
     official_bf16) cmd="official official_bf16 bfloat16 $gpu" ;;
     official_fp32) cmd="official official_fp32 float32 $gpu" ;;
+    official_x8) cmd="official official_x8 bfloat16 $gpu 8" ;;
     ours_bf16) cmd="ours ours_bf16 $gpu precision=bf16" ;;
     ours_bf16acc) cmd="ours ours_bf16acc $gpu precision=bf16 grad_accum_precision=bf16" ;;
     ours_fp32) cmd="ours ours_fp32 $gpu precision=fp32" ;;
+    ours_x8) cmd="ours ours_x8 $gpu precision=bf16 batch.micro_batch_size=64 batch.total_batch_tokens=524288 optimizer.bs=65536" ;;
     *) echo "official_compare: unknown run '$name'" >&2; exit 2 ;;
   esac
   lanes[$gpu]+="$cmd;"
