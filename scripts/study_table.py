@@ -13,7 +13,7 @@ finished runs) gets two more seeds and a warmup variant in the second phase.
 
 Measures (docs/study.md says how to read them):
   final val     the evaluation after the last step (mean and sample standard deviation over seeds)
-  tokens ratio  L* = the higher of the two optimizers' mean final val losses (a loss both reach);
+  tokens ratio  L* = the highest final val loss among the runs compared (a loss every run reaches);
                 T_X(L*) = tokens at which run X's validation curve first reaches L* (linear
                 interpolation between evaluations); ratio = mean T_AdamW(L*) / mean T_Sophia(L*),
                 with the range over every (AdamW seed, Sophia seed) pair. > 1: Sophia-G needs fewer
@@ -166,9 +166,10 @@ def main():
         A, S = groups["adamw"], groups["sophiag"]
         la = statistics.mean(r["final"] for r in A)
         ls = statistics.mean(r["final"] for r in S)
-        target = max(la, ls)
-        print(f"\n## Tokens and compute to the same loss\n\nL* = {target:.4f} (the higher of the mean final "
-              f"losses: AdamW {la:.4f}, Sophia-G {ls:.4f}; difference Sophia-G - AdamW = {ls - la:+.4f})\n")
+        target = max(r["final"] for r in A + S)
+        print(f"\n## Tokens and compute to the same loss\n\nL* = {target:.4f} (the highest final loss of these "
+              f"runs, so every run reaches it; mean final losses: AdamW {la:.4f}, Sophia-G {ls:.4f}; difference "
+              f"Sophia-G - AdamW = {ls - la:+.4f})\n")
         ta = [tokens_to(r, target) for r in A]
         ts = [tokens_to(r, target) for r in S]
         if all(t is not None for t in ta + ts):
