@@ -18,6 +18,10 @@
 #   ours_bf16acc    sophiagpt, bf16 with bf16 gradient accumulation
 #   ours_fp32       sophiagpt, fp32
 #   ours_x8         ours_bf16 set up as official_x8 runs: 524,288 tokens per step, bs 65,536
+#   official_fp32_eager  dtype float32, not compiled, TF32 off (NVIDIA_TF32_OVERRIDE=0): the official
+#                   trainer's numerics taken out
+# NAME@S=GPU runs NAME with seed S: sophiagpt's `seed` = S; the official trainer's fixed seed 2099
+# becomes 2099 + S (scripts/official_shim/sitecustomize.py); the run is called NAME_sS.
 # Recipe (the first comparison of the study issue): GPT-2 124M (no biases, attention scaled by
 # 1/(layer+1)), 8 x 1024 tokens x 8 micro-steps = 65,536 tokens per step, Sophia-G lr 6e-4,
 # min_lr 1.5e-5, rho 0.05, weight decay 0.2, betas (0.965, 0.99), k = 10, clip 1.0, warmup 100,
@@ -57,13 +61,14 @@ for s in train val; do
   for shard in data/shards/study/${s}_*.bin; do tail -c +1025 "$shard" >>"$f"; done  # 256 int32 header
 done
 
-official() {  # TAG DTYPE GPU ACCUM
-  local tag=$1 dtype=$2 gpu=$3 accum=${4:-1}
+official() {  # TAG DTYPE GPU ACCUM COMPILE TF32 SEED
+  local tag=$1 dtype=$2 gpu=$3 accum=${4:-1} compile=${5:-${OFFICIAL_COMPILE:-True}} tf32=${6:-} seed=${7:-}
   rm -f "$out/$tag.jsonl"
   (cd "$out/official" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$ROOT/scripts/official_shim SGPT_WANDB_LOG=$out/$tag.jsonl \
+    env ${tf32:+NVIDIA_TF32_OVERRIDE=$tf32} ${seed:+SGPT_OFFICIAL_SEED=$seed} \
     python3 train_sophiag.py config/train_gpt2_small_sophiag.py --dataset=study --batch_size=8 \
       --gradient_accumulation_steps="$accum" --total_bs=64 --max_iters="$STEPS" --lr_decay_iters=1000 \
-      --warmup_iters=100 --eval_interval=50 --eval_iters=20 --log_interval=10 --compile="${OFFICIAL_COMPILE:-True}" \
+      --warmup_iters=100 --eval_interval=50 --eval_iters=20 --log_interval=10 --compile="$compile" \
       --dtype="$dtype" --wandb_log=True --always_save_checkpoint=False --out_dir="$out/ckpt_$tag") \
     >"$out/$tag.log" 2>&1
   echo "$tag: exit $? ($(grep -c . "$out/$tag.jsonl" 2>/dev/null) records)"
@@ -83,15 +88,22 @@ ours() {  # TAG GPU key=value...
 
 declare -A lanes
 for spec in "$@"; do
-  name=${spec%=*} gpu=${spec#*=}
+  name=${spec%=*} gpu=${spec#*=} seed=
+  if [[ $name == *@* ]]; then
+    seed=${name#*@} name=${name%@*}
+    [[ $seed =~ ^[0-9]+$ ]] || { echo "official_compare: seed '$seed' in '$spec' is not a number" >&2; exit 2; }
+  fi
+  tag=$name${seed:+_s$seed}
+  oseed=${seed:+seed=$seed}
   case $name in
-    official_bf16) cmd="official official_bf16 bfloat16 $gpu" ;;
-    official_fp32) cmd="official official_fp32 float32 $gpu" ;;
-    official_x8) cmd="official official_x8 bfloat16 $gpu 8" ;;
-    ours_bf16) cmd="ours ours_bf16 $gpu precision=bf16" ;;
-    ours_bf16acc) cmd="ours ours_bf16acc $gpu precision=bf16 grad_accum_precision=bf16" ;;
-    ours_fp32) cmd="ours ours_fp32 $gpu precision=fp32" ;;
-    ours_x8) cmd="ours ours_x8 $gpu precision=bf16 batch.micro_batch_size=64 batch.total_batch_tokens=524288 optimizer.bs=65536" ;;
+    official_bf16) cmd="official $tag bfloat16 $gpu 1 '' '' $seed" ;;
+    official_fp32) cmd="official $tag float32 $gpu 1 '' '' $seed" ;;
+    official_fp32_eager) cmd="official $tag float32 $gpu 1 False 0 $seed" ;;
+    official_x8) cmd="official $tag bfloat16 $gpu 8 '' '' $seed" ;;
+    ours_bf16) cmd="ours $tag $gpu precision=bf16 $oseed" ;;
+    ours_bf16acc) cmd="ours $tag $gpu precision=bf16 grad_accum_precision=bf16 $oseed" ;;
+    ours_fp32) cmd="ours $tag $gpu precision=fp32 $oseed" ;;
+    ours_x8) cmd="ours $tag $gpu precision=bf16 batch.micro_batch_size=64 batch.total_batch_tokens=524288 optimizer.bs=65536 $oseed" ;;
     *) echo "official_compare: unknown run '$name'" >&2; exit 2 ;;
   esac
   lanes[$gpu]+="$cmd;"
