@@ -12,9 +12,12 @@
 #
 # Pins by distribution (/etc/os-release ID and VERSION_ID):
 #   debian 12     exact versions; apt verifies each package against the signed archive index
-#                 (sha256), which is the checksum pin for Debian packages. Versions that came with a
-#                 security update (nodejs, libpcre2, libarchive) must be raised when Debian
-#                 publishes a newer one (the old one leaves the archive).
+#                 (sha256), which is the checksum pin for Debian packages. Debian 12's own stable and
+#                 security updates of a pinned package (the same version with a +deb12uN or ~deb12uN
+#                 suffix, or a higher N) are accepted in its place: the archive keeps only the newest
+#                 one, so an exact pin stops being installable when Debian publishes an update (this
+#                 happened to liblzma-dev 5.4.1-1, now 5.4.1-1+deb12u1). An installed update counts as
+#                 the pin; when the pin itself is gone, the newest such update is installed and named.
 #   ubuntu 24.04  unpinned, with a notice: the release pocket's versions would be findable, but a
 #                 package pinned there cannot be installed next to its dependencies' security
 #                 updates (exact-version dependencies), so apt picks the current versions; the
@@ -81,16 +84,23 @@ case "$OS_ID-$OS_VERSION" in
     ;;
 esac
 
+# VERSION is PIN or one of Debian 12's stable/security updates of it: PIN's base (PIN without a
+# trailing +deb12uN / ~deb12uN) followed by +deb12uN or ~deb12uN, and not older than PIN.
+pin_accepts() {  # PIN VERSION
+  local pin=$1 v=$2 base=${1%[+~]deb12u*}
+  [[ "$v" == "$pin" ]] && return 0
+  [[ "${v#"$base"}" =~ ^[+~]deb12u[0-9]+$ ]] && dpkg --compare-versions "$v" ge "$pin"
+}
+
 # A package spec ("name=version" pinned, or "name") that is not installed (at that version).
 missing=()
 want_pkg() {
-  local spec=$1 name=${1%%=*} want have
+  local spec=$1 name=${1%%=*} have
   have=$(dpkg-query -W -f='${Status} ${Version}' "$name" 2>/dev/null || true)
-  if [[ "$spec" == *=* ]]; then
-    want=${spec#*=}
-    [[ "$have" == "install ok installed $want" ]] || missing+=("$spec")
-  else
-    [[ "$have" == "install ok installed "* ]] || missing+=("$spec")
+  if [[ "$have" != "install ok installed "* ]]; then
+    missing+=("$spec")
+  elif [[ "$spec" == *=* ]] && ! pin_accepts "${spec#*=}" "${have#install ok installed }"; then
+    missing+=("$spec")
   fi
 }
 for spec in "${PKGS[@]}"; do want_pkg "$spec"; done
@@ -129,6 +139,27 @@ if ((${#tools[@]})); then echo "setup: build tools missing or too old: ${tools[*
 echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
+if ((PINNED)); then
+  # A pin the archive no longer has: the newest Debian 12 update of it that it has (pin_accepts).
+  for i in "${!missing[@]}"; do
+    spec=${missing[$i]}
+    [[ "$spec" == *=* ]] || continue
+    name=${spec%%=*} pin=${spec#*=}
+    mapfile -t avail < <(apt-cache madison "$name" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}')
+    printf '%s\n' "${avail[@]}" | grep -qxF -- "$pin" && continue
+    best=""
+    for v in "${avail[@]}"; do
+      if pin_accepts "$pin" "$v" && { [[ -z "$best" ]] || dpkg --compare-versions "$v" gt "$best"; }; then best=$v; fi
+    done
+    if [[ -z "$best" ]]; then
+      echo "setup: error: $name $pin (pinned in scripts/setup.sh) is not in the archive, nor any Debian 12" \
+           "update of it; available: ${avail[*]:-none}" >&2
+      exit 1
+    fi
+    echo "setup: notice: $name $pin has left the archive; installing its Debian 12 update $best"
+    missing[$i]="$name=$best"
+  done
+fi
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 if ((!PINNED)); then
   echo "setup: installed versions (unpinned):"
