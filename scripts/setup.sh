@@ -146,8 +146,9 @@ if ((PINNED)); then
     [[ "$spec" == *=* ]] || continue
     name=${spec%%=*} pin=${spec#*=}
     mapfile -t avail < <(apt-cache madison "$name" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}')
-    printf '%s\n' "${avail[@]}" | grep -qxF -- "$pin" && continue
     best=""
+    for v in "${avail[@]}"; do [[ "$v" == "$pin" ]] && best=$v; done
+    [[ -n "$best" ]] && continue
     for v in "${avail[@]}"; do
       if pin_accepts "$pin" "$v" && { [[ -z "$best" ]] || dpkg --compare-versions "$v" gt "$best"; }; then best=$v; fi
     done
