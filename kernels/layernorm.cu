@@ -8,7 +8,7 @@
 //   dweight_c += sum_n dout_nc * norm_nc ;   dbias_c += sum_n dout_nc
 //
 // Forward, vectorized path (C a multiple of the 16-byte vector width V = 16 / sizeof(T), at most
-// 4 * 32 * V channels, 16-byte aligned rows): one warp per row; the row is loaded once into
+// 7 * 32 * V channels, 16-byte aligned rows): one warp per row; the row is loaded once into
 // registers with 16-byte loads (lane l holds vectors l, l + 32, ...), mean and variance are two
 // passes over the registers. General path (other C): one warp per row, two strided passes (the row
 // is re-read from L1/L2).
@@ -18,15 +18,17 @@
 // instead of a write and a re-read of res (vectorized path; other C run the two kernels).
 // The output is formed by ln_out (explicitly rounded operations) in every forward path and in
 // layernorm_recompute (activation recompute from the saved mean/rstd), so both give the same bits.
-// Backward, fused path (C a multiple of the 16-byte vector width V = 16 / sizeof(T) and
-// C <= 4 * 32 * V: 1024 channels in bf16, 512 in fp32): one pass over dout and inp. A block of
-// 8 warps owns a contiguous chunk of rows; each warp takes every 8th row of it, loads the row once
-// into registers with 16-byte loads (lane l holds vectors l, l + 32, ...), reduces the two row sums
-// with shuffles, writes dinp, and keeps per-lane running sums of dout * norm and dout for its
-// channels. The 8 warps then add their sums into shared memory in warp order and the block writes
-// one partial row pair [2][C] to `scratch` ([chunks][2][C] fp32); a second kernel adds the chunks
-// of each channel in chunk order (8 threads per channel, then a fixed-order tree). No atomics:
-// deterministic. The number of chunks depends on N only, not on the device.
+// Backward, vectorized path (C a multiple of the 16-byte vector width V = 16 / sizeof(T) and
+// C <= 7 * 32 * V: 1792 channels in bf16, 896 in fp32), two kernels and a final sum:
+//   dinp: one warp per row; inp, dout and dinp of the row are loaded as 16-byte vectors (lane l
+//   holds vectors l, l + 32, ...) before any arithmetic, the two row sums reduced with shuffles.
+//   dweight/dbias: a column reduction; thread (x, y) of a (32, 8) block owns one vector of
+//   channels and rows y, y + 8, ... of a chunk of rows, the 8 row lanes are added in y order into
+//   one partial row pair [2][C] per (chunk, tile) in `scratch`; a last kernel adds the chunks of
+//   each channel in chunk order. No atomics: deterministic; the chunks depend on N only.
+//   This reads inp and dout twice. It replaced a one-pass kernel that kept the dweight/dbias sums
+//   in registers (158-254 per thread, one block per SM), which ran at 18-39% of its bandwidth
+//   floor; this path is 1.3x (C = 768) to 2.5x (C = 1280) faster (docs/benchmarks.md).
 // Backward, general path (other C): dinp one warp per row (two strided passes); dweight/dbias a
 // two-stage column reduction (stage 1: per (32-channel tile, chunk of rows) partial sums in
 // `scratch`, stage 2: the chunks of each channel in chunk order).
@@ -149,8 +151,7 @@ __global__ void layernorm_backward_params_final(T* dweight, T* dbias, const floa
   if (dbias) dbias[c] = from_f<T>(to_f(dbias[c]) + b);
 }
 
-
-// ---- fused backward (see the top of the file) ----
+// ---- 16-byte vectors (the vectorized forward and backward) ----
 template <class T>
 struct Vec;  // 16 bytes of T
 template <>
@@ -262,6 +263,9 @@ bool layernorm_forward_vec(T* out, float* mean, float* rstd, T* res, const T* a,
     SGPT_LN_FWD_CASE(2)
     SGPT_LN_FWD_CASE(3)
     SGPT_LN_FWD_CASE(4)
+    SGPT_LN_FWD_CASE(5)
+    SGPT_LN_FWD_CASE(6)
+    SGPT_LN_FWD_CASE(7)
 #undef SGPT_LN_FWD_CASE
     default: return false;  // wider rows: the general path
   }
@@ -269,86 +273,8 @@ bool layernorm_forward_vec(T* out, float* mean, float* rstd, T* res, const T* a,
   return true;
 }
 
-// grid: chunks; block: 256; dynamic smem: 2 * C floats. partial: [chunks][2][C].
-template <class T, int NCH>
-__global__ void __launch_bounds__(kLnBwdWarps * 32)
-    layernorm_backward_fused_kernel(T* dinp, float* partial, const T* dout, const T* inp,
-                                    const T* weight, const float* mean, const float* rstd, int N,
-                                    int C, int rows_per_chunk) {
-  constexpr int V = Vec<T>::n;
-  extern __shared__ float sacc[];  // [2][C]
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int r0 = blockIdx.x * rows_per_chunk, r1 = min(N, r0 + rows_per_chunk);
-  float dw[NCH][V], db[NCH][V];
-#pragma unroll
-  for (int i = 0; i < NCH; ++i)
-#pragma unroll
-    for (int j = 0; j < V; ++j) dw[i][j] = db[i][j] = 0.0f;
-  for (int row = r0 + warp; row < r1; row += kLnBwdWarps) {
-    const T* x = inp + size_t(row) * C;
-    const T* dy = dout + size_t(row) * C;
-    const float m = mean[row], r = rstd[row];
-    float xv[NCH][V], dyv[NCH][V];
-    float a = 0.0f, b = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NCH; ++i) {
-      const int c0 = (lane + 32 * i) * V;
-      if (c0 < C) {
-        float wv[V];
-        load_vec(xv[i], x + c0);
-        load_vec(dyv[i], dy + c0);
-        load_vec(wv, weight + c0);
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-          xv[i][j] = (xv[i][j] - m) * r;  // norm
-          const float dnorm = wv[j] * dyv[i][j];
-          a += dnorm;
-          b += dnorm * xv[i][j];
-        }
-      }
-    }
-    const float dnorm_mean = warp_sum(a) / C, dnorm_norm_mean = warp_sum(b) / C;
-    T* dx = dinp + size_t(row) * C;
-#pragma unroll
-    for (int i = 0; i < NCH; ++i) {
-      const int c0 = (lane + 32 * i) * V;
-      if (c0 < C) {
-        float wv[V], dxv[V];
-        load_vec(wv, weight + c0);
-        load_vec(dxv, dx + c0);
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-          const float dnorm = wv[j] * dyv[i][j];
-          dxv[j] += (dnorm - dnorm_mean - xv[i][j] * dnorm_norm_mean) * r;
-          dw[i][j] += dyv[i][j] * xv[i][j];
-          db[i][j] += dyv[i][j];
-        }
-        store_vec(dx + c0, dxv);
-      }
-    }
-  }
-  // Warps add their channel sums into shared memory in warp order (warp 0 initialises).
-  for (int w = 0; w < kLnBwdWarps; ++w) {
-    if (warp == w) {
-#pragma unroll
-      for (int i = 0; i < NCH; ++i) {
-        const int c0 = (lane + 32 * i) * V;
-        if (c0 < C)
-#pragma unroll
-          for (int j = 0; j < V; ++j) {
-            sacc[c0 + j] = (w == 0 ? 0.0f : sacc[c0 + j]) + dw[i][j];
-            sacc[C + c0 + j] = (w == 0 ? 0.0f : sacc[C + c0 + j]) + db[i][j];
-          }
-      }
-    }
-    __syncthreads();
-  }
-  float* p = partial + size_t(blockIdx.x) * 2 * C;
-  for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) p[c] = sacc[c];
-}
-
-// Stage 2 of the fused path. block (32, 8), grid ceil(C/32): thread (x, y) sums chunks y, y + 8,
-// ... of channel blockIdx.x * 32 + x; the 8 partial sums are added in y order.
+// Stage 2 of the vectorized backward. block (32, 8), grid ceil(C/32): thread (x, y) sums chunks
+// y, y + 8, ... of channel blockIdx.x * 32 + x; the 8 partial sums are added in y order.
 template <class T>
 __global__ void layernorm_backward_params_reduce(T* dweight, T* dbias, const float* partial,
                                                  int chunks, int C) {
@@ -374,17 +300,132 @@ __global__ void layernorm_backward_params_reduce(T* dweight, T* dbias, const flo
   }
 }
 
+// ---- vectorized backward (see the top of the file) ----
+// dinp: grid ceil(N / 8), block 256 (a warp per row). The row's inp, dout and dinp are loaded as
+// packed 16-byte vectors before any arithmetic (one memory wait per row).
+// Two blocks per SM up to 5 vectors per lane (bf16 at 5: 128 registers with 48 bytes of spill
+// stores instead of 146 registers and one block; ptxas, sm_90).
 template <class T, int NCH>
-void layernorm_backward_fused(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
+__global__ void __launch_bounds__(kLnBwdWarps * 32, NCH <= 5 ? 2 : 1)
+    layernorm_backward_dinp_vec_kernel(T* dinp, const T* dout, const T* inp, const T* weight,
+                                       const float* mean, const float* rstd, int N, int C) {
+  constexpr int V = Vec<T>::n;
+  const int row = blockIdx.x * kLnBwdWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const size_t base = size_t(row) * C;
+  Vec<T> xr[NCH], dyr[NCH], dxr[NCH];
+#pragma unroll
+  for (int i = 0; i < NCH; ++i) {
+    const int c0 = (lane + 32 * i) * V;
+    if (c0 < C) {
+      xr[i] = *reinterpret_cast<const Vec<T>*>(inp + base + c0);
+      dyr[i] = *reinterpret_cast<const Vec<T>*>(dout + base + c0);
+      dxr[i] = *reinterpret_cast<const Vec<T>*>(dinp + base + c0);
+    }
+  }
+  const float m = mean[row], r = rstd[row];
+  float a = 0.0f, b = 0.0f;
+#pragma unroll
+  for (int i = 0; i < NCH; ++i) {
+    const int c0 = (lane + 32 * i) * V;
+    if (c0 < C) {
+      float wv[V];
+      load_vec(wv, weight + c0);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const float norm = (to_f(xr[i].v[j]) - m) * r;
+        const float dnorm = wv[j] * to_f(dyr[i].v[j]);
+        a += dnorm;
+        b += dnorm * norm;
+      }
+    }
+  }
+  const float dnorm_mean = warp_sum(a) / C, dnorm_norm_mean = warp_sum(b) / C;
+#pragma unroll
+  for (int i = 0; i < NCH; ++i) {
+    const int c0 = (lane + 32 * i) * V;
+    if (c0 < C) {
+      float wv[V], dxv[V];
+      load_vec(wv, weight + c0);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const float norm = (to_f(xr[i].v[j]) - m) * r;
+        const float dnorm = wv[j] * to_f(dyr[i].v[j]);
+        dxv[j] = to_f(dxr[i].v[j]) + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r;
+      }
+      store_vec(dinp + base + c0, dxv);
+    }
+  }
+}
+
+// dweight/dbias stage 1: block (32, 8), grid (ceil(C / (32 V)), chunks). Thread (x, y) owns the V
+// channels of vector x of its block's tile and rows y, y + 8, ... of the chunk (16-byte loads; a
+// warp reads 32 consecutive vectors of one row); the 8 row lanes are then added in y order.
+// partial: [chunks][2][C], summed over the chunks in order by layernorm_backward_params_reduce.
+template <class T>
+__global__ void __launch_bounds__(256)
+    layernorm_backward_params_vec_partial(float* partial, const T* dout, const T* inp,
+                                          const float* mean, const float* rstd, int N, int C,
+                                          int rows_per_chunk) {
+  constexpr int V = Vec<T>::n;
+  __shared__ float sw[8][32 * V], sb[8][32 * V];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int c0 = (blockIdx.x * 32 + tx) * V;
+  const int r0 = blockIdx.y * rows_per_chunk, r1 = min(N, r0 + rows_per_chunk);
+  float aw[V], ab[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) aw[j] = ab[j] = 0.0f;
+  if (c0 < C) {
+#pragma unroll 4
+    for (int row = r0 + ty; row < r1; row += 8) {
+      float xv[V], dyv[V];
+      load_vec(xv, inp + size_t(row) * C + c0);
+      load_vec(dyv, dout + size_t(row) * C + c0);
+      const float m = mean[row], r = rstd[row];
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        aw[j] += dyv[j] * ((xv[j] - m) * r);
+        ab[j] += dyv[j];
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    sw[ty][tx * V + j] = aw[j];
+    sb[ty][tx * V + j] = ab[j];
+  }
+  __syncthreads();
+  // 256 threads, 32 V channels in the tile: each thread finishes V / 8 (bf16: 1) or, for fp32
+  // (V = 4), threads 0..127 one channel each.
+  for (int k = ty * 32 + tx; k < 32 * V; k += 256) {
+    const int c = blockIdx.x * 32 * V + k;
+    if (c >= C) continue;
+    float w = 0.0f, b = 0.0f;
+    for (int i = 0; i < 8; ++i) {
+      w += sw[i][k];
+      b += sb[i][k];
+    }
+    partial[(size_t(blockIdx.y) * 2) * C + c] = w;
+    partial[(size_t(blockIdx.y) * 2 + 1) * C + c] = b;
+  }
+}
+
+template <class T, int NCH>
+void layernorm_backward_vec(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
                               const T* weight, const float* mean, const float* rstd, int N, int C,
                               Scratch& scratch, cudaStream_t stream) {
-  // ~32 rows per block (4 per warp), at most 1024 blocks: depends on N only (determinism).
-  const int chunks = static_cast<int>(std::min<size_t>(1024, ceil_div(N, 32)));
+  constexpr int V = Vec<T>::n;
+  layernorm_backward_dinp_vec_kernel<T, NCH><<<ceil_div(N, kLnBwdWarps), kLnBwdWarps * 32, 0,
+                                               stream>>>(dinp, dout, inp, weight, mean, rstd, N, C);
+  SGPT_LAUNCH_CHECK();
+  // ~256 rows per chunk (32 per thread), at most 256 chunks: depends on N only (determinism).
+  const int chunks = static_cast<int>(std::min<size_t>(256, ceil_div(N, 256)));
   const int rows_per_chunk = static_cast<int>(ceil_div(N, chunks));
   float* partial = scratch.floats(size_t(chunks) * 2 * C);
-  const size_t smem = sizeof(float) * 2 * C;
-  layernorm_backward_fused_kernel<T, NCH><<<chunks, kLnBwdWarps * 32, smem, stream>>>(
-      dinp, partial, dout, inp, weight, mean, rstd, N, C, rows_per_chunk);
+  layernorm_backward_params_vec_partial<T><<<dim3(ceil_div(C, 32 * V), chunks), dim3(32, 8), 0,
+                                             stream>>>(partial, dout, inp, mean, rstd, N, C,
+                                                       rows_per_chunk);
   SGPT_LAUNCH_CHECK();
   layernorm_backward_params_reduce<<<ceil_div(C, 32), dim3(32, 8), 0, stream>>>(dweight, dbias,
                                                                                partial, chunks, C);
@@ -474,14 +515,18 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (C % V == 0 && aligned(dinp) && aligned(dout) && aligned(inp) && aligned(weight)) {
     switch (ceil_div(C, 32 * V)) {
-      case 1: return layernorm_backward_fused<T, 1>(dinp, dweight, dbias, dout, inp, weight, mean,
-                                                    rstd, N, C, scratch, stream);
-      case 2: return layernorm_backward_fused<T, 2>(dinp, dweight, dbias, dout, inp, weight, mean,
-                                                    rstd, N, C, scratch, stream);
-      case 3: return layernorm_backward_fused<T, 3>(dinp, dweight, dbias, dout, inp, weight, mean,
-                                                    rstd, N, C, scratch, stream);
-      case 4: return layernorm_backward_fused<T, 4>(dinp, dweight, dbias, dout, inp, weight, mean,
-                                                    rstd, N, C, scratch, stream);
+#define SGPT_LN_BWD_CASE(K)                                                                    \
+  case K:                                                                                      \
+    return layernorm_backward_vec<T, K>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, \
+                                        C, scratch, stream);
+      SGPT_LN_BWD_CASE(1)
+      SGPT_LN_BWD_CASE(2)
+      SGPT_LN_BWD_CASE(3)
+      SGPT_LN_BWD_CASE(4)
+      SGPT_LN_BWD_CASE(5)
+      SGPT_LN_BWD_CASE(6)
+      SGPT_LN_BWD_CASE(7)
+#undef SGPT_LN_BWD_CASE
       default: break;  // wider rows: the general path
     }
   }

@@ -57,7 +57,7 @@ void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* 
                        const T* bias, int N, int C, cudaStream_t stream);
 // res = a + b (rounded to T, stored) and out = layernorm(res): exactly residual_forward followed
 // by layernorm_forward (cpu::residual_forward + cpu::layernorm_forward), fused into one pass when
-// C is a multiple of 16 bytes of T and at most 512 (fp32) / 1024 (bf16) channels.
+// C is a multiple of 16 bytes of T and at most 896 (fp32) / 1792 (bf16) channels.
 template <class T>
 void residual_layernorm_forward(T* res, T* out, float* mean, float* rstd, const T* a, const T* b,
                                 const T* weight, const T* bias, int N, int C,

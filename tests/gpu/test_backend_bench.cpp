@@ -100,7 +100,14 @@ TEST(Bench, DISABLED_OpShares) {
   SGPT_SKIP_WITHOUT_GPU();
   using T = bf16;
   const int B = env_int("SGPT_BENCH_B", 64), T_ = env_int("SGPT_BENCH_T", 1024);
-  const int C = 768, NH = 12, V = 50257, Vp = 50304, L = 12;
+  // SGPT_BENCH_MODEL: 124M (default), 355M or 774M widths and depths; SGPT_BENCH_BIAS=1: the
+  // linear layers with biases (llm.c's GPT-2), as `sophiagpt bench train --bias` runs them.
+  const char* model_s = std::getenv("SGPT_BENCH_MODEL");
+  const std::string model = model_s ? model_s : "124M";
+  const int C = model == "774M" ? 1280 : model == "355M" ? 1024 : 768;
+  const int NH = C / 64, L = model == "774M" ? 36 : model == "355M" ? 24 : 12;
+  const int V = 50257, Vp = 50304;
+  const bool with_bias = env_int("SGPT_BENCH_BIAS", 0) != 0;
   const size_t N = size_t(B) * T_;
   auto fill = [](size_t n) {
     DeviceBuffer<T> d(n);
@@ -119,6 +126,9 @@ TEST(Bench, DISABLED_OpShares) {
   auto dfch = fill(N * 4 * C), logits = fill(N * Vp);
   auto wqkv = fill(size_t(3) * C * C), wfc = fill(size_t(4) * C * C), wproj = fill(size_t(C) * 4 * C);
   auto wte = fill(size_t(Vp) * C), gw = fill(size_t(Vp) * C), lnw = fill(C), lnb = fill(C);
+  auto bias_buf = fill(size_t(4) * C), dbias_buf = fill(size_t(4) * C);
+  const T* bias = with_bias ? bias_buf.get() : nullptr;  // first OC entries serve every shape
+  T* dbias = with_bias ? dbias_buf.get() : nullptr;
   DeviceBuffer<float> mean(N), rstd(N), lse(N * NH), losses(N);
   DeviceBuffer<int> targets(N);
   SGPT_CUDA_CHECK(cudaMemset(targets.get(), 0, targets.bytes()));
@@ -142,23 +152,23 @@ TEST(Bench, DISABLED_OpShares) {
     std::sort(ms.begin(), ms.end());
     return double(ms[2]);
   };
-  struct Row { const char* name; double ms; int count; };
+  struct Row { const char* name; double ms; int count; double flops = 0; };
   std::vector<Row> rows;
   const float sc = 0.125f;
   rows.push_back({"layernorm fwd", time([&] { cuda::layernorm_forward(ln.get(), mean.get(), rstd.get(), x.get(), lnw.get(), lnb.get(), int(N), C, nullptr); }), 1});
   rows.push_back({"layernorm bwd (x2/layer)", time([&] { cuda::layernorm_backward(dx.get(), lnw.get(), lnb.get(), x.get(), ln.get(), lnw.get(), mean.get(), rstd.get(), int(N), C, scratch, nullptr); }), 2 * L + 1});
-  rows.push_back({"matmul fwd qkv", time([&] { cuda::matmul_forward(mm, qkv.get(), ln.get(), wqkv.get(), (const T*)nullptr, int(N), C, 3 * C, nullptr); }), L});
-  rows.push_back({"matmul fwd attproj", time([&] { cuda::matmul_forward(mm, x.get(), atty.get(), wqkv.get(), (const T*)nullptr, int(N), C, C, nullptr); }), L});
+  rows.push_back({"matmul fwd qkv", time([&] { cuda::matmul_forward(mm, qkv.get(), ln.get(), wqkv.get(), bias, int(N), C, 3 * C, nullptr); }), L});
+  rows.push_back({"matmul fwd attproj", time([&] { cuda::matmul_forward(mm, x.get(), atty.get(), wqkv.get(), bias, int(N), C, C, nullptr); }), L});
   // The bf16 model runs fc with the GELU epilogue and fcproj's backward with the dGELU epilogue;
   // the plain matmuls and the separate GELU kernels are listed with count 0 for comparison.
-  rows.push_back({"matmul fwd fc (plain)", time([&] { cuda::matmul_forward(mm, fch.get(), ln.get(), wfc.get(), (const T*)nullptr, int(N), C, 4 * C, nullptr); }), 0});
-  rows.push_back({"matmul fwd fc + GELU", time([&] { cuda::matmul_forward_gelu(mm, fchg.get(), fch.get(), ln.get(), wfc.get(), (const T*)nullptr, int(N), C, 4 * C, nullptr); }), L});
-  rows.push_back({"matmul fwd fcproj", time([&] { cuda::matmul_forward(mm, x.get(), fchg.get(), wproj.get(), (const T*)nullptr, int(N), 4 * C, C, nullptr); }), L});
-  rows.push_back({"matmul bwd qkv", time([&] { cuda::matmul_backward(mm, dx.get(), wqkv.get(), (T*)nullptr, dqkv.get(), ln.get(), wqkv.get(), int(N), C, 3 * C, scratch, nullptr, false); }), L});
-  rows.push_back({"matmul bwd attproj", time([&] { cuda::matmul_backward(mm, dx.get(), wqkv.get(), (T*)nullptr, dx.get(), atty.get(), wqkv.get(), int(N), C, C, scratch, nullptr, false); }), L});
-  rows.push_back({"matmul bwd fc", time([&] { cuda::matmul_backward(mm, dx.get(), wfc.get(), (T*)nullptr, dfch.get(), ln.get(), wfc.get(), int(N), C, 4 * C, scratch, nullptr, false); }), L});
-  rows.push_back({"matmul bwd fcproj (plain)", time([&] { cuda::matmul_backward(mm, dfch.get(), wproj.get(), (T*)nullptr, dx.get(), fchg.get(), wproj.get(), int(N), 4 * C, C, scratch, nullptr, false); }), 0});
-  rows.push_back({"matmul bwd fcproj + dGELU", time([&] { cuda::matmul_backward_dgelu(mm, dfch.get(), wproj.get(), (T*)nullptr, dx.get(), fchg.get(), wproj.get(), fch.get(), int(N), 4 * C, C, scratch, nullptr); }), L});
+  rows.push_back({"matmul fwd fc (plain)", time([&] { cuda::matmul_forward(mm, fch.get(), ln.get(), wfc.get(), bias, int(N), C, 4 * C, nullptr); }), 0});
+  rows.push_back({"matmul fwd fc + GELU", time([&] { cuda::matmul_forward_gelu(mm, fchg.get(), fch.get(), ln.get(), wfc.get(), bias, int(N), C, 4 * C, nullptr); }), L});
+  rows.push_back({"matmul fwd fcproj", time([&] { cuda::matmul_forward(mm, x.get(), fchg.get(), wproj.get(), bias, int(N), 4 * C, C, nullptr); }), L});
+  rows.push_back({"matmul bwd qkv", time([&] { cuda::matmul_backward(mm, dx.get(), wqkv.get(), dbias, dqkv.get(), ln.get(), wqkv.get(), int(N), C, 3 * C, scratch, nullptr, false); }), L});
+  rows.push_back({"matmul bwd attproj", time([&] { cuda::matmul_backward(mm, dx.get(), wqkv.get(), dbias, dx.get(), atty.get(), wqkv.get(), int(N), C, C, scratch, nullptr, false); }), L});
+  rows.push_back({"matmul bwd fc", time([&] { cuda::matmul_backward(mm, dx.get(), wfc.get(), dbias, dfch.get(), ln.get(), wfc.get(), int(N), C, 4 * C, scratch, nullptr, false); }), L});
+  rows.push_back({"matmul bwd fcproj (plain)", time([&] { cuda::matmul_backward(mm, dfch.get(), wproj.get(), dbias, dx.get(), fchg.get(), wproj.get(), int(N), 4 * C, C, scratch, nullptr, false); }), 0});
+  rows.push_back({"matmul bwd fcproj + dGELU", time([&] { cuda::matmul_backward_dgelu(mm, dfch.get(), wproj.get(), dbias, dx.get(), fchg.get(), wproj.get(), fch.get(), int(N), 4 * C, C, scratch, nullptr); }), L});
   // Both attention implementations; the one the backend uses by default (cuDNN when built with
   // it) counts towards the step, the other is listed with count 0 for comparison.
   const int own_count = cuda::CudnnAttention::built() ? 0 : L;
@@ -197,12 +207,29 @@ TEST(Bench, DISABLED_OpShares) {
   rows.push_back({"lm head bwd", time([&] { cuda::matmul_backward(mm, dx.get(), gw.get(), (T*)nullptr, logits.get(), ln.get(), wte.get(), int(N), C, Vp, scratch, nullptr, false); }), 1});
   rows.push_back({"GNB classifier fused (GNB only)", time([&] { cuda::sample_labels_crossentropy(losses.get(), targets.get(), logits.get(), 1.0f / N, int(N), T_, V, Vp, 1, 2, 3, nullptr); }), 0});
   rows.push_back({"sample_labels (GNB only)", time([&] { cuda::sample_labels(targets.get(), logits.get(), int(N), T_, V, Vp, 1, 2, 3, scratch, nullptr); }), 0});
+  // Matmul flops (2 N K OC forward, twice that backward) for the achieved TFLOP/s column.
+  const double n = double(N), c = C;
+  for (Row& r : rows) {
+    const std::string name = r.name;
+    const double k = name.find("fcproj") != std::string::npos ? 4 * c : c;
+    const double oc = name.find("qkv") != std::string::npos      ? 3 * c
+                      : name.find("fcproj") != std::string::npos ? c
+                      : name.find(" fc") != std::string::npos    ? 4 * c
+                      : name.find("lm head") != std::string::npos ? double(Vp)
+                                                                  : c;
+    if (name.rfind("matmul", 0) == 0 || name.rfind("lm head", 0) == 0)
+      r.flops = 2 * n * k * oc * (name.find("bwd") != std::string::npos ? 2 : 1);
+  }
   double total = 0;
   for (const Row& r : rows) total += r.ms * r.count;
-  std::printf("BENCH op shares, bf16 B=%d T=%d (per-step total of listed ops %.1f ms):\n", B, T_, total);
-  for (const Row& r : rows)
-    std::printf("BENCH   %-26s %8.3f ms x %2d = %8.1f ms  %5.1f%%\n", r.name, r.ms, r.count,
-                r.ms * r.count, 100.0 * r.ms * r.count / total);
+  std::printf("BENCH op shares, GPT-2 %s%s bf16 B=%d T=%d (per-step total of listed ops %.1f ms):\n",
+              model.c_str(), with_bias ? " with biases" : "", B, T_, total);
+  for (const Row& r : rows) {
+    char tf[32] = "";
+    if (r.flops > 0) std::snprintf(tf, sizeof tf, "  %6.1f TFLOP/s", r.flops / (r.ms * 1e-3) / 1e12);
+    std::printf("BENCH   %-30s %8.3f ms x %2d = %8.1f ms  %5.1f%%%s\n", r.name, r.ms, r.count,
+                r.ms * r.count, 100.0 * r.ms * r.count / total, tf);
+  }
 }
 
 }  // namespace

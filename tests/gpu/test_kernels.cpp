@@ -107,34 +107,49 @@ void check_layernorm(int N, int C, bool with_bias) {
   auto dinp = as_stored<T>(rng.normal(size_t(N) * C));
   auto dw = as_stored<T>(rng.normal(C));
   auto db = as_stored<T>(rng.normal(C));
-  auto d_dout = to_device<T>(dout), d_dinp = to_device<T>(dinp), d_dw = to_device<T>(dw),
-       d_db = to_device<T>(db);
+  const auto dinp0 = dinp, dw0 = dw, db0 = db;  // the accumulated-into starting values
   cpu::layernorm_backward(dinp.data(), dw.data(), with_bias ? db.data() : nullptr, dout.data(),
                           inp.data(), w.data(), mean.data(), rstd.data(), N, C);
+  const Tol bwd = kBf16<T> ? kBf16Tol : Tol{1e-4, 1e-5};
+  auto d_dout = to_device<T>(dout), d_dinp = to_device<T>(dinp0), d_dw = to_device<T>(dw0),
+       d_db = to_device<T>(db0);
   cuda::Scratch scratch;
   cuda::layernorm_backward(d_dinp.get(), d_dw.get(), with_bias ? d_db.get() : nullptr,
                            d_dout.get(), d_inp.get(), d_w.get(), d_mean.get(), d_rstd.get(), N, C,
                            scratch, nullptr);
-  const Tol bwd = kBf16<T> ? kBf16Tol : Tol{1e-4, 1e-5};
   expect_close(to_host(d_dinp), dinp, bwd, "layernorm_backward dinp");
   expect_close(to_host(d_dw), dw, bwd, "layernorm_backward dweight");
   expect_close(to_host(d_db), db, bwd, "layernorm_backward dbias");
+  // Deterministic: the same inputs again give the same bits.
+  auto e_dinp = to_device<T>(dinp0), e_dw = to_device<T>(dw0), e_db = to_device<T>(db0);
+  cuda::layernorm_backward(e_dinp.get(), e_dw.get(), with_bias ? e_db.get() : nullptr,
+                           d_dout.get(), d_inp.get(), d_w.get(), d_mean.get(), d_rstd.get(), N, C,
+                           scratch, nullptr);
+  EXPECT_TRUE(to_host(e_dinp) == to_host(d_dinp) && to_host(e_dw) == to_host(d_dw) &&
+              to_host(e_db) == to_host(d_db))
+      << "layernorm_backward: a second run gave different bits";
 }
 
 TEST(Kernels, LayernormFp32) {
   SGPT_SKIP_WITHOUT_GPU();
-  check_layernorm<float>(111, 72, true);    // fused backward, vectorized forward (C % 4 == 0)
+  check_layernorm<float>(111, 72, true);    // vectorized forward and backward (C % 4 == 0)
   check_layernorm<float>(1000, 33, false);  // general backward (C not a multiple of 4)
   check_layernorm<float>(5, 770, true);     // general
-  check_layernorm<float>(4099, 512, true);  // fused, 4 vectors per lane, 129 row chunks
-  check_layernorm<float>(70, 1024, false);  // general (wider than the fused path)
+  check_layernorm<float>(4099, 512, true);  // vectorized, 4 vectors per lane, 17 row chunks
+  check_layernorm<float>(70, 1024, false);  // general (wider than the vectorized path)
+  check_layernorm<float>(50, 640, true);    // vectorized, 5 vectors per lane
+  check_layernorm<float>(33, 896, false);   // vectorized, 7 vectors per lane (the widest)
 }
 TEST(Kernels, LayernormBf16) {
   SGPT_SKIP_WITHOUT_GPU();
-  check_layernorm<bf16>(111, 72, true);     // fused backward
+  check_layernorm<bf16>(111, 72, true);     // vectorized, lanes partly idle
   check_layernorm<bf16>(5, 770, false);     // general (C not a multiple of 8)
-  check_layernorm<bf16>(2050, 768, true);   // fused, GPT-2 124M width
-  check_layernorm<bf16>(300, 1024, false);  // fused, 4 vectors per lane
+  check_layernorm<bf16>(2050, 768, true);   // vectorized, GPT-2 124M width
+  check_layernorm<bf16>(70001, 64, false);  // 256 row chunks (the cap), the last one shorter
+  check_layernorm<bf16>(300, 1024, false);  // vectorized, 4 vectors per lane
+  check_layernorm<bf16>(517, 1280, true);   // vectorized, 5 vectors per lane (GPT-2 774M width)
+  check_layernorm<bf16>(33, 1600, false);   // vectorized, 7 vectors, the last partly idle (1.5B)
+  check_layernorm<bf16>(9, 2048, true);     // general (wider than the vectorized path)
 }
 
 template <class T>
@@ -296,6 +311,7 @@ TEST(Kernels, ResidualLayernormFp32) {
   check_residual_layernorm<float>(4099, 512, false);  // fused, 4 vectors per lane
   check_residual_layernorm<float>(5, 770, true);    // C not a multiple of 4: two kernels
   check_residual_layernorm<float>(70, 1024, true);  // wider than the fused path: two kernels
+  check_residual_layernorm<float>(33, 896, false);  // fused, 7 vectors per lane (the widest)
 }
 TEST(Kernels, ResidualLayernormBf16) {
   SGPT_SKIP_WITHOUT_GPU();
@@ -303,6 +319,9 @@ TEST(Kernels, ResidualLayernormBf16) {
   check_residual_layernorm<bf16>(7, 72, false);     // 9 vectors: most lanes idle
   check_residual_layernorm<bf16>(300, 1024, true);  // 4 vectors per lane
   check_residual_layernorm<bf16>(5, 770, true);     // C not a multiple of 8: two kernels
+  check_residual_layernorm<bf16>(517, 1280, true);  // 5 vectors per lane (GPT-2 774M width)
+  check_residual_layernorm<bf16>(33, 1600, false);  // 7 vectors, the last partly idle
+  check_residual_layernorm<bf16>(9, 2048, true);    // wider than the fused path: two kernels
 }
 
 template <class T>
