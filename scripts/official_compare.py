@@ -2,7 +2,10 @@
 """Side-by-side table of scripts/official_compare.sh's runs: validation loss, train loss, the L1
 norm of Sophia-G's h and the win rate (fraction of coordinates not clipped), by step.
 
-usage: scripts/official_compare.py OUT_DIR
+usage: scripts/official_compare.py OUT_DIR [--plot PNG [--runs NAME,NAME,...] [plot.py options]]
+
+--plot draws the validation losses of the runs (all, or --runs) into PNG with scripts/plot.py
+(gnuplot), after writing each run's evaluations as a sophiagpt-style log.jsonl in a temporary folder.
 
 The official trainer's numbers are what it logs itself (its wandb.log calls, recorded by
 scripts/official_shim/wandb.py): "val/loss", "train/loss", "hessian_norm" (sum of |h| after the
@@ -12,9 +15,12 @@ reduced inside that step's update, i.e. before its EMA update (docs/decisions.md
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 
 out = sys.argv[1]
+plot_args = sys.argv[2:]
 rows = {}
 names = []
 
@@ -70,7 +76,36 @@ for s in sorted(rows):
         continue
     cells = []
     for n in names:
+        if s > max(st for st in rows if n in rows[st]):  # the run had ended
+            cells.append("-")
+            continue
         d = rows[s].get(n, {})
         l = last.get(n, {})
         cells.append(" / ".join(f"{d.get(k, l.get(k, float('nan'))):.4g}" for k in ("val", "loss", "h_l1", "win")))
     print(f"| {s} | " + " | ".join(cells) + " |")
+
+if plot_args:
+    if plot_args[0] != "--plot" or len(plot_args) < 2:
+        sys.exit("official_compare.py: expected --plot PNG after OUT_DIR")
+    png, rest = plot_args[1], plot_args[2:]
+    chosen = names
+    if rest[:1] == ["--runs"]:
+        if len(rest) < 2:
+            sys.exit("official_compare.py: --runs needs a comma-separated list of run names")
+        chosen = rest[1].split(",")
+        rest = rest[2:]
+        missing = [n for n in chosen if n not in names]
+        if missing:
+            sys.exit(f"official_compare.py: no run named {', '.join(missing)} in {out}")
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = []
+        for n in chosen:
+            os.makedirs(os.path.join(tmp, n))
+            with open(os.path.join(tmp, n, "log.jsonl"), "w") as f:
+                for st in sorted(rows):
+                    v = rows[st].get(n, {}).get("val")
+                    if v is not None:
+                        f.write(json.dumps({"type": "eval", "step": st, "val_loss": v}) + "\n")
+            logs.append(os.path.join(tmp, n) + "=" + n)
+        plot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plot.py")
+        sys.exit(subprocess.call([sys.executable, plot, *logs, "-o", png, "--no-train", *rest]))

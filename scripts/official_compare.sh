@@ -21,6 +21,8 @@
 #                   (micro-batch 64 x 8 micro-steps instead of 8 x 64, for speed: the same mean)
 #   official_fp32_eager  dtype float32, not compiled, TF32 off (NVIDIA_TF32_OVERRIDE=0): the official
 #                   trainer's numerics taken out
+#   official_bf16_fp32att  official_bf16 with the attention scores q k^T computed in fp32 (a patched
+#                   copy of the official model.py in OUT_DIR, see make_fp32att)
 # NAME@S=GPU runs NAME with seed S: sophiagpt's `seed` = S; the official trainer's fixed seed 2099
 # becomes 2099 + S (scripts/official_shim/sitecustomize.py); the run is called NAME_sS.
 # Recipe (the first comparison of the study issue): GPT-2 124M (no biases, attention scaled by
@@ -62,10 +64,32 @@ for s in train val; do
   for shard in data/shards/study/${s}_*.bin; do tail -c +1025 "$shard" >>"$f"; done  # 256 int32 header
 done
 
-official() {  # TAG DTYPE GPU ACCUM COMPILE TF32 SEED
-  local tag=$1 dtype=$2 gpu=$3 accum=${4:-1} compile=${5:-${OFFICIAL_COMPILE:-True}} tf32=${6:-} seed=${7:-}
+# A copy of the official trainer whose attention scores q k^T (and their scaling) are computed in
+# fp32 with autocast off; the softmax output then enters P V in bf16 as before. Our attention (cuDNN's
+# and ours) forms the scores in fp32 the same way, while the unpatched official model under bf16
+# autocast rounds q k^T to bf16 before scaling and softmax. An experiment on the copy in OUT_DIR only.
+make_fp32att() {
+  [[ -d $out/official_fp32att ]] && return
+  cp -r "$out/official" "$out/official_fp32att"
+  python3 - "$out/official_fp32att/model.py" <<'PY'
+import sys
+p = sys.argv[1]; s = open(p).read()
+pattern = "(q @ k.transpose(-2, -1))"
+assert s.count(pattern) == 2, "official model.py: the attention score expression was not found twice"
+s = s.replace(pattern, "_sgpt_scores_fp32(q, k)")
+helper = ("\n\ndef _sgpt_scores_fp32(q, k):  # added by sophiagpt's official_compare.sh\n"
+          "    with torch.autocast(device_type='cuda', enabled=False):\n"
+          "        return q.float() @ k.float().transpose(-2, -1)\n\n")
+i = s.index("\nclass ")
+s = s[:i] + helper + s[i:]
+open(p, "w").write(s)
+PY
+}
+
+official() {  # TAG DTYPE GPU ACCUM COMPILE TF32 SEED [DIR]
+  local tag=$1 dtype=$2 gpu=$3 accum=${4:-1} compile=${5:-${OFFICIAL_COMPILE:-True}} tf32=${6:-} seed=${7:-} dir=${8:-official}
   rm -f "$out/$tag.jsonl"
-  (cd "$out/official" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$ROOT/scripts/official_shim SGPT_WANDB_LOG=$out/$tag.jsonl \
+  (cd "$out/$dir" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$ROOT/scripts/official_shim SGPT_WANDB_LOG=$out/$tag.jsonl \
     env ${tf32:+NVIDIA_TF32_OVERRIDE=$tf32} ${seed:+SGPT_OFFICIAL_SEED=$seed} \
     python3 train_sophiag.py config/train_gpt2_small_sophiag.py --dataset=study --batch_size=8 \
       --gradient_accumulation_steps="$accum" --total_bs=64 --max_iters="$STEPS" --lr_decay_iters=1000 \
@@ -101,6 +125,7 @@ for spec in "$@"; do
     official_fp32) cmd="official $tag float32 $gpu 1 '' '' $seed" ;;
     official_fp32_eager) cmd="official $tag float32 $gpu 1 False 0 $seed" ;;
     official_x8) cmd="official $tag bfloat16 $gpu 8 '' '' $seed" ;;
+    official_bf16_fp32att) make_fp32att; cmd="official $tag bfloat16 $gpu 1 '' '' '$seed' official_fp32att" ;;
     ours_bf16) cmd="ours $tag $gpu precision=bf16 $oseed" ;;
     ours_bf16acc) cmd="ours $tag $gpu precision=bf16 grad_accum_precision=bf16 $oseed" ;;
     ours_fp32) cmd="ours $tag $gpu precision=fp32 $oseed" ;;

@@ -68,7 +68,8 @@ PAPER_SHAPE = {"n_layer": 12, "n_embd": 768, "vocab_size": 50257, "block_size": 
 PAPER_SOPHIA_K, PAPER_SOPHIA_F = 10, 1.0
 REF_POINT_TYPES = {"paper": (5, 7), "rerun": (4, 6), "report": (13, 9)}  # (AdamW, Sophia-G) gnuplot pt
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+          "#7f7f7f", "#bcbd22", "#000000", "#aec7e8"]
 
 
 def die(msg):
