@@ -46,22 +46,45 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 EXE=${SOPHIAGPT:-$ROOT/build/sophiagpt}
 STEPS=${STEPS:-300}
+die() { echo "official_compare: $*" >&2; exit 2; }
+(( $# >= 3 )) || die "usage: scripts/official_compare.sh OFFICIAL_DIR OUT_DIR RUN... (see the top of the script)"
 off=$1 out=$2
 shift 2
+wants_official=0 wants_ours=0
+for spec in "$@"; do
+  [[ $spec == *=* ]] || die "run '$spec' is not NAME=GPU"
+  [[ $spec == official_* ]] && wants_official=1
+  [[ $spec == ours_* ]] && wants_ours=1
+done
+if (( wants_official )) && [[ ! -f $off/train_sophiag.py ]]; then
+  die "OFFICIAL_DIR '$off' has no train_sophiag.py (a checkout of github.com/Liuhong99/Sophia)"
+fi
+if (( wants_ours )) && [[ ! -x $EXE ]]; then
+  die "sophiagpt not found at '$EXE' (build it, or set SOPHIAGPT)"
+fi
+for s in train val; do
+  compgen -G "data/shards/study/${s}_*.bin" >/dev/null ||
+    die "no data/shards/study/${s}_*.bin: run scripts/study.sh prepare first"
+done
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
 # The official trainer reads data/<dataset>/{train,val}.bin relative to its working folder and
-# executes configurator.py from there: run it from a copy.
+# executes configurator.py from there: run it from a copy (an empty folder when only our runs are
+# asked for: they read the same token files from it).
 if [[ ! -d $out/official ]]; then
-  cp -r "$off" "$out/official"
+  if [[ -f $off/train_sophiag.py ]]; then cp -r "$off" "$out/official"; else mkdir -p "$out/official"; fi
+elif (( wants_official )) && [[ ! -f $out/official/train_sophiag.py ]]; then
+  die "'$out/official' exists without train_sophiag.py: use another OUT_DIR"
 fi
 mkdir -p "$out/official/data/study"
 for s in train val; do
   f=$out/official/data/study/$s.bin
   [[ -s $f ]] && continue
-  : >"$f"
-  for shard in data/shards/study/${s}_*.bin; do tail -c +1025 "$shard" >>"$f"; done  # 256 int32 header
+  # 256 int32 header per shard; written under another name first, so that an interrupted copy is
+  # not taken for a finished one next time
+  for shard in data/shards/study/${s}_*.bin; do tail -c +1025 "$shard"; done >"$f.part" && mv "$f.part" "$f" ||
+    die "could not write $f"
 done
 
 # A copy of the official trainer whose attention scores q k^T (and their scaling) are computed in
@@ -116,7 +139,7 @@ for spec in "$@"; do
   name=${spec%=*} gpu=${spec#*=} seed=
   if [[ $name == *@* ]]; then
     seed=${name#*@} name=${name%@*}
-    [[ $seed =~ ^[0-9]+$ ]] || { echo "official_compare: seed '$seed' in '$spec' is not a number" >&2; exit 2; }
+    [[ $seed =~ ^[0-9]+$ ]] || die "seed '$seed' in '$spec' is not a number"
   fi
   tag=$name${seed:+_s$seed}
   oseed=${seed:+seed=$seed}
@@ -130,7 +153,7 @@ for spec in "$@"; do
     ours_bf16acc) cmd="ours $tag $gpu precision=bf16 grad_accum_precision=bf16 $oseed" ;;
     ours_fp32) cmd="ours $tag $gpu precision=fp32 $oseed" ;;
     ours_x8) cmd="ours $tag $gpu precision=bf16 batch.micro_batch_size=64 batch.total_batch_tokens=524288 optimizer.bs=65536 $oseed" ;;
-    *) echo "official_compare: unknown run '$name'" >&2; exit 2 ;;
+    *) die "unknown run '$name'" ;;
   esac
   lanes[$gpu]+="$cmd;"
 done
