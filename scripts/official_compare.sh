@@ -6,7 +6,8 @@
 #
 #   scripts/official_compare.sh OFFICIAL_DIR OUT_DIR RUN...
 #
-# OFFICIAL_DIR  a checkout of the official repository (commit a7e1572 was used)
+# OFFICIAL_DIR  a checkout of the official repository (commit a7e1572 was used); not read when
+#               only ours_* runs are asked for
 # OUT_DIR       work folder: the official trainer's copy and data, run folders, logs
 # RUN           which runs, each NAME=GPU, run in parallel when their GPUs differ:
 #   official_bf16   train_sophiag.py, dtype bfloat16 (autocast, fp32 master weights), compiled
