@@ -36,6 +36,7 @@
 #include "dist/comm.h"
 #include "model/checkpoint.h"
 #include "model/gpt2.h"
+#include "test_mpirun.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -82,7 +83,7 @@ int max_ranks() {
 Exec train(int n, const std::string& args, const std::string& env = "") {
   std::string cmd = env.empty() ? "" : "env " + env + " ";
   if (n > 1)
-    cmd += "mpirun --allow-run-as-root --oversubscribe --bind-to none -np " + std::to_string(n) + " ";
+    cmd += mpirun_prefix(n);
   return sh(cmd + exe() + " train --device " + device() + " " + args);
 }
 

@@ -25,6 +25,7 @@
 #include "model/checkpoint.h"
 #include "train/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_mpirun.h"
 
 namespace fs = std::filesystem;
 using namespace sgpt;
@@ -449,7 +450,7 @@ TEST(ReliabilitySignal, SecondSignalExitsAtOnce) {
 // got the signal, and the run resumes to the uninterrupted run's bytes.
 TEST(ReliabilitySignal, TwoRanksStopAtTheSameStep) {
   const fs::path d = tiny_setup("sigdist", 8);
-  const std::string mpi = "mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 ";
+  const std::string mpi = mpirun_prefix(2);
   const std::string two = "--set batch.total_batch_tokens=32 --set dist.timeout_s=15";
   const Exec straight = sh(mpi + SGPT_EXE + " " + train_args(d, "straight", two));
   ASSERT_EQ(straight.code, 0) << straight.out;
@@ -596,7 +597,7 @@ TEST(ReliabilityGuard, ConsecutiveSkipsStopTheRunWithExitCode2) {
 // from global values) and the run stops on all of them.
 TEST(ReliabilityGuard, NanOnOneRankSkipsOnAllRanks) {
   const fs::path d = tiny_setup("guard_dist", 20);
-  const std::string mpi = "env SGPT_TEST_FAULT=1:3:nan mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 ";
+  const std::string mpi = "env SGPT_TEST_FAULT=1:3:nan " + mpirun_prefix(2);
   const Exec r = sh(mpi + SGPT_EXE + " " +
                     train_args(d, "run", "--set batch.total_batch_tokens=32 --set dist.timeout_s=15 "
                                          "--set optimizer.max_consecutive_skips=3 --set checkpoint.every=2"));
