@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "model/checkpoint.h"
+#include "test_scratch.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
@@ -17,11 +18,7 @@ ModelConfig small(bool bias) {
   m.bias = bias;
   return m;
 }
-fs::path tmp(const std::string& n) {
-  fs::path d = fs::temp_directory_path() / ("sgpt_ckpt_" + std::to_string(::getpid()));
-  fs::create_directories(d);
-  return d / n;
-}
+fs::path tmp(const std::string& n) { return sgpt_test::scratch_root("ckpt") / n; }
 std::string error_of(const std::function<void()>& f) {
   try { f(); } catch (const UserError& e) { return e.what(); }
   return "";

@@ -12,17 +12,13 @@
 #include "data/loader.h"
 #include "model/checkpoint.h"
 #include "test_cli_helpers.h"
+#include "test_scratch.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("sgpt_cli_" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path scratch(const std::string& name) { return sgpt_test::scratch_dir("cli", name); }
 
 void write(const fs::path& p, const std::string& text) { std::ofstream(p) << text; }
 

@@ -12,8 +12,6 @@
 // position) changes logits by 1e-2 or more.
 #include <gtest/gtest.h>
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -32,6 +30,7 @@
 #include "model/gpt2.h"
 #include "train/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_scratch.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
@@ -251,12 +250,7 @@ TEST(Decode, GenerateMatchesASlowReferenceLoop) {
 
 namespace {
 
-fs::path scratch_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("sgpt_decode_" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path scratch_dir(const std::string& name) { return sgpt_test::scratch_dir("decode", name); }
 
 // A tiny run (vocabulary 64) that samples every 3 of its 6 steps.
 Config sampling_run_config(const fs::path& dir) {

@@ -37,6 +37,7 @@
 #include "model/checkpoint.h"
 #include "model/gpt2.h"
 #include "test_mpirun.h"
+#include "test_scratch.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -87,12 +88,7 @@ Exec train(int n, const std::string& args, const std::string& env = "") {
   return sh(cmd + exe() + " train --device " + device() + " " + args);
 }
 
-fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("sgpt_dist_" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path scratch(const std::string& name) { return sgpt_test::scratch_dir("dist", name); }
 
 // A learnable corpus (each token mostly followed by (5t+3) mod 64) and a tiny model: micro-batch 2
 // of 16 tokens, 192 tokens a step (6 micro-steps on 1 rank, 3 on 2, 2 on 3), GNB every 5 steps

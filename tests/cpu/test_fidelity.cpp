@@ -19,8 +19,6 @@
 // and options as the trainer's (src/data/loader.h: the stream of sequences depends only on the
 // seed and the files, so replaying the same sequence of next() calls yields the same batches).
 #include <gtest/gtest.h>
-#include <unistd.h>
-
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -37,27 +35,14 @@
 #include "model/checkpoint.h"
 #include "train/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_scratch.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch_root() { return fs::temp_directory_path() / ("sgpt_fidelity_" + std::to_string(::getpid())); }
-fs::path scratch(const std::string& name) {
-  fs::path p = scratch_root() / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
-// Removes this process's scratch folder (runs, checkpoints, shards) when the tests end.
-struct RemoveScratch : ::testing::Environment {
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(scratch_root(), ec);
-  }
-};
-[[maybe_unused]] ::testing::Environment* const remove_scratch = ::testing::AddGlobalTestEnvironment(new RemoveScratch);
+fs::path scratch(const std::string& name) { return sgpt_test::scratch_dir("fidelity", name); }
 
 // Tokens with a learnable pattern (as in test_train.cpp), so the model moves away from uniform.
 std::string write_shard(const fs::path& dir, int V, size_t n, uint32_t seed) {

@@ -17,6 +17,7 @@
 #include "train/cpu_backend.h"
 #include "train/trainer.h"
 #include "test_cli_helpers.h"
+#include "test_scratch.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
@@ -24,12 +25,7 @@ using nlohmann::json;
 
 namespace {
 
-fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("sgpt_log_" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path scratch(const std::string& name) { return sgpt_test::scratch_dir("log", name); }
 
 std::string error_of(const std::function<void()>& f) {
   try {

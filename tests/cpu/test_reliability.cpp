@@ -26,6 +26,7 @@
 #include "train/cpu_backend.h"
 #include "train/trainer.h"
 #include "test_mpirun.h"
+#include "test_scratch.h"
 
 namespace fs = std::filesystem;
 using namespace sgpt;
@@ -51,12 +52,7 @@ Exec run(const std::string& args, const std::string& env = "") {
   return sh((env.empty() ? "" : "env " + env + " ") + std::string(SGPT_EXE) + " " + args);
 }
 
-fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("sgpt_rel_" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path scratch(const std::string& name) { return sgpt_test::scratch_dir("rel", name); }
 
 bool contains(const std::string& s, const std::string& n) { return s.find(n) != std::string::npos; }
 

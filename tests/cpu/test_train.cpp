@@ -14,18 +14,15 @@
 #include "model/checkpoint.h"
 #include "train/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_scratch.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
 
 namespace {
 
-fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("sgpt_test_" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p.parent_path());
-  return p;
-}
+// A path with nothing there yet (the tests let sophiagpt create the run folder).
+fs::path scratch(const std::string& name) { return sgpt_test::scratch_path("test", name); }
 
 // A corpus with a learnable pattern: each token is followed by (5*t + 3) mod V with probability
 // 0.9, else by a random token. The best achievable loss is about 0.1*ln(V) + H(0.9) ~ 0.75 nats,
