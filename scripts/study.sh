@@ -12,7 +12,8 @@
 #       from their newest checkpoint the next time. Run directories: DIR/NAME (default runs/study).
 #   scripts/study.sh next PLAN_OUT [--runs DIR]
 #       Writes the second phase (warmup variant and two more seeds of the best setting of each
-#       optimizer) from the finished lr/rho sweep (scripts/study_table.py --next).
+#       optimizer) from the finished lr/rho sweep in DIR (scripts/study_table.py --next); each line
+#       starts from the best run's own DIR/NAME/config.json, so it works for any model size.
 #   scripts/study.sh table [--runs DIR]
 #       The results table (scripts/study_table.py), markdown on stdout.
 #   scripts/study.sh plots OUT_DIR [--runs DIR]
