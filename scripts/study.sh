@@ -80,7 +80,7 @@ GP
     --title "Validation loss of the best setting of each optimizer (all seeds)"
   exit 0
   ;;
-*) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
 
 plan=$1; shift
