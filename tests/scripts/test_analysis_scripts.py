@@ -1,0 +1,202 @@
+"""Tests of the analysis scripts the study's numbers come from (scripts/study_table.py) and of the
+loss-curve plotter (scripts/plot.py). Run by ctest as `scripts_tests`:
+    python3 -m unittest discover -s tests/scripts -v
+
+Every expected value below is worked out by hand in the comment next to it (or is a published
+figure, named), never taken from a run of the script under test.
+"""
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STUDY_TABLE = os.path.join(ROOT, "scripts", "study_table.py")
+PLOT = os.path.join(ROOT, "scripts", "plot.py")
+
+
+def load_module(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+study_table = load_module(STUDY_TABLE, "study_table")
+plot = load_module(PLOT, "plot")
+
+
+def make_run(runs, name, opt, lr, seed, evals, rho=0.05, warmup=100, micro_batch=8, fraction=1.0,
+             skips=0, gnb=(), done=True, max_steps=200, tokens=1000):
+    """A run directory as `sophiagpt train` leaves it: config.json, log.jsonl, and `done`."""
+    d = os.path.join(runs, name)
+    os.makedirs(d)
+    o = {"name": opt, "lr": lr, "min_lr": lr / 10}
+    if opt == "sophiag":
+        o.update(rho=rho, hessian_interval=10, hessian_batch_fraction=fraction)
+    cfg = {"optimizer": o, "schedule": {"max_steps": max_steps, "warmup_iters": warmup},
+           "batch": {"micro_batch_size": micro_batch, "total_batch_tokens": tokens}, "seed": seed,
+           "model": {"n_layer": 2, "n_embd": 32, "vocab_size": 64, "block_size": 16, "bias": False}}
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    with open(os.path.join(d, "log.jsonl"), "w") as f:
+        for s, v in evals:
+            f.write(json.dumps({"type": "train", "step": s, "loss": v + 0.1}) + "\n")
+            f.write(json.dumps({"type": "eval", "step": s, "val_loss": v}) + "\n")
+        for _ in range(skips):
+            f.write(json.dumps({"type": "skip", "step": 50}) + "\n")
+        for i, w in enumerate(gnb):
+            f.write(json.dumps({"type": "gnb", "step": 10 * i + 9, "win_rate": w, "h_l1": 2 * w,
+                                "gnb_grad_norm": 3 * w}) + "\n")
+    if done:
+        open(os.path.join(d, "done"), "w").close()
+    return d
+
+
+def run_script(*args):
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    return r.returncode, r.stdout, r.stderr
+
+
+class TokensTo(unittest.TestCase):
+    def test_linear_interpolation_between_evaluations(self):
+        r = {"evals": [(0, 10.0), (100, 6.0), (200, 4.0)], "tokens": 1000}
+        # 5.0 lies half way from 6.0 (step 100) to 4.0 (step 200): step 150, 150,000 tokens
+        self.assertAlmostEqual(study_table.tokens_to(r, 5.0), 150_000)
+        # 4.6: 100 + 100 * (6 - 4.6) / (6 - 4) = 170
+        self.assertAlmostEqual(study_table.tokens_to(r, 4.6), 170_000)
+
+    def test_reached_at_the_first_evaluation_and_never(self):
+        r = {"evals": [(50, 3.0), (100, 2.5)], "tokens": 10}
+        self.assertEqual(study_table.tokens_to(r, 3.5), 500)  # step 50, nothing before it
+        self.assertIsNone(study_table.tokens_to(r, 2.0))
+
+
+class StudyTable(unittest.TestCase):
+    """Six runs: AdamW at two learning rates (two seeds of the better one), Sophia-G at two (two
+    seeds of the better one; the other diverged with a lower logged final loss, so it must not win)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="sgpt_scripts_")
+        cls.runs = os.path.join(cls.tmp, "runs")
+        R = cls.runs
+        make_run(R, "adamw_lr1e-3", "adamw", 1e-3, 1337, [(0, 10.0), (100, 6.0), (200, 4.0)])
+        make_run(R, "adamw_lr1e-3_seed1338", "adamw", 1e-3, 1338, [(0, 10.0), (100, 6.0), (200, 4.1)])
+        make_run(R, "adamw_lr2e-3", "adamw", 2e-3, 1337, [(0, 10.0), (100, 6.5), (200, 4.2)])
+        # micro-batch 3, fraction 0.5: floor(1.5) = 1 sequence of 3 per GNB pass, f_eff = 1/3
+        sk = dict(micro_batch=3, fraction=0.5)
+        make_run(R, "sophiag_lr1e-4", "sophiag", 1e-4, 1337, [(0, 10.0), (100, 7.0), (200, 4.5)],
+                 gnb=(0.1, 0.2, 0.3, 0.4, 0.5), **sk)
+        make_run(R, "sophiag_lr1e-4_seed1338", "sophiag", 1e-4, 1338, [(0, 10.0), (100, 7.2), (200, 4.6)], **sk)
+        make_run(R, "sophiag_lr2e-4", "sophiag", 2e-4, 1337, [(0, 10.0), (100, 5.0), (200, 3.0)], skips=1, **sk)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def table(self):
+        code, out, err = run_script(STUDY_TABLE, "--runs", self.runs)
+        self.assertEqual(code, 0, err)
+        return out
+
+    def row(self, out, first_cell):
+        for line in out.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cells and cells[0] == first_cell:
+                return cells
+        self.fail(f"no row '{first_cell}' in:\n{out}")
+
+    def test_best_setting_over_seeds(self):
+        out = self.table()
+        # AdamW lr 1e-3: finals 4.0 and 4.1, mean 4.05, sample std sqrt(2 * 0.05^2 / 1) = 0.0707
+        self.assertEqual(self.row(out, "adamw")[1:9], ["0.001", "-", "100", "2", "4.0500", "0.0707", "4.0000", "4.1000"])
+        # Sophia-G lr 1e-4 (not the diverged 2e-4 with its lower 3.0): 4.5 and 4.6
+        self.assertEqual(self.row(out, "sophiag")[1:9], ["0.0001", "0.050", "100", "2", "4.5500", "0.0707", "4.5000", "4.6000"])
+
+    def test_tokens_and_compute_to_the_same_loss(self):
+        out = self.table()
+        # L* = 4.6, the highest final loss of the four. Tokens to 4.6 (1000 tokens a step):
+        #   AdamW 1337: 100 + 100 * (6 - 4.6) / (6 - 4)   = 170      -> 170,000
+        #   AdamW 1338: 100 + 100 * (6 - 4.6) / (6 - 4.1) = 173.684  -> 173,684.2
+        #   Sophia 1337: 100 + 100 * (7 - 4.6) / (7 - 4.5) = 196     -> 196,000
+        #   Sophia 1338: reaches 4.6 at step 200                     -> 200,000
+        # ratio of means 171,842.1 / 198,000 = 0.8679; pairs: 170/200 = 0.850 .. 173.684/196 = 0.886
+        self.assertIn("L* = 4.6000", out)
+        self.assertEqual(self.row(out, "tokens to L*: AdamW / Sophia-G")[1:], ["0.868", "0.850 - 0.886"])
+        # Sophia-G's compute: 1 + f_eff / k = 1 + (1/3) / 10 = 1.0333 per token:
+        # 0.8679 / 1.0333 = 0.840; 0.850 / 1.0333 = 0.823; 0.8861 / 1.0333 = 0.858
+        self.assertEqual(self.row(out, "compute to L* (GNB counted, x1.033 for Sophia-G)")[1:], ["0.840", "0.823 - 0.858"])
+
+    def test_divergence_listed(self):
+        out = self.table()
+        self.assertIn("1 run(s):", out)
+        self.assertIn("- sophiag_lr2e-4: sophiag lr 0.0002 rho 0.05, 1 skipped step(s)", out)
+
+    def test_clipping_over_training_of_the_best_sophia_run(self):
+        out = self.table()
+        # 5 GNB passes with win rates 0.1..0.5: first 20% = pass 0, middle = pass 2, last = pass 4
+        self.assertEqual(self.row(out, "first 20%")[1:3], ["1", "0.1000"])
+        self.assertEqual(self.row(out, "middle 20%")[1:3], ["1", "0.3000"])
+        self.assertEqual(self.row(out, "last 20%")[1:5], ["1", "0.5000", "1", "1.5"])
+
+    def test_next_phase_starts_from_the_best_runs_own_config(self):
+        code, out, err = run_script(STUDY_TABLE, "--runs", self.runs, "--next")
+        self.assertEqual(code, 0, err)
+        lines = [l for l in out.splitlines() if l and not l.startswith("#")]
+        a = os.path.join(self.runs, "adamw_lr1e-3", "config.json")
+        s = os.path.join(self.runs, "sophiag_lr1e-4", "config.json")
+        self.assertEqual(lines, [
+            f"adamw_lr1e-3_seed1338 {a} optimizer.lr=0.001 optimizer.min_lr=0.0001 seed=1338",
+            f"adamw_lr1e-3_seed1339 {a} optimizer.lr=0.001 optimizer.min_lr=0.0001 seed=1339",
+            f"adamw_lr1e-3_warmup300 {a} optimizer.lr=0.001 optimizer.min_lr=0.0001 schedule.warmup_iters=300",
+            f"sophiag_lr1e-4_seed1338 {s} optimizer.lr=0.0001 optimizer.min_lr=1e-05 optimizer.rho=0.05 seed=1338",
+            f"sophiag_lr1e-4_seed1339 {s} optimizer.lr=0.0001 optimizer.min_lr=1e-05 optimizer.rho=0.05 seed=1339",
+            f"sophiag_lr1e-4_warmup300 {s} optimizer.lr=0.0001 optimizer.min_lr=1e-05 optimizer.rho=0.05 schedule.warmup_iters=300",
+        ])
+
+
+class Plot(unittest.TestCase):
+    def test_parameter_count_matches_published_gpt2_sizes(self):
+        # Hugging Face's GPT-2 (with biases, tied embedding): 124,439,808 and 354,823,168 parameters
+        gpt2 = {"n_layer": 12, "n_embd": 768, "vocab_size": 50257, "block_size": 1024, "bias": True}
+        self.assertEqual(plot.n_params(gpt2), 124_439_808)
+        medium = dict(gpt2, n_layer=24, n_embd=1024)
+        self.assertEqual(plot.n_params(medium), 354_823_168)
+        # without biases: 12 layers x 8,448 bias values (768 + 2304 + 768 + 768 + 3072 + 768) and
+        # the final LayerNorm's 768 fewer
+        self.assertEqual(plot.n_params(dict(gpt2, bias=False)), 124_439_808 - 12 * 8448 - 768)
+
+    def test_compute_counts_the_gnb_passes(self):
+        # 25 steps with k = 10: passes after steps 9 and 19, each over f_eff = 0.5 of a step's tokens
+        self.assertEqual(plot.flops_at(25, 1000, 100, k=10, f_eff=0.5), 6.0 * 1000 * 100 * (25 + 0.5 * 2))
+        self.assertEqual(plot.flops_at(25, 1000, 100), 6.0 * 1000 * 100 * 25)
+
+    @unittest.skipUnless(shutil.which("gnuplot"), "gnuplot not installed (scripts/setup.sh installs it)")
+    def test_draws_a_png_with_the_paper_references(self):
+        tmp = tempfile.mkdtemp(prefix="sgpt_plot_")
+        try:
+            a = make_run(tmp, "a", "adamw", 1e-3, 1337, [(0, 10.0), (100, 6.0), (200, 4.0)])
+            s = make_run(tmp, "s", "sophiag", 1e-4, 1337, [(0, 10.0), (100, 7.0), (200, 4.5)])
+            png = os.path.join(tmp, "out.png")
+            for axis in ("steps", "tokens", "compute"):
+                code, out, err = run_script(PLOT, f"{a}=AdamW", f"{s}=Sophia-G", "--paper-refs", "--x", axis, "-o", png)
+                self.assertEqual(code, 0, err)
+                with open(png, "rb") as f:
+                    self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+                os.remove(png)
+            code, out, err = run_script(PLOT, os.path.join(tmp, "absent"), "-o", png)
+            self.assertNotEqual(code, 0)
+            self.assertIn("absent", err)
+            self.assertFalse(os.path.exists(png))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    unittest.main()
