@@ -528,6 +528,11 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   // Evaluation: ceil(eval.batches / world) micro-batches per rank, averaged over ranks (the same
   // sequences as one process when eval.batches is a multiple of the number of ranks).
   const int eval_batches = (cfg.eval.batches + opt.world - 1) / opt.world;
+  if (main_rank && val_loader && cfg.eval.batches % opt.world != 0)
+    std::fprintf(stderr,
+                 "note: eval.batches (%d) is not a multiple of the %d ranks: each evaluates %d, %d micro-batches "
+                 "in all, so this run's validation loss is not comparable with a run on another number of ranks\n",
+                 cfg.eval.batches, opt.world, eval_batches, eval_batches * opt.world);
   res.start_step = start;
 
   JsonlLog log((fs::path(opt.out_dir) / "log.jsonl").string(), main_rank && !opt.out_dir.empty());
