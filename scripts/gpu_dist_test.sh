@@ -11,8 +11,11 @@
 #   scripts/gpu_dist_test.sh bench [SECTION...]
 #                                     GPT-2 training steps on 1 and 2 GPUs; sections: nvlink
 #                                     (124M, AdamW and Sophia-G, ZeRO-1 on), sockets (NCCL over
-#                                     TCP sockets, with and without overlap), sizes (355M and
-#                                     774M, ZeRO-1 on and off)
+#                                     TCP sockets, with and without overlap, on all GPUs), sizes
+#                                     (355M and 774M, ZeRO-1 on and off), scale and scale774 (124M
+#                                     and 774M on 1, 2, 4, 8 GPUs up to the machine's count: AdamW
+#                                     and Sophia-G f = 1 and 0.5, ZeRO-1 on and off; on 4 H200s
+#                                     about 5 and 8 minutes, estimated from the 1- and 2-GPU runs)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}
@@ -81,14 +84,20 @@ launch() {
     cmp -s $d/mpi/model_00000030.bin $d/$m/model_00000030.bin && echo "$m: model bits equal mpirun's" ||
       echo "$m: MODEL DIFFERS from mpirun's"
   done
-  # a rank killed mid-run (TCP launch: no mpirun to stop the other): rank 0 must stop by itself
-  local t0=$SECONDS
-  RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER_PORT=29612 "$EXE" train "${cfg[@]}" --out-dir $d/kill >$d/kill0.log 2>&1 &
-  local p0=$!
-  RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_PORT=29612 SGPT_TEST_FAULT=1:12:kill "$EXE" train "${cfg[@]}" \
-    --out-dir $d/kill >$d/kill1.log 2>&1 &
-  wait $p0; echo "killed rank 1: rank 0 exit $? after $((SECONDS - t0)) s (dist.timeout_s 20): $(tail -1 $d/kill0.log)"
-  wait
+  # a rank killed mid-run (TCP launch: no mpirun to stop the others), on every GPU: each other rank
+  # must stop by itself within dist.timeout_s
+  local t0=$SECONDS pids=() r
+  for ((r = 0; r < NGPU; ++r)); do
+    local fault=(); ((r == 1)) && fault=(SGPT_TEST_FAULT=1:12:kill)
+    env RANK=$r WORLD_SIZE=$NGPU LOCAL_RANK=$r MASTER_PORT=29612 "${fault[@]}" "$EXE" train "${cfg[@]}" \
+      --set batch.total_batch_tokens=$((256 * NGPU)) --out-dir $d/kill >$d/kill$r.log 2>&1 &
+    pids+=($!)
+  done
+  for ((r = 0; r < NGPU; ++r)); do
+    ((r == 1)) && { wait "${pids[1]}"; echo "killed rank 1: exit $?"; continue; }
+    wait "${pids[r]}"
+    echo "  rank $r of $NGPU: exit $? after $((SECONDS - t0)) s (dist.timeout_s 20): $(tail -1 $d/kill$r.log)"
+  done
   # a rank that throws (TCP launch)
   t0=$SECONDS
   RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER_PORT=29613 "$EXE" train "${cfg[@]}" --out-dir $d/throw >$d/throw0.log 2>&1 &
@@ -146,19 +155,49 @@ bench() {
       for np in 1 2; do run "adamw_131k_${np}gpu" $np $A "${mb[@]}" --set batch.total_batch_tokens=131072; done
       ;;
     sockets)
-      echo "==== NVLink without overlap (the whole gradient reduced after the backward), 131072 tokens/step"
+      # on all GPUs (131072 tokens/step is one micro-step per GPU on 2; 524288 divides for 1-8)
+      local n=$NGPU small=$((65536 * NGPU))
+      echo "==== NVLink without overlap (the whole gradient reduced after the backward), $small tokens/step, $n GPUs"
       ENVS=(SGPT_DIST_OVERLAP=0)
-      run "adamw_131k_2gpu_no_overlap" 2 $A "${mb[@]}" --set batch.total_batch_tokens=131072
-      echo "==== NCCL over sockets (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1), 124M AdamW"
+      run "adamw_${small}_${n}gpu_no_overlap" $n $A "${mb[@]}" --set batch.total_batch_tokens=$small
+      echo "==== NCCL over sockets (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1), 124M AdamW, $n GPUs"
       ENVS=(NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1)
-      for tok in 131072 524288; do
-        run "sock_adamw_${tok}_overlap" 2 $A "${mb[@]}" --set batch.total_batch_tokens=$tok
+      for tok in $small 524288; do
+        run "sock_adamw_${tok}_${n}gpu_overlap" $n $A "${mb[@]}" --set batch.total_batch_tokens=$tok
         ENVS+=(SGPT_DIST_OVERLAP=0)
-        run "sock_adamw_${tok}_no_overlap" 2 $A "${mb[@]}" --set batch.total_batch_tokens=$tok
+        run "sock_adamw_${tok}_${n}gpu_no_overlap" $n $A "${mb[@]}" --set batch.total_batch_tokens=$tok
         ENVS=(NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1)
       done
-      run "sock_sophiag_f1_524288_overlap" 2 $S "${mb[@]}" --set batch.total_batch_tokens=524288
+      run "sock_sophiag_f1_524288_${n}gpu_overlap" $n $S "${mb[@]}" --set batch.total_batch_tokens=524288
       ENVS=()
+      ;;
+    scale)
+      local nps=(1) g
+      for g in 2 4 8; do ((g <= NGPU)) && nps+=($g); done
+      echo "==== 124M bf16, micro-batch 64 x 1024, 524288 tokens/step, on ${nps[*]} GPUs"
+      for g in "${nps[@]}"; do
+        local tok=(--set batch.total_batch_tokens=524288)
+        run "adamw_${g}gpu" $g $A "${mb[@]}" "${tok[@]}"
+        run "sophiag_f1_${g}gpu" $g $S "${mb[@]}" "${tok[@]}"
+        run "sophiag_f05_${g}gpu" $g $S "${mb[@]}" "${tok[@]}" --set optimizer.hessian_batch_fraction=0.5
+        if ((g > 1)); then
+          run "adamw_${g}gpu_zero0" $g $A "${mb[@]}" "${tok[@]}" --set dist.zero=0
+          run "sophiag_f1_${g}gpu_zero0" $g $S "${mb[@]}" "${tok[@]}" --set dist.zero=0
+        fi
+      done
+      ;;
+    scale774)
+      local nps=(1) g
+      for g in 2 4 8; do ((g <= NGPU)) && nps+=($g); done
+      echo "==== 774M bf16, micro-batch 16 x 1024, 131072 tokens/step, on ${nps[*]} GPUs"
+      local big=configs/gpt2_770m
+      for g in "${nps[@]}"; do
+        local m16=(--set batch.micro_batch_size=16 --set batch.total_batch_tokens=131072)
+        run "774m_adamw_${g}gpu" $g ${big}_adamw.json "${m16[@]}"
+        run "774m_sophiag_f1_${g}gpu" $g ${big}_sophiag.json "${m16[@]}"
+        run "774m_sophiag_f05_${g}gpu" $g ${big}_sophiag.json "${m16[@]}" --set optimizer.hessian_batch_fraction=0.5
+        ((g > 1)) && run "774m_sophiag_f1_${g}gpu_zero0" $g ${big}_sophiag.json "${m16[@]}" --set dist.zero=0
+      done
       ;;
     sizes)
       echo "==== 355M and 774M bf16, micro-batch 16 x 1024, 131072 tokens/step, Sophia-G k=10"
@@ -182,5 +221,5 @@ tests) tests ;;
 launch) launch ;;
 resume) resume_bf16 ;;
 bench) shift; bench "$@" ;;
-*) echo "usage: $0 tests | bench [nvlink|sockets|sizes]..." >&2; exit 2 ;;
+*) echo "usage: $0 tests | launch | resume | bench [nvlink|sockets|sizes|scale|scale774]..." >&2; exit 2 ;;
 esac
