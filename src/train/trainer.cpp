@@ -525,14 +525,12 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     if (start > 0) load_checkpoint(cfg, be, train_loader, opt.out_dir, start);
   }
   res.last_checkpoint = start > 0 ? start : -1;
-  // Evaluation: ceil(eval.batches / world) micro-batches per rank, averaged over ranks (the same
-  // sequences as one process when eval.batches is a multiple of the number of ranks).
-  const int eval_batches = (cfg.eval.batches + opt.world - 1) / opt.world;
-  if (main_rank && val_loader && cfg.eval.batches % opt.world != 0)
-    std::fprintf(stderr,
-                 "note: eval.batches (%d) is not a multiple of the %d ranks: each evaluates %d, %d micro-batches "
-                 "in all, so this run's validation loss is not comparable with a run on another number of ranks\n",
-                 cfg.eval.batches, opt.world, eval_batches, eval_batches * opt.world);
+  // Evaluation: the eval.batches micro-batches one process evaluates, shared out among the ranks as
+  // in training (rank r reads batches r, r + N, r + 2N, ...: its slice of each global batch), and
+  // the loss is their mean. So the validation loss is over the same sequences for every number of
+  // ranks, whether or not N divides eval.batches.
+  const int eval_batches =
+      cfg.eval.batches > opt.rank ? (cfg.eval.batches - opt.rank + opt.world - 1) / opt.world : 0;
   res.start_step = start;
 
   JsonlLog log((fs::path(opt.out_dir) / "log.jsonl").string(), main_rank && !opt.out_dir.empty());
@@ -688,8 +686,9 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
       val_loader->next(inp.data(), tgt.data());
       sum += be.eval_micro(inp.data(), tgt.data(), B, T);
     }
-    double vl = sum / eval_batches;
-    be.average(&vl, 1);
+    double vl = sum;
+    be.average(&vl, 1);  // the mean over ranks of their sums
+    vl = vl * opt.world / cfg.eval.batches;
     res.last_val_loss = vl;
     log.write(json{{"type", "eval"}, {"step", step}, {"val_loss", vl}});
     if (main_rank && !opt.quiet) {
