@@ -343,14 +343,8 @@ void run_eval(const EvalArgs& a) {
   const bool use_gpu = choose_gpu(cfg);
   if (!a.hellaswag.empty()) return run_hellaswag_eval(a, cfg, use_gpu, params);
   if (cfg.data.val.empty()) throw UserError("config key 'data.val' is empty: nothing to evaluate on");
-  LoaderOptions lo;
-  lo.pattern = cfg.data.val;
-  lo.format = parse_token_format(cfg.data.format);
-  lo.B = cfg.batch.micro_batch_size;
-  lo.T = cfg.model.block_size;
-  lo.seed = cfg.seed;
-  lo.shuffle = false;
-  lo.vocab_size = cfg.model.vocab_size;
+  // The batches the run's own evaluations used: at a checkpoint's step this is the logged val loss.
+  const LoaderOptions lo = val_loader_options(cfg, 0, 1);
   DataLoader val(lo);
   auto be = make_backend(cfg, use_gpu, lo.B, params);
   const int n = a.batches > 0 ? a.batches : cfg.eval.batches;

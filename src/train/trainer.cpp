@@ -398,6 +398,20 @@ LoaderOptions loader_options(const Config& cfg, int rank, int world) {
 }
 }  // namespace
 
+LoaderOptions val_loader_options(const Config& cfg, int rank, int world) {
+  LoaderOptions lo;
+  lo.pattern = cfg.data.val;
+  lo.format = parse_token_format(cfg.data.format);
+  lo.B = cfg.batch.micro_batch_size;
+  lo.T = cfg.model.block_size;
+  lo.rank = rank;
+  lo.world = world;
+  lo.seed = cfg.seed;
+  lo.vocab_size = cfg.model.vocab_size;
+  lo.shuffle = true;  // a fixed seeded order; reset() replays it at every evaluation
+  return lo;
+}
+
 namespace {
 void check_hellaswag_file(const Config& cfg) {
   if (cfg.eval.hellaswag_every <= 0) return;
@@ -422,10 +436,7 @@ std::string command_line() {
 void check_data(const Config& cfg, int world) {
   LoaderOptions lo = loader_options(cfg, 0, world);
   DataLoader train(lo);
-  if (!cfg.data.val.empty() && cfg.eval.every > 0) {
-    lo.pattern = cfg.data.val;
-    DataLoader val(lo);
-  }
+  if (!cfg.data.val.empty() && cfg.eval.every > 0) DataLoader val(val_loader_options(cfg, 0, world));
   check_hellaswag_file(cfg);
 }
 
@@ -507,12 +518,8 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   const LoaderOptions lo = loader_options(cfg, opt.rank, opt.world);
   DataLoader train_loader(lo);
   std::unique_ptr<DataLoader> val_loader;
-  if (!cfg.data.val.empty() && cfg.eval.every > 0) {
-    LoaderOptions vo = lo;
-    vo.pattern = cfg.data.val;
-    vo.shuffle = true;  // reset() replays the same batches at every eval
-    val_loader = std::make_unique<DataLoader>(vo);
-  }
+  if (!cfg.data.val.empty() && cfg.eval.every > 0)
+    val_loader = std::make_unique<DataLoader>(val_loader_options(cfg, opt.rank, opt.world));
 
   // Stochastic rounding of bf16 working weights keyed by the run's seed (restored with its
   // counter on resume); fp32 gradient accumulation where the config asks for it.

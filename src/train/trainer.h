@@ -28,6 +28,7 @@
 
 #include "config/config.h"
 #include "cpu/decode_cpu.h"
+#include "data/loader.h"
 #include "train/backend.h"
 
 namespace sgpt {
@@ -76,6 +77,10 @@ void write_run_dir(const Config& cfg, const TrainOptions& opt, int64_t ckpt);
 void check_data(const Config& cfg, int world);
 
 TrainResult train(const Config& cfg, Backend& backend, const TrainOptions& opt);
+
+// What the validation loss is computed over, during training and by `sophiagpt eval`: data.val
+// in the run's seeded order (the same batches at every evaluation), rank's slice of each batch.
+LoaderOptions val_loader_options(const Config& cfg, int rank, int world);
 
 // Newest step with both model_<step>.bin and state_<step>.bin in dir, or -1.
 int64_t latest_checkpoint(const std::string& dir);

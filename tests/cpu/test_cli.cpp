@@ -9,6 +9,8 @@
 #include <fstream>
 #include <random>
 
+#include <nlohmann/json.hpp>
+
 #include "data/loader.h"
 #include "model/checkpoint.h"
 #include "test_cli_helpers.h"
@@ -155,11 +157,22 @@ TEST(Cli, EvalAndSampleOfATrainedRun) {
   const fs::path d = tiny_setup("evalsample");
   const std::string run_dir = (d / "run").string();
   const Exec t = run_cli("train --config " + (d / "cfg.json").string() + " --set data.val=\"" + (d / "train.bin").string() +
-                     "\" --set eval.batches=2 --device cpu -q --out-dir " + run_dir);
+                     "\" --set eval.batches=2 --set eval.every=3 --device cpu -q --out-dir " + run_dir);
   ASSERT_EQ(t.code, 0) << t.out;
   const Exec e = run_cli("eval --run " + run_dir + " --device cpu");
   EXPECT_EQ(e.code, 0) << e.out;
-  EXPECT_TRUE(contains(e.out, "val loss")) << e.out;
+  // The newest checkpoint is step 3's: eval reproduces the val loss the run logged there (the same
+  // batches and weights; printed to 6 decimals).
+  double logged = -1;
+  std::ifstream log(fs::path(run_dir) / "log.jsonl");
+  for (std::string line; std::getline(log, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.at("type") == "eval" && j.at("step") == 3) logged = j.at("val_loss").get<double>();
+  }
+  ASSERT_GT(logged, 0) << "no eval record at step 3";
+  double printed = -1;
+  ASSERT_EQ(std::sscanf(e.out.c_str(), "val loss %lf", &printed), 1) << e.out;
+  EXPECT_NEAR(printed, logged, 1e-6) << e.out;
   // The tiny model's vocabulary (50) cannot hold the prompt's GPT-2 ids: a clear error.
   const Exec s = run_cli("sample --run " + run_dir + " --prompt Hello --tokens 3 --vocab " SGPT_SOURCE_DIR "/data/cache/gpt2");
   EXPECT_EQ(s.code, 2) << s.out;
