@@ -383,9 +383,9 @@ int64_t prepare_run_dir(const Config& cfg, const TrainOptions& opt) {
 }
 
 namespace {
-LoaderOptions loader_options(const Config& cfg, int rank, int world) {
+// What the training and the validation loaders share.
+LoaderOptions common_loader_options(const Config& cfg, int rank, int world) {
   LoaderOptions lo;
-  lo.pattern = cfg.data.train;
   lo.format = parse_token_format(cfg.data.format);
   lo.B = cfg.batch.micro_batch_size;
   lo.T = cfg.model.block_size;
@@ -393,21 +393,20 @@ LoaderOptions loader_options(const Config& cfg, int rank, int world) {
   lo.world = world;
   lo.seed = cfg.seed;
   lo.vocab_size = cfg.model.vocab_size;
+  return lo;
+}
+
+LoaderOptions loader_options(const Config& cfg, int rank, int world) {
+  LoaderOptions lo = common_loader_options(cfg, rank, world);
+  lo.pattern = cfg.data.train;
   if (lo.pattern.empty()) throw UserError("config key 'data.train' is empty: name the training token files");
   return lo;
 }
 }  // namespace
 
 LoaderOptions val_loader_options(const Config& cfg, int rank, int world) {
-  LoaderOptions lo;
+  LoaderOptions lo = common_loader_options(cfg, rank, world);
   lo.pattern = cfg.data.val;
-  lo.format = parse_token_format(cfg.data.format);
-  lo.B = cfg.batch.micro_batch_size;
-  lo.T = cfg.model.block_size;
-  lo.rank = rank;
-  lo.world = world;
-  lo.seed = cfg.seed;
-  lo.vocab_size = cfg.model.vocab_size;
   lo.shuffle = true;  // a fixed seeded order; reset() replays it at every evaluation
   return lo;
 }
