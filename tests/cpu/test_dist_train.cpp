@@ -292,11 +292,6 @@ TEST(DistTrain, ResumeOnAnyNumberOfRanks) {
   }
 }
 
-// GPUs only. bf16: 2 GPUs track 1 GPU over 200 steps (the mean of every 20-step window of the loss
-// within 3%: bf16 rounds weights, activations and gradients at 2^-8 relative and the two runs sum
-// gradients in another order, so the trajectories decorrelate, but a correct data-parallel path
-// learns at the same rate; a lost or doubled rank's gradient would not). And two identical 2-GPU
-// runs give the same bits (deterministic kernels, NCCL's fixed reduction order for a fixed setup).
 // A checkpoint written by 4 ranks, resumed on 2 and on 1: steps 10..19 as the uninterrupted 4-rank
 // run (the same tolerances as above: only the order of the gradient sums differs).
 TEST(DistTrain, ResumeFromFourRanksOnTwoAndOne) {
@@ -319,6 +314,11 @@ TEST(DistTrain, ResumeFromFourRanksOnTwoAndOne) {
   }
 }
 
+// GPUs only. bf16: 2 GPUs track 1 GPU over 200 steps (the mean of every 20-step window of the loss
+// within 3%: bf16 rounds weights, activations and gradients at 2^-8 relative and the two runs sum
+// gradients in another order, so the trajectories decorrelate, but a correct data-parallel path
+// learns at the same rate; a lost or doubled rank's gradient would not). And two identical 2-GPU
+// runs give the same bits (deterministic kernels, NCCL's fixed reduction order for a fixed setup).
 TEST(DistTrain, Bf16TwoGpusTrackOneAndRepeatBitForBit) {
   if (device() != "cuda") GTEST_SKIP() << "bf16 needs the GPU (SGPT_DIST_DEVICE=cuda)";
   const fs::path d = setup("bf16");

@@ -19,6 +19,7 @@
 // and options as the trainer's (src/data/loader.h: the stream of sequences depends only on the
 // seed and the files, so replaying the same sequence of next() calls yields the same batches).
 #include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
