@@ -56,6 +56,7 @@ plots)
   mkdir -p "$od"
   dat=$(mktemp)
   python3 scripts/study_table.py --runs "$RUNS" --sweep-dat "$dat"
+  model=$(sed -n 's/^# model: //p' "$dat")
   series=$(awk '!/^#/ {print $1 "_" $2}' "$dat" | sort -u)
   plot="" i=0
   for s in $series; do
@@ -69,7 +70,7 @@ set output '$od/lr_sweep.png'
 set logscale x
 set xlabel 'peak learning rate'
 set ylabel 'final validation loss (unfinished or diverged runs left out)'
-set title 'Small GPT-2 (6 x 384), 39.3M tokens: final validation loss against the learning rate'
+set title 'GPT-2 $model: final validation loss against the learning rate'
 set key top left
 set grid
 plot $plot

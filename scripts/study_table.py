@@ -60,6 +60,8 @@ def load(d):
         "skips": skips, "gnb": gnb,
         "flop_factor": 1 + f_eff / o["hessian_interval"] if o["name"] == "sophiag" else 1.0,
         "line": None,
+        "model": f"{cfg['model']['n_layer']} x {cfg['model']['n_embd']}, "
+                 f"{max_steps * cfg['batch']['total_batch_tokens'] / 1e6:.1f}M tokens",
     }
 
 
@@ -110,6 +112,8 @@ def main():
 
     if "--sweep-dat" in args:
         out = open(args[args.index("--sweep-dat") + 1], "w")
+        models = sorted({r["model"] for r in base if r["warmup"] == sweep_warmup})
+        out.write(f"# model: {' / '.join(models)}\n")
         out.write("# optimizer rho lr final_val (nan: diverged or unfinished)\n")
         for r in sorted(base, key=lambda r: (r["opt"], r["rho"] or 0, r["lr"])):
             if r["warmup"] != sweep_warmup:
@@ -162,6 +166,16 @@ def main():
         sd = statistics.stdev(fs) if len(fs) > 1 else None
         print(f"| {o} | {b['lr']:g} | {fmt(b['rho'], 3) if b['rho'] else '-'} | {b['warmup']} | {len(fs)} | "
               f"{fmt(statistics.mean(fs))} | {fmt(sd)} | {fmt(min(fs))} | {fmt(max(fs))} |")
+    # a best learning rate is only known to be best when runs on both sides of it were worse (or
+    # diverged): flag the ones at the end of their sweep (same optimizer, rho and warmup)
+    for o, b in sorted(best.items()):
+        lrs = sorted({r["lr"] for r in base if r["opt"] == o and r["rho"] == b["rho"]
+                      and r["warmup"] == b["warmup"] and (r["done"] or r["diverged"])})
+        if len(lrs) < 2 or b["lr"] in (lrs[0], lrs[-1]):
+            end = "only" if len(lrs) < 2 else "highest" if b["lr"] == lrs[-1] else "lowest"
+            print(f"\nAt the edge of its sweep: {o} lr {b['lr']:g} is the {end} of {len(lrs)} learning rate(s) "
+                  f"tried; a {'higher' if end == 'highest' else 'lower' if end == 'lowest' else 'wider'} "
+                  f"one may be better.")
 
     if "adamw" in groups and "sophiag" in groups and groups["adamw"] and groups["sophiag"]:
         A, S = groups["adamw"], groups["sophiag"]

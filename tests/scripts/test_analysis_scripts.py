@@ -78,8 +78,9 @@ class TokensTo(unittest.TestCase):
 
 
 class StudyTable(unittest.TestCase):
-    """Six runs: AdamW at two learning rates (two seeds of the better one), Sophia-G at two (two
-    seeds of the better one; the other diverged with a lower logged final loss, so it must not win)."""
+    """Seven runs: AdamW at three learning rates (two seeds of the middle one, the best), Sophia-G at
+    two (two seeds of the better one; the other diverged with a lower logged final loss, so it must
+    not win)."""
 
     @classmethod
     def setUpClass(cls):
@@ -89,6 +90,7 @@ class StudyTable(unittest.TestCase):
         make_run(R, "adamw_lr1e-3", "adamw", 1e-3, 1337, [(0, 10.0), (100, 6.0), (200, 4.0)])
         make_run(R, "adamw_lr1e-3_seed1338", "adamw", 1e-3, 1338, [(0, 10.0), (100, 6.0), (200, 4.1)])
         make_run(R, "adamw_lr2e-3", "adamw", 2e-3, 1337, [(0, 10.0), (100, 6.5), (200, 4.2)])
+        make_run(R, "adamw_lr5e-4", "adamw", 5e-4, 1337, [(0, 10.0), (100, 7.0), (200, 4.3)])
         # micro-batch 3, fraction 0.5: floor(1.5) = 1 sequence of 3 per GNB pass, f_eff = 1/3
         sk = dict(micro_batch=3, fraction=0.5)
         make_run(R, "sophiag_lr1e-4", "sophiag", 1e-4, 1337, [(0, 10.0), (100, 7.0), (200, 4.5)],
@@ -144,6 +146,29 @@ class StudyTable(unittest.TestCase):
         self.assertEqual(self.row(out, "first 20%")[1:3], ["1", "0.1000"])
         self.assertEqual(self.row(out, "middle 20%")[1:3], ["1", "0.3000"])
         self.assertEqual(self.row(out, "last 20%")[1:5], ["1", "0.5000", "1", "1.5"])
+
+    def test_best_learning_rate_at_the_edge_of_its_sweep_is_flagged(self):
+        out = self.table()
+        # AdamW's 1e-3 lies between 5e-4 (4.3) and 2e-3 (4.2); Sophia-G's 1e-4 is the lower of the two
+        # tried (2e-4 diverged, which still counts as tried)
+        self.assertNotIn("edge of its sweep: adamw", out)
+        self.assertIn("At the edge of its sweep: sophiag lr 0.0001 is the lowest of 2 learning rate(s) tried; "
+                      "a lower one may be better.", out)
+
+    def test_sweep_data_for_the_plot(self):
+        dat = os.path.join(self.tmp, "sweep.dat")
+        code, out, err = run_script(STUDY_TABLE, "--runs", self.runs, "--sweep-dat", dat)
+        self.assertEqual(code, 0, err)
+        with open(dat) as f:
+            lines = f.read().splitlines()
+        # the plot's title: 2 layers x 32 wide, 200 steps x 1,000 tokens; seed 1337 only, the
+        # diverged run as nan
+        self.assertEqual(lines, [
+            "# model: 2 x 32, 0.2M tokens",
+            "# optimizer rho lr final_val (nan: diverged or unfinished)",
+            "adamw 0 0.0005 4.3", "adamw 0 0.001 4.0", "adamw 0 0.002 4.2",
+            "sophiag 0.05 0.0001 4.5", "sophiag 0.05 0.0002 nan",
+        ])
 
     def test_next_phase_starts_from_the_best_runs_own_config(self):
         code, out, err = run_script(STUDY_TABLE, "--runs", self.runs, "--next")
