@@ -13,7 +13,9 @@
 #   scripts/study.sh next PLAN_OUT [--runs DIR]
 #       Writes the second phase (warmup variant and two more seeds of the best setting of each
 #       optimizer) from the finished lr/rho sweep in DIR (scripts/study_table.py --next); each line
-#       starts from the best run's own DIR/NAME/config.json, so it works for any model size.
+#       starts from the best run's own DIR/NAME/config.json, so it works for any model size. An
+#       optimizer whose best learning rate is the highest or lowest it tried gets one more learning
+#       rate beyond it instead (run that, then `next` again).
 #   scripts/study.sh table [--runs DIR]
 #       The results table (scripts/study_table.py), markdown on stdout.
 #   scripts/study.sh plots OUT_DIR [--runs DIR]
@@ -81,7 +83,7 @@ GP
     --title "Validation loss of the best setting of each optimizer (all seeds)"
   exit 0
   ;;
-*) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+*) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 2 ;;  # the header
 esac
 
 plan=$1; shift

@@ -9,7 +9,8 @@ usage: scripts/study_table.py [--runs DIR]            markdown tables on stdout
 A run directory holds config.json and log.jsonl (sophiagpt train) and `done` once it finished.
 A setting is (optimizer, lr, rho, warmup); its seeds are runs that differ only in `seed`.
 The sweep uses seed 1337; the best setting of each optimizer (lowest final validation loss among
-finished runs) gets two more seeds and a warmup variant in the second phase.
+finished runs) gets two more seeds and a warmup variant in the second phase, once runs on both sides
+of its learning rate were worse (until then --next extends the sweep by one learning rate).
 
 Measures (docs/study.md says how to read them):
   final val     the evaluation after the last step (mean and sample standard deviation over seeds)
@@ -23,6 +24,7 @@ Measures (docs/study.md says how to read them):
 import json
 import math
 import os
+import re
 import statistics
 import sys
 
@@ -67,6 +69,17 @@ def load(d):
 
 def setting(r):
     return (r["opt"], r["lr"], r["rho"], r["warmup"])
+
+
+def sweep_edge(base, b):
+    """The learning rates tried at b's optimizer, rho and warmup (finished or diverged runs of the
+    sweep seed), and where b's lies: None inside them, else "highest", "lowest" or "only". A best
+    learning rate is only known to be best when runs on both sides of it were worse (or diverged)."""
+    lrs = sorted({r["lr"] for r in base if r["opt"] == b["opt"] and r["rho"] == b["rho"]
+                  and r["warmup"] == b["warmup"] and (r["done"] or r["diverged"])})
+    if len(lrs) < 2:
+        return lrs, "only"
+    return lrs, "highest" if b["lr"] == lrs[-1] else "lowest" if b["lr"] == lrs[0] else None
 
 
 def tokens_to(r, target):
@@ -135,9 +148,19 @@ def main():
         for o, r in sorted(best.items()):
             # the best run's own resolved config (any model size or recipe), its setting spelled out
             cfg = os.path.join(runs_dir, r["name"], "config.json")
-            common = f"optimizer.lr={r['lr']} optimizer.min_lr={r['lr'] / 10:g}"
-            if o == "sophiag":
-                common += f" optimizer.rho={r['rho']}"
+            rho = f" optimizer.rho={r['rho']}" if o == "sophiag" else ""
+            lrs, end = sweep_edge(base, r)
+            if end:
+                # not bracketed yet: one more learning rate beyond the edge, at the sweep's own step
+                # (2 with a single one), instead of seeds of a setting that may not be the best
+                step = 2.0 if end == "only" else lrs[1] / lrs[0] if end == "lowest" else lrs[-1] / lrs[-2]
+                print(f"# {o}: lr {r['lr']:g} is the {end} learning rate tried; the sweep goes on first")
+                stem = re.sub(r"_lr[^_]*$", "", r["name"])
+                for lr in ([r["lr"] * step] if end != "lowest" else []) + ([r["lr"] / step] if end != "highest" else []):
+                    lr = float(f"{lr:.4g}")
+                    print(f"{stem}_lr{lr:g} {cfg} optimizer.lr={lr:g} optimizer.min_lr={lr / 10:g}{rho}")
+                continue
+            common = f"optimizer.lr={r['lr']} optimizer.min_lr={r['lr'] / 10:g}{rho}"
             tag = r["name"]
             w2 = 300 if r["warmup"] != 300 else 100
             for s in PHASE2_SEEDS:
@@ -166,16 +189,12 @@ def main():
         sd = statistics.stdev(fs) if len(fs) > 1 else None
         print(f"| {o} | {b['lr']:g} | {fmt(b['rho'], 3) if b['rho'] else '-'} | {b['warmup']} | {len(fs)} | "
               f"{fmt(statistics.mean(fs))} | {fmt(sd)} | {fmt(min(fs))} | {fmt(max(fs))} |")
-    # a best learning rate is only known to be best when runs on both sides of it were worse (or
-    # diverged): flag the ones at the end of their sweep (same optimizer, rho and warmup)
     for o, b in sorted(best.items()):
-        lrs = sorted({r["lr"] for r in base if r["opt"] == o and r["rho"] == b["rho"]
-                      and r["warmup"] == b["warmup"] and (r["done"] or r["diverged"])})
-        if len(lrs) < 2 or b["lr"] in (lrs[0], lrs[-1]):
-            end = "only" if len(lrs) < 2 else "highest" if b["lr"] == lrs[-1] else "lowest"
+        lrs, end = sweep_edge(base, b)
+        if end:
+            more = {"highest": "a higher", "lowest": "a lower"}.get(end, "another")
             print(f"\nAt the edge of its sweep: {o} lr {b['lr']:g} is the {end} of {len(lrs)} learning rate(s) "
-                  f"tried; a {'higher' if end == 'highest' else 'lower' if end == 'lowest' else 'wider'} "
-                  f"one may be better.")
+                  f"tried; {more} one may be better.")
 
     if "adamw" in groups and "sophiag" in groups and groups["adamw"] and groups["sophiag"]:
         A, S = groups["adamw"], groups["sophiag"]
