@@ -5,6 +5,8 @@ usage: scripts/study_table.py [--runs DIR]            markdown tables on stdout
        scripts/study_table.py [--runs DIR] --next     the second phase's plan on stdout
        scripts/study_table.py [--runs DIR] --sweep-dat FILE   lr sweep data for gnuplot
        scripts/study_table.py [--runs DIR] --best-dirs        the best settings' runs, for plot.py
+       scripts/study_table.py [--runs DIR] --evals 100,300    the runs table with the validation
+                                          loss at those steps too
 
 A run directory holds config.json and log.jsonl (sophiagpt train) and `done` once it finished.
 A setting is (optimizer, lr, rho, warmup); its seeds are runs that differ only in `seed`.
@@ -168,15 +170,20 @@ def main():
             print(f"{tag}_warmup{w2} {cfg} {common} schedule.warmup_iters={w2}")
         return
 
+    # --evals S1,S2,...: the validation loss at those steps as well
+    at = [int(x) for x in args[args.index("--evals") + 1].split(",")] if "--evals" in args else []
     print(f"## Runs ({len(runs)} in {runs_dir})\n")
-    print("| run | optimizer | lr | rho | warmup | seed | final val | best val | status |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    extra = "".join(f" val @{s} |" for s in at)
+    print(f"| run | optimizer | lr | rho | warmup | seed |{extra} final val | best val | status |")
+    print("|---|---|---|---|---|---|" + "---|" * len(at) + "---|---|---|")
     for r in sorted(runs, key=lambda r: (r["opt"], r["rho"] or 0, r["lr"], r["warmup"], r["seed"])):
         vals = [v for _, v in r["evals"] if v is not None and math.isfinite(v)]
         status = ("diverged" if r["diverged"] else "done") if r["done"] else \
             ("diverged (stopped)" if r["diverged"] else "unfinished")
+        ev = dict(r["evals"])
+        cells = "".join(f" {fmt(ev.get(s), 3)} |" for s in at)
         print(f"| {r['name']} | {r['opt']} | {r['lr']:g} | {fmt(r['rho'], 3) if r['rho'] else '-'} | "
-              f"{r['warmup']} | {r['seed']} | {fmt(r['final'])} | {fmt(min(vals) if vals else None)} | {status} |")
+              f"{r['warmup']} | {r['seed']} |{cells} {fmt(r['final'])} | {fmt(min(vals) if vals else None)} | {status} |")
 
     print("\n## Best setting of each optimizer, over seeds\n")
     print("| optimizer | lr | rho | warmup | seeds | final val mean | std | min | max |")

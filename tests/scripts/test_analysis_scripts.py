@@ -135,6 +135,13 @@ class StudyTable(unittest.TestCase):
         # 0.8679 / 1.0333 = 0.840; 0.850 / 1.0333 = 0.823; 0.8861 / 1.0333 = 0.858
         self.assertEqual(self.row(out, "compute to L* (GNB counted, x1.033 for Sophia-G)")[1:], ["0.840", "0.823 - 0.858"])
 
+    def test_validation_loss_at_chosen_steps(self):
+        code, out, err = run_script(STUDY_TABLE, "--runs", self.runs, "--evals", "100,150")
+        self.assertEqual(code, 0, err)
+        self.assertIn("| seed | val @100 | val @150 | final val |", out)
+        # adamw_lr1e-3 evaluated at 0, 100, 200: 6.0 at step 100, nothing at 150
+        self.assertEqual(self.row(out, "adamw_lr1e-3")[6:9], ["6.000", "-", "4.0000"])
+
     def test_divergence_listed(self):
         out = self.table()
         self.assertIn("1 run(s):", out)
