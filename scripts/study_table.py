@@ -102,11 +102,35 @@ def fmt(x, p=4):
     return "-" if x is None else f"{x:.{p}f}"
 
 
+def die(msg):
+    sys.exit(f"study_table.py: {msg}")
+
+
+def option(args, name):
+    """The value after `name` in args, None when absent; a clear error when it is missing."""
+    if name not in args:
+        return None
+    i = args.index(name) + 1
+    if i >= len(args) or args[i].startswith("--"):
+        die(f"{name} needs a value")
+    return args[i]
+
+
 def main():
     args = sys.argv[1:]
-    runs_dir = "runs/study"
-    if "--runs" in args:
-        runs_dir = args[args.index("--runs") + 1]
+    known = {"--runs", "--sweep-dat", "--evals", "--next", "--best-dirs"}
+    for a in args:
+        if a.startswith("--") and a not in known:
+            die(f"unknown option '{a}' (see the usage at the top of this file)")
+    # --evals S1,S2,...: the runs table gives the validation loss at those steps as well
+    evals_opt = option(args, "--evals")
+    try:
+        at = [int(x) for x in evals_opt.split(",")] if evals_opt else []
+    except ValueError:
+        die(f"--evals: '{evals_opt}' is not a comma-separated list of steps, e.g. 100,300,500")
+    runs_dir = option(args, "--runs") or "runs/study"
+    if not os.path.isdir(runs_dir):
+        die(f"--runs: no run folder '{runs_dir}'")
     runs = [r for r in (load(os.path.join(runs_dir, n)) for n in sorted(os.listdir(runs_dir))
                         if os.path.isdir(os.path.join(runs_dir, n))) if r]
     base = [r for r in runs if r["seed"] == BASE_SEED]
@@ -126,7 +150,7 @@ def main():
             best[o] = min(cands, key=lambda r: r["final"])
 
     if "--sweep-dat" in args:
-        out = open(args[args.index("--sweep-dat") + 1], "w")
+        out = open(option(args, "--sweep-dat"), "w")
         models = sorted({r["model"] for r in base if r["warmup"] == sweep_warmup})
         out.write(f"# model: {' / '.join(models)}\n")
         out.write("# optimizer rho lr final_val (nan: diverged or unfinished)\n")
@@ -170,8 +194,6 @@ def main():
             print(f"{tag}_warmup{w2} {cfg} {common} schedule.warmup_iters={w2}")
         return
 
-    # --evals S1,S2,...: the validation loss at those steps as well
-    at = [int(x) for x in args[args.index("--evals") + 1].split(",")] if "--evals" in args else []
     print(f"## Runs ({len(runs)} in {runs_dir})\n")
     extra = "".join(f" val @{s} |" for s in at)
     print(f"| run | optimizer | lr | rho | warmup | seed |{extra} final val | best val | status |")

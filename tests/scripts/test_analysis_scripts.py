@@ -142,6 +142,19 @@ class StudyTable(unittest.TestCase):
         # adamw_lr1e-3 evaluated at 0, 100, 200: 6.0 at step 100, nothing at 150
         self.assertEqual(self.row(out, "adamw_lr1e-3")[6:9], ["6.000", "-", "4.0000"])
 
+    def test_bad_options_are_named(self):
+        for args, message in [
+                (["--evals", "100,x"], "--evals: '100,x' is not a comma-separated list of steps"),
+                (["--evals"], "--evals needs a value"),
+                (["--bogus"], "unknown option '--bogus'")]:
+            code, out, err = run_script(STUDY_TABLE, "--runs", self.runs, *args)
+            self.assertNotEqual(code, 0, args)
+            self.assertIn(message, err, args)
+        missing = os.path.join(self.tmp, "missing")
+        code, out, err = run_script(STUDY_TABLE, "--runs", missing)
+        self.assertNotEqual(code, 0)
+        self.assertIn(f"--runs: no run folder '{missing}'", err)
+
     def test_divergence_listed(self):
         out = self.table()
         self.assertIn("1 run(s):", out)
