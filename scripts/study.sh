@@ -60,20 +60,23 @@ plots)
   python3 scripts/study_table.py --runs "$RUNS" --sweep-dat "$dat"
   model=$(sed -n 's/^# model: //p' "$dat")
   series=$(awk '!/^#/ {print $1 "_" $2}' "$dat" | sort -u)
-  plot="" i=0
+  plot="" pts=(7 6 5 4 9 8 11 10) i=0
   for s in $series; do
     opt=${s%_*} rho=${s#*_}
     label=$([[ $opt == adamw ]] && echo "AdamW" || echo "Sophia-G rho $rho")
-    plot+="${plot:+, }'$dat' using (strcol(1) eq '$opt' && \$2 == $rho ? \$3 : 1/0):4 with linespoints lw 2 pt 7 title '$label'"
+    # a point type per series (filled, open, ...), so series that meet stay told apart
+    plot+="${plot:+, }'$dat' using (strcol(1) eq '$opt' && \$2 == $rho ? \$3 : 1/0):4 with linespoints lw 2 pt ${pts[i++ % 8]} ps 1.3 title '$label'"
   done
   gnuplot <<GP
 set terminal pngcairo size 900,600 font ',11'
 set output '$od/lr_sweep.png'
 set logscale x
+set format x '%.0e'
 set xlabel 'peak learning rate'
 set ylabel 'final validation loss (unfinished or diverged runs left out)'
 set title 'GPT-2 $model: final validation loss against the learning rate'
-set key top left
+set key below
+set offsets 0, 0, graph 0.05, graph 0.05
 set grid
 plot $plot
 GP
