@@ -69,7 +69,7 @@ PAPER_SOPHIA_K, PAPER_SOPHIA_F = 10, 1.0
 REF_POINT_TYPES = {"paper": (5, 7), "rerun": (4, 6), "report": (13, 9)}  # (AdamW, Sophia-G) gnuplot pt
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
-          "#7f7f7f", "#bcbd22", "#000000", "#aec7e8"]
+          "#7f7f7f", "#bcbd22", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5"]
 
 
 def die(msg):
