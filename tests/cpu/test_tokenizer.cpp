@@ -226,8 +226,8 @@ TEST(TokenizerVocab, ChecksumMismatchIsAnError) {
   }
 }
 
-TEST(TokenizerVocab, PinnedChecksumsMatchTheSharedReadme) {
-  // Values from shared/data/README.md.
+TEST(TokenizerVocab, PinnedChecksumsAreThePublishedOnes) {
+  // The published files' sha256, written out in docs/data.md (not taken from the code).
   EXPECT_STREQ(kEncoderJsonSha256, "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783");
   EXPECT_STREQ(kVocabBpeSha256, "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5");
   EXPECT_EQ(sha256_file(sgpt_test::vocab_dir() + "/encoder.json"), kEncoderJsonSha256);
