@@ -5,10 +5,11 @@
 #       Checks the corpora (SHA256SUMS in CORPUS_DIR) and tokenizes ELTeC-eng and ECCO-TCP parts 0
 #       and 4 into data/shards/study/{train,val}_*.bin with a fixed held-out validation split (3% of
 #       the documents, seed 1337). CORPUS_DIR defaults to data/cache/corpora.
-#   scripts/study.sh run PLAN [--gpus N] [--runs DIR] [--deadline SECONDS]
+#   scripts/study.sh run PLAN [--gpus N] [--per-gpu M] [--runs DIR] [--deadline SECONDS]
 #       Runs every line of PLAN (configs/study/*.plan: `NAME CONFIG [key=value ...]`) that is not
-#       complete yet, one run per GPU at a time (N defaults to the GPUs nvidia-smi lists, 1 without
-#       it). Runs left unfinished (the deadline: SIGTERM, the trainer writes a checkpoint) resume
+#       complete yet, M runs per GPU at a time (default 1; small models leave a GPU mostly idle, and
+#       runs sharing a GPU give the same bits as alone, docs/study.md), N GPUs (default: the GPUs
+#       nvidia-smi lists, 1 without it). Runs left unfinished (the deadline: SIGTERM, the trainer writes a checkpoint) resume
 #       from their newest checkpoint the next time. Run directories: DIR/NAME (default runs/study).
 #   scripts/study.sh next PLAN_OUT [--runs DIR]
 #       Writes the second phase (warmup variant and two more seeds of the best setting of each
@@ -93,9 +94,11 @@ plan=$1; shift
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 ((NGPU > 0)) || NGPU=1
 DEADLINE=0
+PER_GPU=1
 while (($#)); do
   case "$1" in
     --gpus) NGPU=$2; shift ;;
+    --per-gpu) PER_GPU=$2; shift ;;
     --runs) RUNS=$2; shift ;;
     --deadline) DEADLINE=$2; shift ;;
     *) echo "study.sh: unknown option '$1'" >&2; exit 2 ;;
@@ -130,11 +133,11 @@ run_one() {  # GPU NAME CONFIG [key=value ...]
   echo "[gpu $gpu] $name: exit $rc ($(date +%H:%M:%S))"
 }
 
-queue() {  # GPU: runs lines i with i % NGPU == GPU
-  local gpu=$1 i=0 line
+queue() {  # SLOT: runs lines i with i % (NGPU * PER_GPU) == SLOT, on GPU SLOT % NGPU
+  local slot=$1 gpu=$(($1 % NGPU)) i=0 line
   while IFS= read -r line; do
     [[ -z $line || $line == \#* ]] && continue
-    if ((i++ % NGPU == gpu)); then
+    if ((i++ % (NGPU * PER_GPU) == slot)); then
       # shellcheck disable=SC2086
       set -- $line
       complete "$1" && continue
@@ -144,6 +147,7 @@ queue() {  # GPU: runs lines i with i % NGPU == GPU
   done <"$plan"
 }
 
-for ((g = 0; g < NGPU; ++g)); do queue $g & done
+[[ $PER_GPU =~ ^[1-9][0-9]*$ ]] || { echo "study.sh: --per-gpu takes a whole number >= 1, not '$PER_GPU'" >&2; exit 2; }
+for ((s = 0; s < NGPU * PER_GPU; ++s)); do queue $s & done
 wait
 echo "study.sh: $(grep -cv -e '^#' -e '^$' "$plan") runs in $plan, $(ls "$RUNS"/*/done 2>/dev/null | wc -l) complete in $RUNS"

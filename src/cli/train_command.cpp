@@ -1,7 +1,12 @@
 // `sophiagpt train`: resolve the config, pick the device, build the backend, run the loop.
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
+#include <fstream>
+#include <random>
 #include <cstdio>
 #include <filesystem>
 #include <stdexcept>
@@ -11,6 +16,7 @@
 #include "cli/commands.h"
 #include "cli/model_args.h"
 #include "common/error.h"
+#include "common/paths.h"
 #include "config/config.h"
 #include "model/checkpoint.h"
 #include "train/cpu_backend.h"
@@ -32,6 +38,7 @@
 #endif
 
 namespace sgpt {
+using nlohmann::json;
 namespace {
 
 struct TrainArgs {
@@ -144,8 +151,118 @@ std::unique_ptr<dist::Comm> make_comm(const Config& cfg, const dist::LaunchInfo&
 #endif
 }
 
+// What every rank of a launch must agree on: the resolved config, the program, the run directory
+// and how it starts.
+json launch_settings(const Config& cfg, const TrainArgs& a) {
+  return json{{"config", config_to_json(cfg)}, {"commit", program_commit()}, {"out_dir", a.out_dir},
+              {"resume", a.resume}, {"init_from", a.init_from}};
+}
+
+// The first key (a path such as "config.optimizer.lr") whose value differs between a and b, or "".
+std::string first_difference(const json& a, const json& b, const std::string& at = "") {
+  if (a.is_object() && b.is_object()) {
+    for (auto it = a.begin(); it != a.end(); ++it) {
+      const std::string key = at.empty() ? it.key() : at + "." + it.key();
+      if (!b.contains(it.key())) return key;
+      if (std::string d = first_difference(it.value(), b.at(it.key()), key); !d.empty()) return d;
+    }
+    for (auto it = b.begin(); it != b.end(); ++it)
+      if (!a.contains(it.key())) return at.empty() ? it.key() : at + "." + it.key();
+    return "";
+  }
+  return a == b ? "" : (at.empty() ? std::string("(the whole value)") : at);
+}
+
+const json* at_path(const json& j, const std::string& path) {
+  const json* p = &j;
+  size_t from = 0;
+  while (from <= path.size()) {
+    const size_t dot = path.find('.', from);
+    const std::string part = path.substr(from, dot == std::string::npos ? std::string::npos : dot - from);
+    if (!p->is_object() || !p->contains(part)) return nullptr;
+    p = &p->at(part);
+    if (dot == std::string::npos) break;
+    from = dot + 1;
+  }
+  return p;
+}
+
+// Every rank sends its launch settings to all (one broadcast per rank, in rank order); all ranks
+// then find the same first difference from rank 0's and fail alike, naming it.
+void check_ranks_agree(dist::Comm& comm, const json& mine) {
+  const std::string text = mine.dump();
+  std::vector<std::string> all(static_cast<size_t>(comm.world()));
+  for (int r = 0; r < comm.world(); ++r) {
+    uint64_t n = r == comm.rank() ? text.size() : 0;
+    comm.broadcast(&n, sizeof n, r);
+    std::string buf = r == comm.rank() ? text : std::string(n, '\0');
+    if (n > 0) comm.broadcast(buf.data(), n, r);
+    all[static_cast<size_t>(r)] = std::move(buf);
+  }
+  const json zero = json::parse(all[0]);
+  for (int r = 1; r < comm.world(); ++r) {
+    const json other = json::parse(all[static_cast<size_t>(r)]);
+    const std::string key = first_difference(zero, other);
+    if (key.empty()) continue;
+    const json* v0 = at_path(zero, key);
+    const json* vr = at_path(other, key);
+    throw UserError("the ranks were started with different settings: '" + key + "' is " +
+                    (vr ? vr->dump() : std::string("absent")) + " on rank " + std::to_string(r) + " but " +
+                    (v0 ? v0->dump() : std::string("absent")) + " on rank 0; start every rank with the same "
+                    "config, --set values, --out-dir and program build");
+  }
+}
+
+// Host memory: the trainer's parameter copies and, on the CPU, the backend's buffers (parameters,
+// gradients, two optimizer slots, the activations of one micro-batch), checked against what the
+// machine has available before anything is allocated.
+void check_host_memory(const Config& cfg, bool use_gpu) {
+  const ParamLayout layout = ParamLayout::make(cfg.model);
+  const double P = static_cast<double>(layout.total);
+  const double N = static_cast<double>(cfg.batch.micro_batch_size) * cfg.model.block_size;
+  const double L = cfg.model.n_layer, C = cfg.model.n_embd, NH = cfg.model.n_head, T = cfg.model.block_size;
+  const double Vp = cfg.model.padded_vocab_size;
+  double floats = 2 * P;  // the initial parameters and the copy the backend is built from
+  if (!use_gpu) floats += 4 * P + N * (L * (16 * C + NH * T + 4) + 16 * C + Vp + 3);
+  const double need = 4 * floats;
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  double kib = -1, value;
+  std::string unit;
+  while (f >> key >> value >> unit)
+    if (key == "MemAvailable:") kib = value;
+  if (kib < 0) return;  // not Linux: nothing to compare with
+  const double have = kib * 1024;
+  if (need <= have) return;
+  char msg[512];
+  std::snprintf(msg, sizeof msg,
+                "this run needs about %.1f GiB of host memory (%zu parameters%s) but the machine has %.1f GiB "
+                "available: lower batch.micro_batch_size or the model size%s",
+                need / (1 << 30), layout.total,
+                use_gpu ? "" : ", their gradients and optimizer state, and the activations of one micro-batch",
+                have / (1 << 30), use_gpu ? "" : ", or train on a GPU");
+  throw OutOfMemory(msg);
+}
+
+// A new run's identity: 16 hex digits from the clock, the pid and the random device.
+std::string new_run_id() {
+  std::random_device rd;
+  const uint64_t x = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^
+                     static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) ^
+                     (static_cast<uint64_t>(::getpid()) << 17);
+  char b[20];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(x));
+  return b;
+}
+
 void run_train(const TrainArgs& a) {
+  // A closed stdout pipe (`| head`, a dying `| tee`) must not kill a run: writes fail instead.
+  std::signal(SIGPIPE, SIG_IGN);
   const dist::LaunchInfo li = dist::detect_launch();
+  if (a.resume && !a.init_from.empty())
+    throw UserError("--init-from starts a new run from a model file and --resume continues the run in --out-dir: "
+                    "pass one of them");
+  if (!a.init_from.empty()) check_input_file(a.init_from, "--init-from");
   std::vector<std::string> sets = a.sets;
   if (!a.device.empty()) sets.push_back("device=\"" + a.device + "\"");
   Config cfg = load_config(a.config, sets, li.world);
@@ -161,18 +278,34 @@ void run_train(const TrainArgs& a) {
   // Samples during training (sample.every) decode on the GPU when training runs there.
   if (use_gpu) opt.make_decoder = [](const ModelConfig& m) { return make_cuda_decoder(m); };
 #endif
+  // Rank 0 locks the run directory for the whole run (created if needed) before looking into it;
+  // a start that fails before its first step leaves the folder as it found it.
+  std::unique_ptr<RunDirStart> start;
+  if (li.rank == 0) {
+    start = std::make_unique<RunDirStart>(a.out_dir, "train");
+    opt.start = start.get();
+  }
   // Every input is checked on every rank before the ranks meet, so all report the same error.
   const int64_t ckpt = check_run_dir(opt);
   opt.resume_step = ckpt;
+  opt.run_id = ckpt > 0 ? check_resume_config(cfg, opt.out_dir, ckpt, li.rank == 0) : "";
+  if (opt.run_id.empty()) opt.run_id = new_run_id();
   check_data(cfg, li.world);
+  check_host_memory(cfg, use_gpu);
 
   std::unique_ptr<dist::Comm> comm = make_comm(cfg, li, use_gpu);
   std::unique_ptr<Backend> be;  // outlives the try block: the catch aborts the communicator first
   TrainResult result;
   try {
-    if (li.world > 1) dist::Watchdog::instance().arm("starting the run");
-    write_run_dir(cfg, opt, ckpt);
-    comm->barrier();
+    if (li.world > 1) {
+      dist::Watchdog::instance().arm("starting the run");
+      check_ranks_agree(*comm, launch_settings(cfg, a));
+      // One identity for the run: rank 0's.
+      std::vector<char> id(16, 0);
+      if (li.rank == 0) std::copy(opt.run_id.begin(), opt.run_id.begin() + std::min<size_t>(16, opt.run_id.size()), id.begin());
+      comm->broadcast(id.data(), id.size(), 0);
+      opt.run_id.assign(id.begin(), id.end());
+    }
     const ParamLayout layout = ParamLayout::make(cfg.model);
     std::vector<float> params(layout.total);
     if (!a.init_from.empty()) params = read_model_file(a.init_from, cfg.model);
@@ -181,7 +314,15 @@ void run_train(const TrainArgs& a) {
     DistOptions dist;
     dist.comm = li.world > 1 ? comm.get() : nullptr;
     dist.zero = cfg.dist.zero == 1;
-    be = make_backend(cfg, use_gpu, cfg.batch.micro_batch_size, params, dist);
+    try {
+      be = make_backend(cfg, use_gpu, cfg.batch.micro_batch_size, params, dist);
+    } catch (const std::bad_alloc&) {
+      throw OutOfMemory("out of host memory while allocating the model's buffers: lower batch.micro_batch_size or "
+                        "the model size");
+    }
+    // The run directory is written only once the model fits; every rank checked it before.
+    write_run_dir(cfg, opt, ckpt);
+    comm->barrier();
     if (!opt.quiet) {
       std::printf("device: %s, precision %s, run directory %s\n", be->name().c_str(), cfg.precision.c_str(),
                   a.out_dir.c_str());
@@ -190,7 +331,9 @@ void run_train(const TrainArgs& a) {
                     li.launcher.c_str(), comm->name().c_str(), dist.zero ? "on" : "off");
     }
     result = train(cfg, *be, opt);
+    if (start) start->commit();  // also a resume with no step left to run
   } catch (const std::exception& e) {
+    if (start) start->rollback();  // a start that failed before its first step: nothing kept
     if (li.world == 1) throw;
     // Name the rank, and make the others stop now rather than at their watchdog's timeout.
     const bool user = dynamic_cast<const UserError*>(&e) != nullptr;

@@ -10,6 +10,13 @@ class UserError : public std::runtime_error {
   explicit UserError(const std::string& what) : std::runtime_error(what) {}
 };
 
+// Too little host or device memory for what the config asks (a bad input: exit code 2), with the
+// need and what the machine has in the message.
+class OutOfMemory : public UserError {
+ public:
+  explicit OutOfMemory(const std::string& what) : UserError(what) {}
+};
+
 // Exit codes (docs/reliability.md): 0 done, 2 UserError (bad input, damaged file, divergence),
 // 3 internal error, 4 a rank waited too long for the others (dist::kExitDistFailure),
 // 5 stopped by SIGINT/SIGTERM after writing a checkpoint (resume with --resume); a second signal

@@ -25,7 +25,12 @@ namespace sgpt::cuda {
 [[noreturn]] void throw_error(const char* library, const std::string& detail, const char* expr,
                               const char* file, int line);
 
+// An allocation the GPU cannot hold: sgpt::OutOfMemory (a UserError, exit code 2) naming what is
+// free and what to change, not an internal error.
+[[noreturn]] void throw_out_of_memory(const char* expr, const char* file, int line);
+
 inline void check_cuda(cudaError_t e, const char* expr, const char* file, int line) {
+  if (e == cudaErrorMemoryAllocation) throw_out_of_memory(expr, file, line);
   if (e != cudaSuccess) throw_error("CUDA", cudaGetErrorString(e), expr, file, line);
 }
 

@@ -202,7 +202,7 @@ std::vector<int32_t> model_file_header(const ModelConfig& cfg, int version) {
   return header;
 }
 
-void write_model_file(const std::string& path, const ModelConfig& cfg, const std::vector<float>& params) {
+uint32_t write_model_file(const std::string& path, const ModelConfig& cfg, const std::vector<float>& params) {
   const ParamLayout L = ParamLayout::make(cfg);
   if (params.size() != L.total) throw std::invalid_argument("write_model_file: parameter count mismatch");
   std::vector<int32_t> header = model_file_header(cfg, 3);
@@ -217,6 +217,42 @@ void write_model_file(const std::string& path, const ModelConfig& cfg, const std
   const uint32_t crc = crc_of_pieces(pieces, kModelCrcOffset);
   std::memcpy(&header[11], &crc, 4);
   write_file_atomic(path, pieces);
+  return crc;
+}
+
+int64_t read_model_crc(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw UserError("cannot open model file '" + path + "': " + std::strerror(errno));
+  int32_t h[12] = {};
+  const size_t n = std::fread(h, 4, 12, f);
+  std::fclose(f);
+  if (n != 12) throw UserError("model file '" + path + "' is too short for its header");
+  if (h[10] != kModelChecksumTag) return -1;
+  return static_cast<int64_t>(static_cast<uint32_t>(h[11]));
+}
+
+nlohmann::json read_state_meta(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw UserError("cannot open training-state file '" + path + "': " + std::strerror(errno));
+  char head[24];
+  std::string text;
+  uint64_t len = 0;
+  bool ok = std::fread(head, 1, 24, f) == 24 && std::memcmp(head, "SGPTSTAT", 8) == 0;
+  if (ok) {
+    std::memcpy(&len, head + 16, 8);
+    ok = len < (uint64_t{1} << 30);
+    if (ok) {
+      text.resize(len);
+      ok = std::fread(text.data(), 1, len, f) == len;
+    }
+  }
+  std::fclose(f);
+  if (!ok) throw UserError("training-state file '" + path + "' has a damaged header");
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw UserError("training-state file '" + path + "' has a malformed header: " + e.what());
+  }
 }
 
 namespace {

@@ -37,7 +37,11 @@ constexpr int kModelMagic = 20240326;
 constexpr int32_t kModelChecksumTag = 0x31435243;  // the bytes "CRC1"
 constexpr uint32_t kStateVersion = 2;              // 1: no checksum (still read)
 
-void write_model_file(const std::string& path, const ModelConfig& cfg, const std::vector<float>& params);
+// Returns the CRC32C stored in the file's header slot [11] (what a state file binds to).
+uint32_t write_model_file(const std::string& path, const ModelConfig& cfg, const std::vector<float>& params);
+// The checksum a model file's header records (slot [11]), read from its first 48 bytes; -1 when
+// the file carries none (llm.c's files, older ones). UserError naming the file when unreadable.
+int64_t read_model_crc(const std::string& path);
 // The 256-slot header above for a model of shape cfg, version 3 (fp32) or 5 (bf16), checksum slot 0.
 std::vector<int32_t> model_file_header(const ModelConfig& cfg, int version);
 // Reads a model file, verifies its checksum and checks its header against cfg (UserError naming
@@ -52,6 +56,8 @@ struct TrainState {
 };
 void write_state_file(const std::string& path, const TrainState& state);
 TrainState read_state_file(const std::string& path, bool* verified = nullptr);
+// The JSON of a state file alone (header and meta; the slots are not read). UserError when bad.
+nlohmann::json read_state_meta(const std::string& path);
 
 // Checks a model_*.bin or state_*.bin file without loading it (streamed: constant memory): its
 // header, its size for the shape the header records and, when it carries one, its checksum.

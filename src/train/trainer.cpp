@@ -9,8 +9,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -19,6 +21,7 @@
 #include "eval/hellaswag.h"
 #include "eval/mfu.h"
 #include "model/checkpoint.h"
+#include "train/run_dir.h"
 #include "cpu/decode_cpu.h"
 #include "cpu/sampling.h"
 #include "tokenizer/utf8.h"
@@ -51,25 +54,52 @@ std::string fmt_duration(double s) {
   return b;
 }
 
-// One JSON object per line, flushed, so a crashed run keeps what it logged.
+// One JSON object per line, each written with one write(2) and cut back when it fails (a full
+// disk, the file-size limit), so the file never ends in a torn record. A torn last line left by
+// an older writer (or a crash of the machine) is cut off, with a note, when the log is opened.
 class JsonlLog {
  public:
   JsonlLog(const std::string& path, bool enabled) : path_(path) {
     if (!enabled) return;
-    f_ = std::fopen(path.c_str(), "a");
-    if (!f_) throw UserError("cannot open log file '" + path + "' for appending");
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw UserError("cannot open log file '" + path + "' for appending: " + std::strerror(errno));
+    const off_t end = ::lseek(fd_, 0, SEEK_END);
+    if (end > 0) {
+      // Find the last newline; anything after it is a torn record.
+      std::FILE* r = std::fopen(path.c_str(), "rb");
+      off_t keep = 0;
+      if (r) {
+        const off_t from = std::max<off_t>(0, end - (1 << 20));
+        std::fseek(r, from, SEEK_SET);
+        std::string tail(static_cast<size_t>(end - from), '\0');
+        tail.resize(std::fread(tail.data(), 1, tail.size(), r));
+        std::fclose(r);
+        const size_t nl = tail.rfind('\n');
+        keep = nl == std::string::npos ? from : from + static_cast<off_t>(nl) + 1;
+        if (nl == std::string::npos && from == 0) keep = 0;
+      }
+      if (r && keep < end && ::ftruncate(fd_, keep) == 0)
+        std::fprintf(stderr, "note: '%s' ended in an incomplete line (%lld bytes, a write that was cut off): "
+                     "removed\n", path.c_str(), static_cast<long long>(end - keep));
+    }
   }
-  ~JsonlLog() { if (f_) std::fclose(f_); }
+  ~JsonlLog() { if (fd_ >= 0) ::close(fd_); }
+  JsonlLog(const JsonlLog&) = delete;
+  JsonlLog& operator=(const JsonlLog&) = delete;
   void write(const json& j) {
-    if (!f_) return;
-    const std::string s = j.dump();
-    // A full disk or the file-size limit is an error naming the log, not a silently short log.
-    if (std::fprintf(f_, "%s\n", s.c_str()) < 0 || std::fflush(f_) != 0)
-      throw UserError("cannot append to the log file '" + path_ + "': " + std::strerror(errno));
+    if (fd_ < 0) return;
+    const std::string s = j.dump() + "\n";
+    const off_t before = ::lseek(fd_, 0, SEEK_END);
+    const ssize_t n = ::write(fd_, s.data(), s.size());
+    if (n == static_cast<ssize_t>(s.size())) return;
+    const int err = n < 0 ? errno : ENOSPC;  // a short write: the disk or the size limit
+    if (before >= 0 && ::ftruncate(fd_, before) != 0) { /* the error below names the file */ }
+    throw UserError("cannot append to the log file '" + path_ + "': " + std::strerror(err) +
+                    " (the record was not written; the file ends with the previous record)");
   }
  private:
   std::string path_;
-  std::FILE* f_ = nullptr;
+  int fd_ = -1;
 };
 
 json model_json(const ModelConfig& m) {
@@ -125,13 +155,14 @@ int64_t first_non_finite(const std::vector<float>& v) {
 // written (all ranks hold the same gathered values, so all refuse alike). The writing rank writes
 // both files, then reads them back and verifies them: only then may older checkpoints be pruned.
 void save_checkpoint(const Config& cfg, Backend& be, const DataLoader& train_loader,
-                     const std::string& dir, int64_t step, bool write) {
+                     const std::string& dir, int64_t step, bool write, const std::string& run_id) {
   std::vector<float> params;
   be.get("params", params);
   TrainState st;
   st.meta = json{{"step", step}, {"optimizer", cfg.optimizer.name},
                  {"n_params", be.layout().total}, {"model", model_json(cfg.model)},
-                 {"seed", cfg.seed}, {"data", train_loader.state()}};
+                 {"seed", cfg.seed}, {"data", train_loader.state()},
+                 {"run_id", run_id}, {"config", config_to_json(cfg)}};
   st.slot_names = slot_names(cfg);
   if (be.has_working_weights()) {  // bf16: the working weights and the rounding counter too
     st.slot_names.push_back("working");
@@ -151,7 +182,9 @@ void save_checkpoint(const Config& cfg, Backend& be, const DataLoader& train_loa
     if (const int64_t at = first_non_finite(st.slots[i]); at >= 0) refuse("optimizer state '" + st.slot_names[i] + "'", at);
   if (!write) return;
   const std::string mp = model_path(dir, step), sp = state_path(dir, step);
-  write_model_file(mp, cfg.model, params);
+  // The state file binds itself to its model file: the model file's checksum, the step and the
+  // run (find_resume_checkpoint refuses a pair that does not belong together).
+  st.meta["model_crc"] = write_model_file(mp, cfg.model, params);
   write_state_file(sp, st);
   if (test_fault().mode == "corrupt" && test_fault().step == step) flip_a_byte(mp);
   try {
@@ -261,6 +294,24 @@ std::vector<int64_t> checkpoint_file_steps(const std::string& dir) {
 }
 }  // namespace
 
+namespace {
+// The two files of a checkpoint belong together: the state file records its step and the checksum
+// of the model file written with it (files written before that record only the step).
+void check_checkpoint_pair(const std::string& mp, const std::string& sp, int64_t step) {
+  const json meta = read_state_meta(sp);
+  if (meta.value("step", int64_t{-1}) != step)
+    throw UserError("checkpoint step " + std::to_string(step) + ": '" + sp + "' records step " +
+                    std::to_string(meta.value("step", int64_t{-1})) + ", not the step of its name");
+  if (!meta.contains("model_crc")) return;
+  const int64_t crc = read_model_crc(mp);
+  if (crc != meta.at("model_crc").get<int64_t>())
+    throw UserError("checkpoint step " + std::to_string(step) + ": '" + mp +
+                    "' is not the model file that '" + sp + "' was written with (model checksum " +
+                    std::to_string(crc) + ", the state file records " + std::to_string(meta.at("model_crc").get<int64_t>()) +
+                    "): a file of another step or run");
+}
+}  // namespace
+
 ResumePoint find_resume_checkpoint(const std::string& dir) {
   ResumePoint rp;
   for (const int64_t s : checkpoint_file_steps(dir)) {
@@ -276,6 +327,7 @@ ResumePoint find_resume_checkpoint(const std::string& dir) {
       bool vm = false, vs = false;
       verify_checkpoint_file(mp, &vm);
       verify_checkpoint_file(sp, &vs);
+      check_checkpoint_pair(mp, sp, s);
       rp.step = s;
       rp.unverified = !(vm && vs);
       return rp;
@@ -300,6 +352,53 @@ int64_t latest_checkpoint(const std::string& dir) {
     }
   }
   return best;
+}
+
+const char* program_commit() { return SGPT_COMMIT; }
+
+bool may_change_on_resume(const std::string& key) {
+  static const char* const fixed[] = {"model.", "optimizer.name", "seed", "data.train", "data.format"};
+  for (const char* f : fixed) {
+    const std::string p(f);
+    if (key == p || (p.back() == '.' && key.rfind(p, 0) == 0)) return false;
+  }
+  return true;
+}
+
+namespace {
+// Every leaf of a config JSON as "a.b" -> value.
+void flatten(const json& j, const std::string& at, std::vector<std::pair<std::string, json>>& out) {
+  if (j.is_object()) {
+    for (auto it = j.begin(); it != j.end(); ++it) flatten(it.value(), at.empty() ? it.key() : at + "." + it.key(), out);
+    return;
+  }
+  out.emplace_back(at, j);
+}
+}  // namespace
+
+std::string check_resume_config(const Config& cfg, const std::string& dir, int64_t step, bool say) {
+  const std::string sp = state_path(dir, step);
+  const json meta = read_state_meta(sp);
+  if (!meta.contains("config")) return meta.value("run_id", std::string());
+  std::vector<std::pair<std::string, json>> was, now;
+  flatten(meta.at("config"), "", was);
+  flatten(config_to_json(cfg), "", now);
+  std::map<std::string, json> before(was.begin(), was.end());
+  std::string changed;
+  for (const auto& [key, value] : now) {
+    const auto it = before.find(key);
+    const json old = it == before.end() ? json() : it->second;
+    if (old == value) continue;
+    if (!may_change_on_resume(key))
+      throw UserError("--resume: config key '" + key + "' is " + value.dump() + " but checkpoint step " +
+                      std::to_string(step) + " ('" + sp + "') was trained with " + old.dump() +
+                      "; it cannot change on resume (it would be another run): set it back, or start a new run "
+                      "in another --out-dir (with --init-from '" + model_path(dir, step) + "' to start from these weights)");
+    changed += (changed.empty() ? "" : ", ") + key + " " + old.dump() + " -> " + value.dump();
+  }
+  if (say && !changed.empty())
+    std::fprintf(stderr, "note: resuming with changed config keys: %s\n", changed.c_str());
+  return meta.value("run_id", std::string());
 }
 
 int64_t check_run_dir(const TrainOptions& opt) {
@@ -360,7 +459,7 @@ void write_run_dir(const Config& cfg, const TrainOptions& opt, int64_t ckpt) {
       std::smatch m;
       const std::string name = e.path().filename().string();
       if (!std::regex_match(name, m, checkpoint_file_re()) || std::stoll(m[2]) <= ckpt) continue;
-      const std::string to = e.path().string() + ".bad";
+      const std::string to = first_free_name(e.path().string() + ".bad");  // never over an earlier one
       if (std::rename(e.path().string().c_str(), to.c_str()) == 0)
         std::fprintf(stderr, "note: set aside '%s' as '%s' (not used; kept for inspection)\n",
                      e.path().string().c_str(), to.c_str());
@@ -370,10 +469,12 @@ void write_run_dir(const Config& cfg, const TrainOptions& opt, int64_t ckpt) {
   const std::string text = config_to_json(cfg).dump(2) + "\n";
   // A resumed run records its config beside the original, named by the step it resumed from,
   // so no earlier file is overwritten.
+  // A second resume from the same step gets config.resume_N.1.json, and so on.
   char resumed[48];
-  std::snprintf(resumed, sizeof resumed, "config.resume_%08lld.json", static_cast<long long>(ckpt));
-  const std::string name = opt.resume ? std::string(resumed) : "config.json";
-  write_file_atomic((dir / name).string(), {{text.data(), text.size()}});
+  std::snprintf(resumed, sizeof resumed, "config.resume_%08lld", static_cast<long long>(ckpt));
+  const std::string path = opt.resume ? first_free_name((dir / resumed).string(), ".json") : (dir / "config.json").string();
+  if (opt.start) opt.start->will_create(path);
+  write_file_atomic(path, {{text.data(), text.size()}});
 }
 
 int64_t prepare_run_dir(const Config& cfg, const TrainOptions& opt) {
@@ -469,8 +570,11 @@ void on_stop_signal(int sig) {
       "\nsophiagpt: SIGINT: finishing the current step, then writing a checkpoint (again: exit at once)\n";
   static const char msg_term[] =
       "\nsophiagpt: SIGTERM: finishing the current step, then writing a checkpoint (again: exit at once)\n";
-  const char* m = sig == SIGINT ? msg_int : msg_term;
-  [[maybe_unused]] const ssize_t n = ::write(2, m, (sig == SIGINT ? sizeof msg_int : sizeof msg_term) - 1);
+  static const char msg_hup[] =
+      "\nsophiagpt: SIGHUP (the terminal went away): finishing the current step, then writing a checkpoint\n";
+  const char* m = sig == SIGINT ? msg_int : sig == SIGHUP ? msg_hup : msg_term;
+  const size_t len = (sig == SIGINT ? sizeof msg_int : sig == SIGHUP ? sizeof msg_hup : sizeof msg_term) - 1;
+  [[maybe_unused]] const ssize_t n = ::write(2, m, len);
 }
 
 class StopSignals {
@@ -483,19 +587,28 @@ class StopSignals {
     sa.sa_flags = SA_RESTART;
     ::sigaction(SIGINT, &sa, &old_int_);
     ::sigaction(SIGTERM, &sa, &old_term_);
+    ::sigaction(SIGHUP, &sa, &old_hup_);  // a closed terminal or ssh session: like SIGTERM
+    struct sigaction ign {};
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    ::sigaction(SIGPIPE, &ign, &old_pipe_);  // a closed stdout pipe: the write fails, the run goes on
   }
   ~StopSignals() {
     ::sigaction(SIGINT, &old_int_, nullptr);
     ::sigaction(SIGTERM, &old_term_, nullptr);
+    ::sigaction(SIGHUP, &old_hup_, nullptr);
+    ::sigaction(SIGPIPE, &old_pipe_, nullptr);
   }
   StopSignals(const StopSignals&) = delete;
   StopSignals& operator=(const StopSignals&) = delete;
 
  private:
-  struct sigaction old_int_ {}, old_term_ {};
+  struct sigaction old_int_ {}, old_term_ {}, old_hup_ {}, old_pipe_ {};
 };
 
-const char* signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
+const char* signal_name(int sig) {
+  return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : sig == SIGHUP ? "SIGHUP" : "a signal";
+}
 }  // namespace
 
 TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
@@ -514,6 +627,8 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   // The watchdog ends this rank if a phase that waits for the others never completes.
   auto phase = [&](const char* what) { if (multi) dist::Watchdog::instance().arm(what); };
 
+  // SIGINT / SIGTERM / SIGHUP from here on finish the step in progress and checkpoint.
+  StopSignals signals;
   const LoaderOptions lo = loader_options(cfg, opt.rank, opt.world);
   DataLoader train_loader(lo);
   std::unique_ptr<DataLoader> val_loader;
@@ -539,14 +654,20 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
       cfg.eval.batches > opt.rank ? (cfg.eval.batches - opt.rank + opt.world - 1) / opt.world : 0;
   res.start_step = start;
 
-  JsonlLog log((fs::path(opt.out_dir) / "log.jsonl").string(), main_rank && !opt.out_dir.empty());
+  const std::string log_path = (fs::path(opt.out_dir) / "log.jsonl").string();
+  if (opt.start && main_rank && !opt.out_dir.empty()) opt.start->will_append(log_path);
+  JsonlLog log(log_path, main_rank && !opt.out_dir.empty());
+  // Console output (rank 0, unless quiet) ends for good when stdout fails (a closed pipe such as
+  // `| head`, a terminal that went away): the run goes on, log.jsonl is its record. SIGPIPE is
+  // ignored while training (StopSignals), so such a write fails instead of killing the process.
+  auto console = [&]() { return main_rank && !opt.quiet && !std::ferror(stdout); };
   std::vector<int> inp(static_cast<size_t>(B) * T), tgt(static_cast<size_t>(B) * T);
   const double tokens_per_step = static_cast<double>(cfg.batch.total_batch_tokens);
   const double bs = cfg.sophia_bs();
   const HessianConsts hc = HessianConsts::make(oc.beta2);
   const int64_t max_steps = cfg.schedule.max_steps;
 
-  if (main_rank && !opt.quiet) {
+  if (console()) {
     std::printf("model: %d layers, %d heads, %d dims, T=%d, %zu parameters | %s | micro-batch %d x %d, "
                 "%d accumulation steps, %d process(es), %.0f tokens/step\n",
                 mc.n_layer, mc.n_head, mc.n_embd, T, be.layout().total, oc.name.c_str(), B, T, accum,
@@ -573,11 +694,12 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     rec["precision"] = cfg.precision;
     rec["world"] = opt.world;
     rec["commit"] = SGPT_COMMIT;
+    if (!opt.run_id.empty()) rec["run_id"] = opt.run_id;
     rec["command_line"] = command_line();
     rec["flops_per_token"] = flops_per_token;
     if (peak_tflops > 0) rec["peak_tflops"] = peak_tflops;
     log.write(rec);
-    if (main_rank && !opt.quiet) {
+    if (console()) {
       std::string m;
       for (auto it = rec.begin(); it != rec.end(); ++it)
         if (mi.contains(it.key())) m += (m.empty() ? "" : ", ") + it.key() + " " + (it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
@@ -620,7 +742,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     const double acc = total > 0 ? static_cast<double>(correct) / static_cast<double>(total) : 0.0;
     res.last_hellaswag = acc;
     log.write(json{{"type", "hellaswag"}, {"step", step}, {"hellaswag", acc}, {"correct", correct}, {"total", total}});
-    if (main_rank && !opt.quiet) {
+    if (console()) {
       std::printf("step %lld: hellaswag %.4f (%lld/%lld)\n", static_cast<long long>(step), acc,
                   static_cast<long long>(correct), static_cast<long long>(total));
       std::fflush(stdout);
@@ -675,7 +797,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     }
     res.samples.emplace_back(step, toks);
     log.write(json{{"type", "sample"}, {"step", step}, {"tokens", toks}, {"text", text}});
-    if (!opt.quiet) {
+    if (console()) {
       std::printf("--- sample at step %lld (%s, %d tokens, %.0f tokens/s) ---\n%s\n---\n",
                   static_cast<long long>(step), sample_decoder->name().c_str(), cfg.sample.tokens,
                   dt > 0 ? toks.size() / dt : 0.0, text.c_str());
@@ -697,7 +819,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     vl = vl * opt.world / cfg.eval.batches;
     res.last_val_loss = vl;
     log.write(json{{"type", "eval"}, {"step", step}, {"val_loss", vl}});
-    if (main_rank && !opt.quiet) {
+    if (console()) {
       std::printf("step %lld: val loss %.4f\n", static_cast<long long>(step), vl);
       std::fflush(stdout);
     }
@@ -716,7 +838,6 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     return "the newest checkpoint is step " + std::to_string(res.last_checkpoint) + " ('" +
            model_path(opt.out_dir, res.last_checkpoint) + "')";
   };
-  StopSignals signals;
   for (int64_t step = start; step < max_steps; ++step) {
     if (cfg.eval.every > 0 && step % cfg.eval.every == 0) evaluate(step);
     if (cfg.eval.hellaswag_every > 0 && step > 0 && step % cfg.eval.hellaswag_every == 0) hellaswag(step);
@@ -795,6 +916,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     const double step_mfu = mfu(flops_per_token, tokens_per_step / dt, peak_tflops, opt.world);
     res.train_losses.push_back(loss);
     res.steps_done++;
+    if (opt.start) opt.start->commit();  // the run has started: a later failure keeps its files
 
     if (finite) {
       json rec{{"type", "train"}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
@@ -804,7 +926,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
         rec["state_mib"] = be.state_memory_mib();
         const double dev = be.device_memory_mib();
         if (dev >= 0) rec["device_mib"] = dev;
-        if (main_rank && !opt.quiet)
+        if (console())
           std::printf("memory per rank: optimizer state %.0f MiB%s\n", be.state_memory_mib(),
                       dev >= 0 ? (", device in use " + std::to_string(static_cast<long>(dev)) + " MiB").c_str() : "");
       }
@@ -831,7 +953,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
       }
       log.write(rec);
     }
-    if (main_rank && !opt.quiet && (step % cfg.log.every == 0 || step + 1 == max_steps)) {
+    if (console() && (step % cfg.log.every == 0 || step + 1 == max_steps)) {
       char mfu_text[32] = "";
       if (step_mfu >= 0) std::snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%", 100.0 * step_mfu);
       std::printf("step %6lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s%s | ETA %s\n",
@@ -868,7 +990,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
       } else {
         phase("a checkpoint");
         // Every rank takes part (sharded state is gathered); rank 0 writes, verifies, then prunes.
-        save_checkpoint(cfg, be, train_loader, opt.out_dir, done, main_rank);
+        save_checkpoint(cfg, be, train_loader, opt.out_dir, done, main_rank, opt.run_id);
         if (main_rank) prune_checkpoints(opt.out_dir, cfg.checkpoint.keep, done);
         res.last_checkpoint = done;
         written = true;
@@ -901,7 +1023,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     be.average(&barrier, 1);  // nobody leaves (and tears down the communicator) before the rest
     dist::Watchdog::instance().disarm();
   }
-  if (main_rank && !opt.quiet && !res.stopped_by_signal) {
+  if (console() && !res.stopped_by_signal) {
     std::printf("done: %lld steps in %s\n", static_cast<long long>(res.steps_done),
                 fmt_duration(now_s() - t_start).c_str());
   }

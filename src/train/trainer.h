@@ -30,6 +30,7 @@
 #include "cpu/decode_cpu.h"
 #include "data/loader.h"
 #include "train/backend.h"
+#include "train/run_dir.h"
 
 namespace sgpt {
 
@@ -44,6 +45,12 @@ struct TrainOptions {
   // decoder). The train command passes the GPU decoder when it trains on the GPU, so the trainer
   // itself needs no CUDA.
   std::function<std::unique_ptr<Decoder>(const ModelConfig&)> make_decoder;
+  // The run's identity, recorded in every state file and in the log's machine record (the train
+  // command draws one for a new run and keeps the checkpoint's on --resume).
+  std::string run_id;
+  // Rank 0 of the train command: the run directory's lock and the undo list of its start, which
+  // train() commits once the first step has run (nullptr: no rollback, as in the tests).
+  RunDirStart* start = nullptr;
 };
 
 struct TrainResult {
@@ -71,6 +78,19 @@ struct TrainResult {
 int64_t prepare_run_dir(const Config& cfg, const TrainOptions& opt);
 int64_t check_run_dir(const TrainOptions& opt);
 void write_run_dir(const Config& cfg, const TrainOptions& opt, int64_t ckpt);
+
+// The keys a resumed run may change (docs/config.md lists them): everything but the model, the
+// optimizer's name, the seed and the training data, which make it another run.
+bool may_change_on_resume(const std::string& key);
+
+// --resume from checkpoint `step` of `dir`: compares cfg with the config its state file recorded
+// (files that record none: the optimizer and model shape only, as load_checkpoint does). A changed
+// key that may not change is a UserError naming it; the others are listed in a note (when
+// `say`). Returns the run id the checkpoint records ("" when none).
+std::string check_resume_config(const Config& cfg, const std::string& dir, int64_t step, bool say);
+
+// The commit this program was built from ("unknown" outside a git checkout).
+const char* program_commit();
 
 // Opens the training (and validation) files as train() will, so bad data is reported before any
 // model memory is allocated or any process waits for another. Throws UserError.

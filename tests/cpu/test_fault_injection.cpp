@@ -290,10 +290,11 @@ void fault_trials(const std::string& optimizer, uint32_t seed_offset) {
 
   // What may be in a run directory at the end: the run's own files, checkpoint files (also ones
   // orphaned by a kill during pruning, and incomplete ones set aside as .bad), and the two files
-  // the test put there first.
+  // the test put there first. A second resume from one step or a second set-aside of one file
+  // takes the next free name (.1, .2, ...).
   const std::regex allowed(
-      "log\\.jsonl|config\\.json|config\\.resume_[0-9]{8}\\.json|(model|state)_[0-9]{8}\\.bin|"
-      "model_[0-9]{8}\\.bin\\.bad|notes\\.txt|model_00000099\\.bin\\.tmp1");
+      "log\\.jsonl|config\\.json|config\\.resume_[0-9]{8}(\\.[0-9]+)?\\.json|(model|state)_[0-9]{8}\\.bin|"
+      "model_[0-9]{8}\\.bin\\.bad(\\.[0-9]+)?|notes\\.txt|model_00000099\\.bin\\.tmp1");
   std::mt19937 rng(seed);
   Totals tot;
   for (int t = 0; t < trials; ++t) {
