@@ -6,7 +6,6 @@
 #include <cmath>
 #include <csignal>
 #include <fstream>
-#include <random>
 #include <cstdio>
 #include <filesystem>
 #include <stdexcept>
@@ -244,14 +243,14 @@ void check_host_memory(const Config& cfg, bool use_gpu) {
   throw OutOfMemory(msg);
 }
 
-// A new run's identity: 16 hex digits from the clock, the pid and the random device.
-std::string new_run_id() {
-  std::random_device rd;
-  const uint64_t x = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^
-                     static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) ^
-                     (static_cast<uint64_t>(::getpid()) << 17);
+// A run's identity: a 64-bit FNV-1a hash of the config keys that may not change on resume (model,
+// optimizer, seed, training data), in 16 hex digits. Derived, not drawn, so that a resumed run's
+// files equal an uninterrupted run's byte for byte.
+std::string new_run_id(const Config& cfg) {
+  uint64_t h = 1469598103934665603ull;
+  for (const unsigned char c : identity_config(cfg).dump()) h = (h ^ c) * 1099511628211ull;
   char b[20];
-  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(x));
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(h));
   return b;
 }
 
@@ -289,7 +288,7 @@ void run_train(const TrainArgs& a) {
   const int64_t ckpt = check_run_dir(opt);
   opt.resume_step = ckpt;
   opt.run_id = ckpt > 0 ? check_resume_config(cfg, opt.out_dir, ckpt, li.rank == 0) : "";
-  if (opt.run_id.empty()) opt.run_id = new_run_id();
+  if (opt.run_id.empty()) opt.run_id = new_run_id(cfg);
   check_data(cfg, li.world);
   check_host_memory(cfg, use_gpu);
 

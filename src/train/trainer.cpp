@@ -162,7 +162,7 @@ void save_checkpoint(const Config& cfg, Backend& be, const DataLoader& train_loa
   st.meta = json{{"step", step}, {"optimizer", cfg.optimizer.name},
                  {"n_params", be.layout().total}, {"model", model_json(cfg.model)},
                  {"seed", cfg.seed}, {"data", train_loader.state()},
-                 {"run_id", run_id}, {"config", config_to_json(cfg)}};
+                 {"run_id", run_id}, {"config", identity_config(cfg)}};
   st.slot_names = slot_names(cfg);
   if (be.has_working_weights()) {  // bf16: the working weights and the rounding counter too
     st.slot_names.push_back("working");
@@ -376,18 +376,39 @@ void flatten(const json& j, const std::string& at, std::vector<std::pair<std::st
 }
 }  // namespace
 
+json identity_config(const Config& cfg) {
+  std::vector<std::pair<std::string, json>> all;
+  flatten(config_to_json(cfg), "", all);
+  json id = json::object();
+  for (const auto& [key, value] : all)
+    if (!may_change_on_resume(key)) id[key] = value;
+  return id;
+}
+
 std::string check_resume_config(const Config& cfg, const std::string& dir, int64_t step, bool say) {
   const std::string sp = state_path(dir, step);
   const json meta = read_state_meta(sp);
   if (!meta.contains("config")) return meta.value("run_id", std::string());
-  std::vector<std::pair<std::string, json>> was, now;
-  flatten(meta.at("config"), "", was);
+  const json& fixed = meta.at("config");  // the keys that may not change, as the checkpoint recorded them
+  std::vector<std::pair<std::string, json>> now;
   flatten(config_to_json(cfg), "", now);
-  std::map<std::string, json> before(was.begin(), was.end());
+  // The other keys are compared with the run's config.json (its config at the first start).
+  std::map<std::string, json> before;
+  std::error_code ec;
+  if (fs::is_regular_file(fs::path(dir) / "config.json", ec)) {
+    try {
+      std::vector<std::pair<std::string, json>> was;
+      flatten(read_json_file((fs::path(dir) / "config.json").string()), "", was);
+      before.insert(was.begin(), was.end());
+    } catch (const std::exception&) {  // unreadable: no note, the checkpoint's record decides
+    }
+  }
+  for (auto it = fixed.begin(); it != fixed.end(); ++it) before[it.key()] = it.value();
   std::string changed;
   for (const auto& [key, value] : now) {
     const auto it = before.find(key);
-    const json old = it == before.end() ? json() : it->second;
+    if (it == before.end()) continue;
+    const json& old = it->second;
     if (old == value) continue;
     if (!may_change_on_resume(key))
       throw UserError("--resume: config key '" + key + "' is " + value.dump() + " but checkpoint step " +
@@ -397,7 +418,7 @@ std::string check_resume_config(const Config& cfg, const std::string& dir, int64
     changed += (changed.empty() ? "" : ", ") + key + " " + old.dump() + " -> " + value.dump();
   }
   if (say && !changed.empty())
-    std::fprintf(stderr, "note: resuming with changed config keys: %s\n", changed.c_str());
+    std::fprintf(stderr, "note: resuming with config keys changed since the run's start: %s\n", changed.c_str());
   return meta.value("run_id", std::string());
 }
 

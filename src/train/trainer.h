@@ -83,6 +83,10 @@ void write_run_dir(const Config& cfg, const TrainOptions& opt, int64_t ckpt);
 // optimizer's name, the seed and the training data, which make it another run.
 bool may_change_on_resume(const std::string& key);
 
+// The keys that may not change on resume, with their values ({"model.n_layer": 12, ...}): what a
+// state file records of the config, and what the run id is a hash of.
+nlohmann::json identity_config(const Config& cfg);
+
 // --resume from checkpoint `step` of `dir`: compares cfg with the config its state file recorded
 // (files that record none: the optimizer and model shape only, as load_checkpoint does). A changed
 // key that may not change is a UserError naming it; the others are listed in a note (when

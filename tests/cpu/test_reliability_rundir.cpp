@@ -224,7 +224,7 @@ TEST(ReliabilityRunDir, ResumeRefusesAChangedModelOrOptimizerNamingTheKey) {
   }
   Res r = cli(train(d, run, "-q --resume --set schedule.max_steps=6 --set optimizer.lr=0.001"));
   EXPECT_EQ(r.code, 0) << r.out;
-  EXPECT_TRUE(has(r.out, "resuming with changed config keys") && has(r.out, "optimizer.lr")) << r.out;
+  EXPECT_TRUE(has(r.out, "resuming with config keys changed since the run's start") && has(r.out, "optimizer.lr")) << r.out;
   const std::string first = bytes_of(run / "config.resume_00000004.json");
   ASSERT_FALSE(first.empty());
   // Again from step 4: the set-aside of 6 is forced by removing its state file.
