@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi-GPU tests and benchmarks, on a machine with two or more GPUs, with the binaries of
 # `scripts/gpu_test.sh pack` (carry .carry/gpu.tar.xz and data/shards/sotu). Logs under $OUT (or
-# ./gpu-logs). docs/multi_gpu.md lists what each part shows; docs/benchmarks.md has the figures.
+# ./gpu-logs). docs/multi_gpu.md lists what each part shows; docs/performance.md has the figures.
 #   scripts/gpu_dist_test.sh tests    the DistTrain tests over NCCL (fp32 1 vs 2 GPUs, ZeRO-1 on/off,
 #                                     resume across GPU counts, failing ranks, bf16 tracking and
 #                                     bit-reproducibility), then launches without mpirun: the TCP
