@@ -28,7 +28,7 @@
 //   each channel in chunk order. No atomics: deterministic; the chunks depend on N only.
 //   This reads inp and dout twice. It replaced a one-pass kernel that kept the dweight/dbias sums
 //   in registers (158-254 per thread, one block per SM), which ran at 18-39% of its bandwidth
-//   floor; this path is 1.3x (C = 768) to 2.5x (C = 1280) faster (docs/benchmarks.md).
+//   floor; this path is 1.3x (C = 768) to 2.5x (C = 1280) faster (docs/notebook/benchmarks.md).
 // Backward, general path (other C): dinp one warp per row (two strided passes); dweight/dbias a
 // two-stage column reduction (stage 1: per (32-channel tile, chunk of rows) partial sums in
 // `scratch`, stage 2: the chunks of each channel in chunk order).

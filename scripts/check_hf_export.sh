@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Hugging Face export against transformers itself (scripts/check_hf_export.py), on a machine
-# that has torch, transformers and safetensors (the GPU machine; the checks run on its CPU). Trains
+# that has torch, transformers and safetensors (no GPU needed: the checks run on the CPU). Trains
 # four tiny models on the CPU (configs/tiny_cpu.json, 60 steps: biases on/off x
 # scale_attn_by_inverse_layer_idx on/off), exports each with `export --format hf` (and the last
 # one also with --dtype bf16), and checks that transformers loads each folder with no extra

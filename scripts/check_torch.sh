@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end check against PyTorch on a GPU machine that has it (scripts/check_torch.py): trains
-# three small models on the demo shards with the GPU backend (the demo config as it is: no biases,
+# End-to-end check against PyTorch (scripts/check_torch.py), on a machine with a GPU and PyTorch:
+# trains three small models on the demo shards with the GPU backend (the demo config as it is: no biases,
 # scaled attention, head size 32; with biases and no layer scaling; head size 64), evaluates each
 # with sophiagpt (GPU fp32, CPU fp32, GPU bf16 with each attention implementation) and compares
 # every figure with PyTorch's float64 loss of the same model file on the same batches.

@@ -28,6 +28,7 @@ set -euo pipefail
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 ROOT=$(dirname "$(dirname "$SELF")")
 cd "$ROOT"
+source scripts/lib/gpus.sh
 
 COMPARE=0 DEVICE=auto CONFIG=configs/demo.json CONFIG_GIVEN=0 STEPS="" FRESH=0 SETUP=1 BUILD=build OUT=runs/demo
 while (($#)); do
@@ -73,7 +74,7 @@ GPU=0
 if [[ "$DEVICE" != cpu ]] && "$EXE" info --gpu-usable 2>/dev/null; then
   GPU=1
   if ((!CONFIG_GIVEN)) && [[ -f configs/demo_gpu.json ]]; then CONFIG=configs/demo_gpu.json; fi
-  gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+  gpu_name=$(sgpt_gpu_names | head -1 || true)
   echo "GPU usable${gpu_name:+: $gpu_name}; training $CONFIG"
 fi
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end checks of the command line on a GPU machine, with the binaries of
-# `scripts/gpu_test.sh pack` and data/shards/sotu; logs under $OUT (or ./gpu-logs). Each check
+# End-to-end checks of the command line on a machine with a GPU, with the binaries that
+# `scripts/gpu_test.sh pack` packed (scripts/gpu_env.sh; set BIN for another build) and
+# data/shards/sotu; logs under $OUT (or ./gpu-logs). Each check
 # prints one line starting with PASS or FAIL; the exit status is the number of failures.
 #   1. train on the GPU (bf16, 40 steps) with samples and HellaSwag during training: the log's
 #      machine record names the GPU and the versions, train records carry tokens/s, MFU and ETA,

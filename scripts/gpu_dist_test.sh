@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Multi-GPU tests and benchmarks, on a machine with two or more GPUs, with the binaries of
-# `scripts/gpu_test.sh pack` (carry .carry/gpu.tar.xz and data/shards/sotu). Logs under $OUT (or
-# ./gpu-logs). docs/multi_gpu.md lists what each part shows; docs/benchmarks.md has the figures.
+# Multi-GPU tests and benchmarks, on a machine with two or more GPUs, with the binaries that
+# `scripts/gpu_test.sh pack` packed (gpu-pack/gpu.tar.xz, see scripts/gpu_env.sh) and the demo
+# shards data/shards/sotu. Logs under $OUT (or ./gpu-logs). docs/multi_gpu.md lists what each part shows; docs/performance.md has the figures.
 #   scripts/gpu_dist_test.sh tests    the DistTrain tests over NCCL (fp32 1 vs 2 GPUs, ZeRO-1 on/off,
 #                                     resume across GPU counts, failing ranks, bf16 tracking and
 #                                     bit-reproducibility), then launches without mpirun: the TCP
@@ -21,9 +21,10 @@ cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
 source scripts/gpu_env.sh
+source scripts/lib/gpus.sh
 EXE=$BIN/sophiagpt
-NGPU=$(nvidia-smi -L | wc -l)
-MPIRUN=(mpirun --allow-run-as-root --bind-to none)
+NGPU=$(sgpt_gpu_count)
+sgpt_mpirun 2  # SGPT_MPIRUN: two processes
 SHARDS=data/shards/sotu
 
 tests() {
@@ -48,11 +49,11 @@ resume_bf16() {
                --set schedule.lr_decay_iters=30 --set batch.total_batch_tokens=1024 --set grad_accum_precision=$acc
                --set "data.train=$SHARDS/train_*.bin" --set data.val= --set eval.every=0
                --set checkpoint.every=0 -q)
-    "${MPIRUN[@]}" -np 2 "$EXE" train "${cfg[@]}" --out-dir $d/straight_$acc >$d/straight_$acc.log 2>&1
+    "${SGPT_MPIRUN[@]}" "$EXE" train "${cfg[@]}" --out-dir $d/straight_$acc >$d/straight_$acc.log 2>&1
     local a=$?
-    "${MPIRUN[@]}" -np 2 "$EXE" train "${cfg[@]}" --set schedule.max_steps=15 --out-dir $d/cut_$acc >$d/cut_$acc.log 2>&1
+    "${SGPT_MPIRUN[@]}" "$EXE" train "${cfg[@]}" --set schedule.max_steps=15 --out-dir $d/cut_$acc >$d/cut_$acc.log 2>&1
     local b=$?
-    "${MPIRUN[@]}" -np 2 "$EXE" train "${cfg[@]}" --resume --out-dir $d/cut_$acc >>$d/cut_$acc.log 2>&1
+    "${SGPT_MPIRUN[@]}" "$EXE" train "${cfg[@]}" --resume --out-dir $d/cut_$acc >>$d/cut_$acc.log 2>&1
     local c=$?
     local same=1 f
     for f in model_00000030.bin state_00000030.bin; do cmp -s $d/straight_$acc/$f $d/cut_$acc/$f || same=0; done
@@ -67,7 +68,7 @@ launch() {
              --set batch.total_batch_tokens=512
              --set "data.train=$SHARDS/train_*.bin" --set "data.val=$SHARDS/val_*.bin" --set eval.every=10
              --set checkpoint.every=0 --set dist.timeout_s=20 -q)
-  "${MPIRUN[@]}" -np 2 "$EXE" train "${cfg[@]}" --out-dir $d/mpi >$d/mpi.log 2>&1; echo "mpirun: exit $?"
+  "${SGPT_MPIRUN[@]}" "$EXE" train "${cfg[@]}" --out-dir $d/mpi >$d/mpi.log 2>&1; echo "mpirun: exit $?"
   # torchrun-style variables, TCP rendezvous on MASTER_ADDR:MASTER_PORT
   for r in 0 1; do
     RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=29611 \
@@ -117,9 +118,10 @@ run() {
   local dir=/dev/shm/sgpt_bench/$name; rm -rf /dev/shm/sgpt_bench  # the final checkpoint goes to memory
   local cmd=("$EXE" train --config "$config" --out-dir "$dir" -q --set "data.train=$SHARDS/train_*.bin"
              --set data.val= --set eval.every=0 --set checkpoint.every=0 --set schedule.max_steps=30 "$@")
-  local xs=() e
-  for e in "${ENVS[@]}"; do xs+=(-x "$e"); done
-  if ((np > 1)); then "${MPIRUN[@]}" -np "$np" "${xs[@]}" "${cmd[@]}" >"$out/bench_$name.log" 2>&1
+  if ((np > 1)); then
+    local SGPT_MPIRUN
+    sgpt_mpirun "$np" "${ENVS[@]}"
+    "${SGPT_MPIRUN[@]}" "${cmd[@]}" >"$out/bench_$name.log" 2>&1
   else env "${ENVS[@]}" CUDA_VISIBLE_DEVICES=0 "${cmd[@]}" >"$out/bench_$name.log" 2>&1; fi
   local rc=$?
   python3 - "$dir/log.jsonl" "$name" "$rc" <<'PY'
@@ -214,7 +216,7 @@ bench() {
   done
 }
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+sgpt_gpu_info | tee "$out/gpu.txt"
 "$EXE" --version; mpirun --version | head -1
 case ${1:-tests} in
 tests) tests ;;

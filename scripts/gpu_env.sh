@@ -1,12 +1,16 @@
-# Sourced by the GPU scripts on the GPU machine: the carried binaries (.carry/gpu, unpacked from
-# .carry/gpu.tar.xz, or .carry/slim.tar.xz which holds sophiagpt and its MPI plugin alone, when
-# needed) and the libraries they need there. Sets BIN (the folder of sophiagpt, gpu_tests,
-# cpu_tests and the MPI plugin) and LD_LIBRARY_PATH.
+# Sourced by the GPU scripts (gpu_test.sh run, gpu_dist_test.sh, gpu_cli_check.sh,
+# accum_precision.sh): the binaries that `scripts/gpu_test.sh pack` packed on another host, and the
+# libraries they need on this one. The pack folder is $SGPT_PACK_DIR (default gpu-pack):
+# gpu-pack/gpu/ is used as it is, else it is unpacked from gpu-pack/gpu.tar.xz or, failing that,
+# gpu-pack/slim.tar.xz (sophiagpt and its MPI plugin alone). Sets BIN (the folder of sophiagpt,
+# gpu_tests, cpu_tests and the MPI plugin; set BIN yourself to use another build) and
+# LD_LIBRARY_PATH.
 if [[ -z ${BIN:-} ]]; then
-  if [[ ! -d .carry/gpu ]]; then
-    for t in .carry/gpu.tar.xz .carry/slim.tar.xz; do [[ -f $t ]] && { tar xJf $t -C .carry; break; }; done
+  pack=${SGPT_PACK_DIR:-gpu-pack}
+  if [[ ! -d $pack/gpu ]]; then
+    for t in "$pack/gpu.tar.xz" "$pack/slim.tar.xz"; do [[ -f $t ]] && { tar xJf "$t" -C "$pack"; break; }; done
   fi
-  BIN=.carry/gpu
+  BIN=$pack/gpu
 fi
 export LD_LIBRARY_PATH="$BIN/lib:${LD_LIBRARY_PATH:-}"
 # cuBLASLt (and cuDNN, NCCL): the toolkit's, else PyTorch's wheels.

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# GPU tests and the step benchmark.
-#   scripts/gpu_test.sh pack   (on the build machine) build gpu_tests, cpu_tests, sophiagpt and
-#                              its MPI plugin in $BUILD_DIR (default build-gpu) and copy them, with
-#                              the shared libraries they need, into .carry/gpu/ (and
-#                              .carry/gpu.tar.xz to carry; .carry/slim.tar.xz without the test
-#                              binaries). NCCL, cuBLAS, cuDNN and MPI are not carried: the GPU
-#                              machine's own are used. Configure $BUILD_DIR with
-#                              -DSGPT_LIBARCHIVE=OFF for a copy without libarchive and ICU.
-#   scripts/gpu_test.sh run    (on the GPU machine) run the carried binaries (unpacking
-#                              .carry/gpu.tar.xz if .carry/gpu is absent): all GPU tests, the
-#                              PyTorch check (scripts/check_torch.sh, when PyTorch and
-#                              data/shards/sotu are there), the step benchmark and `sophiagpt bench
-#                              train`; logs under $OUT (or ./gpu-logs)
-#   scripts/gpu_test.sh build  (on the GPU machine) build there instead, then run
+# GPU tests and the step benchmark, also for running on another host than the one that builds: a
+# GPU host without compilers, for example.
+#   scripts/gpu_test.sh pack   build gpu_tests, cpu_tests, sophiagpt and its MPI plugin in
+#                              $BUILD_DIR (default build-gpu) and pack them, with the shared
+#                              libraries they need, into $SGPT_PACK_DIR (default gpu-pack): the
+#                              folder gpu-pack/gpu/, gpu-pack/gpu.tar.xz (all of it, to copy to the
+#                              GPU host) and gpu-pack/slim.tar.xz (without the test binaries).
+#                              NCCL, cuBLAS, cuDNN and MPI are not packed: the GPU host's own are
+#                              used. Configure $BUILD_DIR with -DSGPT_LIBARCHIVE=OFF for a pack
+#                              without libarchive and ICU.
+#   scripts/gpu_test.sh run    on the GPU host, in a checkout holding gpu-pack/ (unpacked from
+#                              gpu-pack/gpu.tar.xz if gpu-pack/gpu is absent; scripts/gpu_env.sh):
+#                              all GPU tests, the PyTorch check (scripts/check_torch.sh, when
+#                              PyTorch and data/shards/sotu are there), the step benchmark and
+#                              `sophiagpt bench train $SGPT_BENCH_TRAIN_ARGS` (SGPT_BENCH=0 skips
+#                              the benchmarks); logs under $OUT (or ./gpu-logs)
+#   scripts/gpu_test.sh build  build on the GPU host itself (in build-gpu), then run as above
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/gpus.sh
 mode=${1:-run}
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
@@ -25,18 +29,19 @@ pack)
   b=${BUILD_DIR:-build-gpu}
   cmake -S . -B "$b" -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
   cmake --build "$b" -j"$(nproc)" --target gpu_tests cpu_tests sophiagpt sophiagpt_mpi
-  rm -rf .carry/gpu .carry/gpu.tar.* .carry/slim.tar.xz && mkdir -p .carry/gpu/lib
-  for f in gpu_tests cpu_tests sophiagpt libsophiagpt_mpi.so; do strip -o .carry/gpu/$f "$b/$f"; done
+  p=${SGPT_PACK_DIR:-gpu-pack}
+  rm -rf "$p/gpu" "$p"/gpu.tar.* "$p/slim.tar.xz" && mkdir -p "$p/gpu/lib"
+  for f in gpu_tests cpu_tests sophiagpt libsophiagpt_mpi.so; do strip -o "$p/gpu/$f" "$b/$f"; done
   # Every shared library except the C runtime, the CUDA libraries, NCCL and MPI, which the GPU
-  # machine has (NCCL alone is over 200 MB). A build with -DSGPT_LIBARCHIVE=OFF needs no
+  # host has (NCCL alone is over 200 MB). A build with -DSGPT_LIBARCHIVE=OFF needs no
   # libarchive, libxml2 or ICU (about 30 MB less).
   ldd "$b/gpu_tests" "$b/cpu_tests" "$b/sophiagpt" | awk '$3 ~ /^\// {print $3}' | sort -u |
     grep -v -E '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so|libcublas|libcudnn|libnccl|libmpi|libopen-' |
-    xargs -r -I{} cp -L {} .carry/gpu/lib/
-  # .carry/gpu.tar.xz: everything; .carry/slim.tar.xz: sophiagpt and its plugin (runs with data)
-  tar cJf .carry/gpu.tar.xz -C .carry gpu
-  tar cJf .carry/slim.tar.xz -C .carry gpu/sophiagpt gpu/libsophiagpt_mpi.so gpu/lib
-  du -sh .carry/gpu .carry/gpu.tar.xz .carry/slim.tar.xz
+    xargs -r -I{} cp -L {} "$p/gpu/lib/"
+  # gpu.tar.xz: everything; slim.tar.xz: sophiagpt and its plugin (runs with data)
+  tar cJf "$p/gpu.tar.xz" -C "$p" gpu
+  tar cJf "$p/slim.tar.xz" -C "$p" gpu/sophiagpt gpu/libsophiagpt_mpi.so gpu/lib
+  du -sh "$p/gpu" "$p/gpu.tar.xz" "$p/slim.tar.xz"
   exit 0
   ;;
 build)
@@ -51,7 +56,7 @@ run)
 esac
 [[ $mode == build ]] && BIN=build-gpu source scripts/gpu_env.sh
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+sgpt_gpu_info | tee "$out/gpu.txt"
 ldd "$bin" | grep -E "not found|cublas|cudart" | tee "$out/ldd.txt"
 "$bin" --gtest_brief=0 >"$out/tests.log" 2>&1
 echo "---- tests exit: $?"

@@ -2,7 +2,7 @@
 # Runs the official Sophia trainer (github.com/Liuhong99/Sophia, train_sophiag.py, as a separate
 # program: nothing of it is part of sophiagpt) and sophiagpt on the same tokens with the same
 # recipe, and records both programs' own metrics side by side (docs/study.md, "Agreement with the
-# official trainer"). Needs a GPU machine with PyTorch.
+# official trainer"). Needs a machine with a GPU and PyTorch.
 #
 #   scripts/official_compare.sh OFFICIAL_DIR OUT_DIR RUN...
 #
@@ -26,7 +26,7 @@
 #                   copy of the official model.py in OUT_DIR, see make_fp32att)
 # NAME@S=GPU runs NAME with seed S: sophiagpt's `seed` = S; the official trainer's fixed seed 2099
 # becomes 2099 + S (scripts/official_shim/sitecustomize.py); the run is called NAME_sS.
-# Recipe (the first comparison of the study issue): GPT-2 124M (no biases, attention scaled by
+# Recipe (the study's first comparison): GPT-2 124M (no biases, attention scaled by
 # 1/(layer+1)), 8 x 1024 tokens x 8 micro-steps = 65,536 tokens per step, Sophia-G lr 6e-4,
 # min_lr 1.5e-5, rho 0.05, weight decay 0.2, betas (0.965, 0.99), k = 10, clip 1.0, warmup 100,
 # cosine to step 1000, STEPS steps (default 300), evaluation every 50 steps on 20 x 8 sequences.

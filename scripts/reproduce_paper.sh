@@ -17,7 +17,8 @@
 #
 # GPUs are counted with `nvidia-smi -L`: none -> an error unless --device cpu is among the extra
 # args; one -> `sophiagpt train`; N > 1 -> `mpirun -np N --bind-to none` (plus
-# --allow-run-as-root when run as root), one process per GPU (docs/multi_gpu.md).
+# --allow-run-as-root when run as root), one process per GPU (docs/multi_gpu.md; the counting and
+# the mpirun line are scripts/lib/gpus.sh's).
 #
 # Environment: SGPT_EXE  the executable (default build/sophiagpt; built with CMake when missing)
 #              SGPT_NUM_GPUS  use this GPU count instead of asking nvidia-smi
@@ -26,8 +27,9 @@ set -euo pipefail
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 ROOT=$(dirname "$(dirname "$SELF")")
 cd "$ROOT"
+source scripts/lib/gpus.sh
 
-usage() { sed -n '2,26p' "$SELF" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1' "$SELF" | sed 's/^# \{0,1\}//'; }
 err() { echo "reproduce_paper: error: $*" >&2; }
 
 if (($# >= 1)) && [[ "$1" == -h || "$1" == --help ]]; then usage; exit 0; fi
@@ -95,10 +97,8 @@ fi
 if [[ -n "${SGPT_NUM_GPUS:-}" ]]; then
   [[ "$SGPT_NUM_GPUS" =~ ^[0-9]+$ ]] || { err "SGPT_NUM_GPUS must be a number, not '$SGPT_NUM_GPUS'"; exit 2; }
   NGPU=$SGPT_NUM_GPUS
-elif command -v nvidia-smi >/dev/null 2>&1; then
-  NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
 else
-  NGPU=0
+  NGPU=$(sgpt_gpu_count)
 fi
 if ((CPU)); then
   NGPU=0  # --device cpu: one CPU process (for several, call mpirun yourself: docs/multi_gpu.md)
@@ -161,10 +161,8 @@ PY
   ); then
     problem "$msg"
   fi
-  MPI=(mpirun -np "$NGPU")
-  if [[ "$(id -u)" == 0 ]]; then MPI+=(--allow-run-as-root); fi
-  MPI+=(--bind-to none)
-  CMD=("${MPI[@]}" "${CMD[@]}")
+  sgpt_mpirun "$NGPU"
+  CMD=("${SGPT_MPIRUN[@]}" "${CMD[@]}")
 fi
 
 echo "reproduce_paper: $SIZE $OPT, ${NGPU} GPU(s)$( ((CPU)) && echo ', --device cpu'), run dir $RUN"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command, from a fresh clone:
 #   scripts/test.sh            install dependencies, fetch the pinned assets, build, run every test
-# GPU tests (ctest label "gpu") skip themselves where no GPU is usable; on a GPU machine they run.
+# GPU tests (ctest label "gpu") skip themselves where no GPU is usable; with a usable GPU they run.
 # Before the main ctest (so its summary stays the last line): the CPU suite under ASan+UBSan
 # (scripts/sanitize.sh) and bounded libFuzzer runs (scripts/fuzz.sh); docs/reliability.md.
 # Environment: BUILD_DIR (default build), JOBS (default: number of cores), SGPT_SANITIZE=0 /

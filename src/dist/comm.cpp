@@ -33,7 +33,7 @@ class LocalComm final : public Comm {
   void barrier() override {}
 };
 
-// The plugin's C interface (src/dist/mpi_plugin.cpp). Each returns 0 on success, else an MPI
+// The plugin's C interface (src/dist/mpi/plugin.cpp). Each returns 0 on success, else an MPI
 // error code.
 struct MpiApi {
   int (*init)(int*, int*);

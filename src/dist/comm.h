@@ -5,7 +5,7 @@
 // same steps). Implementations:
 //   LocalComm   world 1: every collective is the identity (the single-process path).
 //   MpiComm     host memory over MPI (the CPU reference backend's data parallelism); MPI is
-//               reached through a plugin library loaded at run time (src/dist/mpi_plugin.cpp), so
+//               reached through a plugin library loaded at run time (src/dist/mpi/plugin.cpp), so
 //               the program itself never needs libmpi.
 //   NcclComm    device memory over NCCL (src/cuda/nccl_comm.h), host calls staged through a
 //               small device buffer.
