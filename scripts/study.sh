@@ -91,7 +91,8 @@ GP
 esac
 
 plan=$1; shift
-NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+source scripts/lib/gpus.sh
+NGPU=$(sgpt_gpu_count)
 ((NGPU > 0)) || NGPU=1
 DEADLINE=0
 PER_GPU=1
