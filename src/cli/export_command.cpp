@@ -6,7 +6,10 @@
 //       files: see src/model/hf_export.h, docs/export.md); llmc: an llm.c model file OUT
 //       (version 3 for fp32, 5 for bf16). The folder is written as OUT.tmp<pid> and renamed into
 //       place, the file through write_file_atomic, so a failure never leaves half an export
-//       under OUT. An OUT that exists and is not empty is refused unless --overwrite.
+//       under OUT. The folder holds a marker, .sophiagpt-export (JSON: what was exported, how,
+//       when); an OUT that exists and is not empty is refused, and --overwrite replaces only a
+//       folder holding that marker (never a run directory or a data folder), or for llmc only a
+//       regular file outside a run directory (never a link, a device, a pipe or a folder).
 //   logits --run DIR [--step N] (--tokens "ID,ID,..." | --text TEXT) --out FILE [--vocab DIR]
 //       The fp32 CPU reference forward of one sequence (length <= block_size); FILE gets the
 //       logits [T, V] as raw little-endian float32 (V = the real vocabulary, not the padded one),
@@ -17,6 +20,7 @@
 // sample and eval (cli/model_args.h), so --config/--model/--set work here too.
 #include <algorithm>
 #include <charconv>
+#include <ctime>
 #include <cstdio>
 #include <filesystem>
 #include <regex>
@@ -29,6 +33,7 @@
 #include "cli/commands.h"
 #include "cli/model_args.h"
 #include "common/error.h"
+#include "common/paths.h"
 #include "cpu/gpt2_cpu.h"
 #include "model/checkpoint.h"
 #include "model/hf_export.h"
@@ -79,13 +84,22 @@ struct ExportArgs {
   bool overwrite = false;
 };
 
-// The files an export folder holds: a folder with any of them is taken as an earlier export, the
-// only kind --overwrite replaces (so a mistyped --out never removes an unrelated folder).
-bool looks_like_export(const fs::path& dir) {
+// The marker an export writes into its folder: --overwrite replaces only a folder that holds it
+// (an earlier export), so a mistyped --out never removes a run directory or an unrelated folder.
+constexpr const char* kExportMarker = ".sophiagpt-export";
+
+// Why `dir` is a folder that sophiagpt writes as a whole and that no export may replace: the name
+// of a file only a run directory (or a prepared data folder) holds, or "" when it holds none.
+std::string run_dir_evidence(const fs::path& dir) {
   std::error_code ec;
-  for (const char* f : {"config.json", "model.safetensors"})
-    if (fs::exists(dir / f, ec)) return true;
-  return false;
+  for (const char* f : {kLockFileName, "log.jsonl", "manifest.json"})
+    if (fs::exists(fs::symlink_status(dir / f, ec))) return f;
+  static const std::regex ckpt("(model|state)_[0-9]{8}\\.bin(\\.bad)?");
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (std::regex_match(name, ckpt)) return name;
+  }
+  return "";
 }
 
 // OUT as an absolute path without a trailing separator; refuses ".", ".." and "/".
@@ -99,27 +113,59 @@ fs::path normalized_out(const std::string& out) {
   return p;
 }
 
-void check_out(const ExportArgs& a, const fs::path& out) {
+// A file the command writes (export --format llmc, logits --out): check_output_file's rules (no
+// link, device, pipe or folder is ever replaced; a regular file only with --overwrite), and never
+// a file of a run directory (its checkpoints, its log).
+void check_out_file(const std::string& given, const fs::path& out, bool overwrite) {
   std::error_code ec;
-  const fs::file_status st = fs::status(out, ec);
+  if (!fs::is_directory(out.parent_path(), ec)) return;  // a new folder: nothing there to replace
+  const bool exists = fs::exists(fs::symlink_status(out, ec));
+  if (exists && fs::is_regular_file(fs::symlink_status(out, ec))) {
+    const std::string why = run_dir_evidence(out.parent_path());
+    if (!why.empty())
+      throw UserError("--out '" + given + "' is a file of a run directory ('" + out.parent_path().string() +
+                      "' holds " + why + "): it is never replaced, also not with --overwrite; choose another --out");
+  }
+  check_output_file(out.string(), overwrite, "--out");
+}
+
+// The hf folder: a new or empty folder, or (with --overwrite) an earlier export.
+void check_out_folder(const ExportArgs& a, const fs::path& out) {
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(out, ec);
   if (!fs::exists(st)) return;
-  const bool hf = a.format == "hf";
-  if (fs::is_directory(st)) {
-    if (!hf) throw UserError("--out '" + a.out + "' is a folder; --format llmc writes one file");
-    if (fs::is_empty(out, ec)) return;
-    if (!a.overwrite) throw UserError("--out '" + a.out + "' exists and is not empty (pass --overwrite to replace it)");
-    if (!looks_like_export(out))
-      throw UserError("--out '" + a.out + "' is not empty and holds no config.json or model.safetensors: not an "
-                      "earlier export, so --overwrite does not replace it; remove it yourself or choose another --out");
-    return;
-  }
-  if (hf) {
-    if (!a.overwrite) throw UserError("--out '" + a.out + "' exists and is a file (pass --overwrite to replace it)");
-    return;
-  }
-  if (fs::is_regular_file(st) && fs::file_size(out, ec) == 0) return;
-  if (!fs::is_regular_file(st)) throw UserError("--out '" + a.out + "' exists and is not a regular file");
-  if (!a.overwrite) throw UserError("--out '" + a.out + "' exists and is not empty (pass --overwrite to replace it)");
+  if (fs::is_symlink(st))
+    throw UserError("--out '" + a.out + "' is a symbolic link: it is never replaced; name the folder itself");
+  if (!fs::is_directory(st))
+    throw UserError("--out '" + a.out + "' exists and is not a folder: --format hf writes a folder and replaces "
+                    "only an earlier export's folder");
+  if (fs::is_empty(out, ec)) return;
+  if (!a.overwrite)
+    throw UserError("--out '" + a.out + "' exists and is not empty (pass --overwrite to replace an earlier export)");
+  const std::string why = run_dir_evidence(out);
+  if (!why.empty())
+    throw UserError("--out '" + a.out + "' is a run directory or a data folder (it holds " + why +
+                    "): --overwrite never replaces one; choose another --out");
+  if (!fs::is_regular_file(fs::symlink_status(out / kExportMarker, ec)))
+    throw UserError("--out '" + a.out + "' holds no " + kExportMarker +
+                    " marker, so it is not a folder sophiagpt export wrote: --overwrite replaces only an earlier "
+                    "export; remove it yourself or choose another --out");
+}
+
+void check_out(const ExportArgs& a, const fs::path& out) {
+  if (a.format == "hf") check_out_folder(a, out);
+  else check_out_file(a.out, out, a.overwrite);
+}
+
+// The marker's content: what was exported, how and when.
+std::string export_marker(const ExportArgs& a) {
+  char when[32] = "";
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  if (::gmtime_r(&t, &tm)) std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  const nlohmann::json j = {{"written_by", "sophiagpt export"}, {"format", a.format}, {"dtype", a.dtype},
+                            {"source", step_text(a.m)}, {"time", when}};
+  return j.dump(2) + "\n";
 }
 
 // Writes the folder as <out>.tmp<pid>, then renames it into place (an existing out, which
@@ -138,6 +184,8 @@ void export_folder(const ExportArgs& a, const fs::path& out, const Config& cfg, 
   try {
     write_hf_folder(tmp.string(), cfg.model, params,
                     a.dtype == "bf16" ? ExportDtype::kBf16 : ExportDtype::kFp32, vocab_dir);
+    const std::string marker = export_marker(a);
+    write_file_atomic((tmp / kExportMarker).string(), {{marker.data(), marker.size()}});
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;
@@ -173,6 +221,7 @@ void run_export(ExportArgs a) {
   const auto [cfg, params] = load_trained(a.m);
   std::error_code ec;
   fs::create_directories(out.parent_path(), ec);
+  check_out(a, out);  // again, just before writing: the checks above ran before the model was read
   if (a.format == "hf") {
     if (cfg.model.vocab_size != kGpt2VocabSize)
       std::fprintf(stderr, "note: the model has %d tokens, the GPT-2 tokenizer written beside it %d\n",
@@ -249,7 +298,9 @@ void add_export_commands(CLI::App& app) {
   e->add_option("-o,--out", ea->out, "Output: a folder for hf, a file for llmc")->required();
   e->add_option("--dtype", ea->dtype, "fp32 | bf16 (round to nearest even)")->capture_default_str();
   e->add_option("--vocab", ea->vocab, "Folder holding encoder.json and vocab.bpe (default: data/cache/gpt2)");
-  e->add_flag("--overwrite", ea->overwrite, "Replace an existing non-empty --out (an earlier export)");
+  e->add_flag("--overwrite", ea->overwrite,
+              "Replace an earlier export: a folder holding .sophiagpt-export (hf), a regular file outside a run "
+              "directory (llmc)");
   e->callback([ea] { run_export(*ea); });
 
   auto la = std::make_shared<LogitsArgs>();

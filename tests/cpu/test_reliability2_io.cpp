@@ -1,0 +1,250 @@
+// Reliability of what the subcommands read and write (docs/reliability.md, "Inputs and outputs of
+// the subcommands"): export's --overwrite, the folder lock of prepare, the output paths of every
+// subcommand, directories given where a file is expected, the checks of the data readers, small
+// command-line values, and one rule for "the newest checkpoint". Each test reproduces a failure of
+// the code before the fix (the failing line is quoted in the test's comment).
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/paths.h"
+#include "config/config.h"
+#include "data/loader.h"
+#include "data/token_file.h"
+#include "eval/hellaswag.h"
+#include "model/checkpoint.h"
+#include "tokenizer/vocab.h"
+#include "test_scratch.h"
+
+namespace fs = std::filesystem;
+using namespace sgpt;
+using nlohmann::json;
+
+namespace {
+
+struct Exec {
+  int code;  // exit status, 124 when `timeout` ended it, -1 when killed by a signal
+  std::string out;
+};
+
+std::string q(const std::string& s) {
+  std::string r = "'";
+  for (char c : s) {
+    if (c == '\'') r += "'\\''";
+    else r += c;
+  }
+  return r + "'";
+}
+
+// Runs the executable under `timeout` (a test that hangs on a FIFO must not hang the suite).
+Exec run(const std::string& args) {
+  const std::string cmd = "timeout -k 5 120 " + std::string(SGPT_EXE) + " " + args + " </dev/null 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  const int st = pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+fs::path scratch(const std::string& name) { return sgpt_test::scratch_dir("rel2", name); }
+
+bool has(const std::string& s, const std::string& n) { return s.find(n) != std::string::npos; }
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+void put(const fs::path& p, const std::string& bytes) {
+  fs::create_directories(p.parent_path());
+  std::ofstream f(p, std::ios::binary);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// Every file below dir (symbolic links as "-> target") with its bytes: "unchanged" means equal.
+std::map<std::string, std::string> snapshot(const fs::path& dir) {
+  std::map<std::string, std::string> m;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    const std::string rel = fs::relative(e.path(), dir).string();
+    if (e.is_symlink()) m[rel] = "-> " + fs::read_symlink(e.path()).string();
+    else if (e.is_regular_file()) m[rel] = slurp(e.path());
+    else if (e.is_directory()) m[rel] = "<dir>";
+    else m[rel] = "<other>";
+  }
+  return m;
+}
+
+// What differs between two snapshots (names only: the contents can be megabytes of binary).
+std::string changes(const std::map<std::string, std::string>& a, const std::map<std::string, std::string>& b) {
+  std::string d;
+  for (const auto& [k, v] : a) {
+    const auto it = b.find(k);
+    if (it == b.end()) d += " removed " + k + ";";
+    else if (it->second != v) d += " changed " + k + ";";
+  }
+  for (const auto& [k, v] : b)
+    if (!a.count(k)) d += " added " + k + ";";
+  return d;
+}
+#define EXPECT_UNCHANGED(before, after) EXPECT_EQ(changes(before, after), "")
+
+[[maybe_unused]] std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "(no UserError)";
+}
+
+[[maybe_unused]] std::string vocab() { return std::string(SGPT_SOURCE_DIR) + "/data/cache/gpt2"; }
+
+// A tiny model with the GPT-2 vocabulary (so sample, logits --text and export hf work), trained
+// by the executable for 3 steps with a checkpoint after every step: a run directory exactly as
+// `train` leaves it. Trained once per process; each test gets its own copy.
+const fs::path& fixture() {
+  static const fs::path d = [] {
+    const fs::path f = scratch("fixture");
+    std::mt19937 rng(7);
+    std::vector<uint16_t> tr(4000), va(1000);
+    for (auto& t : tr) t = static_cast<uint16_t>(rng() % 50);
+    for (auto& t : va) t = static_cast<uint16_t>(rng() % 50);
+    write_llmc_shard((f / "train.bin").string(), tr);
+    write_llmc_shard((f / "val.bin").string(), va);
+    std::ofstream(f / "cfg.json") << R"({"model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 50257},
+      "batch": {"micro_batch_size": 2, "total_batch_tokens": 16},
+      "schedule": {"warmup_iters": 1, "lr_decay_iters": 30, "max_steps": 3},
+      "optimizer": {"hessian_interval": 2},
+      "checkpoint": {"every": 1, "keep": 5},
+      "eval": {"every": 0, "batches": 2},
+      "data": {"train": ")" + (f / "train.bin").string() + R"(", "val": ")" + (f / "val.bin").string() + R"("}})";
+    const Exec e = run("train --device cpu -q --config " + q((f / "cfg.json").string()) + " --out-dir " +
+                       q((f / "run").string()));
+    EXPECT_EQ(e.code, 0) << e.out;
+    return f;
+  }();
+  return d;
+}
+
+// A copy of the fixture's run directory at scratch(name)/run.
+fs::path trained_run(const std::string& name) {
+  const fs::path to = scratch(name) / "run";
+  fs::copy(fixture() / "run", to, fs::copy_options::recursive);
+  return to;
+}
+
+std::string name8(const char* kind, int64_t step) {
+  char b[40];
+  std::snprintf(b, sizeof b, "%s_%08lld.bin", kind, static_cast<long long>(step));
+  return b;
+}
+
+[[maybe_unused]] void flip_byte(const fs::path& p, std::streamoff at) {
+  std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(at);
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x01);
+  f.seekp(at);
+  f.write(&c, 1);
+}
+
+bool fifo_at(const fs::path& p) { return fs::is_fifo(fs::symlink_status(p)); }
+
+}  // namespace
+
+// ==== 1. export --overwrite replaces only an earlier export ====
+
+// Before: `export --run R --format hf --out R --overwrite` exited 0 and replaced the run directory
+// by the export ("Expected equality of these values: e.code Which is: 0, 2").
+TEST(ReliabilityExportOut, OverwriteNeverReplacesARunDirectory) {
+  const fs::path r = trained_run("exp_run");
+  const auto before = snapshot(r);
+  Exec e = run("export --run " + q(r) + " --format hf --out " + q(r) + " --overwrite");
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, r.string()) && has(e.out, "run directory")) << e.out;
+  EXPECT_UNCHANGED(before, snapshot(r));
+
+  // A folder that merely holds a config.json (not written by export) is not replaced either.
+  const fs::path other = r.parent_path() / "mine";
+  put(other / "config.json", "{\"mine\": true}");
+  put(other / "notes.txt", "keep");
+  const auto other_before = snapshot(other);
+  e = run("export --run " + q(r) + " --format hf --out " + q(other) + " --overwrite");
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, other.string()) && has(e.out, ".sophiagpt-export")) << e.out;
+  EXPECT_UNCHANGED(other_before, snapshot(other));
+
+  // An earlier export carries the marker and is replaced.
+  const fs::path out = r.parent_path() / "hf";
+  e = run("export --run " + q(r) + " --format hf --out " + q(out));
+  ASSERT_EQ(e.code, 0) << e.out;
+  const json marker = json::parse(slurp(out / ".sophiagpt-export"));
+  EXPECT_EQ(marker.value("written_by", ""), "sophiagpt export");
+  EXPECT_EQ(marker.value("format", ""), "hf");
+  EXPECT_TRUE(marker.contains("time") && marker.contains("source")) << marker.dump();
+  e = run("export --run " + q(r) + " --format hf --dtype bf16 --out " + q(out) + " --overwrite");
+  EXPECT_EQ(e.code, 0) << e.out;
+  EXPECT_EQ(json::parse(slurp(out / ".sophiagpt-export")).value("dtype", ""), "bf16");
+
+  // A marker planted in a run directory does not make it replaceable.
+  put(r / ".sophiagpt-export", marker.dump());
+  const auto planted = snapshot(r);
+  e = run("export --run " + q(r) + " --format hf --out " + q(r) + " --overwrite");
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_UNCHANGED(planted, snapshot(r));
+}
+
+// Before: `export --format llmc --out R/model_00000002.bin --overwrite` exited 0 and replaced the
+// run's checkpoint ("Expected equality of these values: e.code Which is: 0, 2").
+TEST(ReliabilityExportOut, LlmcOverwriteReplacesOnlyARegularFileOutsideARun) {
+  const fs::path r = trained_run("exp_llmc");
+  const fs::path d = r.parent_path();
+  const auto before = snapshot(r);
+  const std::string exp = "export --run " + q(r) + " --format llmc --overwrite --out ";
+  Exec e = run(exp + q(r / name8("model", 2)));
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, name8("model", 2)) && has(e.out, "run directory")) << e.out;
+  EXPECT_UNCHANGED(before, snapshot(r));
+
+  // A symbolic link: neither the link nor its target is touched.
+  put(d / "target.bin", "target bytes");
+  fs::create_symlink(d / "target.bin", d / "link.bin");
+  e = run(exp + q(d / "link.bin"));
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, "symbolic link")) << e.out;
+  EXPECT_TRUE(fs::is_symlink(d / "link.bin"));
+  EXPECT_EQ(slurp(d / "target.bin"), "target bytes");
+
+  // A FIFO stands for a device: refused, not replaced, and nothing waits on it.
+  ASSERT_EQ(::mkfifo((d / "fifo.bin").c_str(), 0644), 0);
+  e = run(exp + q(d / "fifo.bin"));
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(fifo_at(d / "fifo.bin"));
+
+  // A regular file elsewhere is replaced (with --overwrite only).
+  put(d / "old.bin", "old");
+  e = run("export --run " + q(r) + " --format llmc --out " + q(d / "old.bin"));
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, "--overwrite")) << e.out;
+  EXPECT_EQ(slurp(d / "old.bin"), "old");
+  e = run(exp + q(d / "old.bin"));
+  EXPECT_EQ(e.code, 0) << e.out;
+  EXPECT_TRUE(slurp(d / "old.bin") == slurp(r / name8("model", 3)));  // the newest checkpoint, written again
+}
