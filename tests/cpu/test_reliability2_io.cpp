@@ -248,3 +248,28 @@ TEST(ReliabilityExportOut, LlmcOverwriteReplacesOnlyARegularFileOutsideARun) {
   EXPECT_EQ(e.code, 0) << e.out;
   EXPECT_TRUE(slurp(d / "old.bin") == slurp(r / name8("model", 3)));  // the newest checkpoint, written again
 }
+
+// ==== 2. prepare locks its output folder ====
+
+// Before: prepare wrote into a folder another process held ("Expected equality of these values:
+// e.code Which is: 0, 2").
+TEST(ReliabilityPrepareLock, SecondWriterOfTheSameFolderIsRefused) {
+  const fs::path d = scratch("prep_lock");
+  put(d / "in/a.txt", "Hello world");
+  put(d / "in/b.txt", "hello world again");
+  const fs::path out = d / "out";
+  fs::create_directories(out);
+  const std::string args = "prepare --vocab " + q(vocab()) + " --input " + q(d / "in") + " --output-dir " + q(out) +
+                           " --val-fraction 0 --format nanogpt";
+  {
+    DirLock lock(out.string(), "test");
+    const Exec e = run(args);
+    EXPECT_EQ(e.code, 2) << e.out;
+    EXPECT_TRUE(has(e.out, out.string()) && has(e.out, "pid " + std::to_string(::getpid()))) << e.out;
+    EXPECT_FALSE(fs::exists(out / "train.bin"));
+  }
+  const Exec e = run(args);
+  EXPECT_EQ(e.code, 0) << e.out;
+  EXPECT_TRUE(fs::exists(out / "train.bin"));
+  EXPECT_FALSE(fs::exists(out / kLockFileName)) << "prepare removes its lock file when done";
+}
