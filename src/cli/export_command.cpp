@@ -11,9 +11,12 @@
 //       folder holding that marker (never a run directory or a data folder), or for llmc only a
 //       regular file outside a run directory (never a link, a device, a pipe or a folder).
 //   logits --run DIR [--step N] (--tokens "ID,ID,..." | --text TEXT) --out FILE [--vocab DIR]
+//          [--overwrite]
 //       The fp32 CPU reference forward of one sequence (length <= block_size); FILE gets the
 //       logits [T, V] as raw little-endian float32 (V = the real vocabulary, not the padded one),
-//       for checkers outside the program (scripts/check_hf_export.py).
+//       for checkers outside the program (scripts/check_hf_export.py). FILE is written as the
+//       llmc export is: an existing one only with --overwrite, never a link, device, pipe or a
+//       file of a run directory.
 //
 // Without --step the checkpoint is the newest model_<step>.bin of the run that verifies (header,
 // size, checksum); newer ones that fail are named in a warning. The model options are those of
@@ -116,9 +119,10 @@ fs::path normalized_out(const std::string& out) {
 // A file the command writes (export --format llmc, logits --out): check_output_file's rules (no
 // link, device, pipe or folder is ever replaced; a regular file only with --overwrite), and never
 // a file of a run directory (its checkpoints, its log).
-void check_out_file(const std::string& given, const fs::path& out, bool overwrite) {
+// `new_folder_ok`: a missing parent folder is fine (export creates it).
+void check_out_file(const std::string& given, const fs::path& out, bool overwrite, bool new_folder_ok) {
   std::error_code ec;
-  if (!fs::is_directory(out.parent_path(), ec)) return;  // a new folder: nothing there to replace
+  if (new_folder_ok && !fs::is_directory(out.parent_path(), ec)) return;  // nothing there to replace
   const bool exists = fs::exists(fs::symlink_status(out, ec));
   if (exists && fs::is_regular_file(fs::symlink_status(out, ec))) {
     const std::string why = run_dir_evidence(out.parent_path());
@@ -154,7 +158,7 @@ void check_out_folder(const ExportArgs& a, const fs::path& out) {
 
 void check_out(const ExportArgs& a, const fs::path& out) {
   if (a.format == "hf") check_out_folder(a, out);
-  else check_out_file(a.out, out, a.overwrite);
+  else check_out_file(a.out, out, a.overwrite, /*new_folder_ok=*/true);
 }
 
 // The marker's content: what was exported, how and when.
@@ -239,6 +243,7 @@ void run_export(ExportArgs a) {
 struct LogitsArgs {
   ModelArgs m;
   std::string tokens, text, out, vocab;
+  bool overwrite = false;
 };
 
 // "ID,ID,..." (commas and/or whitespace between the ids).
@@ -265,6 +270,8 @@ std::vector<int> parse_token_list(const std::string& s) {
 void run_logits(LogitsArgs a) {
   if (a.tokens.empty() == a.text.empty()) throw UserError("give the sequence as --tokens or as --text (one of them)");
   if (a.out.empty()) throw UserError("--out must not be empty");
+  const fs::path out = fs::absolute(fs::path(a.out));
+  check_out_file(a.out, out, a.overwrite, /*new_folder_ok=*/false);
   std::vector<int> ids;
   if (!a.tokens.empty()) ids = parse_token_list(a.tokens);
   else ids = Tokenizer::load(find_vocab_dir(a.vocab)).encode(a.text, /*allow_special=*/true);
@@ -284,7 +291,8 @@ void run_logits(LogitsArgs a) {
   model.forward_logits(params.data(), ids.data(), 1);
   std::vector<std::pair<const void*, size_t>> rows;
   for (int t = 0; t < T; ++t) rows.push_back({model.logits() + static_cast<size_t>(t) * Vp, static_cast<size_t>(V) * 4});
-  write_file_atomic(a.out, rows);
+  check_out_file(a.out, out, a.overwrite, /*new_folder_ok=*/false);  // again: the forward took a while
+  write_file_atomic(out.string(), rows);
   std::printf("logits [%d, %d] of %s (float32) -> %s\n", T, V, step_text(a.m).c_str(), a.out.c_str());
 }
 
@@ -310,6 +318,8 @@ void add_export_commands(CLI::App& app) {
   l->add_option("--text", la->text, "Text, encoded with the GPT-2 tokenizer");
   l->add_option("-o,--out", la->out, "Output file: T x V little-endian float32")->required();
   l->add_option("--vocab", la->vocab, "Folder holding encoder.json and vocab.bpe (for --text)");
+  l->add_flag("--overwrite", la->overwrite,
+              "Replace an existing --out (a regular file outside a run directory; never a link, device or pipe)");
   l->callback([la] { run_logits(*la); });
 }
 

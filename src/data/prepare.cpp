@@ -260,6 +260,18 @@ nlohmann::json run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
   } output{opt.output_dir, !existed, {}};
   output.lock = DirLock(opt.output_dir, "prepare");
   const std::vector<std::string> old = existing_prepared_files(opt.output_dir);
+  // Only regular files are ever replaced: a link under a shard's name (whose target lies
+  // elsewhere), a folder, a device or a pipe is left alone and the run refused.
+  for (const std::string& name : old) {
+    const fs::path p = fs::path(opt.output_dir) / name;
+    const fs::file_status st = fs::symlink_status(p, ec);
+    if (fs::is_regular_file(st)) continue;
+    throw UserError(p.string() + ": " +
+                    (fs::is_symlink(st)     ? "a symbolic link"
+                     : fs::is_directory(st) ? "a folder"
+                                            : "not a regular file (a device, a pipe or a socket)") +
+                    " under a name prepare writes: it is never replaced; remove it or choose another --output-dir");
+  }
   if (!old.empty() && !opt.overwrite) {
     std::string list;
     for (size_t i = 0; i < old.size() && i < 3; ++i) list += (i ? ", " : "") + old[i];

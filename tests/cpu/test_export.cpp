@@ -478,12 +478,13 @@ TEST(ExportCli, LogitsMatchTheReferenceForward) {
       std::memcpy(&got, bytes.data() + 4 * (t * V + v), 4);
       ASSERT_EQ(got, model.logits()[t * Vp + v]) << t << "," << v;
     }
-  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,2,3,4,5,6,7,8,9", "--out", out});
+  // (out exists from here on: the bad inputs below are refused before --overwrite would matter)
+  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,2,3,4,5,6,7,8,9", "--out", out, "--overwrite"});
   EXPECT_EQ(e.code, 2) << e.output;
   EXPECT_TRUE(contains(e.output, "block_size")) << e.output;
-  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,x", "--out", out});
+  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,x", "--out", out, "--overwrite"});
   EXPECT_EQ(e.code, 2) << e.output;
   EXPECT_TRUE(contains(e.output, "'x'")) << e.output;
-  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,50", "--out", out});
+  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,50", "--out", out, "--overwrite"});
   EXPECT_EQ(e.code, 2) << e.output;
 }

@@ -273,3 +273,104 @@ TEST(ReliabilityPrepareLock, SecondWriterOfTheSameFolderIsRefused) {
   EXPECT_TRUE(fs::exists(out / "train.bin"));
   EXPECT_FALSE(fs::exists(out / kLockFileName)) << "prepare removes its lock file when done";
 }
+
+// ==== 3. output paths: existing files, links, devices ====
+
+// Before: logits --out overwrote a checkpoint without being asked ("Expected equality of these
+// values: e.code Which is: 0, 2"), and had no --overwrite.
+TEST(ReliabilityOutputPaths, LogitsOutRefusesExistingFilesLinksAndDevices) {
+  const fs::path r = trained_run("out_logits");
+  const fs::path d = r.parent_path();
+  const std::string lg = "logits --run " + q(r) + " --tokens 1,2,3 --out ";
+  const auto before = snapshot(r);
+  Exec e = run(lg + q(r / name8("model", 1)));
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, name8("model", 1)) && has(e.out, "run directory")) << e.out;
+  e = run(lg + q(r / name8("model", 1)) + " --overwrite");
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, "run directory")) << e.out;
+  EXPECT_UNCHANGED(before, snapshot(r));
+
+  // An ordinary existing file: refused, then replaced with --overwrite.
+  put(d / "logits.bin", "old");
+  e = run(lg + q(d / "logits.bin"));
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_EQ(slurp(d / "logits.bin"), "old");
+  e = run(lg + q(d / "logits.bin") + " --overwrite");
+  EXPECT_EQ(e.code, 0) << e.out;
+  EXPECT_EQ(fs::file_size(d / "logits.bin"), 3u * 50257u * 4u);
+
+  // A symbolic link (also with --overwrite): the link and its target stay.
+  put(d / "target", "target");
+  fs::create_symlink(d / "target", d / "link");
+  for (const char* ow : {"", " --overwrite"}) {
+    e = run(lg + q(d / "link") + ow);
+    EXPECT_EQ(e.code, 2) << e.out;
+    EXPECT_TRUE(has(e.out, "symbolic link")) << e.out;
+    EXPECT_TRUE(fs::is_symlink(d / "link"));
+    EXPECT_EQ(fs::read_symlink(d / "link"), d / "target");
+    EXPECT_EQ(slurp(d / "target"), "target");
+  }
+
+  // A FIFO (what a device looks like to this check): refused, still a FIFO, no hang.
+  ASSERT_EQ(::mkfifo((d / "fifo").c_str(), 0644), 0);
+  e = run(lg + q(d / "fifo") + " --overwrite");
+  ASSERT_EQ(e.code, 2) << e.out;
+  ASSERT_TRUE(has(e.out, "not a regular file")) << e.out;
+  ASSERT_TRUE(fifo_at(d / "fifo"));
+
+  // /dev/null itself, only once the FIFO case above has shown the check holds.
+  e = run(lg + "/dev/null --overwrite");
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, "/dev/null")) << e.out;
+  EXPECT_TRUE(fs::is_character_file(fs::symlink_status("/dev/null")));
+  // A folder.
+  e = run(lg + q(d));
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, "is a directory")) << e.out;
+}
+
+// Before: hf --out naming a file with --overwrite replaced the file by a folder ("Expected
+// equality of these values: e.code Which is: 0, 2"); a link to an export was followed.
+TEST(ReliabilityOutputPaths, ExportHfOutIsNeverAFileOrALink) {
+  const fs::path r = trained_run("out_hf");
+  const fs::path d = r.parent_path();
+  const std::string exp = "export --run " + q(r) + " --format hf --overwrite --out ";
+  put(d / "file", "a file");
+  Exec e = run(exp + q(d / "file"));
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_EQ(slurp(d / "file"), "a file");
+  ASSERT_EQ(run("export --run " + q(r) + " --format hf --out " + q(d / "hf")).code, 0);
+  const auto hf_before = snapshot(d / "hf");
+  fs::create_directory_symlink(d / "hf", d / "hf_link");
+  e = run(exp + q(d / "hf_link"));
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, "symbolic link")) << e.out;
+  EXPECT_TRUE(fs::is_symlink(d / "hf_link"));
+  EXPECT_UNCHANGED(hf_before, snapshot(d / "hf"));
+}
+
+// Before: prepare --overwrite renamed its shard over a symbolic link in the output folder
+// ("Value of: fs::is_symlink(out / \"train.bin\") Actual: false").
+TEST(ReliabilityOutputPaths, PrepareNeverReplacesLinksOrFoldersInItsOutput) {
+  const fs::path d = scratch("out_prep");
+  put(d / "in/a.txt", "Hello world");
+  const fs::path out = d / "out";
+  put(d / "elsewhere.bin", "not mine");
+  fs::create_directories(out);
+  fs::create_symlink(d / "elsewhere.bin", out / "train.bin");
+  const std::string args = "prepare --vocab " + q(vocab()) + " --input " + q(d / "in") + " --output-dir " + q(out) +
+                           " --val-fraction 0 --format nanogpt --overwrite";
+  Exec e = run(args);
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, (out / "train.bin").string()) && has(e.out, "symbolic link")) << e.out;
+  EXPECT_TRUE(fs::is_symlink(out / "train.bin"));
+  EXPECT_EQ(slurp(d / "elsewhere.bin"), "not mine");
+  fs::remove(out / "train.bin");
+  fs::create_directories(out / "manifest.json");
+  e = run(args);
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, (out / "manifest.json").string())) << e.out;
+  EXPECT_TRUE(fs::is_directory(out / "manifest.json"));
+  EXPECT_FALSE(fs::exists(out / "train.bin"));
+}
