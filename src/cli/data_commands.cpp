@@ -24,6 +24,7 @@
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/paths.h"
 #include "data/prepare.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
@@ -37,6 +38,7 @@ std::string read_stream(std::istream& in) {
 
 std::string read_input_file(const std::string& path) {
   if (path == "-") return read_stream(std::cin);
+  check_input_file(path, "--file");
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw UserError(path + ": cannot open: " + std::strerror(errno));
   std::string s;

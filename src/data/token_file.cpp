@@ -59,7 +59,7 @@ TokenFile::TokenFile(std::string path, TokenFormat format) : path_(std::move(pat
   if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd_);
     fd_ = -1;
-    throw UserError(path_ + ": not a regular file");
+    throw UserError(path_ + (S_ISDIR(st.st_mode) ? ": is a directory, not a token file" : ": not a regular file"));
   }
   const uint64_t size = uint64_t(st.st_size);
   try {

@@ -374,3 +374,57 @@ TEST(ReliabilityOutputPaths, PrepareNeverReplacesLinksOrFoldersInItsOutput) {
   EXPECT_TRUE(fs::is_directory(out / "manifest.json"));
   EXPECT_FALSE(fs::exists(out / "train.bin"));
 }
+
+// ==== 4. a directory where a file is expected ====
+
+// Before: `train --config DIR` ended in "internal error: basic_filebuf::underflow error reading
+// the file: Is a directory" (exit 3), read_model_file(DIR) in std::bad_alloc.
+TEST(ReliabilityInputPaths, DirectoryWhereAFileIsExpectedIsExit2NamingIt) {
+  const fs::path r = trained_run("in_dirs");
+  const fs::path d = r.parent_path();
+  const fs::path dir = d / "a_folder";
+  fs::create_directories(dir);
+  put(d / "plain.txt", "not a folder");
+  fs::create_directories(d / "novocab");
+  fs::create_directories(d / "dirvocab/encoder.json");
+  put(d / "dirvocab/vocab.bpe", slurp(vocab() + "/vocab.bpe"));
+  fs::create_directories(d / "cfgdir/config.json");
+  fs::copy_file(r / name8("model", 3), d / "cfgdir" / name8("model", 3));
+  fs::copy_file(r / name8("state", 3), d / "cfgdir" / name8("state", 3));
+  const std::string cfg = q(r / "config.json");
+  struct Case {
+    std::string args, named;
+  };
+  const std::vector<Case> cases = {
+      {"train --device cpu -q --config " + q(dir) + " --out-dir " + q(d / "o1"), dir},
+      {"train --device cpu -q --config " + cfg + " --init-from " + q(dir) + " --out-dir " + q(d / "o2"), dir},
+      {"eval --device cpu --config " + cfg + " --model " + q(dir), dir},
+      {"sample --device cpu --config " + cfg + " --model " + q(dir), dir},
+      {"logits --config " + cfg + " --model " + q(dir) + " --tokens 1 --out " + q(d / "l.bin"), dir},
+      {"eval --device cpu --run " + q(d / "cfgdir"), (d / "cfgdir/config.json").string()},
+      {"eval --device cpu --run " + q(r) + " --hellaswag " + q(dir), dir},
+      {"tokenize --file " + q(dir), dir},
+      {"tokenize --decode --file " + q(dir), dir},
+      {"tokenize --vocab " + q(d / "plain.txt") + " hi", d / "plain.txt"},
+      {"tokenize --vocab " + q(d / "novocab") + " hi", d / "novocab"},
+      {"tokenize --vocab " + q(d / "dirvocab") + " hi", d / "dirvocab/encoder.json"},
+      {"sample --device cpu --run " + q(r) + " --vocab " + q(d / "plain.txt"), d / "plain.txt"},
+      {"export --run " + q(r) + " --format hf --out " + q(d / "x") + " --vocab " + q(d / "plain.txt"), d / "plain.txt"},
+  };
+  for (const Case& c : cases) {
+    const Exec e = run(c.args);
+    EXPECT_EQ(e.code, 2) << c.args << "\n" << e.out;
+    EXPECT_TRUE(has(e.out, c.named)) << c.args << "\n" << e.out;
+    EXPECT_FALSE(has(e.out, "internal error") || has(e.out, "basic_filebuf") || has(e.out, "bad_alloc"))
+        << c.args << "\n" << e.out;
+  }
+  // The readers themselves, so every caller is covered.
+  const std::string ds = dir.string();
+  EXPECT_TRUE(has(error_of([&] { load_config(ds, {}); }), ds));
+  EXPECT_TRUE(has(error_of([&] { read_model_file(ds, ModelConfig{}); }), ds));
+  EXPECT_TRUE(has(error_of([&] { read_state_file(ds); }), ds));
+  EXPECT_TRUE(has(error_of([&] { verify_checkpoint_file(ds); }), ds));
+  EXPECT_TRUE(has(error_of([&] { read_hellaswag(ds, 0); }), ds));
+  EXPECT_TRUE(has(error_of([&] { load_vocab((d / "plain.txt").string()); }), (d / "plain.txt").string()));
+  EXPECT_TRUE(has(error_of([&] { TokenFile(ds, TokenFormat::kLlmc); }), ds));
+}
