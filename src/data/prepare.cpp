@@ -237,7 +237,7 @@ nlohmann::json run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
     throw UserError("prepare: --shard-tokens must be in [1, 2^31-1], got " + std::to_string(opt.shard_tokens));
   if (opt.text_field.empty()) throw UserError("prepare: --text-field must not be empty");
   if (opt.threads < 0) throw UserError("prepare: --threads must be >= 0 (0: every core)");
-  DocumentReader reader(opt.inputs, opt.text_field);
+  DocumentReader reader(opt.inputs, opt.text_field, opt.allow_binary);
   reader.check_inputs();
   std::error_code ec;
   if (fs::exists(opt.output_dir, ec) && !fs::is_directory(opt.output_dir, ec))

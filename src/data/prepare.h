@@ -44,6 +44,7 @@ struct PrepareOptions {
   uint64_t seed = 1337;
   std::string text_field = "text";
   bool overwrite = false;
+  bool allow_binary = false;  // tokenize .txt inputs that do not look like text (data/sources.h)
   int threads = 0;  // 0: every core
   std::function<void(const std::string&)> progress;  // progress lines (optional)
 };

@@ -428,3 +428,131 @@ TEST(ReliabilityInputPaths, DirectoryWhereAFileIsExpectedIsExit2NamingIt) {
   EXPECT_TRUE(has(error_of([&] { load_vocab((d / "plain.txt").string()); }), (d / "plain.txt").string()));
   EXPECT_TRUE(has(error_of([&] { TokenFile(ds, TokenFormat::kLlmc); }), ds));
 }
+
+// ==== 5. data readers ====
+
+// Before: a run whose data.val is one of its training files trained without a word ("Expected
+// equality of these values: e.code Which is: 0, 2").
+TEST(ReliabilityData, ValidationFilesSharedWithTrainingAreAnError) {
+  const fs::path d = scratch("data_overlap");
+  std::vector<uint16_t> toks(600);
+  for (size_t i = 0; i < toks.size(); ++i) toks[i] = static_cast<uint16_t>(i % 50);
+  fs::create_directories(d / "shards");
+  write_llmc_shard((d / "shards/train_000000.bin").string(), toks);
+  write_llmc_shard((d / "shards/val_000000.bin").string(), toks);
+  fs::create_symlink(d / "shards/train_000000.bin", d / "alias.bin");
+  auto train_with = [&](const std::string& train, const std::string& val, const std::string& name) {
+    std::ofstream(d / (name + ".json"))
+        << R"({"model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 50},
+      "batch": {"micro_batch_size": 2, "total_batch_tokens": 16},
+      "schedule": {"warmup_iters": 1, "lr_decay_iters": 30, "max_steps": 1},
+      "checkpoint": {"every": 0}, "eval": {"every": 1, "batches": 1},
+      "data": {"train": ")" + train + R"(", "val": ")" + val + R"("}})";
+    return run("train --device cpu -q --config " + q(d / (name + ".json")) + " --out-dir " + q(d / ("run_" + name)));
+  };
+  const std::string s = (d / "shards").string();
+  struct Case {
+    std::string train, val, shared;
+  };
+  for (const Case& c : std::vector<Case>{
+           {s + "/*.bin", s + "/val_000000.bin", "val_000000.bin"},        // the glob takes the val shard too
+           {s + "/train_000000.bin", s + "/train_000000.bin", "train_000000.bin"},  // the same path
+           {s + "/train_*.bin", s + "/../shards/./train_000000.bin", "train_000000.bin"},  // spelled otherwise
+           {s + "/train_*.bin", (d / "alias.bin").string(), "train_000000.bin"},            // through a link
+       }) {
+    const Exec e = train_with(c.train, c.val, "overlap");
+    EXPECT_EQ(e.code, 2) << c.train << " / " << c.val << "\n" << e.out;
+    EXPECT_TRUE(has(e.out, "data.train") && has(e.out, "data.val") && has(e.out, c.shared)) << e.out;
+    fs::remove_all(d / "run_overlap");
+  }
+  const Exec ok = train_with(s + "/train_*.bin", s + "/val_*.bin", "disjoint");
+  EXPECT_EQ(ok.code, 0) << ok.out;
+}
+
+// Before: an llm.c shard opened as a nanoGPT file was read as tokens, header and all ("Expected:
+// ... throws an exception of type sgpt::UserError. Actual: it throws nothing").
+TEST(ReliabilityData, ShardOfTheOtherFormatIsNamed) {
+  const fs::path d = scratch("data_format");
+  std::vector<uint16_t> toks(300, 7);
+  write_llmc_shard((d / "shard.bin").string(), toks);
+  const std::string shard = (d / "shard.bin").string();
+  const std::string e1 = error_of([&] { TokenFile f(shard, TokenFormat::kNanoGpt); });
+  EXPECT_TRUE(has(e1, shard) && has(e1, "looks like an llm.c shard; set data.format to llmc")) << e1;
+  LoaderOptions lo;
+  lo.pattern = shard;
+  lo.format = TokenFormat::kNanoGpt;
+  lo.T = 8;
+  EXPECT_TRUE(has(error_of([&] { DataLoader l(lo); }), "set data.format to llmc"));
+  // The reverse: headerless tokens opened as an llm.c shard.
+  put(d / "nano.bin", std::string(600, '\x07'));
+  const std::string e2 = error_of([&] { TokenFile f((d / "nano.bin").string(), TokenFormat::kLlmc); });
+  EXPECT_TRUE(has(e2, "nano.bin") && has(e2, "nanogpt")) << e2;
+}
+
+// Before: a token id beyond the vocabulary was found only when training reached it ("Expected:
+// ... throws an exception of type sgpt::UserError. Actual: it throws nothing").
+TEST(ReliabilityData, TokenOutsideTheVocabularyIsFoundWhenTheShardIsOpened) {
+  const fs::path d = scratch("data_vocab");
+  std::vector<uint16_t> toks(20000, 11);
+  toks[17321] = 60000;
+  write_llmc_shard((d / "train_000000.bin").string(), toks);
+  put(d / "nano.bin", std::string(reinterpret_cast<const char*>(toks.data()), toks.size() * 2));
+  for (const auto& [file, fmt] : std::vector<std::pair<std::string, TokenFormat>>{
+           {"train_000000.bin", TokenFormat::kLlmc}, {"nano.bin", TokenFormat::kNanoGpt}}) {
+    LoaderOptions lo;
+    lo.pattern = (d / file).string();
+    lo.format = fmt;
+    lo.T = 8;
+    lo.vocab_size = 50257;
+    const std::string e = error_of([&] { DataLoader l(lo); });
+    EXPECT_TRUE(has(e, lo.pattern) && has(e, "60000") && has(e, "token 17321")) << e;
+    lo.vocab_size = 65536;  // every uint16 fits
+    EXPECT_EQ(error_of([&] { DataLoader l(lo); }), "(no UserError)");
+  }
+}
+
+// Before: prepare read the files of hidden folders (.git/...) as documents ("Expected equality of
+// these values: m[\"documents\"][\"train\"] Which is: 2, 1").
+TEST(ReliabilityPrepareInput, HiddenFilesAndFoldersAreIgnored) {
+  const fs::path d = scratch("prep_hidden");
+  put(d / "in/a.txt", "Hello world");
+  put(d / "in/.hidden.txt", "secret");
+  put(d / "in/.git/notes.txt", "git internals");
+  put(d / "in/sub/.draft.txt", "draft");
+  const Exec e = run("prepare --vocab " + q(vocab()) + " --input " + q(d / "in") + " --output-dir " + q(d / "out") +
+                     " --val-fraction 0 --format nanogpt");
+  ASSERT_EQ(e.code, 0) << e.out;
+  const json m = json::parse(slurp(d / "out/manifest.json"));
+  EXPECT_EQ(m["documents"]["train"], 1) << m.dump();
+}
+
+// Before: 64 KiB of random bytes named .txt were tokenized as text, with a warning ("Expected
+// equality of these values: e.code Which is: 0, 2").
+TEST(ReliabilityPrepareInput, BinaryInputIsRefusedUnlessAllowed) {
+  const fs::path d = scratch("prep_binary");
+  std::mt19937 rng(3);
+  std::string noise(64 * 1024, '\0');
+  for (char& c : noise) c = static_cast<char>(rng());
+  put(d / "in/blob.txt", noise);
+  put(d / "zeros/z.txt", std::string(4096, '\0') + "Hello");
+  std::string latin1;
+  for (int i = 0; i < 100; ++i) latin1 += "a few words of plain English text ";
+  latin1 += "caf\xE9";  // one Latin-1 byte in 3.4 KB: repaired, as before
+  put(d / "text/t.txt", latin1);
+  auto prep = [&](const std::string& in, const std::string& extra) {
+    return run("prepare --vocab " + q(vocab()) + " --input " + q(d / in) + " --output-dir " + q(d / ("out_" + in)) +
+               " --val-fraction 0 --format nanogpt" + extra);
+  };
+  Exec e = prep("in", "");
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, (d / "in/blob.txt").string()) && has(e.out, "--allow-binary")) << e.out;
+  EXPECT_FALSE(fs::exists(d / "out_in/manifest.json"));
+  e = prep("zeros", "");
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, "z.txt") && has(e.out, "NUL")) << e.out;
+  e = prep("in", " --allow-binary");
+  EXPECT_EQ(e.code, 0) << e.out;
+  e = prep("text", "");
+  EXPECT_EQ(e.code, 0) << e.out;
+  EXPECT_TRUE(has(e.out, "1 ill-formed UTF-8 sequence(s) replaced")) << e.out;
+}
