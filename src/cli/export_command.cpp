@@ -18,9 +18,10 @@
 //       llmc export is: an existing one only with --overwrite, never a link, device, pipe or a
 //       file of a run directory.
 //
-// Without --step the checkpoint is the newest model_<step>.bin of the run that verifies (header,
-// size, checksum); newer ones that fail are named in a warning. The model options are those of
-// sample and eval (cli/model_args.h), so --config/--model/--set work here too.
+// Without --step the checkpoint is the newest of the run whose model and state files verify
+// (header, size, checksum), the rule of --resume and of eval and sample (load_trained,
+// cli/model_args.h); newer ones that fail are named in a warning. The model options are those of
+// sample and eval, so --config/--model/--set work here too.
 #include <algorithm>
 #include <charconv>
 #include <ctime>
@@ -47,39 +48,6 @@
 namespace sgpt {
 namespace {
 namespace fs = std::filesystem;
-
-// Fills in m.step when the run's checkpoint is to be chosen: the newest model file that verifies.
-void choose_checkpoint(ModelArgs& m) {
-  if (m.run.empty() || !m.model.empty() || m.step >= 0) return;  // load_trained takes it from here
-  std::error_code ec;
-  if (!fs::is_directory(m.run, ec)) throw UserError("--run '" + m.run + "' is not a directory");
-  static const std::regex re("model_([0-9]{8})\\.bin");
-  std::vector<int64_t> steps;
-  for (const auto& e : fs::directory_iterator(m.run, ec)) {
-    std::smatch sm;
-    const std::string name = e.path().filename().string();
-    if (std::regex_match(name, sm, re)) steps.push_back(std::stoll(sm[1]));
-  }
-  if (ec) throw UserError("cannot list --run '" + m.run + "': " + ec.message());
-  if (steps.empty()) throw UserError("--run '" + m.run + "' holds no checkpoint (model_*.bin)");
-  std::sort(steps.begin(), steps.end(), std::greater<>());
-  std::string why;
-  for (const int64_t s : steps) {
-    try {
-      verify_checkpoint_file(model_path(m.run, s));
-      if (!why.empty()) std::fprintf(stderr, "warning: newer checkpoints passed over: %s\n", why.c_str());
-      m.step = s;
-      return;
-    } catch (const UserError& e) {
-      why += (why.empty() ? "" : "; ") + std::string(e.what());
-    }
-  }
-  throw UserError("--run '" + m.run + "' has no checkpoint that verifies: " + why);
-}
-
-std::string step_text(const ModelArgs& m) {
-  return m.model.empty() ? "step " + std::to_string(m.step) + " of " + m.run : m.model;
-}
 
 struct ExportArgs {
   ModelArgs m;
@@ -161,21 +129,21 @@ void check_out(const ExportArgs& a, const fs::path& out) {
   else check_out_file(a.out, out, a.overwrite, /*new_folder_ok=*/true);
 }
 
-// The marker's content: what was exported, how and when.
-std::string export_marker(const ExportArgs& a) {
+// The marker's content: what was exported (`source`, from load_trained), how and when.
+std::string export_marker(const ExportArgs& a, const std::string& source) {
   char when[32] = "";
   const std::time_t t = std::time(nullptr);
   std::tm tm{};
   if (::gmtime_r(&t, &tm)) std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
   const nlohmann::json j = {{"written_by", "sophiagpt export"}, {"format", a.format}, {"dtype", a.dtype},
-                            {"source", step_text(a.m)}, {"time", when}};
+                            {"source", source}, {"time", when}};
   return j.dump(2) + "\n";
 }
 
 // Writes the folder as <out>.tmp<pid>, then renames it into place (an existing out, which
 // check_out allowed, is moved aside first and removed after).
 void export_folder(const ExportArgs& a, const fs::path& out, const Config& cfg, const std::vector<float>& params,
-                   const std::string& vocab_dir) {
+                   const std::string& vocab_dir, const std::string& source) {
   const std::string pid = std::to_string(::getpid());
   fs::path tmp = out, old = out;
   tmp += ".tmp" + pid;
@@ -188,7 +156,7 @@ void export_folder(const ExportArgs& a, const fs::path& out, const Config& cfg, 
   try {
     write_hf_folder(tmp.string(), cfg.model, params,
                     a.dtype == "bf16" ? ExportDtype::kBf16 : ExportDtype::kFp32, vocab_dir);
-    const std::string marker = export_marker(a);
+    const std::string marker = export_marker(a, source);
     write_file_atomic((tmp / kExportMarker).string(), {{marker.data(), marker.size()}});
   } catch (...) {
     fs::remove_all(tmp, ec);
@@ -221,8 +189,8 @@ void run_export(ExportArgs a) {
   const fs::path out = normalized_out(a.out);
   check_out(a, out);
   const std::string vocab_dir = a.format == "hf" ? find_vocab_dir(a.vocab) : "";
-  choose_checkpoint(a.m);
-  const auto [cfg, params] = load_trained(a.m);
+  std::string source;
+  const auto [cfg, params] = load_trained(a.m, &source);
   std::error_code ec;
   fs::create_directories(out.parent_path(), ec);
   check_out(a, out);  // again, just before writing: the checks above ran before the model was read
@@ -230,13 +198,13 @@ void run_export(ExportArgs a) {
     if (cfg.model.vocab_size != kGpt2VocabSize)
       std::fprintf(stderr, "note: the model has %d tokens, the GPT-2 tokenizer written beside it %d\n",
                    cfg.model.vocab_size, kGpt2VocabSize);
-    export_folder(a, out, cfg, params, vocab_dir);
+    export_folder(a, out, cfg, params, vocab_dir, source);
   } else if (a.dtype == "bf16") {
     write_model_file_bf16(out.string(), cfg.model, params);
   } else {
     write_model_file(out.string(), cfg.model, params);
   }
-  std::printf("exported %s to %s (%s, %s)\n", step_text(a.m).c_str(), a.out.c_str(), a.format.c_str(),
+  std::printf("exported %s to %s (%s, %s)\n", source.c_str(), a.out.c_str(), a.format.c_str(),
               a.dtype.c_str());
 }
 
@@ -277,8 +245,8 @@ void run_logits(LogitsArgs a) {
   else ids = Tokenizer::load(find_vocab_dir(a.vocab)).encode(a.text, /*allow_special=*/true);
   const char* what = a.tokens.empty() ? "--text" : "--tokens";
   if (ids.empty()) throw UserError(std::string(what) + " holds no token");
-  choose_checkpoint(a.m);
-  const auto [cfg, params] = load_trained(a.m);
+  std::string source;
+  const auto [cfg, params] = load_trained(a.m, &source);
   const int T = static_cast<int>(ids.size()), V = cfg.model.vocab_size, Vp = cfg.model.padded_vocab_size;
   if (T > cfg.model.block_size)
     throw UserError(std::string(what) + " holds " + std::to_string(T) + " tokens, more than the model's block_size " +
@@ -293,7 +261,7 @@ void run_logits(LogitsArgs a) {
   for (int t = 0; t < T; ++t) rows.push_back({model.logits() + static_cast<size_t>(t) * Vp, static_cast<size_t>(V) * 4});
   check_out_file(a.out, out, a.overwrite, /*new_folder_ok=*/false);  // again: the forward took a while
   write_file_atomic(out.string(), rows);
-  std::printf("logits [%d, %d] of %s (float32) -> %s\n", T, V, step_text(a.m).c_str(), a.out.c_str());
+  std::printf("logits [%d, %d] of %s (float32) -> %s\n", T, V, source.c_str(), a.out.c_str());
 }
 
 }  // namespace

@@ -556,3 +556,90 @@ TEST(ReliabilityPrepareInput, BinaryInputIsRefusedUnlessAllowed) {
   EXPECT_EQ(e.code, 0) << e.out;
   EXPECT_TRUE(has(e.out, "1 ill-formed UTF-8 sequence(s) replaced")) << e.out;
 }
+
+// ==== 6. small command-line values, and the newest checkpoint ====
+
+// Before: --step -1 meant "the newest", --batches 0 "the config's", --seed -1 wrapped to 2^64-1
+// (all exit 0: "Expected equality of these values: e.code Which is: 0, 2").
+TEST(ReliabilityCli, NegativeAndZeroValuesAreRefused) {
+  const fs::path r = trained_run("cli_values");
+  const fs::path d = r.parent_path();
+  struct Case {
+    std::string args, named;
+  };
+  const std::string R = " --run " + q(r);
+  for (const Case& c : std::vector<Case>{
+           {"eval --device cpu" + R + " --step -1", "--step"},
+           {"sample --device cpu --tokens 2" + R + " --step -1", "--step"},
+           {"export --format llmc --out " + q(d / "e.bin") + R + " --step -1", "--step"},
+           {"logits --tokens 1 --out " + q(d / "l.bin") + R + " --step -1", "--step"},
+           {"eval --device cpu" + R + " --batches 0", "--batches"},
+           {"eval --device cpu" + R + " --batches -3", "--batches"},
+           {"sample --device cpu --tokens 2" + R + " --seed -1", "--seed"},
+       }) {
+    const Exec e = run(c.args);
+    EXPECT_EQ(e.code, 2) << c.args << "\n" << e.out;
+    EXPECT_TRUE(has(e.out, c.named)) << c.args << "\n" << e.out;
+  }
+  // The ordinary values still work.
+  EXPECT_EQ(run("eval --device cpu" + R + " --step 2 --batches 1").code, 0);
+  EXPECT_EQ(run("sample --device cpu --tokens 2 --prompt '!'" + R + " --seed 18446744073709551615").code, 0);
+}
+
+// Before: "A subcommand is required" (exit 106), without the misspelt name.
+TEST(ReliabilityCli, UnknownSubcommandIsNamed) {
+  Exec e = run("trian --config x.json");
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, "unknown subcommand 'trian'") && has(e.out, "train") && has(e.out, "export")) << e.out;
+  e = run("bench optimzer");
+  EXPECT_EQ(e.code, 2) << e.out;
+  EXPECT_TRUE(has(e.out, "unknown subcommand 'optimzer'") && has(e.out, "optimizer")) << e.out;
+  EXPECT_EQ(run("--version").code, 0);
+  EXPECT_EQ(run("tokenize --help").code, 0);
+}
+
+// Before: `bench` on a build without CUDA exited 106 ("A subcommand is required").
+TEST(ReliabilityCli, BenchWithoutCudaIsExit2) {
+  if (has(run("info").out, "cuda build: yes")) GTEST_SKIP() << "this build has CUDA";
+  for (const char* a : {"bench", "bench optimizer", "bench train --steps 1"}) {
+    const Exec e = run(a);
+    EXPECT_EQ(e.code, 2) << a << "\n" << e.out;
+    EXPECT_TRUE(has(e.out, "no CUDA")) << a << "\n" << e.out;
+  }
+}
+
+// Before: a damaged newest checkpoint broke eval and sample ("Expected equality of these values:
+// e.code Which is: 2, 0") while export and logits skipped it.
+TEST(ReliabilityCli, EveryModelReaderSkipsADamagedNewestCheckpoint) {
+  const fs::path r = trained_run("cli_newest");
+  const fs::path d = r.parent_path();
+  flip_byte(r / name8("model", 3), 2000);
+  const std::string R = " --run " + q(r);
+  const std::vector<std::string> readers = {
+      "eval --device cpu --batches 1" + R,
+      "sample --device cpu --tokens 2 --prompt '!'" + R,
+      "export --format llmc --overwrite --out " + q(d / "e.bin") + R,
+      "logits --tokens 1,2 --overwrite --out " + q(d / "l.bin") + R,
+  };
+  for (const std::string& a : readers) {
+    const Exec e = run(a);
+    EXPECT_EQ(e.code, 0) << a << "\n" << e.out;
+    EXPECT_TRUE(has(e.out, "warning") && has(e.out, name8("model", 3))) << a << "\n" << e.out;
+  }
+  // The export is step 2's model.
+  EXPECT_TRUE(slurp(d / "e.bin") == slurp(r / name8("model", 2)));
+  // Naming the damaged step is an error that names its file.
+  for (const std::string& a : readers) {
+    const Exec e = run(a + " --step 3");
+    EXPECT_EQ(e.code, 2) << a << "\n" << e.out;
+    EXPECT_TRUE(has(e.out, name8("model", 3))) << a << "\n" << e.out;
+  }
+  // A damaged state file makes the checkpoint damaged too (the rule of --resume).
+  fs::copy_file(fixture() / "run" / name8("model", 3), r / name8("model", 3), fs::copy_options::overwrite_existing);
+  flip_byte(r / name8("state", 3), 100);
+  for (const std::string& a : readers) {
+    const Exec e = run(a);
+    EXPECT_EQ(e.code, 0) << a << "\n" << e.out;
+    EXPECT_TRUE(has(e.out, name8("state", 3))) << a << "\n" << e.out;
+  }
+}
