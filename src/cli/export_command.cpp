@@ -98,7 +98,8 @@ void check_out_file(const std::string& given, const fs::path& out, bool overwrit
       throw UserError("--out '" + given + "' is a file of a run directory ('" + out.parent_path().string() +
                       "' holds " + why + "): it is never replaced, also not with --overwrite; choose another --out");
   }
-  check_output_file(out.string(), overwrite, "--out");
+  // Named as given in the messages (the same file: `out` is its absolute form).
+  check_output_file(!given.empty() && given.back() != '/' ? given : out.string(), overwrite, "--out");
 }
 
 // The hf folder: a new or empty folder, or (with --overwrite) an earlier export.
