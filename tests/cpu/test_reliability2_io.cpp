@@ -469,8 +469,9 @@ TEST(ReliabilityData, ValidationFilesSharedWithTrainingAreAnError) {
   EXPECT_EQ(ok.code, 0) << ok.out;
 }
 
-// Before: an llm.c shard opened as a nanoGPT file was read as tokens, header and all ("Expected:
-// ... throws an exception of type sgpt::UserError. Actual: it throws nothing").
+// Before: an llm.c shard opened as a nanoGPT file was read as tokens, header and all ("Value of:
+// has(e1, shard) && has(e1, \"looks like an llm.c shard; ...\") Actual: false", e1 being
+// "(no UserError)").
 TEST(ReliabilityData, ShardOfTheOtherFormatIsNamed) {
   const fs::path d = scratch("data_format");
   std::vector<uint16_t> toks(300, 7);
@@ -489,8 +490,9 @@ TEST(ReliabilityData, ShardOfTheOtherFormatIsNamed) {
   EXPECT_TRUE(has(e2, "nano.bin") && has(e2, "nanogpt")) << e2;
 }
 
-// Before: a token id beyond the vocabulary was found only when training reached it ("Expected:
-// ... throws an exception of type sgpt::UserError. Actual: it throws nothing").
+// Before: a token id beyond the vocabulary was found only when training reached it ("Value of:
+// has(e, lo.pattern) && has(e, \"60000\") && has(e, \"token 17321\") Actual: false", e being
+// "(no UserError)": opening the file did not look at its tokens).
 TEST(ReliabilityData, TokenOutsideTheVocabularyIsFoundWhenTheShardIsOpened) {
   const fs::path d = scratch("data_vocab");
   std::vector<uint16_t> toks(20000, 11);
