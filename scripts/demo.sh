@@ -134,8 +134,13 @@ for l in "${logs[@]}"; do
   f=${l%%=*}
   python3 - "$f" "${l#*=}" <<'PY'
 import json, sys
-evals = [json.loads(l) for l in open(sys.argv[1]) if '"eval"' in l]
-evals = [e for e in evals if e.get("type") == "eval"]
+def records(path):  # a line that is not complete JSON (a run killed while writing it) is skipped
+    for l in open(path):
+        try:
+            yield json.loads(l)
+        except ValueError:
+            pass
+evals = [e for e in records(sys.argv[1]) if isinstance(e, dict) and e.get("type") == "eval"]
 if evals:
     print(f"{sys.argv[2]}: val loss {evals[0]['val_loss']:.3f} at step {evals[0]['step']} -> "
           f"{evals[-1]['val_loss']:.3f} at step {evals[-1]['step']}")
@@ -149,7 +154,15 @@ if ((GPU)); then
   # Throughput of the run from its log: steps after the first 10 (warm-up), the mean step time.
   python3 - "$OUT/sophiag/log.jsonl" <<'PY'
 import json, sys
-recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def records(path):  # a line that is not complete JSON (a run killed while writing it) is skipped
+    for l in open(path):
+        try:
+            r = json.loads(l)
+        except ValueError:
+            continue
+        if isinstance(r, dict):
+            yield r
+recs = list(records(sys.argv[1]))
 tr = [r for r in recs if r.get("type") == "train"]
 machine = [r for r in recs if r.get("type") == "machine"]
 steady = tr[10:] or tr

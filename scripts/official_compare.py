@@ -52,7 +52,11 @@ for f in sorted(os.listdir(out)):
     elif f.startswith("ours_") and os.path.isfile(os.path.join(p, "log.jsonl")):
         names.append(f)
         for line in open(os.path.join(p, "log.jsonl")):
-            r = json.loads(line)
+            try:
+                r = json.loads(line)
+            except ValueError:  # a line a killed run left incomplete
+                print(f"note: {p}/log.jsonl: skipped a line that is not complete JSON", file=sys.stderr)
+                continue
             t, s = r.get("type"), r.get("step")
             if t == "eval":
                 put(f, s, "val", r["val_loss"])

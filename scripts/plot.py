@@ -95,6 +95,37 @@ def flops_at(step, n, tokens_per_step, k=None, f_eff=0.0):
     return 6.0 * n * tokens_per_step * (step + f_eff * gnb)
 
 
+def read_log_records(path, prog):
+    """The JSON records of a log.jsonl, in order. A line that is not complete JSON is skipped with a
+    note on stderr naming it: the last line when the run is still writing it or was killed while
+    writing it; a line inside the log when such a run was resumed (it appends after the torn line)."""
+    recs, bad = [], []
+    last = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            last = n
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(n)
+                continue
+            if isinstance(rec, dict):
+                recs.append(rec)
+            else:
+                bad.append(n)
+    inner = [n for n in bad if n != last]
+    if inner:
+        shown = ", ".join(map(str, inner[:5])) + (", ..." if len(inner) > 5 else "")
+        print(f"{prog}: note: {path}: skipped {len(inner)} line(s) that are not JSON (line {shown}: a run "
+              f"killed while writing its log, then resumed)", file=sys.stderr)
+    if last and last in bad:
+        print(f"{prog}: note: {path}: skipped its last line ({last}), which is not complete JSON (a run "
+              f"still writing it, or killed while writing it)", file=sys.stderr)
+    return recs
+
+
 def load_log(spec):
     path, _, label = spec.partition("=")
     if os.path.isdir(path):
@@ -103,25 +134,14 @@ def load_log(spec):
         die(f"{path}: no such log file")
     run_dir = os.path.dirname(os.path.abspath(path))
     label = label or os.path.basename(run_dir)
-    train, val, bad = {}, {}, 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1  # e.g. the last line of a log still being written
-                continue
-            kind = rec.get("type")
-            if kind == "train" and "loss" in rec:
-                train[rec["step"]] = rec["loss"]  # a resumed run may log a step again: keep the last
-            elif kind == "eval" and "val_loss" in rec:
-                val[rec["step"]] = rec["val_loss"]
+    train, val = {}, {}
+    for rec in read_log_records(path, "plot"):
+        kind = rec.get("type")
+        if kind == "train" and "loss" in rec:
+            train[rec["step"]] = rec["loss"]  # a resumed run may log a step again: keep the last
+        elif kind == "eval" and "val_loss" in rec:
+            val[rec["step"]] = rec["val_loss"]
     train, val = sorted(train.items()), sorted(val.items())
-    if bad:
-        print(f"plot: {path}: skipped {bad} unreadable line(s)", file=sys.stderr)
     if not train and not val:
         die(f"{path}: no train or eval records")
     tokens_per_step, compute = None, None

@@ -625,13 +625,22 @@ void run_train_bench(const TrainBenchOptions& opts) {
 
 #endif  // SGPT_WITH_CUDA
 
-[[noreturn, maybe_unused]] void no_cuda() { throw UserError("bench needs a CUDA build"); }
+[[noreturn, maybe_unused]] void no_cuda() {
+  throw UserError("bench needs a CUDA build: this build has no CUDA backend (nvcc was not found when it was "
+                  "built; docs/gpu.md)");
+}
 
 }  // namespace
 
 void add_bench_commands(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "GPU benchmarks (CUDA builds only)");
+#ifdef SGPT_WITH_CUDA
   bench->require_subcommand(1);
+#else
+  // Without CUDA every form of `bench` says so (exit 2), also without a subcommand.
+  bench->require_subcommand(0, 1);
+  bench->callback([] { no_cuda(); });
+#endif
 
   // ---- bench optimizer ----
   auto opt = std::make_shared<OptimizerBenchOptions>();

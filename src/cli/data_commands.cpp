@@ -6,7 +6,8 @@
 //       Decodes ids (arguments, or whitespace/comma-separated from the file or standard input;
 //       a JSON array works) and writes the exact bytes, with no newline added.
 //   prepare --input PATH... --output-dir DIR [--format llmc|nanogpt] [--shard-tokens N]
-//       [--val-fraction F] [--seed N] [--text-field NAME] [--threads N] [--overwrite] [--vocab DIR]
+//       [--val-fraction F] [--seed N] [--text-field NAME] [--threads N] [--overwrite] [--allow-binary]
+//       [--vocab DIR]
 //       See src/data/prepare.h.
 #include <algorithm>
 #include <cctype>
@@ -24,6 +25,7 @@
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/paths.h"
 #include "data/prepare.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
@@ -37,6 +39,7 @@ std::string read_stream(std::istream& in) {
 
 std::string read_input_file(const std::string& path) {
   if (path == "-") return read_stream(std::cin);
+  check_input_file(path, "--file");
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw UserError(path + ": cannot open: " + std::strerror(errno));
   std::string s;
@@ -188,6 +191,9 @@ void add_data_commands(CLI::App& app) {
   p->add_option("--threads", pargs->opt.threads, "Tokenizing threads (0: every core)")->capture_default_str();
   p->add_flag("--overwrite", pargs->opt.overwrite,
               "Replace prepared files already in --output-dir (otherwise they make prepare refuse)");
+  p->add_flag("--allow-binary", pargs->opt.allow_binary,
+              "Tokenize .txt inputs that do not look like text (NUL bytes and ill-formed UTF-8 over 1% of the "
+              "bytes) instead of refusing them");
   p->add_option("--vocab", pargs->vocab, "Folder holding encoder.json and vocab.bpe (default: data/cache/gpt2)");
   p->callback([pargs] { run_prepare_command(*pargs); });
 }

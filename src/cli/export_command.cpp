@@ -6,17 +6,25 @@
 //       files: see src/model/hf_export.h, docs/export.md); llmc: an llm.c model file OUT
 //       (version 3 for fp32, 5 for bf16). The folder is written as OUT.tmp<pid> and renamed into
 //       place, the file through write_file_atomic, so a failure never leaves half an export
-//       under OUT. An OUT that exists and is not empty is refused unless --overwrite.
+//       under OUT. The folder holds a marker, .sophiagpt-export (JSON: what was exported, how,
+//       when); an OUT that exists and is not empty is refused, and --overwrite replaces only a
+//       folder holding that marker (never a run directory or a data folder), or for llmc only a
+//       regular file outside a run directory (never a link, a device, a pipe or a folder).
 //   logits --run DIR [--step N] (--tokens "ID,ID,..." | --text TEXT) --out FILE [--vocab DIR]
+//          [--overwrite]
 //       The fp32 CPU reference forward of one sequence (length <= block_size); FILE gets the
 //       logits [T, V] as raw little-endian float32 (V = the real vocabulary, not the padded one),
-//       for checkers outside the program (scripts/check_hf_export.py).
+//       for checkers outside the program (scripts/check_hf_export.py). FILE is written as the
+//       llmc export is: an existing one only with --overwrite, never a link, device, pipe or a
+//       file of a run directory.
 //
-// Without --step the checkpoint is the newest model_<step>.bin of the run that verifies (header,
-// size, checksum); newer ones that fail are named in a warning. The model options are those of
-// sample and eval (cli/model_args.h), so --config/--model/--set work here too.
+// Without --step the checkpoint is the newest of the run whose model and state files verify
+// (header, size, checksum), the rule of --resume and of eval and sample (load_trained,
+// cli/model_args.h); newer ones that fail are named in a warning. The model options are those of
+// sample and eval, so --config/--model/--set work here too.
 #include <algorithm>
 #include <charconv>
+#include <ctime>
 #include <cstdio>
 #include <filesystem>
 #include <regex>
@@ -29,6 +37,7 @@
 #include "cli/commands.h"
 #include "cli/model_args.h"
 #include "common/error.h"
+#include "common/paths.h"
 #include "cpu/gpt2_cpu.h"
 #include "model/checkpoint.h"
 #include "model/hf_export.h"
@@ -40,52 +49,28 @@ namespace sgpt {
 namespace {
 namespace fs = std::filesystem;
 
-// Fills in m.step when the run's checkpoint is to be chosen: the newest model file that verifies.
-void choose_checkpoint(ModelArgs& m) {
-  if (m.run.empty() || !m.model.empty() || m.step >= 0) return;  // load_trained takes it from here
-  std::error_code ec;
-  if (!fs::is_directory(m.run, ec)) throw UserError("--run '" + m.run + "' is not a directory");
-  static const std::regex re("model_([0-9]{8})\\.bin");
-  std::vector<int64_t> steps;
-  for (const auto& e : fs::directory_iterator(m.run, ec)) {
-    std::smatch sm;
-    const std::string name = e.path().filename().string();
-    if (std::regex_match(name, sm, re)) steps.push_back(std::stoll(sm[1]));
-  }
-  if (ec) throw UserError("cannot list --run '" + m.run + "': " + ec.message());
-  if (steps.empty()) throw UserError("--run '" + m.run + "' holds no checkpoint (model_*.bin)");
-  std::sort(steps.begin(), steps.end(), std::greater<>());
-  std::string why;
-  for (const int64_t s : steps) {
-    try {
-      verify_checkpoint_file(model_path(m.run, s));
-      if (!why.empty()) std::fprintf(stderr, "warning: newer checkpoints passed over: %s\n", why.c_str());
-      m.step = s;
-      return;
-    } catch (const UserError& e) {
-      why += (why.empty() ? "" : "; ") + std::string(e.what());
-    }
-  }
-  throw UserError("--run '" + m.run + "' has no checkpoint that verifies: " + why);
-}
-
-std::string step_text(const ModelArgs& m) {
-  return m.model.empty() ? "step " + std::to_string(m.step) + " of " + m.run : m.model;
-}
-
 struct ExportArgs {
   ModelArgs m;
   std::string format, out, dtype = "fp32", vocab;
   bool overwrite = false;
 };
 
-// The files an export folder holds: a folder with any of them is taken as an earlier export, the
-// only kind --overwrite replaces (so a mistyped --out never removes an unrelated folder).
-bool looks_like_export(const fs::path& dir) {
+// The marker an export writes into its folder: --overwrite replaces only a folder that holds it
+// (an earlier export), so a mistyped --out never removes a run directory or an unrelated folder.
+constexpr const char* kExportMarker = ".sophiagpt-export";
+
+// Why `dir` is a folder that sophiagpt writes as a whole and that no export may replace: the name
+// of a file only a run directory (or a prepared data folder) holds, or "" when it holds none.
+std::string run_dir_evidence(const fs::path& dir) {
   std::error_code ec;
-  for (const char* f : {"config.json", "model.safetensors"})
-    if (fs::exists(dir / f, ec)) return true;
-  return false;
+  for (const char* f : {kLockFileName, "log.jsonl", "manifest.json"})
+    if (fs::exists(fs::symlink_status(dir / f, ec))) return f;
+  static const std::regex ckpt("(model|state)_[0-9]{8}\\.bin(\\.bad)?");
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (std::regex_match(name, ckpt)) return name;
+  }
+  return "";
 }
 
 // OUT as an absolute path without a trailing separator; refuses ".", ".." and "/".
@@ -99,33 +84,67 @@ fs::path normalized_out(const std::string& out) {
   return p;
 }
 
-void check_out(const ExportArgs& a, const fs::path& out) {
+// A file the command writes (export --format llmc, logits --out): check_output_file's rules (no
+// link, device, pipe or folder is ever replaced; a regular file only with --overwrite), and never
+// a file of a run directory (its checkpoints, its log).
+// `new_folder_ok`: a missing parent folder is fine (export creates it).
+void check_out_file(const std::string& given, const fs::path& out, bool overwrite, bool new_folder_ok) {
   std::error_code ec;
-  const fs::file_status st = fs::status(out, ec);
+  if (new_folder_ok && !fs::is_directory(out.parent_path(), ec)) return;  // nothing there to replace
+  const bool exists = fs::exists(fs::symlink_status(out, ec));
+  if (exists && fs::is_regular_file(fs::symlink_status(out, ec))) {
+    const std::string why = run_dir_evidence(out.parent_path());
+    if (!why.empty())
+      throw UserError("--out '" + given + "' is a file of a run directory ('" + out.parent_path().string() +
+                      "' holds " + why + "): it is never replaced, also not with --overwrite; choose another --out");
+  }
+  // Named as given in the messages (the same file: `out` is its absolute form).
+  check_output_file(!given.empty() && given.back() != '/' ? given : out.string(), overwrite, "--out");
+}
+
+// The hf folder: a new or empty folder, or (with --overwrite) an earlier export.
+void check_out_folder(const ExportArgs& a, const fs::path& out) {
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(out, ec);
   if (!fs::exists(st)) return;
-  const bool hf = a.format == "hf";
-  if (fs::is_directory(st)) {
-    if (!hf) throw UserError("--out '" + a.out + "' is a folder; --format llmc writes one file");
-    if (fs::is_empty(out, ec)) return;
-    if (!a.overwrite) throw UserError("--out '" + a.out + "' exists and is not empty (pass --overwrite to replace it)");
-    if (!looks_like_export(out))
-      throw UserError("--out '" + a.out + "' is not empty and holds no config.json or model.safetensors: not an "
-                      "earlier export, so --overwrite does not replace it; remove it yourself or choose another --out");
-    return;
-  }
-  if (hf) {
-    if (!a.overwrite) throw UserError("--out '" + a.out + "' exists and is a file (pass --overwrite to replace it)");
-    return;
-  }
-  if (fs::is_regular_file(st) && fs::file_size(out, ec) == 0) return;
-  if (!fs::is_regular_file(st)) throw UserError("--out '" + a.out + "' exists and is not a regular file");
-  if (!a.overwrite) throw UserError("--out '" + a.out + "' exists and is not empty (pass --overwrite to replace it)");
+  if (fs::is_symlink(st))
+    throw UserError("--out '" + a.out + "' is a symbolic link: it is never replaced; name the folder itself");
+  if (!fs::is_directory(st))
+    throw UserError("--out '" + a.out + "' exists and is not a folder: --format hf writes a folder and replaces "
+                    "only an earlier export's folder");
+  if (fs::is_empty(out, ec)) return;
+  if (!a.overwrite)
+    throw UserError("--out '" + a.out + "' exists and is not empty (pass --overwrite to replace an earlier export)");
+  const std::string why = run_dir_evidence(out);
+  if (!why.empty())
+    throw UserError("--out '" + a.out + "' is a run directory or a data folder (it holds " + why +
+                    "): --overwrite never replaces one; choose another --out");
+  if (!fs::is_regular_file(fs::symlink_status(out / kExportMarker, ec)))
+    throw UserError("--out '" + a.out + "' holds no " + kExportMarker +
+                    " marker, so it is not a folder sophiagpt export wrote: --overwrite replaces only an earlier "
+                    "export; remove it yourself or choose another --out");
+}
+
+void check_out(const ExportArgs& a, const fs::path& out) {
+  if (a.format == "hf") check_out_folder(a, out);
+  else check_out_file(a.out, out, a.overwrite, /*new_folder_ok=*/true);
+}
+
+// The marker's content: what was exported (`source`, from load_trained), how and when.
+std::string export_marker(const ExportArgs& a, const std::string& source) {
+  char when[32] = "";
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  if (::gmtime_r(&t, &tm)) std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  const nlohmann::json j = {{"written_by", "sophiagpt export"}, {"format", a.format}, {"dtype", a.dtype},
+                            {"source", source}, {"time", when}};
+  return j.dump(2) + "\n";
 }
 
 // Writes the folder as <out>.tmp<pid>, then renames it into place (an existing out, which
 // check_out allowed, is moved aside first and removed after).
 void export_folder(const ExportArgs& a, const fs::path& out, const Config& cfg, const std::vector<float>& params,
-                   const std::string& vocab_dir) {
+                   const std::string& vocab_dir, const std::string& source) {
   const std::string pid = std::to_string(::getpid());
   fs::path tmp = out, old = out;
   tmp += ".tmp" + pid;
@@ -138,6 +157,8 @@ void export_folder(const ExportArgs& a, const fs::path& out, const Config& cfg, 
   try {
     write_hf_folder(tmp.string(), cfg.model, params,
                     a.dtype == "bf16" ? ExportDtype::kBf16 : ExportDtype::kFp32, vocab_dir);
+    const std::string marker = export_marker(a, source);
+    write_file_atomic((tmp / kExportMarker).string(), {{marker.data(), marker.size()}});
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;
@@ -169,27 +190,29 @@ void run_export(ExportArgs a) {
   const fs::path out = normalized_out(a.out);
   check_out(a, out);
   const std::string vocab_dir = a.format == "hf" ? find_vocab_dir(a.vocab) : "";
-  choose_checkpoint(a.m);
-  const auto [cfg, params] = load_trained(a.m);
+  std::string source;
+  const auto [cfg, params] = load_trained(a.m, &source);
   std::error_code ec;
   fs::create_directories(out.parent_path(), ec);
+  check_out(a, out);  // again, just before writing: the checks above ran before the model was read
   if (a.format == "hf") {
     if (cfg.model.vocab_size != kGpt2VocabSize)
       std::fprintf(stderr, "note: the model has %d tokens, the GPT-2 tokenizer written beside it %d\n",
                    cfg.model.vocab_size, kGpt2VocabSize);
-    export_folder(a, out, cfg, params, vocab_dir);
+    export_folder(a, out, cfg, params, vocab_dir, source);
   } else if (a.dtype == "bf16") {
     write_model_file_bf16(out.string(), cfg.model, params);
   } else {
     write_model_file(out.string(), cfg.model, params);
   }
-  std::printf("exported %s to %s (%s, %s)\n", step_text(a.m).c_str(), a.out.c_str(), a.format.c_str(),
+  std::printf("exported %s to %s (%s, %s)\n", source.c_str(), a.out.c_str(), a.format.c_str(),
               a.dtype.c_str());
 }
 
 struct LogitsArgs {
   ModelArgs m;
   std::string tokens, text, out, vocab;
+  bool overwrite = false;
 };
 
 // "ID,ID,..." (commas and/or whitespace between the ids).
@@ -216,13 +239,15 @@ std::vector<int> parse_token_list(const std::string& s) {
 void run_logits(LogitsArgs a) {
   if (a.tokens.empty() == a.text.empty()) throw UserError("give the sequence as --tokens or as --text (one of them)");
   if (a.out.empty()) throw UserError("--out must not be empty");
+  const fs::path out = fs::absolute(fs::path(a.out));
+  check_out_file(a.out, out, a.overwrite, /*new_folder_ok=*/false);
   std::vector<int> ids;
   if (!a.tokens.empty()) ids = parse_token_list(a.tokens);
   else ids = Tokenizer::load(find_vocab_dir(a.vocab)).encode(a.text, /*allow_special=*/true);
   const char* what = a.tokens.empty() ? "--text" : "--tokens";
   if (ids.empty()) throw UserError(std::string(what) + " holds no token");
-  choose_checkpoint(a.m);
-  const auto [cfg, params] = load_trained(a.m);
+  std::string source;
+  const auto [cfg, params] = load_trained(a.m, &source);
   const int T = static_cast<int>(ids.size()), V = cfg.model.vocab_size, Vp = cfg.model.padded_vocab_size;
   if (T > cfg.model.block_size)
     throw UserError(std::string(what) + " holds " + std::to_string(T) + " tokens, more than the model's block_size " +
@@ -235,8 +260,9 @@ void run_logits(LogitsArgs a) {
   model.forward_logits(params.data(), ids.data(), 1);
   std::vector<std::pair<const void*, size_t>> rows;
   for (int t = 0; t < T; ++t) rows.push_back({model.logits() + static_cast<size_t>(t) * Vp, static_cast<size_t>(V) * 4});
-  write_file_atomic(a.out, rows);
-  std::printf("logits [%d, %d] of %s (float32) -> %s\n", T, V, step_text(a.m).c_str(), a.out.c_str());
+  check_out_file(a.out, out, a.overwrite, /*new_folder_ok=*/false);  // again: the forward took a while
+  write_file_atomic(out.string(), rows);
+  std::printf("logits [%d, %d] of %s (float32) -> %s\n", T, V, source.c_str(), a.out.c_str());
 }
 
 }  // namespace
@@ -249,7 +275,9 @@ void add_export_commands(CLI::App& app) {
   e->add_option("-o,--out", ea->out, "Output: a folder for hf, a file for llmc")->required();
   e->add_option("--dtype", ea->dtype, "fp32 | bf16 (round to nearest even)")->capture_default_str();
   e->add_option("--vocab", ea->vocab, "Folder holding encoder.json and vocab.bpe (default: data/cache/gpt2)");
-  e->add_flag("--overwrite", ea->overwrite, "Replace an existing non-empty --out (an earlier export)");
+  e->add_flag("--overwrite", ea->overwrite,
+              "Replace an earlier export: a folder holding .sophiagpt-export (hf), a regular file outside a run "
+              "directory (llmc)");
   e->callback([ea] { run_export(*ea); });
 
   auto la = std::make_shared<LogitsArgs>();
@@ -259,6 +287,8 @@ void add_export_commands(CLI::App& app) {
   l->add_option("--text", la->text, "Text, encoded with the GPT-2 tokenizer");
   l->add_option("-o,--out", la->out, "Output file: T x V little-endian float32")->required();
   l->add_option("--vocab", la->vocab, "Folder holding encoder.json and vocab.bpe (for --text)");
+  l->add_flag("--overwrite", la->overwrite,
+              "Replace an existing --out (a regular file outside a run directory; never a link, device or pipe)");
   l->callback([la] { run_logits(*la); });
 }
 

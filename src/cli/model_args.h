@@ -4,6 +4,7 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,14 +17,18 @@ namespace sgpt {
 struct ModelArgs {
   std::string run, config, model;
   std::vector<std::string> sets;
-  int64_t step = -1;
+  std::optional<int64_t> step;  // --step N (absent: the newest checkpoint that verifies)
 };
 
 // --run/-r, --step, --config/-c, --model/-m, --set/-s.
 void add_model_options(CLI::App* c, ModelArgs& m);
 
 // The run's config.json (or --config) with --set applied, and the parameters of the checkpoint of
-// --step (default: the newest) or of --model. UserError naming the input when one is missing or bad.
-std::pair<Config, std::vector<float>> load_trained(const ModelArgs& m);
+// --step or of --model. Without either, the checkpoint of the run is the newest whose two files
+// (model_N.bin, state_N.bin) verify: find_resume_checkpoint, the rule --resume uses; each newer
+// damaged or incomplete one is named in a warning. A --step whose checkpoint is damaged or
+// incomplete is an error naming the file. UserError naming the input when one is missing or bad.
+// *source (when given) says what was loaded: "step N of RUN" or the --model file.
+std::pair<Config, std::vector<float>> load_trained(const ModelArgs& m, std::string* source = nullptr);
 
 }  // namespace sgpt

@@ -2,13 +2,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <fstream>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
+#include <system_error>
 #include <string>
 #include <vector>
 
@@ -357,30 +360,76 @@ void run_train(const TrainArgs& a) {
 
 // ModelArgs, add_model_options and load_trained: declared in cli/model_args.h (export uses them too).
 void add_model_options(CLI::App* c, ModelArgs& m) {
-  c->add_option("-r,--run", m.run, "Run directory: its config.json and its newest model_*.bin");
-  c->add_option("--step", m.step, "With --run: the checkpoint step to use (default: the newest)");
+  c->add_option("-r,--run", m.run, "Run directory: its config.json and its newest checkpoint that verifies");
+  c->add_option_function<int64_t>(
+      "--step", [&m](const int64_t& v) { m.step = v; },
+      "With --run: the checkpoint step to use (default: the newest whose files verify)");
   // Missing files are reported by the readers (exit code 2, like every bad input).
   c->add_option("-c,--config", m.config, "Config file (instead of --run)");
   c->add_option("-m,--model", m.model, "llm.c model file (instead of --run's checkpoint)");
   c->add_option("-s,--set", m.sets, "Override a config key: key.path=value (repeatable)");
 }
 
-std::pair<Config, std::vector<float>> load_trained(const ModelArgs& m) {
+namespace {
+// The checkpoint of --run to load: --step's (which must be complete and verify) or the newest that
+// verifies, by the rule of --resume (find_resume_checkpoint).
+int64_t run_checkpoint(const ModelArgs& m) {
   namespace fs = std::filesystem;
+  if (m.step) {
+    const int64_t s = *m.step;
+    const std::string mp = model_path(m.run, s), sp = state_path(m.run, s);
+    std::error_code ec;
+    const bool has_m = fs::exists(mp, ec), has_s = fs::exists(sp, ec);
+    if (!has_m && !has_s) throw UserError("--run '" + m.run + "' has no checkpoint for step " + std::to_string(s));
+    if (!has_m || !has_s)
+      throw UserError("--step " + std::to_string(s) + ": checkpoint step " + std::to_string(s) + " of --run '" + m.run +
+                      "' is incomplete: '" + (has_m ? sp : mp) + "' is missing");
+    try {
+      verify_checkpoint_file(mp);
+      verify_checkpoint_file(sp);
+    } catch (const UserError& e) {
+      throw UserError("--step " + std::to_string(s) + ": checkpoint step " + std::to_string(s) + " is damaged: " +
+                      e.what());
+    }
+    return s;
+  }
+  const ResumePoint rp = find_resume_checkpoint(m.run);
+  for (const std::string& r : rp.rejected) std::fprintf(stderr, "warning: %s\n", r.c_str());
+  if (rp.step < 0) {
+    if (rp.rejected.empty())
+      throw UserError("--run '" + m.run + "' holds no checkpoint (model_*.bin and state_*.bin)");
+    throw UserError("--run '" + m.run + "' has no checkpoint that verifies (the damaged ones are named above)");
+  }
+  if (!rp.rejected.empty())
+    std::fprintf(stderr, "warning: using the newest checkpoint that verifies, step %lld ('%s')\n",
+                 static_cast<long long>(rp.step), model_path(m.run, rp.step).c_str());
+  std::fflush(stderr);
+  return rp.step;
+}
+}  // namespace
+
+std::pair<Config, std::vector<float>> load_trained(const ModelArgs& m, std::string* source) {
+  namespace fs = std::filesystem;
+  if (m.step && *m.step < 0)
+    throw UserError("--step must be >= 0 (a checkpoint's step; leave it out for the newest), got " +
+                    std::to_string(*m.step));
+  if (m.step && (m.run.empty() || !m.model.empty()))
+    throw UserError("--step picks a checkpoint of --run; it needs --run and cannot go with --model");
   std::string config = m.config, model = m.model;
+  std::string what = model;
   if (!m.run.empty()) {
     if (!fs::is_directory(m.run)) throw UserError("--run '" + m.run + "' is not a directory");
     if (config.empty()) config = (fs::path(m.run) / "config.json").string();
     if (model.empty()) {
-      const int64_t step = m.step >= 0 ? m.step : latest_checkpoint(m.run);
-      if (step < 0) throw UserError("--run '" + m.run + "' holds no checkpoint (model_*.bin)");
+      const int64_t step = run_checkpoint(m);
       model = model_path(m.run, step);
-      if (!fs::exists(model)) throw UserError("--run '" + m.run + "' has no checkpoint for step " + std::to_string(step));
+      what = "step " + std::to_string(step) + " of " + m.run;
     }
   }
   if (config.empty() || model.empty()) throw UserError("name a run directory (--run) or both --config and --model");
   Config cfg = load_config(config, m.sets);
   std::vector<float> params = read_model_file(model, cfg.model);
+  if (source) *source = what;
   return {cfg, std::move(params)};
 }
 
@@ -395,8 +444,18 @@ struct SampleArgs {
   double temperature = 1.0;
   int top_k = 40;
   double top_p = 1.0;
-  uint64_t seed = 1;
+  std::string seed = "1";  // parsed by parse_seed: CLI11 would wrap "-1" to 2^64 - 1
 };
+
+// A uint64 seed written in decimal: a sign, other characters or a value past 2^64 - 1 are errors.
+uint64_t parse_seed(const std::string& text, const std::string& option) {
+  uint64_t v = 0;
+  const char* end = text.data() + text.size();
+  const auto [p, err] = std::from_chars(text.data(), end, v);
+  if (text.empty() || err != std::errc() || p != end)
+    throw UserError(option + " '" + text + "' is not a seed: a whole number from 0 to 18446744073709551615");
+  return v;
+}
 
 // Autoregressive sampling with the KV-cache decoder (docs/sampling.md): on the GPU when one is
 // usable (--device auto), else on the CPU; the tokens are drawn on the host by cpu/sampling.h.
@@ -407,7 +466,7 @@ void run_sample(const SampleArgs& a) {
   so.temperature = a.temperature;
   so.top_k = a.top_k;
   so.top_p = a.top_p;
-  so.seed = a.seed;
+  so.seed = parse_seed(a.seed, "--seed");
   validate_sampling_options(so, "--");
   const Tokenizer tok = Tokenizer::load(find_vocab_dir(a.vocab));
   std::vector<int> ids = tok.encode(a.prompt, /*allow_special=*/true);
@@ -449,7 +508,7 @@ void run_sample(const SampleArgs& a) {
 struct EvalArgs {
   ModelArgs m;
   std::string device = "auto";
-  int batches = 0;
+  std::optional<int> batches;  // absent: the config's eval.batches
   std::string hellaswag;  // HellaSwag JSONL: score it instead of the validation loss
   int64_t limit = 0;      // with hellaswag: the first N examples only (0: all)
   std::string vocab;
@@ -480,6 +539,9 @@ void run_hellaswag_eval(const EvalArgs& a, const Config& cfg, bool use_gpu, cons
 
 // Validation loss of a trained model over the config's data.val (or --set data.val=...).
 void run_eval(const EvalArgs& a) {
+  if (a.batches && *a.batches < 1)
+    throw UserError("--batches must be >= 1 (leave it out for the config's eval.batches), got " +
+                    std::to_string(*a.batches));
   auto [cfg, params] = load_trained(a.m);
   cfg.device = a.device;
   const bool use_gpu = choose_gpu(cfg);
@@ -489,7 +551,7 @@ void run_eval(const EvalArgs& a) {
   const LoaderOptions lo = val_loader_options(cfg, 0, 1);
   DataLoader val(lo);
   auto be = make_backend(cfg, use_gpu, lo.B, params);
-  const int n = a.batches > 0 ? a.batches : cfg.eval.batches;
+  const int n = a.batches ? *a.batches : cfg.eval.batches;
   std::vector<int> inp(static_cast<size_t>(lo.B) * lo.T), tgt(inp.size());
   double sum = 0;
   for (int i = 0; i < n; ++i) {
@@ -524,7 +586,7 @@ void add_train_commands(CLI::App& app) {
   s->add_option("--top-k", sargs->top_k, "Sample among the k most likely tokens (0: all)")->capture_default_str();
   s->add_option("--top-p", sargs->top_p, "Nucleus: the fewest most likely tokens holding this much probability (1: all)")
       ->capture_default_str();
-  s->add_option("--seed", sargs->seed, "Sampling seed")->capture_default_str();
+  s->add_option("--seed", sargs->seed, "Sampling seed, 0 to 2^64 - 1")->capture_default_str();
   s->add_option("-d,--device", sargs->device, "cpu | cuda | auto (default: the GPU when one is usable)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
       ->capture_default_str();
@@ -535,7 +597,9 @@ void add_train_commands(CLI::App& app) {
   CLI::App* e = app.add_subcommand("eval", "Validation loss (or HellaSwag accuracy) of a trained model");
   add_model_options(e, eargs->m);
   e->add_option("-d,--device", eargs->device, "cpu | cuda | auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  e->add_option("--batches", eargs->batches, "Micro-batches to average (default: the config's eval.batches)");
+  e->add_option_function<int>(
+      "--batches", [ea = eargs.get()](const int& v) { ea->batches = v; },
+      "Micro-batches to average, >= 1 (default: the config's eval.batches)");
   e->add_option("--hellaswag", eargs->hellaswag,
                 "HellaSwag JSONL (hellaswag_val.jsonl, docs/eval.md): report its accuracy instead of the validation loss");
   e->add_option("--limit", eargs->limit, "With --hellaswag: the first N examples only (default: all)");

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/paths.h"
 
 namespace sgpt {
 namespace {
@@ -366,6 +367,7 @@ void Config::validate(int world) const {
 json read_json_file(const std::string& path) {
   std::ifstream f(path);
   if (!f) throw UserError("cannot read config file '" + path + "': " + std::strerror(errno));
+  check_input_file(path, "config file");  // a directory opens, then fails inside the parser
   // The key path being parsed (for messages) and the keys seen in each open object (duplicates).
   struct Frame {
     bool object;

@@ -1,7 +1,11 @@
 // DataLoader: the global sequence stream, its shuffling and per-rank slicing (see loader.h).
 #include "data/loader.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <functional>
+#include <map>
 
 #include "common/error.h"
 #include "common/philox.h"
@@ -31,6 +35,7 @@ DataLoader::DataLoader(const LoaderOptions& opt) : opt_(opt) {
   uint64_t largest = 0;
   for (const std::string& p : paths_) {
     files_.emplace_back(p, opt_.format);
+    files_.back().check_vocab(opt_.vocab_size);  // every token, now rather than when a batch reaches it
     files_.back().close();  // reopened on first read (see next())
     const uint64_t n = files_.back().num_tokens();
     tokens_ += n;
@@ -143,6 +148,32 @@ void DataLoader::restore(const nlohmann::json& st) {
     throw bad(std::to_string(seqs) + " sequences consumed is not a whole number of global batches of " +
               std::to_string(mine));
   batch_ = seqs / mine;
+}
+
+void check_train_val_disjoint(const std::string& train_pattern, const std::string& val_pattern) {
+  // Files are the same when they are one inode: another spelling of the path, a symbolic link or
+  // a hard link to a training file all count.
+  auto id_of = [](const std::string& path) -> std::pair<uint64_t, uint64_t> {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return {~uint64_t(0), std::hash<std::string>{}(path)};
+    return {uint64_t(st.st_dev), uint64_t(st.st_ino)};
+  };
+  std::map<std::pair<uint64_t, uint64_t>, std::string> train;
+  for (const std::string& p : expand_token_pattern(train_pattern)) train.emplace(id_of(p), p);
+  std::vector<std::string> shared;
+  for (const std::string& p : expand_token_pattern(val_pattern)) {
+    const auto it = train.find(id_of(p));
+    if (it == train.end()) continue;
+    shared.push_back(it->second == p ? "'" + p + "'" : "'" + p + "' (= '" + it->second + "')");
+  }
+  if (shared.empty()) return;
+  std::string list;
+  for (size_t i = 0; i < shared.size() && i < 3; ++i) list += (i ? ", " : "") + shared[i];
+  if (shared.size() > 3) list += ", and " + std::to_string(shared.size() - 3) + " more";
+  throw UserError("config keys 'data.train' ('" + train_pattern + "') and 'data.val' ('" + val_pattern + "') share " +
+                  std::to_string(shared.size()) + " file(s): " + list +
+                  "; the validation loss would be measured on training data. Give data.val files of their own "
+                  "(prepare writes val_*.bin beside train_*.bin)");
 }
 
 }  // namespace sgpt

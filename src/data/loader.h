@@ -17,9 +17,10 @@
 // every file are numbered across files; sequence s starts at window floor(u * sum W_k) with
 // u = (v0 * 2^32 + v1) / 2^64 from philox(seed, s mod 2^32, s / 2^32, 0xFFFFFFFE, kDataSampler).
 //
-// Checks. Opening validates every file's header and size (data/token_file.h); every token read is
-// checked against vocab_size. Errors are sgpt::UserError naming the file, and the offset where
-// there is one.
+// Checks. Opening validates every file's header and size (data/token_file.h) and reads every
+// token once to check it against vocab_size (TokenFile::check_vocab; cached per process, so the
+// same files opened again are not read again); every token read is checked again. Errors are
+// sgpt::UserError naming the file, and the offset where there is one.
 #pragma once
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -71,6 +72,11 @@ class DataLoader {
   std::vector<int> buf_;
   std::vector<size_t> open_;       // files with an open descriptor, least recently opened first
 };
+
+// Refuses validation files that are also training files: the two patterns are expanded and the
+// files compared by identity (device and inode, so another spelling of a path, a symbolic link or
+// a hard link counts). UserError naming both config keys, both patterns and the shared files.
+void check_train_val_disjoint(const std::string& train_pattern, const std::string& val_pattern);
 
 void write_llmc_shard(const std::string& path, const std::vector<uint16_t>& tokens);  // header 256 int32 [0]=20240520 [1]=1 [2]=count, then uint16; atomic (temp + rename)
 

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "common/paths.h"
 #include "common/philox.h"
 #include "data/sources.h"
 #include "tokenizer/tokenizer.h"
@@ -236,12 +237,41 @@ nlohmann::json run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
     throw UserError("prepare: --shard-tokens must be in [1, 2^31-1], got " + std::to_string(opt.shard_tokens));
   if (opt.text_field.empty()) throw UserError("prepare: --text-field must not be empty");
   if (opt.threads < 0) throw UserError("prepare: --threads must be >= 0 (0: every core)");
-  DocumentReader reader(opt.inputs, opt.text_field);
+  DocumentReader reader(opt.inputs, opt.text_field, opt.allow_binary);
   reader.check_inputs();
   std::error_code ec;
   if (fs::exists(opt.output_dir, ec) && !fs::is_directory(opt.output_dir, ec))
     throw UserError(opt.output_dir + ": output path exists and is not a directory");
+  const bool existed = fs::exists(opt.output_dir, ec);
+  fs::create_directories(opt.output_dir, ec);
+  if (ec) throw UserError(opt.output_dir + ": cannot create the output directory: " + ec.message());
+  // The folder is locked for the whole run (a second prepare into it is refused, naming this
+  // process); at the end the lock file is removed again and, on failure, a directory this run
+  // created is removed when nothing else is in it.
+  struct Output {
+    const std::string& dir;
+    bool remove_if_empty;
+    DirLock lock;
+    ~Output() {
+      lock.release_and_remove();
+      std::error_code e;
+      if (remove_if_empty && fs::is_empty(dir, e)) fs::remove(dir, e);
+    }
+  } output{opt.output_dir, !existed, {}};
+  output.lock = DirLock(opt.output_dir, "prepare");
   const std::vector<std::string> old = existing_prepared_files(opt.output_dir);
+  // Only regular files are ever replaced: a link under a shard's name (whose target lies
+  // elsewhere), a folder, a device or a pipe is left alone and the run refused.
+  for (const std::string& name : old) {
+    const fs::path p = fs::path(opt.output_dir) / name;
+    const fs::file_status st = fs::symlink_status(p, ec);
+    if (fs::is_regular_file(st)) continue;
+    throw UserError(p.string() + ": " +
+                    (fs::is_symlink(st)     ? "a symbolic link"
+                     : fs::is_directory(st) ? "a folder"
+                                            : "not a regular file (a device, a pipe or a socket)") +
+                    " under a name prepare writes: it is never replaced; remove it or choose another --output-dir");
+  }
   if (!old.empty() && !opt.overwrite) {
     std::string list;
     for (size_t i = 0; i < old.size() && i < 3; ++i) list += (i ? ", " : "") + old[i];
@@ -249,19 +279,7 @@ nlohmann::json run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
     throw UserError(opt.output_dir + ": already holds prepared data (" + list +
                     "); pass --overwrite to replace it, or choose another --output-dir");
   }
-  const bool existed = fs::exists(opt.output_dir, ec);
-  fs::create_directories(opt.output_dir, ec);
-  if (ec) throw UserError(opt.output_dir + ": cannot create the output directory: " + ec.message());
   remove_stale_temps(opt.output_dir);
-  // On failure, a directory this run created is removed again when nothing else is in it.
-  struct RemoveIfEmpty {
-    const std::string& dir;
-    bool active;
-    ~RemoveIfEmpty() {
-      std::error_code e;
-      if (active && fs::is_empty(dir, e)) fs::remove(dir, e);
-    }
-  } remove_if_empty{opt.output_dir, !existed};
   const int threads = opt.threads > 0 ? opt.threads : int(std::max(1u, std::thread::hardware_concurrency()));
 
   // ---- reader thread: documents in batches of about 4 MB per tokenizing thread ----
@@ -384,7 +402,7 @@ nlohmann::json run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
       fs::remove(fs::path(opt.output_dir) / name, ec);
   // The manifest was added last, so it is renamed last: its presence marks a complete output.
   temps.commit();
-  remove_if_empty.active = false;
+  output.remove_if_empty = false;
   return manifest;
 }
 

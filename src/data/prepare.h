@@ -19,7 +19,9 @@
 // Nothing is left half-done: files are written under temporary names (".tmp-<pid>-NAME") and
 // renamed only after every input was read without error; the manifest is written last. An output
 // directory that already holds prepared files is refused unless `overwrite`, which then removes
-// the old files that the new run does not replace.
+// the old files that the new run does not replace. The output directory is locked (DirLock,
+// common/paths.h) while prepare runs: a second prepare into it is refused naming the first one's
+// pid; the lock file is removed at the end.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -42,6 +44,7 @@ struct PrepareOptions {
   uint64_t seed = 1337;
   std::string text_field = "text";
   bool overwrite = false;
+  bool allow_binary = false;  // tokenize .txt inputs that do not look like text (data/sources.h)
   int threads = 0;  // 0: every core
   std::function<void(const std::string&)> progress;  // progress lines (optional)
 };

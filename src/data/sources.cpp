@@ -179,8 +179,8 @@ Kind kind_of(const std::string& base) {
 class Walker {
  public:
   Walker(InputStats& stats, const std::string& field, uint64_t& replaced,
-         const std::function<void(Document&&)>& sink)
-      : stats_(stats), field_(field), replaced_(replaced), sink_(sink) {}
+         const std::function<void(Document&&)>& sink, bool allow_binary)
+      : stats_(stats), field_(field), replaced_(replaced), sink_(sink), allow_binary_(allow_binary) {}
 
   // `named`: the user named this file; an unknown kind is then an error rather than a skip.
   void process(ByteSource& src, const std::string& name, bool named) {
@@ -193,10 +193,13 @@ class Walker {
       s = &*xz;
     }
     switch (kind_of(base)) {
-      case Kind::kText:
+      case Kind::kText: {
         ++stats_.files;
-        emit(read_all(*s), s->origin());
+        std::string text = read_all(*s);
+        if (!allow_binary_) check_text(text, s->origin());
+        emit(std::move(text), s->origin());
         return;
+      }
       case Kind::kJsonl:
         ++stats_.files;
         read_jsonl(*s);
@@ -277,10 +280,26 @@ class Walker {
 
   void read_tar(ByteSource& src);
 
+  // A .txt document that is not text: NUL bytes and ill-formed UTF-8 sequences together more
+  // than 1% of its bytes (and at least 8 of them). A few stray bytes in real text (a Latin-1
+  // character) stay below this and are repaired as before.
+  static void check_text(std::string_view text, const std::string& origin) {
+    const uint64_t nul = static_cast<uint64_t>(std::count(text.begin(), text.end(), '\0'));
+    uint64_t ill = 0;
+    if (!utf8_valid(text)) utf8_repair(text, &ill);  // counts the replacements emit() will make
+    const uint64_t bad = nul + ill;
+    if (bad < 8 || bad * 100 <= text.size()) return;
+    throw UserError(origin + ": does not look like text (" + std::to_string(nul) + " NUL bytes and " +
+                    std::to_string(ill) + " ill-formed UTF-8 sequences in " + std::to_string(text.size()) +
+                    " bytes): a binary file? pass --allow-binary to tokenize it anyway (each ill-formed "
+                    "sequence becomes U+FFFD)");
+  }
+
   InputStats& stats_;
   const std::string& field_;
   uint64_t& replaced_;
   const std::function<void(Document&&)>& sink_;
+  bool allow_binary_;
 };
 
 #if defined(SGPT_WITH_LIBARCHIVE)
@@ -356,10 +375,13 @@ std::vector<std::string> list_directory(const std::string& dir, uint64_t* skippe
   if (ec) throw UserError(dir + ": cannot list directory: " + ec.message());
   for (; it != end; it.increment(ec)) {
     if (ec) throw UserError(dir + ": cannot list directory: " + ec.message());
+    const std::string name = it->path().filename().string();
+    if (!name.empty() && name[0] == '.') {  // hidden files and folders: .git, markers, editor droppings
+      if (it->is_directory(ec)) it.disable_recursion_pending();
+      continue;
+    }
     if (!it->is_regular_file(ec)) continue;
     const std::string p = it->path().string();
-    const std::string name = it->path().filename().string();
-    if (!name.empty() && name[0] == '.') continue;  // hidden files: markers, editor droppings
     std::string base = ends_with(name, ".xz") ? name.substr(0, name.size() - 3) : name;
     if (kind_of(base) != Kind::kOther || ends_with(name, ".xz")) files.push_back(p);
     else ++*skipped;
@@ -370,8 +392,8 @@ std::vector<std::string> list_directory(const std::string& dir, uint64_t* skippe
 
 }  // namespace
 
-DocumentReader::DocumentReader(std::vector<std::string> inputs, std::string text_field)
-    : inputs_(std::move(inputs)), text_field_(std::move(text_field)) {}
+DocumentReader::DocumentReader(std::vector<std::string> inputs, std::string text_field, bool allow_binary)
+    : inputs_(std::move(inputs)), text_field_(std::move(text_field)), allow_binary_(allow_binary) {}
 
 void DocumentReader::check_inputs() const {
   if (inputs_.empty()) throw UserError("no inputs given (--input PATH...)");
@@ -388,7 +410,7 @@ void DocumentReader::for_each(const std::function<void(Document&&)>& sink) {
   for (const std::string& in : inputs_) {
     stats_.push_back(InputStats{in});
     InputStats& st = stats_.back();
-    Walker walker(st, text_field_, replaced_, sink);
+    Walker walker(st, text_field_, replaced_, sink, allow_binary_);
     std::error_code ec;
     if (fs::is_directory(in, ec)) {
       for (const std::string& f : list_directory(in, &st.skipped)) {

@@ -9,13 +9,15 @@
 //   other        read as a tar archive if it is one (checked by content, so OpenWebText's
 //                urlsf_subset00-1_data.xz members work), else an error for a named input and
 //                skipped (and counted) inside a directory or an archive
-//   a directory  every file under it, recursively, in sorted path order, by the rules above
+//   a directory  every file under it, recursively, in sorted path order, by the rules above;
+//                hidden files and folders (names starting with '.', e.g. .git) are skipped
 // OpenWebText as distributed (openwebtext.tar.xz: a tar of xz-compressed tars of .txt documents)
 // is therefore read as it is, one document per .txt. Documents come out in a fixed order (input
 // order, sorted directories, archive order), so a prepare run is reproducible.
 //
 // Text is repaired to valid UTF-8 (each maximal ill-formed subpart becomes U+FFFD, tokenizer/utf8.h)
-// and the replacements are counted. Errors (unreadable file, corrupt xz or tar, bad JSON line) are
+// and the replacements are counted. A .txt document whose NUL bytes and ill-formed sequences
+// together pass 1% of its bytes (at least 8) is refused as not text, naming it, unless allow_binary. Errors (unreadable file, corrupt xz or tar, bad JSON line) are
 // UserErrors naming the input, e.g. "corpus.tar.xz > part3.xz: corrupt xz data".
 #pragma once
 #include <cstdint>
@@ -41,7 +43,9 @@ struct InputStats {
 
 class DocumentReader {
  public:
-  explicit DocumentReader(std::vector<std::string> inputs, std::string text_field = "text");
+  // allow_binary: read .txt files that do not look like text (NUL bytes and ill-formed UTF-8 over
+  // 1% of the bytes) instead of refusing them.
+  explicit DocumentReader(std::vector<std::string> inputs, std::string text_field = "text", bool allow_binary = false);
   // Checks that every input exists and is readable; throws UserError naming the first that isn't.
   void check_inputs() const;
   // Calls sink for every non-empty document of every input, in order. Throws UserError on a bad
@@ -54,6 +58,7 @@ class DocumentReader {
  private:
   std::vector<std::string> inputs_;
   std::string text_field_;
+  bool allow_binary_ = false;
   std::vector<InputStats> stats_;
   uint64_t replaced_ = 0;
 };

@@ -6,9 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <mutex>
 
 #include "common/error.h"
 
@@ -59,11 +62,19 @@ TokenFile::TokenFile(std::string path, TokenFormat format) : path_(std::move(pat
   if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd_);
     fd_ = -1;
-    throw UserError(path_ + ": not a regular file");
+    throw UserError(path_ + (S_ISDIR(st.st_mode) ? ": is a directory, not a token file" : ": not a regular file"));
   }
   const uint64_t size = uint64_t(st.st_size);
   try {
     if (format_ == TokenFormat::kNanoGpt) {
+      if (size >= uint64_t(kLlmcHeaderBytes)) {
+        int32_t head[2];
+        pread_all(fd_, head, sizeof head, 0, path_);
+        if (head[0] == kLlmcShardMagic && head[1] == kLlmcShardVersion)
+          throw UserError(path_ + ": looks like an llm.c shard; set data.format to llmc (its first int32 is "
+                          "the llm.c magic " + std::to_string(kLlmcShardMagic) +
+                          ", then version 1: a header, not headerless nanoGPT tokens)");
+      }
       if (size % 2 != 0)
         throw UserError(path_ + ": size " + std::to_string(size) +
                         " bytes is odd, not a whole number of uint16 tokens (nanogpt format)");
@@ -71,12 +82,15 @@ TokenFile::TokenFile(std::string path, TokenFormat format) : path_(std::move(pat
       data_offset_ = 0;
     } else {
       if (size < uint64_t(kLlmcHeaderBytes))
-        throw UserError(path_ + ": " + std::to_string(size) + " bytes is shorter than the 1024-byte llm.c header");
+        throw UserError(path_ + ": " + std::to_string(size) +
+                        " bytes is shorter than the 1024-byte llm.c header (headerless uint16 tokens, like "
+                        "nanoGPT's train.bin? set data.format to nanogpt)");
       int32_t header[256];
       pread_all(fd_, header, sizeof header, 0, path_);
       if (header[0] != kLlmcShardMagic)
         throw UserError(path_ + ": bad magic " + std::to_string(header[0]) + " at byte offset 0 (expected " +
-                        std::to_string(kLlmcShardMagic) + "; not an llm.c token shard — use format nanogpt for headerless files)");
+                        std::to_string(kLlmcShardMagic) + "; not an llm.c token shard: for headerless uint16 tokens, like "
+                        "nanoGPT's train.bin, set data.format to nanogpt)");
       if (header[1] != kLlmcShardVersion)
         throw UserError(path_ + ": unsupported version " + std::to_string(header[1]) +
                         " at byte offset 4 (expected 1)");
@@ -123,6 +137,51 @@ void TokenFile::read(uint64_t first, uint64_t count, int* out, int vocab_size) c
                       ") is not below the vocabulary size " + std::to_string(vocab_size));
     out[i] = id;
   }
+}
+
+namespace {
+// Largest token id of files already scanned in this process, by (device, inode, size, mtime).
+struct ScanKey {
+  uint64_t dev, ino, size;
+  int64_t mtime_s, mtime_ns;
+  auto operator<=>(const ScanKey&) const = default;
+};
+std::mutex g_scan_mu;
+std::map<ScanKey, uint16_t> g_scanned;
+}  // namespace
+
+void TokenFile::check_vocab(int vocab_size) const {
+  if (vocab_size > 65535 || num_tokens_ == 0) return;  // every uint16 fits
+  if (fd_ < 0) open();
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) throw UserError(path_ + ": cannot stat: " + errno_text());
+  const ScanKey key{uint64_t(st.st_dev), uint64_t(st.st_ino), uint64_t(st.st_size), int64_t(st.st_mtim.tv_sec),
+                    int64_t(st.st_mtim.tv_nsec)};
+  {
+    std::lock_guard<std::mutex> lock(g_scan_mu);
+    const auto it = g_scanned.find(key);
+    if (it != g_scanned.end() && it->second < vocab_size) return;
+  }
+  // Chunks of 1 MiB; the max reduction vectorizes, so this runs at the speed of the read.
+  constexpr uint64_t kChunk = uint64_t(1) << 19;  // tokens
+  std::vector<uint16_t> buf(std::min<uint64_t>(kChunk, num_tokens_));
+  uint16_t largest = 0;
+  for (uint64_t first = 0; first < num_tokens_; first += kChunk) {
+    const uint64_t n = std::min<uint64_t>(kChunk, num_tokens_ - first);
+    pread_all(fd_, buf.data(), n * 2, data_offset_ + 2 * first, path_);
+    uint16_t m = 0;
+    for (uint64_t i = 0; i < n; ++i) m = std::max(m, buf[i]);
+    largest = std::max(largest, m);
+    if (m < vocab_size) continue;
+    for (uint64_t i = 0; i < n; ++i)
+      if (buf[i] >= vocab_size)
+        throw UserError(path_ + ": token id " + std::to_string(buf[i]) + " at token " + std::to_string(first + i) +
+                        " (byte offset " + std::to_string(data_offset_ + 2 * (first + i)) +
+                        ") is not below the vocabulary size " + std::to_string(vocab_size) +
+                        " (found when the file was opened: every token of a file is checked then)");
+  }
+  std::lock_guard<std::mutex> lock(g_scan_mu);
+  g_scanned[key] = largest;
 }
 
 std::vector<std::string> expand_token_pattern(const std::string& pattern) {

@@ -4,7 +4,10 @@
 //   llm.c shard   header of 256 little-endian int32: [0] = 20240520 (magic), [1] = 1 (version),
 //                 [2] = token count N; then N uint16 tokens. File size must be exactly 1024 + 2N.
 //   nanoGPT file  headerless uint16 tokens (train.bin / val.bin of nanoGPT and the official
-//                 Sophia trainer); file size must be even.
+//                 Sophia trainer); file size must be even. A file that starts with the llm.c
+//                 magic and version is refused as a nanoGPT file ("looks like an llm.c shard"):
+//                 those two int32 read as tokens are 56920, 308, 1, 0, and 56920 is beyond
+//                 GPT-2's vocabulary, so no GPT-2 token file starts that way.
 // Offsets are 64-bit throughout, so shards over 2 GB (and 4 GB) work. Reads use pread(2) on a
 // descriptor kept open; every token read is checked against the vocabulary size and a bad one is
 // reported with the file, the token index and the byte offset.
@@ -38,6 +41,12 @@ class TokenFile {
   // Reads tokens [first, first + count) as int32 into out, checking each is < vocab_size. Reopens
   // the file if close() was called.
   void read(uint64_t first, uint64_t count, int* out, int vocab_size) const;
+  // Reads the whole file once and throws UserError naming the file, the position and the id of the
+  // first token >= vocab_size (the check read() makes, done up front so that bad data is found
+  // when the file is opened, not when training reaches it). The largest id of a file is cached
+  // per process (keyed by device, inode, size and modification time), so opening the same
+  // unchanged file again costs nothing.
+  void check_vocab(int vocab_size) const;
   // Releases the descriptor (readers of many shards keep only some open); read() reopens.
   void close() const;
   bool is_open() const { return fd_ >= 0; }

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/paths.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/vocab.h"
 
@@ -44,6 +45,7 @@ int build_row(const HellaSwagExample& e, int c, int T, int V, const std::string&
 }  // namespace
 
 std::vector<HellaSwagText> read_hellaswag(const std::string& path, int64_t limit) {
+  check_input_file(path, "HellaSwag file");
   std::ifstream f(path, std::ios::binary);
   if (!f) throw UserError("cannot read HellaSwag file '" + path + "': " + std::strerror(errno));
   std::vector<HellaSwagText> out;

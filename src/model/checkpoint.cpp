@@ -15,17 +15,29 @@
 
 #include "common/crc32c.h"
 #include "common/error.h"
+#include "common/paths.h"
 
 namespace sgpt {
 namespace {
 
 std::string errno_text() { return std::strerror(errno); }
 
+// A checkpoint must be a regular file (a folder or a pipe would otherwise reach the size
+// computation below as -1: std::bad_alloc). UserError naming `what` and the path.
+void check_checkpoint_input(const std::string& path, const char* what) {
+  check_input_file(path, what);
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    throw UserError(std::string(what) + " '" + path + "' is not a regular file");
+}
+
 std::vector<char> read_all(const std::string& path, const char* what) {
+  check_checkpoint_input(path, what);
   std::ifstream f(path, std::ios::binary);
   if (!f) throw UserError("cannot open " + std::string(what) + " '" + path + "': " + errno_text());
   f.seekg(0, std::ios::end);
   const std::streamoff n = f.tellg();
+  if (n < 0) throw UserError("cannot read " + std::string(what) + " '" + path + "': its size is unknown");
   f.seekg(0);
   std::vector<char> buf(static_cast<size_t>(n));
   if (n > 0 && !f.read(buf.data(), n))
@@ -400,10 +412,13 @@ TrainState read_state_file(const std::string& path, bool* verified) {
 }
 
 void verify_checkpoint_file(const std::string& path, bool* verified) {
+  check_checkpoint_input(path, "checkpoint file");
   std::ifstream f(path, std::ios::binary);
   if (!f) throw UserError("cannot open '" + path + "': " + errno_text());
   f.seekg(0, std::ios::end);
-  const uint64_t size = static_cast<uint64_t>(f.tellg());
+  const std::streamoff end = f.tellg();
+  if (end < 0) throw UserError("cannot read checkpoint file '" + path + "': its size is unknown");
+  const uint64_t size = static_cast<uint64_t>(end);
   f.seekg(0);
   std::vector<char> head(static_cast<size_t>(std::min<uint64_t>(size, 1024)));
   if (!f.read(head.data(), static_cast<std::streamsize>(head.size())))

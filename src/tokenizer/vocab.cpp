@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "common/error.h"
+#include "common/paths.h"
 #include "tokenizer/sha256.h"
 #include "tokenizer/utf8.h"
 
@@ -41,6 +42,7 @@ std::string read_file(const std::string& path) {
 void check_file(const std::string& path, const char* want_sha) {
   if (!fs::exists(path))
     throw UserError(path + ": GPT-2 vocabulary file not found; " + kVocabFetchHint);
+  check_input_file(path, "GPT-2 vocabulary file");
   const std::string got = sha256_file(path);
   if (got != want_sha)
     throw UserError(path + ": sha256 " + got + " does not match the pinned " + want_sha +
@@ -83,6 +85,10 @@ class ByteDecoder {
 }  // namespace
 
 Vocab load_vocab(const std::string& dir) {
+  std::error_code ec;
+  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
+    throw UserError("vocabulary folder '" + dir + "' is a file, not a folder: --vocab names the folder holding "
+                    "encoder.json and vocab.bpe");
   const std::string enc_path = (fs::path(dir) / "encoder.json").string();
   const std::string bpe_path = (fs::path(dir) / "vocab.bpe").string();
   check_file(enc_path, kEncoderJsonSha256);

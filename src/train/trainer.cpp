@@ -557,7 +557,10 @@ std::string command_line() {
 void check_data(const Config& cfg, int world) {
   LoaderOptions lo = loader_options(cfg, 0, world);
   DataLoader train(lo);
-  if (!cfg.data.val.empty() && cfg.eval.every > 0) DataLoader val(val_loader_options(cfg, 0, world));
+  if (!cfg.data.val.empty() && cfg.eval.every > 0) {
+    DataLoader val(val_loader_options(cfg, 0, world));
+    check_train_val_disjoint(cfg.data.train, cfg.data.val);
+  }
   check_hellaswag_file(cfg);
 }
 

@@ -156,7 +156,9 @@ TEST(Cli, InitFromMismatchedModelFile) {
 TEST(Cli, EvalAndSampleOfATrainedRun) {
   const fs::path d = tiny_setup("evalsample");
   const std::string run_dir = (d / "run").string();
-  const Exec t = run_cli("train --config " + (d / "cfg.json").string() + " --set data.val=\"" + (d / "train.bin").string() +
+  // A validation file of its own (the same tokens: a file shared with data.train is refused).
+  fs::copy_file(d / "train.bin", d / "val.bin");
+  const Exec t = run_cli("train --config " + (d / "cfg.json").string() + " --set data.val=\"" + (d / "val.bin").string() +
                      "\" --set eval.batches=2 --set eval.every=3 --device cpu -q --out-dir " + run_dir);
   ASSERT_EQ(t.code, 0) << t.out;
   const Exec e = run_cli("eval --run " + run_dir + " --device cpu");

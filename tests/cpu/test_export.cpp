@@ -311,7 +311,14 @@ TEST(ExportHf, ConfigAndTokenizerFiles) {
 // ---- the command line, on a run directory written here ----
 namespace {
 
-// A run directory as `sophiagpt train` leaves it: config.json and model_<step>.bin.
+// A run directory as `sophiagpt train` leaves it: config.json, model_<step>.bin and state_<step>.bin
+// (a checkpoint is both files: the readers take the newest whose two files verify).
+void write_state(const std::string& path, int64_t step, size_t n_params) {
+  sgpt::TrainState st;
+  st.meta = {{"step", step}, {"optimizer", "adamw"}, {"n_params", n_params}};
+  sgpt::write_state_file(path, st);
+}
+
 struct RunDir {
   TempDir dir;
   sgpt::ModelConfig m = tiny_model(true, true);
@@ -324,6 +331,7 @@ struct RunDir {
       "batch": {"micro_batch_size": 2, "total_batch_tokens": 16}, "device": "cpu"})");
     params = random_params(offsets_of(m).total, 11);
     sgpt::write_model_file(path() + "/model_00000003.bin", m, params);
+    write_state(path() + "/state_00000003.bin", 3, params.size());
   }
 };
 
@@ -403,6 +411,7 @@ TEST(ExportCli, NewestCheckpointThatVerifies) {
   std::vector<float> newer = r.params;
   for (float& x : newer) x += 1.0f;
   sgpt::write_model_file(r.path() + "/model_00000005.bin", r.m, newer);
+  write_state(r.path() + "/state_00000005.bin", 5, newer.size());
   std::string bytes = read_file(r.path() + "/model_00000005.bin");
   bytes[2000] ^= 0x10;
   write_file(r.path() + "/model_00000005.bin", bytes);
@@ -478,12 +487,13 @@ TEST(ExportCli, LogitsMatchTheReferenceForward) {
       std::memcpy(&got, bytes.data() + 4 * (t * V + v), 4);
       ASSERT_EQ(got, model.logits()[t * Vp + v]) << t << "," << v;
     }
-  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,2,3,4,5,6,7,8,9", "--out", out});
+  // (out exists from here on: the bad inputs below are refused before --overwrite would matter)
+  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,2,3,4,5,6,7,8,9", "--out", out, "--overwrite"});
   EXPECT_EQ(e.code, 2) << e.output;
   EXPECT_TRUE(contains(e.output, "block_size")) << e.output;
-  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,x", "--out", out});
+  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,x", "--out", out, "--overwrite"});
   EXPECT_EQ(e.code, 2) << e.output;
   EXPECT_TRUE(contains(e.output, "'x'")) << e.output;
-  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,50", "--out", out});
+  e = run_exe({"logits", "--run", r.path(), "--tokens", "1,50", "--out", out, "--overwrite"});
   EXPECT_EQ(e.code, 2) << e.output;
 }

@@ -5,7 +5,9 @@ loss-curve plotter (scripts/plot.py). Run by ctest as `scripts_tests`:
 Every expected value below is worked out by hand in the comment next to it (or is a published
 figure, named), never taken from a run of the script under test.
 """
+import contextlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -242,6 +244,56 @@ class Plot(unittest.TestCase):
             self.assertFalse(os.path.exists(png))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class TornLastLine(unittest.TestCase):
+    """A run still writing its log (or killed while writing it) leaves a last line that is not
+    complete JSON; the readers skip it with a note instead of failing or dropping the run. Before
+    this, study_table.load() returned None for such a run (so the run silently left the tables) and
+    plot.py counted it among "unreadable line(s)" without saying which."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="sgpt_torn_")
+        self.run = make_run(self.tmp, "adamw_lr1e-3", "adamw", 1e-3, 1337, [(0, 10.0), (100, 6.0), (200, 4.0)])
+        with open(os.path.join(self.run, "log.jsonl"), "a") as f:
+            f.write('{"type": "eval", "step": 300, "val_lo')  # torn: no closing brace, no newline
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_study_table_keeps_the_run_and_notes_the_line(self):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            r = study_table.load(self.run)
+        self.assertIsNotNone(r, "the run was dropped")
+        # the three complete evaluations, nothing from the torn line
+        self.assertEqual(r["evals"], [(0, 10.0), (100, 6.0), (200, 4.0)])
+        self.assertIn("last line", err.getvalue())
+        self.assertIn("log.jsonl", err.getvalue())
+        # and through the script: the run is in the table, the note on stderr
+        code, out, err = run_script(STUDY_TABLE, "--runs", self.tmp)
+        self.assertEqual(code, 0, err)
+        self.assertIn("4.0000", out)
+        self.assertIn("last line", err)
+
+    def test_plot_keeps_every_complete_record_and_notes_the_line(self):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            run = plot.load_log(self.run)
+        self.assertEqual(run["val"], [(0, 10.0), (100, 6.0), (200, 4.0)])
+        self.assertEqual(run["train"], [(0, 10.1), (100, 6.1), (200, 4.1)])
+        self.assertIn("last line", err.getvalue())
+
+    def test_a_broken_line_inside_the_log_is_named_too(self):
+        # A run killed while writing and then resumed appends after the torn line.
+        path = os.path.join(self.run, "log.jsonl")
+        with open(path, "a") as f:
+            f.write("\n" + json.dumps({"type": "eval", "step": 300, "val_loss": 3.5}) + "\n")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            r = study_table.load(self.run)
+        self.assertEqual(r["evals"][-1], (300, 3.5))
+        self.assertIn("line 7", err.getvalue())  # 6 complete lines, then the torn one
 
 
 if __name__ == "__main__":
