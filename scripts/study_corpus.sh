@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The long-horizon study's corpus (docs/study_corpus.md): ECCO-TCP (all 3,101 texts) + ELTeC-eng,
-# tokenized into llm.c shards, and moved to a training host through size-limited transfers.
+# The long-horizon study's corpus (docs/study_corpus.md): ECCO-TCP (all its texts that parse, 3,097
+# of 3,101) + ELTeC-eng, tokenized into llm.c shards, and moved to a training host through
+# size-limited transfers.
 #
 #   scripts/study_corpus.sh extract SRC
 #       SRC: a git repository of Text-Creation-Partnership/ECCO-TCP (bare or not) or a folder of
@@ -10,11 +11,11 @@
 #       `sophiagpt prepare` over ELTEC (default data/cache/corpora/eltec-eng-00.jsonl.xz, sha256
 #       checked) and the ECCO-TCP parts -> WORK/shards/{train,val}_NNNNNN.bin + manifest.json,
 #       a document-level validation split (--val-fraction 0.01 --seed 1).
-#   scripts/study_corpus.sh pack DIR [--form text|tokens] [--piece-mib N]
+#   scripts/study_corpus.sh pack DIR [--form tokens|text] [--piece-mib N]
 #       Writes DIR/study-corpus.NNN (pieces of at most N MiB, default 56) and
 #       DIR/study-corpus.manifest (each piece's size and sha256, the whole payload's, and the sha256
-#       of every shard unpack must produce). text (the default, the denser form): the xz JSON Lines
-#       parts + the GPT-2 vocabulary, tokenized by unpack; tokens: the shards, xz-compressed.
+#       of every shard unpack must produce). tokens (the default, the denser form as measured): the
+#       shards, xz -9; text: the xz JSON Lines parts + the GPT-2 vocabulary, tokenized by unpack.
 #   scripts/study_corpus.sh unpack DIR DEST
 #       On the training host, once per arriving piece (any order; calling it again is harmless):
 #       checks each piece in DIR against the manifest (DIR must hold study-corpus.manifest, or an
@@ -29,14 +30,17 @@
 # build/sophiagpt). ELTEC_SHA256 overrides the pinned checksum (for tests).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-WORK=${STUDY_CORPUS_WORK:-$ROOT/data/cache/study_corpus}
+WORK=$(realpath -m "${STUDY_CORPUS_WORK:-$ROOT/data/cache/study_corpus}")
 EXE=${SOPHIAGPT:-$ROOT/build/sophiagpt}
+[[ $EXE != */* ]] || EXE=$(realpath -m "$EXE")
 ELTEC_SHA256=${ELTEC_SHA256:-50c4b411a50b3408a10c2b728eabb65a3b3529c11805139be643f74f9e2f2ec2}
 PREPARE_OPTS=(--val-fraction 0.01 --seed 1)
 NAME=study-corpus
 die() { echo "study_corpus: error: $*" >&2; exit 2; }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
-xz_dc() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)'; }
+xz_dc() {  # stdin -> stdout, with Python's lzma: the host needs no xz command
+  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)'
+}
 field() { awk -v k="$1" '$1 == k {print $2}' "$2"; }  # KEY MANIFEST
 inputs() { ins=(); for f in "$@"; do ins+=(--input "$f"); done; }  # -> ins: --input F for each F
 
@@ -58,14 +62,20 @@ prepare)
   [[ $(sha "$eltec") == "$ELTEC_SHA256" ]] || die "$eltec: sha256 is not $ELTEC_SHA256"
   (cd "$WORK/text" && sha256sum --quiet -c SHA256SUMS) || die "$WORK/text: run extract first"
   mkdir -p "$WORK/eltec" && cp -f "$eltec" "$WORK/eltec/eltec-eng-00.jsonl.xz"
-  inputs "$WORK/eltec/eltec-eng-00.jsonl.xz" "$WORK"/text/*.jsonl.xz
-  "$EXE" prepare "${ins[@]}" --output-dir "$WORK/shards" "${PREPARE_OPTS[@]}" --overwrite
+  cd "$WORK"  # relative paths in manifest.json
+  inputs eltec/eltec-eng-00.jsonl.xz text/*.jsonl.xz
+  "$EXE" prepare "${ins[@]}" --output-dir shards "${PREPARE_OPTS[@]}" --vocab "$ROOT/data/cache/gpt2" \
+    --overwrite
   ;;
 pack)
-  out=${1:?usage: study_corpus.sh pack DIR [--form text|tokens] [--piece-mib N]}; shift
-  form=text mib=56
+  out=${1:?usage: study_corpus.sh pack DIR [--form tokens|text] [--piece-mib N]}; shift
+  form=tokens mib=56
   while (($#)); do
-    case $1 in --form) form=$2; shift 2 ;; --piece-mib) mib=$2; shift 2 ;; *) die "pack: unknown option $1" ;; esac
+    case $1 in
+      --form) form=${2:-}; shift 2 ;;
+      --piece-mib) mib=${2:-}; shift 2 ;;
+      *) die "pack: unknown option $1" ;;
+    esac
   done
   [[ $form == text || $form == tokens ]] || die "--form must be text or tokens"
   piece=$(awk -v m="$mib" 'BEGIN { b = int(m * 1048576); print (b > 0 ? b : "") }')
@@ -89,23 +99,24 @@ pack)
     echo "payload_bytes $(stat -c %s "$stage/payload")"
     echo "payload_sha256 $(sha "$stage/payload")"
     echo "prepare ${PREPARE_OPTS[*]}"
-    for p in "$out/$NAME".[0-9]*; do echo "piece $(basename "$p") $(stat -c %s "$p") $(sha "$p")"; done
-    for s in "$WORK"/shards/*.bin; do echo "shard $(basename "$s") $(stat -c %s "$s") $(sha "$s")"; done
+    for f in "$out/$NAME".[0-9]*; do echo "piece $(basename "$f") $(stat -c %s "$f") $(sha "$f")"; done
+    for f in "$WORK"/shards/*.bin; do echo "shard $(basename "$f") $(stat -c %s "$f") $(sha "$f")"; done
   } >"$out/$NAME.manifest"
   grep -E '^(form|payload_bytes|piece)' "$out/$NAME.manifest"
   ;;
 unpack)
   in=${1:?usage: study_corpus.sh unpack DIR DEST}; dest=${2:?usage: study_corpus.sh unpack DIR DEST}
+  [[ -d $in ]] || die "$in: not a folder"
   inc=$dest/.incoming; mkdir -p "$inc"
+  check_shards() { (cd "$dest" && awk '$1 == "shard" {print $4 "  " $2}' "$m" | sha256sum --quiet -c); }
   if [[ -f $in/$NAME.manifest ]] && ! cmp -s "$in/$NAME.manifest" "$inc/$NAME.manifest"; then
-    if [[ -f $inc/$NAME.manifest ]]; then echo "study_corpus: a new manifest: earlier pieces dropped"; fi
+    [[ ! -f $inc/$NAME.manifest ]] || echo "study_corpus: a new manifest: earlier pieces dropped"
     rm -rf "$inc" "$dest/.complete" && mkdir -p "$inc" && cp "$in/$NAME.manifest" "$inc/"
   fi
   m=$inc/$NAME.manifest
   [[ -f $m ]] || die "no $NAME.manifest in $in (carry it with the pieces)"
   if [[ -f $dest/.complete ]] && [[ $(cat "$dest/.complete") == "$(field payload_sha256 "$m")" ]]; then
-    (cd "$dest" && awk '$1 == "shard" {print $4 "  " $2}' "$m" | sha256sum --quiet -c) ||
-      die "$dest: shards changed since they were unpacked"
+    check_shards || die "$dest: shards changed since they were unpacked"
     echo "study_corpus: $dest complete already ($(grep -c '^shard' "$m") shards verified)"; exit 0
   fi
   bad=0
@@ -113,16 +124,18 @@ unpack)
     [[ -f $in/$p && ! -f $inc/$p ]] || continue
     if [[ $(stat -c %s "$in/$p") == "$size" && $(sha "$in/$p") == "$sum" ]]; then
       cp "$in/$p" "$inc/$p.tmp" && mv "$inc/$p.tmp" "$inc/$p" && echo "study_corpus: $p ok"
-    else echo "study_corpus: error: $in/$p is damaged (size or sha256 differ from the manifest)" >&2; bad=1; fi
+    else
+      echo "study_corpus: error: $in/$p is damaged (size or sha256 differ from the manifest)" >&2; bad=1
+    fi
   done < <(grep '^piece ' "$m")
   missing=$(grep '^piece ' "$m" | while read -r _ p _ _; do [[ -f $inc/$p ]] || echo "$p"; done)
   if [[ -n $missing ]]; then
-    echo "study_corpus: missing $(echo "$missing" | wc -l) of $(grep -c '^piece ' "$m"): $(tr '\n' ' ' <<<"$missing")"
+    echo "study_corpus: missing $(wc -l <<<"$missing") of $(grep -c '^piece ' "$m"): $(tr '\n' ' ' <<<"$missing")"
     exit $((bad ? 2 : 1))
   fi
   payload=$inc/payload
   grep '^piece ' "$m" | while read -r _ p _ _; do cat "$inc/$p"; done >"$payload"
-  [[ $(sha "$payload") == "$(field payload_sha256 "$m")" ]] || die "the reassembled payload's sha256 differs"
+  [[ $(sha "$payload") == "$(field payload_sha256 "$m")" ]] || die "the joined payload's sha256 differs"
   rm -rf "$inc/p" && mkdir "$inc/p"
   if [[ $(field form "$m") == text ]]; then
     tar -x -f "$payload" -C "$inc/p"
@@ -130,20 +143,24 @@ unpack)
     read -ra opts <<<"$(grep '^prepare ' "$m" | cut -d' ' -f2-)"
     "$EXE" prepare "${ins[@]}" --output-dir "$dest" "${opts[@]}" --vocab "$inc/p/gpt2" --overwrite
   else
-    xz_dc <"$payload" | tar -x -C "$dest"
+    xz_dc <"$payload" | tar -x -m -C "$dest"
   fi
-  (cd "$dest" && awk '$1 == "shard" {print $4 "  " $2}' "$m" | sha256sum --quiet -c) || die "shards differ from the manifest"
+  check_shards || die "$dest: the shards differ from the manifest"
   field payload_sha256 "$m" >"$dest/.complete"
   rm -rf "$inc/p" "$payload" "$inc"/"$NAME".[0-9]*
   echo "study_corpus: $dest complete: $(grep -c '^shard' "$m") shards verified"
   ;;
 measure)
   t=$(mktemp -d) && trap 'rm -rf "$t"' EXIT
-  echo "text (xz JSON Lines): $(cat "$WORK"/eltec/*.jsonl.xz "$WORK"/text/*.jsonl.xz | wc -c) bytes"
+  echo "text, xz JSON Lines (no vocabulary, no tar): $(cat "$WORK"/{eltec,text}/*.jsonl.xz | wc -c) bytes"
   cat "$WORK"/shards/*.bin >"$t/tokens"
   echo "tokens raw: $(stat -c %s "$t/tokens") bytes"
-  /usr/bin/time -f "  %e s" xz -9 -T1 -c "$t/tokens" | wc -c | sed 's/^/tokens xz -9: /'
-  /usr/bin/time -f "  %e s" zstd -19 --long=27 -T1 -q -c "$t/tokens" | wc -c | sed 's/^/tokens zstd -19 --long=27: /'
+  TIMEFORMAT='  %R s'
+  time (echo "tokens xz -9: $(xz -9 -T1 -c "$t/tokens" | wc -c) bytes")
+  time (echo "tokens zstd -19 --long=27: $(zstd -19 --long=27 -T1 -q -c "$t/tokens" | wc -c) bytes")
   ;;
-*) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; [[ -z $cmd ]] && exit 0 || exit 2 ;;
+*)
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  [[ -z $cmd ]] || die "unknown command '$cmd'"
+  ;;
 esac
