@@ -38,9 +38,10 @@ PREPARE_OPTS=(--val-fraction 0.01 --seed 1)
 NAME=study-corpus
 die() { echo "study_corpus: error: $*" >&2; exit 2; }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
-xz_dc() {  # stdin -> stdout, with Python's lzma: the host needs no xz command
-  python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)'
-}
+# xz -9 and xz -d as filters, with Python's lzma (the same liblzma): no xz command needed
+xz_c() { python3 -c 'import lzma, shutil, sys
+with lzma.open(sys.stdout.buffer, "wb", preset=9) as w: shutil.copyfileobj(sys.stdin.buffer, w)'; }
+xz_dc() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)'; }
 field() { awk -v k="$1" '$1 == k {print $2}' "$2"; }  # KEY MANIFEST
 inputs() { ins=(); for f in "$@"; do ins+=(--input "$f"); done; }  # -> ins: --input F for each F
 
@@ -90,7 +91,7 @@ pack)
     cp "$ROOT"/data/cache/gpt2/{encoder.json,vocab.bpe} "$stage/p/gpt2/"
     "${tarc[@]}" -f "$stage/payload" -C "$stage/p" .
   else
-    (cd "$WORK/shards" && "${tarc[@]}" -f - manifest.json ./*.bin) | xz -9 -T1 >"$stage/payload"
+    (cd "$WORK/shards" && "${tarc[@]}" -f - manifest.json ./*.bin) | xz_c >"$stage/payload"
   fi
   split -b "$piece" -d -a 3 "$stage/payload" "$out/$NAME."
   {
@@ -156,8 +157,10 @@ measure)
   cat "$WORK"/shards/*.bin >"$t/tokens"
   echo "tokens raw: $(stat -c %s "$t/tokens") bytes"
   TIMEFORMAT='  %R s'
-  time (echo "tokens xz -9: $(xz -9 -T1 -c "$t/tokens" | wc -c) bytes")
-  time (echo "tokens zstd -19 --long=27: $(zstd -19 --long=27 -T1 -q -c "$t/tokens" | wc -c) bytes")
+  time (echo "tokens xz -9: $(xz_c <"$t/tokens" | wc -c) bytes")
+  if command -v zstd >/dev/null; then
+    time (echo "tokens zstd -19 --long=27: $(zstd -19 --long=27 -T1 -q -c "$t/tokens" | wc -c) bytes")
+  else echo "tokens zstd: no zstd command (apt-get install zstd)"; fi
   ;;
 *)
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
