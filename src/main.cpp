@@ -36,6 +36,9 @@ std::string unknown_subcommand(CLI::App& app, int argc, char** argv) {
   std::string path = "sophiagpt";
   for (int i = 1; i < argc; ++i) {
     const std::string word = argv[i];
+    // An option before any subcommand: only the program's own (help, version) are known there.
+    if (at == &app && !word.empty() && word[0] == '-' && word != "-h" && word != "--help" && word != "--version")
+      return "unknown option '" + word + "': the command line starts with a subcommand (sophiagpt --help lists them)";
     if (word.empty() || word[0] == '-') return "";  // an option: CLI11 takes it from here
     const std::vector<CLI::App*> subs = at->get_subcommands([](CLI::App*) { return true; });
     if (subs.empty()) return "";

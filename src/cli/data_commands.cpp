@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/seed_arg.h"
 #include "common/error.h"
 #include "common/paths.h"
 #include "data/prepare.h"
@@ -123,9 +124,11 @@ void run_tokenize(const TokenizeArgs& a) {
 struct PrepareArgs {
   PrepareOptions opt;
   std::string format = "llmc", vocab;
+  std::string seed = "1337";  // parse_seed (cli/seed_arg.h): "-1" is an error, not 2^64 - 1
 };
 
 void run_prepare_command(PrepareArgs& a) {
+  a.opt.seed = parse_seed(a.seed, "--seed");
   a.opt.format = parse_token_format(a.format);
   const Tokenizer tok = Tokenizer::load(find_vocab_dir(a.vocab));
   a.opt.progress = [](const std::string& line) { std::fprintf(stderr, "prepare: %s\n", line.c_str()); };
@@ -185,7 +188,7 @@ void add_data_commands(CLI::App& app) {
   p->add_option("--val-fraction", pargs->opt.val_fraction,
                 "Fraction of documents for the validation split, chosen by --seed")
       ->capture_default_str();
-  p->add_option("--seed", pargs->opt.seed, "Seed of the validation split")->capture_default_str();
+  p->add_option("--seed", pargs->seed, "Seed of the validation split, 0 to 2^64 - 1")->capture_default_str();
   p->add_option("--text-field", pargs->opt.text_field, "Field holding the document in .jsonl lines")
       ->capture_default_str();
   p->add_option("--threads", pargs->opt.threads, "Tokenizing threads (0: every core)")->capture_default_str();

@@ -17,6 +17,7 @@
 
 #include "cli/commands.h"
 #include "cli/model_args.h"
+#include "cli/seed_arg.h"
 #include "common/error.h"
 #include "common/paths.h"
 #include "config/config.h"
@@ -447,21 +448,12 @@ struct SampleArgs {
   std::string seed = "1";  // parsed by parse_seed: CLI11 would wrap "-1" to 2^64 - 1
 };
 
-// A uint64 seed written in decimal: a sign, other characters or a value past 2^64 - 1 are errors.
-uint64_t parse_seed(const std::string& text, const std::string& option) {
-  uint64_t v = 0;
-  const char* end = text.data() + text.size();
-  const auto [p, err] = std::from_chars(text.data(), end, v);
-  if (text.empty() || err != std::errc() || p != end)
-    throw UserError(option + " '" + text + "' is not a seed: a whole number from 0 to 18446744073709551615");
-  return v;
-}
 
 // Autoregressive sampling with the KV-cache decoder (docs/sampling.md): on the GPU when one is
 // usable (--device auto), else on the CPU; the tokens are drawn on the host by cpu/sampling.h.
 void run_sample(const SampleArgs& a) {
   auto [cfg, params] = load_trained(a.m);
-  if (a.tokens < 0) throw UserError("--tokens must be >= 0");
+  if (a.tokens < 1) throw UserError("--tokens must be >= 1 (the number of tokens to generate), not " + std::to_string(a.tokens));
   SamplingOptions so;
   so.temperature = a.temperature;
   so.top_k = a.top_k;

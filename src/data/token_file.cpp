@@ -47,7 +47,9 @@ TokenFormat parse_token_format(const std::string& name) {
 const char* token_format_name(TokenFormat f) { return f == TokenFormat::kLlmc ? "llmc" : "nanogpt"; }
 
 void TokenFile::open() const {
-  fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO by mistake must not wait for a writer (the fstat below refuses
+  // anything but a regular file); reads from a regular file are unaffected.
+  fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd_ < 0) throw UserError(path_ + ": cannot open: " + errno_text());
 }
 
@@ -62,7 +64,7 @@ TokenFile::TokenFile(std::string path, TokenFormat format) : path_(std::move(pat
   if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd_);
     fd_ = -1;
-    throw UserError(path_ + (S_ISDIR(st.st_mode) ? ": is a directory, not a token file" : ": not a regular file"));
+    throw UserError(path_ + (S_ISDIR(st.st_mode) ? ": is a directory, not a token file" : ": is not a regular file (a token file must be one)"));
   }
   const uint64_t size = uint64_t(st.st_size);
   try {
