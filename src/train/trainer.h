@@ -30,6 +30,7 @@
 #include "cpu/decode_cpu.h"
 #include "data/loader.h"
 #include "train/backend.h"
+#include "train/checkpoints.h"
 #include "train/run_dir.h"
 
 namespace sgpt {
@@ -106,19 +107,6 @@ TrainResult train(const Config& cfg, Backend& backend, const TrainOptions& opt);
 // in the run's seeded order (the same batches at every evaluation), rank's slice of each batch.
 LoaderOptions val_loader_options(const Config& cfg, int rank, int world);
 
-// Newest step with both model_<step>.bin and state_<step>.bin in dir, or -1.
-int64_t latest_checkpoint(const std::string& dir);
 
-// The checkpoint --resume uses: the newest step whose two files both pass verify_checkpoint_file
-// (-1: none). `rejected` lists each newer checkpoint and why it was passed over; `unverified` is
-// set when the chosen one carries no checksums (written before they existed).
-struct ResumePoint {
-  int64_t step = -1;
-  std::vector<std::string> rejected;
-  bool unverified = false;
-};
-ResumePoint find_resume_checkpoint(const std::string& dir);
-std::string model_path(const std::string& dir, int64_t step);
-std::string state_path(const std::string& dir, int64_t step);
 
 }  // namespace sgpt
