@@ -24,6 +24,8 @@
 #include "train/checkpoints.h"
 #include "train/run_dir.h"
 #include "train/run_log.h"
+#include "train/hooks.h"
+#include "train/step.h"
 #include "train/stop_signals.h"
 #include "train/test_fault.h"
 #include "cpu/decode_cpu.h"
@@ -90,16 +92,6 @@ LoaderOptions val_loader_options(const Config& cfg, int rank, int world) {
 }
 
 namespace {
-void check_hellaswag_file(const Config& cfg) {
-  if (cfg.eval.hellaswag_every <= 0) return;
-  std::error_code ec;
-  if (!fs::is_regular_file(cfg.eval.hellaswag_file, ec))
-    throw UserError("config key 'eval.hellaswag_file': '" + cfg.eval.hellaswag_file +
-                    "' does not exist or is not a file (eval.hellaswag_every is " +
-                    std::to_string(cfg.eval.hellaswag_every) +
-                    "); docs/eval.md says where to get hellaswag_val.jsonl");
-}
-
 // The process's command line, for the machine record (Linux: /proc/self/cmdline; "" elsewhere).
 std::string command_line() {
   std::ifstream f("/proc/self/cmdline", std::ios::binary);
@@ -120,19 +112,159 @@ void check_data(const Config& cfg, int world) {
   check_hellaswag_file(cfg);
 }
 
+namespace {
+// The start of a train() call: the model line on the console and the machine record, the first
+// record the call writes to log.jsonl ("step" -1, so readers that key records by step skip it;
+// start_step is where this call begins). MFU (src/eval/mfu.h): model FLOPs of the training forward
+// + backward only (6N + 12 L C T per token; the GNB pass is not counted, though its time is in the
+// step's time), over the peak of all devices (log.peak_tflops, else the GPU's datasheet peak;
+// unknown: no MFU, and peak_tflops is returned as 0).
+double write_start_records(const Config& cfg, Backend& be, const TrainOptions& opt, JsonlLog& log, bool console,
+                           int64_t start, int accum, double* flops_per_token_out) {
+  const ModelConfig& mc = cfg.model;
+  const int B = cfg.batch.micro_batch_size, T = mc.block_size;
+  const double tokens_per_step = static_cast<double>(cfg.batch.total_batch_tokens);
+  if (console) {
+    std::printf("model: %d layers, %d heads, %d dims, T=%d, %zu parameters | %s | micro-batch %d x %d, "
+                "%d accumulation steps, %d process(es), %.0f tokens/step\n",
+                mc.n_layer, mc.n_head, mc.n_embd, T, be.layout().total, cfg.optimizer.name.c_str(), B, T, accum,
+                opt.world, tokens_per_step);
+    std::fflush(stdout);
+  }
+  const double flops_per_token = training_flops_per_token(mc, be.layout().total, T);
+  *flops_per_token_out = flops_per_token;
+  const double peak_tflops =
+      cfg.log.peak_tflops > 0 ? cfg.log.peak_tflops : detect_peak_tflops(be.device_name(), cfg.precision);
+  json rec{{"type", "machine"}, {"step", -1}, {"start_step", start}};
+  const json mi = be.machine_info();
+  if (mi.is_object())
+    for (auto it = mi.begin(); it != mi.end(); ++it)
+      if (!rec.contains(it.key())) rec[it.key()] = it.value();
+  if (!rec.contains("device")) rec["device"] = be.device_name();
+  rec["backend"] = be.name();
+  rec["precision"] = cfg.precision;
+  rec["world"] = opt.world;
+  rec["commit"] = SGPT_COMMIT;
+  if (!opt.run_id.empty()) rec["run_id"] = opt.run_id;
+  rec["command_line"] = command_line();
+  rec["flops_per_token"] = flops_per_token;
+  if (peak_tflops > 0) rec["peak_tflops"] = peak_tflops;
+  log.write(rec);
+  if (console) {
+    std::string m;
+    for (auto it = rec.begin(); it != rec.end(); ++it)
+      if (mi.contains(it.key()))
+        m += (m.empty() ? "" : ", ") + it.key() + " " + (it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
+    char peak_text[64] = "not reported (unknown device peak: set log.peak_tflops)";
+    if (peak_tflops > 0) std::snprintf(peak_text, sizeof peak_text, "against %g TFLOP/s per device", peak_tflops);
+    std::printf("machine: %s | commit %s | %d process(es) | MFU %s\n", m.empty() ? be.name().c_str() : m.c_str(),
+                SGPT_COMMIT, opt.world, peak_text);
+    std::fflush(stdout);
+  }
+  return peak_tflops;
+}
+
+// The ETA: the remaining steps times the mean time of the last (up to) 20 steps.
+class EtaWindow {
+ public:
+  double add(double dt, int64_t steps_left) {
+    if (recent_.size() == kWindow) {
+      sum_ -= recent_[next_];
+      recent_[next_] = dt;
+      next_ = (next_ + 1) % kWindow;
+    } else {
+      recent_.push_back(dt);
+    }
+    sum_ += dt;
+    return sum_ / static_cast<double>(recent_.size()) * static_cast<double>(steps_left);
+  }
+
+ private:
+  static constexpr size_t kWindow = 20;
+  std::vector<double> recent_;
+  size_t next_ = 0;
+  double sum_ = 0;
+};
+
+// The error that ends a run after optimizer.max_consecutive_skips skipped steps in a row.
+UserError diverged(const TrainOptions& opt, const TrainResult& res, int64_t skips, int64_t first, int64_t step,
+                   int max_skips) {
+  const std::string newest =
+      res.last_checkpoint < 0 ? "there is no checkpoint"
+                              : "the newest checkpoint is step " + std::to_string(res.last_checkpoint) + " ('" +
+                                    model_path(opt.out_dir, res.last_checkpoint) + "')";
+  return UserError("training diverged: the loss or the gradient norm was not finite in " + std::to_string(skips) +
+                   " consecutive steps (steps " + std::to_string(first) + " to " + std::to_string(step) +
+                   "; optimizer.max_consecutive_skips = " + std::to_string(max_skips) +
+                   "). No update was applied in those steps and no checkpoint was written from them; " + newest +
+                   ". Lower optimizer.lr (or check the data)" +
+                   (res.last_checkpoint >= 0 ? ", then continue from it with --resume" : " and start again"));
+}
+
+// The step's records in log.jsonl (train, or skip for a step the divergence guard skipped; gnb
+// for a GNB pass) and its console line every log.every steps (rank 0).
+void log_step(const Config& cfg, Backend& be, JsonlLog& log, bool main_rank, bool console, int64_t step,
+              int64_t start, double lr, const StepOutcome& o, double dt, double eta_s, double step_mfu,
+              int64_t consecutive_skips) {
+  const double tokens_per_step = static_cast<double>(cfg.batch.total_batch_tokens);
+  const int64_t max_steps = cfg.schedule.max_steps;
+  if (o.finite) {
+    json rec{{"type", "train"}, {"step", step}, {"loss", o.loss}, {"lr", lr}, {"grad_norm", o.norm},
+             {"tokens_per_s", tokens_per_step / dt}, {"ms", dt * 1e3}, {"eta_s", eta_s}};
+    if (step_mfu >= 0) rec["mfu"] = step_mfu;
+    if (step == start) {  // memory once the optimizer state exists (rank 0's; ranks are alike)
+      rec["state_mib"] = be.state_memory_mib();
+      const double dev = be.device_memory_mib();
+      if (dev >= 0) rec["device_mib"] = dev;
+      if (console)
+        std::printf("memory per rank: optimizer state %.0f MiB%s\n", be.state_memory_mib(),
+                    dev >= 0 ? (", device in use " + std::to_string(static_cast<long>(dev)) + " MiB").c_str() : "");
+    }
+    log.write(rec);
+  } else {
+    // NaN / inf are written as null.
+    log.write(json{{"type", "skip"}, {"step", step}, {"loss", o.loss}, {"lr", lr}, {"grad_norm", o.norm},
+                   {"consecutive", consecutive_skips}});
+    if (main_rank)
+      std::fprintf(stderr,
+                   "warning: step %lld skipped (no update): loss %g, gradient norm %g; %lld in a row, the run "
+                   "stops at optimizer.max_consecutive_skips = %d\n",
+                   static_cast<long long>(step), o.loss, o.norm, static_cast<long long>(consecutive_skips),
+                   cfg.optimizer.max_consecutive_skips);
+  }
+  if (o.gnb) {
+    json rec{{"type", "gnb"}, {"step", step}, {"win_rate", o.metrics.win_rate()},
+             {"h_l1", o.metrics.h_l1}, {"h_l2", std::sqrt(o.metrics.h_sq)},
+             {"gnb_loss", o.gnb_loss}, {"gnb_grad_norm", o.gnb_norm}};
+    if (!o.gnb_applied) {
+      rec["skipped"] = true;
+      if (main_rank)
+        std::fprintf(stderr, "warning: step %lld: the GNB pass is not finite (loss %g, gradient norm %g); h is "
+                     "left unchanged\n", static_cast<long long>(step), o.gnb_loss, o.gnb_norm);
+    }
+    log.write(rec);
+  }
+  if (console && (step % cfg.log.every == 0 || step + 1 == max_steps)) {
+    char mfu_text[32] = "";
+    if (step_mfu >= 0) std::snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%", 100.0 * step_mfu);
+    std::printf("step %6lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s%s | ETA %s\n",
+                static_cast<long long>(step + 1), static_cast<long long>(max_steps), o.loss, lr, o.norm,
+                dt * 1e3, tokens_per_step / dt, mfu_text, fmt_duration(eta_s).c_str());
+    std::fflush(stdout);
+  }
+}
+
+}  // namespace
+
 TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   const ModelConfig& mc = cfg.model;
   const OptimizerConfig& oc = cfg.optimizer;
   const int B = cfg.batch.micro_batch_size;
   const int T = mc.block_size;
-  const int accum = cfg.grad_accum_steps(opt.world);
-  const bool sophia = oc.name == "sophiag";
-  const int k = oc.hessian_interval;
-  const int Bh = std::max(1, static_cast<int>(std::floor(oc.hessian_batch_fraction * B)));
+  const StepPlan plan = StepPlan::make(cfg, opt.rank, opt.world);  // the step itself: train/step.h
+  const int accum = plan.accum;
   const bool main_rank = opt.rank == 0;
   const bool multi = opt.world > 1;
-  // Each rank's micro-step gradient is scaled by 1/(accum*world): the sum over ranks is the mean.
-  const float grad_scale = 1.0f / static_cast<float>(accum * opt.world);
   // The watchdog ends this rank if a phase that waits for the others never completes.
   auto phase = [&](const char* what) { if (multi) dist::Watchdog::instance().arm(what); };
 
@@ -140,9 +272,6 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   StopSignals signals;
   const LoaderOptions lo = loader_options(cfg, opt.rank, opt.world);
   DataLoader train_loader(lo);
-  std::unique_ptr<DataLoader> val_loader;
-  if (!cfg.data.val.empty() && cfg.eval.every > 0)
-    val_loader = std::make_unique<DataLoader>(val_loader_options(cfg, opt.rank, opt.world));
 
   // Stochastic rounding of bf16 working weights keyed by the run's seed (restored with its
   // counter on resume); fp32 gradient accumulation where the config asks for it.
@@ -155,12 +284,6 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     if (start > 0) load_checkpoint(cfg, be, train_loader, opt.out_dir, start);
   }
   res.last_checkpoint = start > 0 ? start : -1;
-  // Evaluation: the eval.batches micro-batches one process evaluates, shared out among the ranks as
-  // in training (rank r reads batches r, r + N, r + 2N, ...: its slice of each global batch), and
-  // the loss is their mean. So the validation loss is over the same sequences for every number of
-  // ranks, whether or not N divides eval.batches.
-  const int eval_batches =
-      cfg.eval.batches > opt.rank ? (cfg.eval.batches - opt.rank + opt.world - 1) / opt.world : 0;
   res.start_step = start;
 
   const std::string log_path = (fs::path(opt.out_dir) / "log.jsonl").string();
@@ -172,173 +295,18 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   auto console = [&]() { return main_rank && !opt.quiet && !std::ferror(stdout); };
   std::vector<int> inp(static_cast<size_t>(B) * T), tgt(static_cast<size_t>(B) * T);
   const double tokens_per_step = static_cast<double>(cfg.batch.total_batch_tokens);
-  const double bs = cfg.sophia_bs();
-  const HessianConsts hc = HessianConsts::make(oc.beta2);
   const int64_t max_steps = cfg.schedule.max_steps;
 
-  if (console()) {
-    std::printf("model: %d layers, %d heads, %d dims, T=%d, %zu parameters | %s | micro-batch %d x %d, "
-                "%d accumulation steps, %d process(es), %.0f tokens/step\n",
-                mc.n_layer, mc.n_head, mc.n_embd, T, be.layout().total, oc.name.c_str(), B, T, accum,
-                opt.world, tokens_per_step);
-    std::fflush(stdout);
-  }
+  double flops_per_token = 0;
+  const double peak_tflops = write_start_records(cfg, be, opt, log, console(), start, accum, &flops_per_token);
 
-  // MFU (src/eval/mfu.h): model FLOPs of the training forward + backward only (6N + 12 L C T per
-  // token; the GNB pass is not counted, though its time is in the step's time), over the peak of
-  // all devices (log.peak_tflops, else the GPU's datasheet peak; unknown: no MFU).
-  const double flops_per_token = training_flops_per_token(mc, be.layout().total, T);
-  const double peak_tflops =
-      cfg.log.peak_tflops > 0 ? cfg.log.peak_tflops : detect_peak_tflops(be.device_name(), cfg.precision);
-  {
-    // The machine record: the first record this call writes. "step" is -1 (it precedes the
-    // steps), so readers that key records by step skip it; start_step is where this call begins.
-    json rec{{"type", "machine"}, {"step", -1}, {"start_step", start}};
-    const json mi = be.machine_info();
-    if (mi.is_object())
-      for (auto it = mi.begin(); it != mi.end(); ++it)
-        if (!rec.contains(it.key())) rec[it.key()] = it.value();
-    if (!rec.contains("device")) rec["device"] = be.device_name();
-    rec["backend"] = be.name();
-    rec["precision"] = cfg.precision;
-    rec["world"] = opt.world;
-    rec["commit"] = SGPT_COMMIT;
-    if (!opt.run_id.empty()) rec["run_id"] = opt.run_id;
-    rec["command_line"] = command_line();
-    rec["flops_per_token"] = flops_per_token;
-    if (peak_tflops > 0) rec["peak_tflops"] = peak_tflops;
-    log.write(rec);
-    if (console()) {
-      std::string m;
-      for (auto it = rec.begin(); it != rec.end(); ++it)
-        if (mi.contains(it.key())) m += (m.empty() ? "" : ", ") + it.key() + " " + (it.value().is_string() ? it.value().get<std::string>() : it.value().dump());
-      char peak_text[64] = "not reported (unknown device peak: set log.peak_tflops)";
-      if (peak_tflops > 0) std::snprintf(peak_text, sizeof peak_text, "against %g TFLOP/s per device", peak_tflops);
-      std::printf("machine: %s | commit %s | %d process(es) | MFU %s\n", m.empty() ? be.name().c_str() : m.c_str(),
-                  SGPT_COMMIT, opt.world, peak_text);
-      std::fflush(stdout);
-    }
-  }
-
-  // HellaSwag (eval.hellaswag_every, src/eval/hellaswag.h): every rank loads and checks all
-  // examples (so a bad file fails alike everywhere), scores its own slice, and the counts are
-  // summed over the ranks through Backend::average.
-  std::vector<HellaSwagExample> hellaswag_examples;
-  if (cfg.eval.hellaswag_every > 0) {
-    check_hellaswag_file(cfg);
-    hellaswag_examples = load_hellaswag(cfg.eval.hellaswag_file, Tokenizer::load(find_vocab_dir()));
-    check_hellaswag(hellaswag_examples, mc.vocab_size, T, cfg.eval.hellaswag_file);
-    std::vector<int> pi(static_cast<size_t>(B) * T, std::min(kEndOfText, mc.vocab_size - 1)), pt(pi.size(), -1);
-    std::vector<float> pl(pi.size());
-    try {  // a backend without per-position losses fails here, not at the first evaluation
-      be.eval_losses(pi.data(), pt.data(), B, T, pl.data());
-    } catch (const std::logic_error& e) {
-      throw UserError("config key 'eval.hellaswag_every': the " + be.name() + " backend cannot score HellaSwag (" +
-                      e.what() + "); set it to 0");
-    }
-  }
-  auto hellaswag = [&](int64_t step) {
-    if (hellaswag_examples.empty()) return;
-    phase("a HellaSwag evaluation");
-    const auto [lo_ex, hi_ex] = hellaswag_slice(hellaswag_examples.size(), opt.rank, opt.world);
-    const HellaSwagResult r = evaluate_hellaswag(be, hellaswag_examples, lo_ex, hi_ex, B, T, cfg.eval.hellaswag_file);
-    double counts[2] = {static_cast<double>(r.correct), static_cast<double>(r.total)};
-    if (multi) {
-      be.average(counts, 2);  // means over ranks: times world gives the sums
-      for (double& c : counts) c *= opt.world;
-    }
-    const int64_t correct = std::llround(counts[0]), total = std::llround(counts[1]);
-    const double acc = total > 0 ? static_cast<double>(correct) / static_cast<double>(total) : 0.0;
-    res.last_hellaswag = acc;
-    log.write(json{{"type", "hellaswag"}, {"step", step}, {"hellaswag", acc}, {"correct", correct}, {"total", total}});
-    if (console()) {
-      std::printf("step %lld: hellaswag %.4f (%lld/%lld)\n", static_cast<long long>(step), acc,
-                  static_cast<long long>(correct), static_cast<long long>(total));
-      std::fflush(stdout);
-    }
-  };
-
-  // Samples (sample.every, docs/sampling.md): the prompt is encoded on every rank (a bad prompt
-  // fails alike everywhere); every rank gathers the weights (Backend::get is collective), rank 0
-  // decodes with its decoder (opt.make_decoder: the GPU one on the GPU; else the CPU one).
-  std::vector<int> sample_prompt;
-  std::unique_ptr<Tokenizer> sample_tok;
-  std::unique_ptr<Decoder> sample_decoder;
-  SamplingOptions sample_opt;
-  if (cfg.sample.every > 0) {
-    sample_opt.temperature = cfg.sample.temperature;
-    sample_opt.top_k = cfg.sample.top_k;
-    sample_opt.top_p = cfg.sample.top_p;
-    sample_opt.seed = cfg.seed;
-    try {
-      sample_tok = std::make_unique<Tokenizer>(Tokenizer::load(find_vocab_dir()));
-    } catch (const UserError& e) {
-      if (!cfg.sample.prompt.empty())
-        throw UserError(std::string("config key 'sample.prompt' needs the GPT-2 vocabulary to encode it: ") + e.what());
-      if (main_rank)
-        std::fprintf(stderr, "note: samples are printed as token ids (no GPT-2 vocabulary: %s)\n", e.what());
-    }
-    if (sample_tok && !cfg.sample.prompt.empty()) {
-      sample_prompt = sample_tok->encode(cfg.sample.prompt, /*allow_special=*/true);
-      for (int id : sample_prompt)
-        if (id >= mc.vocab_size)
-          throw UserError("config key 'sample.prompt' encodes to token " + std::to_string(id) +
-                          ", outside the model's vocabulary (model.vocab_size " + std::to_string(mc.vocab_size) + ")");
-    }
-    // The start token: end-of-text, or the last id of a model with a smaller vocabulary.
-    if (sample_prompt.empty()) sample_prompt.push_back(std::min(kEndOfText, mc.vocab_size - 1));
-  }
-  auto sample = [&](int64_t step) {
-    phase("a sample");
-    std::vector<float> params;
-    be.get("params", params);  // collective: every rank
-    if (!main_rank) return;
-    if (!sample_decoder) sample_decoder = opt.make_decoder ? opt.make_decoder(mc) : make_cpu_decoder(mc);
-    sample_decoder->set_params(params.data());
-    const double t0 = now_s();
-    const std::vector<int> toks = generate(*sample_decoder, sample_prompt, cfg.sample.tokens, sample_opt);
-    const double dt = now_s() - t0;
-    std::string text;
-    if (sample_tok) {
-      text = utf8_repair(sample_tok->decode(toks));
-    } else {
-      for (int t : toks) text += (text.empty() ? "" : " ") + std::to_string(t);
-    }
-    res.samples.emplace_back(step, toks);
-    log.write(json{{"type", "sample"}, {"step", step}, {"tokens", toks}, {"text", text}});
-    if (console()) {
-      std::printf("--- sample at step %lld (%s, %d tokens, %.0f tokens/s) ---\n%s\n---\n",
-                  static_cast<long long>(step), sample_decoder->name().c_str(), cfg.sample.tokens,
-                  dt > 0 ? toks.size() / dt : 0.0, text.c_str());
-      std::fflush(stdout);
-    }
-  };
-
-  auto evaluate = [&](int64_t step) {
-    if (!val_loader) return;
-    phase("evaluation");
-    val_loader->reset();
-    double sum = 0;
-    for (int i = 0; i < eval_batches; ++i) {
-      val_loader->next(inp.data(), tgt.data());
-      sum += be.eval_micro(inp.data(), tgt.data(), B, T);
-    }
-    double vl = sum;
-    be.average(&vl, 1);  // the mean over ranks of their sums
-    vl = vl * opt.world / cfg.eval.batches;
-    res.last_val_loss = vl;
-    log.write(json{{"type", "eval"}, {"step", step}, {"val_loss", vl}});
-    if (console()) {
-      std::printf("step %lld: val loss %.4f\n", static_cast<long long>(step), vl);
-      std::fflush(stdout);
-    }
-  };
+  RunHooks hooks(cfg, be, opt, log, res, console, phase);
+  auto evaluate = [&](int64_t step) { hooks.evaluate(step); };
+  auto hellaswag = [&](int64_t step) { hooks.hellaswag(step); };
+  auto sample = [&](int64_t step) { hooks.sample(step); };
 
   const double t_start = now_s();
-  // The ETA: the remaining steps times the mean time of the last (up to) kEtaWindow steps.
-  constexpr size_t kEtaWindow = 20;
-  std::vector<double> recent_dt;
-  double recent_sum = 0;
+  EtaWindow eta;
   const int max_skips = oc.max_consecutive_skips;
   int64_t consecutive_skips = 0, first_skip = -1;
   const bool nan_fault = test_fault().mode == "nan" && test_fault().rank == opt.rank;
@@ -355,129 +323,25 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     phase("a training step");
     inject_fault(opt.rank, step);
     const double lr = lr_at(step, oc.lr, oc.min_lr, cfg.schedule.warmup_iters, cfg.schedule.lr_decay_iters);
-    be.zero_grad();
-    double loss = 0;
-    for (int micro = 0; micro < accum; ++micro) {
-      train_loader.next(inp.data(), tgt.data());
-      if (micro == accum - 1) be.begin_last_micro();
-      loss += be.train_micro(inp.data(), tgt.data(), B, T, grad_scale);
-    }
-    be.reduce_grad();
-    loss /= accum;
-    if (nan_fault && step >= test_fault().step) loss = std::nan("");
-    const double norm = std::sqrt(be.grad_sum_squares());
-    if (multi) be.average(&loss, 1);  // the mean over ranks: the guard decides alike on every rank
-
-    // Divergence guard: the loss (mean over ranks) and the gradient norm (over the whole model)
-    // are the same on every rank; a non-finite one skips the update, the GNB pass included.
-    const bool finite = std::isfinite(loss) && std::isfinite(norm);
-    const bool gnb = finite && sophia && step % k == k - 1;
-    SophiaMetrics metrics;
-    double gnb_loss = 0, gnb_norm = 0;
-    bool gnb_applied = false;
+    const StepOutcome o = train_step(be, train_loader, plan, step, lr, inp, tgt, nan_fault && step >= test_fault().step);
+    const double loss = o.loss;
+    const bool finite = o.finite;
     if (finite) {
       consecutive_skips = 0;
-      const float clip = cpu::clip_scale(norm, oc.grad_clip);
-      if (clip != 1.0f) be.scale_grad(clip);
-      if (sophia) {
-        be.sophia_step(SophiaConsts::make(lr, oc.beta1, oc.rho, bs, oc.weight_decay), gnb ? &metrics : nullptr);
-      } else {
-        be.adamw_step(AdamWConsts::make(lr, oc.beta1, oc.beta2, oc.eps, oc.weight_decay, step + 1));
-      }
     } else {
       if (consecutive_skips == 0) first_skip = step;
       ++consecutive_skips;
       ++res.skipped_steps;
     }
-
-    if (gnb) {
-      be.zero_grad();
-      for (int micro = 0; micro < accum; ++micro) {
-        train_loader.next(inp.data(), tgt.data());
-        // Labels keyed by the global index of the sequence among the pass's GNB sequences: the
-        // same for any number of ranks.
-        const uint32_t seq0 = static_cast<uint32_t>((micro * opt.world + opt.rank) * Bh);
-        if (micro == accum - 1) be.begin_last_micro();
-        gnb_loss += be.gnb_micro(inp.data(), Bh, T, grad_scale, cfg.seed,
-                                 static_cast<uint32_t>(step), seq0);
-      }
-      be.reduce_grad();
-      gnb_loss /= accum;
-      gnb_norm = std::sqrt(be.grad_sum_squares());
-      if (multi) be.average(&gnb_loss, 1);
-      // A non-finite GNB pass leaves h as it was (the step's update above stands).
-      gnb_applied = std::isfinite(gnb_loss) && std::isfinite(gnb_norm);
-      if (gnb_applied) {
-        const float c2 = cpu::clip_scale(gnb_norm, oc.grad_clip);
-        if (c2 != 1.0f) be.scale_grad(c2);
-        be.hessian_ema(hc);
-      }
-    }
     const double dt = now_s() - t0;
-    if (recent_dt.size() == kEtaWindow) {
-      recent_sum -= recent_dt[static_cast<size_t>(res.steps_done) % kEtaWindow];
-      recent_dt[static_cast<size_t>(res.steps_done) % kEtaWindow] = dt;
-    } else {
-      recent_dt.push_back(dt);
-    }
-    recent_sum += dt;
-    const double eta_s = recent_sum / static_cast<double>(recent_dt.size()) * static_cast<double>(max_steps - step - 1);
+    const double eta_s = eta.add(dt, max_steps - step - 1);
     const double step_mfu = mfu(flops_per_token, tokens_per_step / dt, peak_tflops, opt.world);
     res.train_losses.push_back(loss);
     res.steps_done++;
     if (opt.start) opt.start->commit();  // the run has started: a later failure keeps its files
 
-    if (finite) {
-      json rec{{"type", "train"}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-               {"tokens_per_s", tokens_per_step / dt}, {"ms", dt * 1e3}, {"eta_s", eta_s}};
-      if (step_mfu >= 0) rec["mfu"] = step_mfu;
-      if (step == start) {  // memory once the optimizer state exists (rank 0's; ranks are alike)
-        rec["state_mib"] = be.state_memory_mib();
-        const double dev = be.device_memory_mib();
-        if (dev >= 0) rec["device_mib"] = dev;
-        if (console())
-          std::printf("memory per rank: optimizer state %.0f MiB%s\n", be.state_memory_mib(),
-                      dev >= 0 ? (", device in use " + std::to_string(static_cast<long>(dev)) + " MiB").c_str() : "");
-      }
-      log.write(rec);
-    } else {
-      // NaN / inf are written as null.
-      log.write(json{{"type", "skip"}, {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm},
-                     {"consecutive", consecutive_skips}});
-      if (main_rank)
-        std::fprintf(stderr,
-                     "warning: step %lld skipped (no update): loss %g, gradient norm %g; %lld in a row, the run "
-                     "stops at optimizer.max_consecutive_skips = %d\n",
-                     static_cast<long long>(step), loss, norm, static_cast<long long>(consecutive_skips), max_skips);
-    }
-    if (gnb) {
-      json rec{{"type", "gnb"}, {"step", step}, {"win_rate", metrics.win_rate()},
-               {"h_l1", metrics.h_l1}, {"h_l2", std::sqrt(metrics.h_sq)},
-               {"gnb_loss", gnb_loss}, {"gnb_grad_norm", gnb_norm}};
-      if (!gnb_applied) {
-        rec["skipped"] = true;
-        if (main_rank)
-          std::fprintf(stderr, "warning: step %lld: the GNB pass is not finite (loss %g, gradient norm %g); h is "
-                       "left unchanged\n", static_cast<long long>(step), gnb_loss, gnb_norm);
-      }
-      log.write(rec);
-    }
-    if (console() && (step % cfg.log.every == 0 || step + 1 == max_steps)) {
-      char mfu_text[32] = "";
-      if (step_mfu >= 0) std::snprintf(mfu_text, sizeof mfu_text, " | MFU %.1f%%", 100.0 * step_mfu);
-      std::printf("step %6lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s%s | ETA %s\n",
-                  static_cast<long long>(step + 1), static_cast<long long>(max_steps), loss, lr, norm,
-                  dt * 1e3, tokens_per_step / dt, mfu_text, fmt_duration(eta_s).c_str());
-      std::fflush(stdout);
-    }
-    if (consecutive_skips >= max_skips) {
-      throw UserError("training diverged: the loss or the gradient norm was not finite in " +
-                      std::to_string(consecutive_skips) + " consecutive steps (steps " + std::to_string(first_skip) +
-                      " to " + std::to_string(step) + "; optimizer.max_consecutive_skips = " +
-                      std::to_string(max_skips) + "). No update was applied in those steps and no checkpoint was "
-                      "written from them; " + newest_checkpoint_text() + ". Lower optimizer.lr (or check the data)" +
-                      (res.last_checkpoint >= 0 ? ", then continue from it with --resume" : " and start again"));
-    }
+    log_step(cfg, be, log, main_rank, console(), step, start, lr, o, dt, eta_s, step_mfu, consecutive_skips);
+    if (consecutive_skips >= max_skips) throw diverged(opt, res, consecutive_skips, first_skip, step, max_skips);
 
     // A stop asked for by a signal on any rank ends the run at this step on every rank.
     bool stop = stop_signal() != 0;
