@@ -84,6 +84,7 @@ enum Flags : unsigned {
   kCpuOnlyBuild = 1,  // the expectation holds for a binary built without CUDA (skipped otherwise)
   kNoGpu = 2,         // the expectation holds where no GPU is usable (skipped otherwise)
   kPrivateDev = 4,    // the command targets /dev/null: run it where it cannot replace the real one
+  kCudaBuild = 8,     // the expectation holds for a binary built with CUDA (skipped otherwise)
 };
 
 struct Row {
@@ -746,7 +747,10 @@ std::vector<Row> tokenize_rows() {
 
 std::vector<Row> bench_rows() {
   return {
-      {.name = "no_subcommand", .cmd = "bench", .code = 106, .phrases = {"A subcommand is required"}},
+      {.name = "no_subcommand", .cmd = "bench", .code = 106, .phrases = {"A subcommand is required"},
+       .flags = kCudaBuild},
+      {.name = "no_subcommand_on_a_cpu_build", .cmd = "bench", .code = 2, .phrases = {"bench needs a CUDA build"},
+       .flags = kCpuOnlyBuild},
       {.name = "unknown_subcommand", .cmd = "bench frob", .code = 2, .phrases = {"unknown subcommand 'frob'"}},
       {.name = "optimizer_on_a_cpu_build", .cmd = "bench optimizer", .code = 2, .phrases = {"bench needs a CUDA build"},
        .flags = kCpuOnlyBuild},
@@ -1123,6 +1127,7 @@ TEST_P(Catalogue, Case) {
   const Row& row = GetParam();
   const Master& m = master();
   if ((row.flags & kCpuOnlyBuild) && m.cuda_build) GTEST_SKIP() << "the expectation is a CPU-only build's";
+  if ((row.flags & kCudaBuild) && !m.cuda_build) GTEST_SKIP() << "the expectation is a CUDA build's";
   if ((row.flags & kNoGpu) && m.gpu_usable) GTEST_SKIP() << "the expectation is a machine's without a usable GPU";
 
   // The case's own copy of the fixtures, and its planted files.
