@@ -356,15 +356,6 @@ int64_t latest_checkpoint(const std::string& dir) {
 
 const char* program_commit() { return SGPT_COMMIT; }
 
-bool may_change_on_resume(const std::string& key) {
-  static const char* const fixed[] = {"model.", "optimizer.name", "seed", "data.train", "data.format"};
-  for (const char* f : fixed) {
-    const std::string p(f);
-    if (key == p || (p.back() == '.' && key.rfind(p, 0) == 0)) return false;
-  }
-  return true;
-}
-
 namespace {
 // Every leaf of a config JSON as "a.b" -> value.
 void flatten(const json& j, const std::string& at, std::vector<std::pair<std::string, json>>& out) {
