@@ -1,5 +1,7 @@
 #include "config/config.h"
+#include "config/keys.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -7,6 +9,7 @@
 #include <limits>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "common/error.h"
 #include "common/paths.h"
@@ -123,14 +126,12 @@ class ObjectReader {
   std::set<std::string> seen_;
 };
 
-template <class F>
-void read_section(ObjectReader& top, const char* key, const std::string& source, F&& body) {
-  if (const json* s = top.section(key)) {
-    ObjectReader r(*s, key, source, top.overrides());
-    body(r);
-    r.finish();
-  }
+// The part of a dotted key before its last dot ("" for a top-level key), and the part after.
+std::string section_of(const std::string& name) {
+  const auto dot = name.rfind('.');
+  return dot == std::string::npos ? std::string() : name.substr(0, dot);
 }
+std::string leaf_of(const std::string& name) { return name.substr(name.rfind('.') + 1); }
 
 [[noreturn]] void bad(const std::string& key, const std::string& what) {
   throw UserError("config key '" + key + "' " + what);
@@ -138,123 +139,46 @@ void read_section(ObjectReader& top, const char* key, const std::string& source,
 
 }  // namespace
 
+// Reads every key of the table (sections in table order, each section's unknown keys rejected
+// after its known keys are read; the top level's last).
 Config config_from_json(const json& j, const std::string& source,
                         const std::map<std::string, std::string>& overrides) {
   Config c;
   ObjectReader top(j, "", source, overrides);
-  read_section(top, "model", source, [&](ObjectReader& r) {
-    ModelConfig& m = c.model;
-    r.get("n_layer", m.n_layer);
-    r.get("n_head", m.n_head);
-    r.get("n_embd", m.n_embd);
-    r.get("block_size", m.block_size);
-    r.get("vocab_size", m.vocab_size);
-    r.get("bias", m.bias);
-    r.get("scale_attn_by_inverse_layer_idx", m.scale_attn_by_inverse_layer_idx);
-  });
-  read_section(top, "optimizer", source, [&](ObjectReader& r) {
-    OptimizerConfig& o = c.optimizer;
-    r.get("name", o.name);
-    r.get("lr", o.lr);
-    r.get("min_lr", o.min_lr);
-    r.get("beta1", o.beta1);
-    r.get("beta2", o.beta2);
-    r.get("rho", o.rho);
-    r.get("weight_decay", o.weight_decay);
-    r.get("eps", o.eps);
-    r.get("bs", o.bs);
-    r.get("hessian_interval", o.hessian_interval);
-    r.get("hessian_batch_fraction", o.hessian_batch_fraction);
-    r.get("grad_clip", o.grad_clip);
-    r.get("max_consecutive_skips", o.max_consecutive_skips);
-  });
-  read_section(top, "schedule", source, [&](ObjectReader& r) {
-    r.get("warmup_iters", c.schedule.warmup_iters);
-    r.get("lr_decay_iters", c.schedule.lr_decay_iters);
-    r.get("max_steps", c.schedule.max_steps);
-  });
-  read_section(top, "batch", source, [&](ObjectReader& r) {
-    r.get("micro_batch_size", c.batch.micro_batch_size);
-    r.get("total_batch_tokens", c.batch.total_batch_tokens);
-  });
-  read_section(top, "data", source, [&](ObjectReader& r) {
-    r.get("train", c.data.train);
-    r.get("val", c.data.val);
-    r.get("format", c.data.format);
-  });
-  read_section(top, "eval", source, [&](ObjectReader& r) {
-    r.get("every", c.eval.every);
-    r.get("batches", c.eval.batches);
-    r.get("hellaswag_every", c.eval.hellaswag_every);
-    r.get("hellaswag_file", c.eval.hellaswag_file);
-  });
-  read_section(top, "checkpoint", source, [&](ObjectReader& r) {
-    r.get("every", c.checkpoint.every);
-    r.get("keep", c.checkpoint.keep);
-  });
-  read_section(top, "log", source, [&](ObjectReader& r) {
-    r.get("every", c.log.every);
-    r.get("peak_tflops", c.log.peak_tflops);
-  });
-  read_section(top, "sample", source, [&](ObjectReader& r) {
-    r.get("every", c.sample.every);
-    r.get("tokens", c.sample.tokens);
-    r.get("prompt", c.sample.prompt);
-    r.get("temperature", c.sample.temperature);
-    r.get("top_k", c.sample.top_k);
-    r.get("top_p", c.sample.top_p);
-  });
-  read_section(top, "dist", source, [&](ObjectReader& r) {
-    r.get("init", c.dist.init);
-    r.get("timeout_s", c.dist.timeout_s);
-    r.get("zero", c.dist.zero);
-  });
-  top.get("seed", c.seed);
-  top.get("precision", c.precision);
-  top.get("device", c.device);
-  top.get("attention", c.attention);
-  top.get("recompute", c.recompute);
-  top.get("grad_accum_precision", c.grad_accum_precision);
+  const std::vector<ConfigKey>& keys = config_keys();
+  for (size_t i = 0; i < keys.size();) {
+    const std::string section = section_of(keys[i].name);
+    size_t end = i;
+    while (end < keys.size() && section_of(keys[end].name) == section) ++end;
+    auto read = [&](ObjectReader& r) {
+      for (size_t k = i; k < end; ++k) {
+        const std::string leaf = leaf_of(keys[k].name);
+        std::visit([&](auto field) { r.get(leaf.c_str(), field(c)); }, keys[k].field);
+      }
+    };
+    if (section.empty()) {
+      read(top);
+    } else if (const json* s = top.section(section.c_str())) {
+      ObjectReader r(*s, section, source, top.overrides());
+      read(r);
+      r.finish();
+    }
+    i = end;
+  }
   top.finish();
   c.model.padded_vocab_size = pad_vocab(c.model.vocab_size);
   return c;
 }
 
 json config_to_json(const Config& c) {
-  const ModelConfig& m = c.model;
-  const OptimizerConfig& o = c.optimizer;
-  return json{
-      {"model",
-       {{"n_layer", m.n_layer}, {"n_head", m.n_head}, {"n_embd", m.n_embd},
-        {"block_size", m.block_size}, {"vocab_size", m.vocab_size}, {"bias", m.bias},
-        {"scale_attn_by_inverse_layer_idx", m.scale_attn_by_inverse_layer_idx}}},
-      {"optimizer",
-       {{"name", o.name}, {"lr", o.lr}, {"min_lr", o.min_lr}, {"beta1", o.beta1},
-        {"beta2", o.beta2}, {"rho", o.rho}, {"weight_decay", o.weight_decay}, {"eps", o.eps},
-        {"bs", o.bs}, {"hessian_interval", o.hessian_interval},
-        {"hessian_batch_fraction", o.hessian_batch_fraction}, {"grad_clip", o.grad_clip},
-        {"max_consecutive_skips", o.max_consecutive_skips}}},
-      {"schedule",
-       {{"warmup_iters", c.schedule.warmup_iters}, {"lr_decay_iters", c.schedule.lr_decay_iters},
-        {"max_steps", c.schedule.max_steps}}},
-      {"batch",
-       {{"micro_batch_size", c.batch.micro_batch_size},
-        {"total_batch_tokens", c.batch.total_batch_tokens}}},
-      {"data", {{"train", c.data.train}, {"val", c.data.val}, {"format", c.data.format}}},
-      {"eval", {{"every", c.eval.every}, {"batches", c.eval.batches},
-                {"hellaswag_every", c.eval.hellaswag_every}, {"hellaswag_file", c.eval.hellaswag_file}}},
-      {"checkpoint", {{"every", c.checkpoint.every}, {"keep", c.checkpoint.keep}}},
-      {"log", {{"every", c.log.every}, {"peak_tflops", c.log.peak_tflops}}},
-      {"sample", {{"every", c.sample.every}, {"tokens", c.sample.tokens}, {"prompt", c.sample.prompt},
-                  {"temperature", c.sample.temperature}, {"top_k", c.sample.top_k}, {"top_p", c.sample.top_p}}},
-      {"dist", {{"init", c.dist.init}, {"timeout_s", c.dist.timeout_s}, {"zero", c.dist.zero}}},
-      {"seed", c.seed},
-      {"precision", c.precision},
-      {"device", c.device},
-      {"attention", c.attention},
-      {"recompute", c.recompute},
-      {"grad_accum_precision", c.grad_accum_precision},
-  };
+  Config& m = const_cast<Config&>(c);  // the accessors take a Config&; nothing is written
+  json j = json::object();
+  for (const ConfigKey& k : config_keys()) {
+    const std::string section = section_of(k.name);
+    json& at = section.empty() ? j : j[section];
+    std::visit([&](auto field) { at[leaf_of(k.name)] = field(m); }, k.field);
+  }
+  return j;
 }
 
 int Config::grad_accum_steps(int world) const {
@@ -266,48 +190,49 @@ double Config::sophia_bs() const {
   return optimizer.bs > 0 ? optimizer.bs : static_cast<double>(batch.total_batch_tokens);
 }
 
+namespace {
+// The table's check of one key; a failure throws naming the key.
+void check_key(const ConfigKey& k, const Config& cfg) {
+  const KeyCheck& ck = k.check;
+  if (ck.by_code) return;
+  bool ok = true;
+  std::string got;
+  std::visit(
+      [&](auto field) {
+        const auto& v = field(const_cast<Config&>(cfg));
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          if (!ck.one_of.empty()) ok = std::find(ck.one_of.begin(), ck.one_of.end(), v) != ck.one_of.end();
+          got = "\"" + v + "\"";
+        } else if constexpr (!std::is_same_v<T, bool>) {
+          const double x = static_cast<double>(v);
+          if (ck.lo) ok = ok && (ck.lo_open ? x > *ck.lo : x >= *ck.lo);
+          if (ck.hi) ok = ok && (ck.hi_open ? x < *ck.hi : x <= *ck.hi);
+          if (ck.finite) ok = ok && std::isfinite(x);
+          got = std::to_string(v);
+        }
+      },
+      k.field);
+  if (ok) return;
+  std::string what = "must be " + key_check_phrase(ck);
+  if (ck.note) what += std::string(" ") + ck.note;
+  if (ck.got) what += ", got " + got;
+  bad(k.name, what);
+}
+}  // namespace
+
 void Config::validate(int world) const {
+  // Each key's own range or allowed values (the table), then the rules over several keys.
+  for (const ConfigKey& k : config_keys()) check_key(k, *this);
+
   const ModelConfig& m = model;
-  auto positive = [](const char* key, int64_t v) {
-    if (v < 1) bad(key, "must be >= 1, got " + std::to_string(v));
-  };
-  positive("model.n_layer", m.n_layer);
-  positive("model.n_head", m.n_head);
-  positive("model.n_embd", m.n_embd);
-  positive("model.block_size", m.block_size);
-  if (m.vocab_size < 2 || m.vocab_size > 65536)
-    bad("model.vocab_size", "must be in [2, 65536] (tokens are stored as uint16), got " +
-                                std::to_string(m.vocab_size));
   if (m.n_embd % m.n_head != 0)
     bad("model.n_embd", "must be divisible by model.n_head (" + std::to_string(m.n_embd) + " % " +
                             std::to_string(m.n_head) + " != 0)");
-
   const OptimizerConfig& o = optimizer;
-  if (o.name != "sophiag" && o.name != "adamw")
-    bad("optimizer.name", "must be \"sophiag\" or \"adamw\", got \"" + o.name + "\"");
-  if (!(o.lr > 0)) bad("optimizer.lr", "must be > 0");
   if (!(o.min_lr >= 0) || o.min_lr > o.lr) bad("optimizer.min_lr", "must be in [0, optimizer.lr]");
-  if (!(o.beta1 >= 0 && o.beta1 < 1)) bad("optimizer.beta1", "must be in [0, 1), got " + std::to_string(o.beta1));
-  if (!(o.beta2 >= 0 && o.beta2 < 1)) bad("optimizer.beta2", "must be in [0, 1), got " + std::to_string(o.beta2));
-  if (!(o.rho >= 0)) bad("optimizer.rho", "must be >= 0, got " + std::to_string(o.rho));
-  if (!(o.weight_decay >= 0)) bad("optimizer.weight_decay", "must be >= 0");
-  if (!(o.eps > 0)) bad("optimizer.eps", "must be > 0");
-  if (!(o.bs >= 0)) bad("optimizer.bs", "must be >= 0 (0 = total_batch_tokens)");
-  if (o.hessian_interval < 1) bad("optimizer.hessian_interval", "must be >= 1, got " + std::to_string(o.hessian_interval));
-  if (!(o.hessian_batch_fraction > 0 && o.hessian_batch_fraction <= 1))
-    bad("optimizer.hessian_batch_fraction", "must be in (0, 1]");
-  if (!(o.grad_clip >= 0)) bad("optimizer.grad_clip", "must be >= 0 (0 disables clipping)");
-  if (o.max_consecutive_skips < 1 || o.max_consecutive_skips > 1000000)
-    bad("optimizer.max_consecutive_skips",
-        "must be in [1, 1000000], got " + std::to_string(o.max_consecutive_skips));
-
-  if (schedule.warmup_iters < 0) bad("schedule.warmup_iters", "must be >= 0");
   if (schedule.lr_decay_iters < schedule.warmup_iters)
     bad("schedule.lr_decay_iters", "must be >= schedule.warmup_iters");
-  if (schedule.max_steps < 1) bad("schedule.max_steps", "must be >= 1");
-
-  positive("batch.micro_batch_size", batch.micro_batch_size);
-  positive("batch.total_batch_tokens", batch.total_batch_tokens);
   const int64_t per_micro = static_cast<int64_t>(batch.micro_batch_size) * m.block_size * world;
   if (batch.total_batch_tokens % per_micro != 0)
     bad("batch.total_batch_tokens",
@@ -319,46 +244,13 @@ void Config::validate(int world) const {
       bad("optimizer.hessian_batch_fraction",
           "times batch.micro_batch_size must give at least one sequence");
   }
-
-  if (data.format != "llmc" && data.format != "nanogpt")
-    bad("data.format", "must be \"llmc\" or \"nanogpt\", got \"" + data.format + "\"");
-  if (eval.every < 0) bad("eval.every", "must be >= 0 (0 disables)");
-  if (eval.batches < 1) bad("eval.batches", "must be >= 1");
-  if (checkpoint.every < 0) bad("checkpoint.every", "must be >= 0 (0 = only the final checkpoint)");
-  if (checkpoint.keep < 1) bad("checkpoint.keep", "must be >= 1");
-  if (log.every < 1) bad("log.every", "must be >= 1");
-  if (!(log.peak_tflops >= 0))
-    bad("log.peak_tflops", "must be >= 0 (TFLOP/s of the device for MFU; 0 = detect from the GPU's name), got " +
-                               std::to_string(log.peak_tflops));
-  if (eval.hellaswag_every < 0) bad("eval.hellaswag_every", "must be >= 0 (0 disables)");
   // That the file exists is checked before training (check_data), not here: a finished run's
   // config.json stays loadable (eval, sample) after the file moved.
   if (eval.hellaswag_every > 0 && eval.hellaswag_file.empty())
     bad("eval.hellaswag_file", "is empty but eval.hellaswag_every is " + std::to_string(eval.hellaswag_every) +
                                    ": name the HellaSwag JSONL (docs/eval.md)");
-  if (sample.every < 0) bad("sample.every", "must be >= 0 (0 disables), got " + std::to_string(sample.every));
-  if (sample.tokens < 1 || sample.tokens > 1000000)
-    bad("sample.tokens", "must be in [1, 1000000], got " + std::to_string(sample.tokens));
-  if (!(sample.temperature > 0) || !std::isfinite(sample.temperature))
-    bad("sample.temperature", "must be a finite number > 0, got " + std::to_string(sample.temperature));
-  if (sample.top_k < 0) bad("sample.top_k", "must be >= 0 (0 = no cut), got " + std::to_string(sample.top_k));
-  if (!(sample.top_p > 0 && sample.top_p <= 1))
-    bad("sample.top_p", "must be in (0, 1] (1 = no cut), got " + std::to_string(sample.top_p));
-  if (!(dist.timeout_s >= 0)) bad("dist.timeout_s", "must be >= 0 (0 = wait forever)");
-  if (dist.zero != 0 && dist.zero != 1) bad("dist.zero", "must be 0 or 1, got " + std::to_string(dist.zero));
   if (!dist.init.empty() && dist.init.rfind("tcp://", 0) != 0 && dist.init.rfind("file://", 0) != 0)
     bad("dist.init", "must be \"tcp://HOST:PORT\", \"file:///path\" or empty, got \"" + dist.init + "\"");
-  if (precision != "fp32" && precision != "bf16")
-    bad("precision", "must be \"fp32\" or \"bf16\", got \"" + precision + "\"");
-  if (device != "auto" && device != "cpu" && device != "cuda")
-    bad("device", "must be \"auto\", \"cpu\" or \"cuda\", got \"" + device + "\"");
-  if (grad_accum_precision != "auto" && grad_accum_precision != "fp32" && grad_accum_precision != "bf16")
-    bad("grad_accum_precision", "must be \"auto\", \"fp32\" or \"bf16\", got \"" + grad_accum_precision + "\"");
-  if (recompute < 0 || recompute > 2)
-    bad("recompute", "must be 0 (keep every activation), 1 (recompute the GELU outputs) or 2 "
-                     "(also the LayerNorm outputs), got " + std::to_string(recompute));
-  if (attention != "auto" && attention != "own" && attention != "cudnn")
-    bad("attention", "must be \"auto\", \"own\" or \"cudnn\", got \"" + attention + "\"");
   if (attention == "cudnn" && precision != "bf16")
     bad("attention", "\"cudnn\" needs precision \"bf16\" (cuDNN's fused attention has no fp32 "
                      "mode); use \"auto\" or \"own\"");

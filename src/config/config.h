@@ -1,4 +1,6 @@
 // The run configuration: one JSON document, every key documented in docs/config.md.
+// Each key is one row of the table in keys.cpp (config/keys.h), from which reading, checking,
+// writing and docs/config.md's key tables come.
 //
 // Loading: defaults <- JSON file <- --set overrides (key paths like "optimizer.lr=3e-4"). Every key
 // is checked: unknown keys, wrong types and out-of-range values throw sgpt::UserError naming the

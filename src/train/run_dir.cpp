@@ -91,14 +91,7 @@ std::string first_free_name(const std::string& stem, const std::string& ext) {
 
 using nlohmann::json;
 
-bool may_change_on_resume(const std::string& key) {
-  static const char* const fixed[] = {"model.", "optimizer.name", "seed", "data.train", "data.format"};
-  for (const char* f : fixed) {
-    const std::string p(f);
-    if (key == p || (p.back() == '.' && key.rfind(p, 0) == 0)) return false;
-  }
-  return true;
-}
+// may_change_on_resume: from the table of config keys (src/config/keys.cpp).
 
 namespace {
 // Every leaf of a config JSON as "a.b" -> value.

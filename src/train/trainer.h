@@ -81,7 +81,8 @@ int64_t check_run_dir(const TrainOptions& opt);
 void write_run_dir(const Config& cfg, const TrainOptions& opt, int64_t ckpt);
 
 // The keys a resumed run may change (docs/config.md lists them): everything but the model, the
-// optimizer's name, the seed and the training data, which make it another run.
+// optimizer's name, the seed and the training data, which make it another run. The table of
+// config keys says which (fixed_on_resume in src/config/keys.cpp, where this is defined).
 bool may_change_on_resume(const std::string& key);
 
 // The keys that may not change on resume, with their values ({"model.n_layer": 12, ...}): what a
