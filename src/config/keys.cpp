@@ -9,7 +9,6 @@
 #include <stdexcept>
 
 #include "config/keys.h"
-#include "train/trainer.h"  // may_change_on_resume
 
 namespace sgpt {
 namespace {

@@ -62,4 +62,9 @@ std::string config_keys_markdown(const std::string& sections);
 // unchanged). Throws std::runtime_error on an unclosed marker or a key in no block.
 std::string render_config_doc(const std::string& doc);
 
+// The keys a resumed run may change (docs/config.md, "What may change on --resume"): every key but
+// those whose row says fixed_on_resume (the model, the optimizer's name, the seed and the training
+// data, which make it another run).
+bool may_change_on_resume(const std::string& key);
+
 }  // namespace sgpt

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "config/keys.h"
 #include "cpu/decode_cpu.h"
 #include "data/loader.h"
 #include "train/backend.h"
@@ -80,10 +81,8 @@ int64_t prepare_run_dir(const Config& cfg, const TrainOptions& opt);
 int64_t check_run_dir(const TrainOptions& opt);
 void write_run_dir(const Config& cfg, const TrainOptions& opt, int64_t ckpt);
 
-// The keys a resumed run may change (docs/config.md lists them): everything but the model, the
-// optimizer's name, the seed and the training data, which make it another run. The table of
-// config keys says which (fixed_on_resume in src/config/keys.cpp, where this is defined).
-bool may_change_on_resume(const std::string& key);
+// may_change_on_resume(key): declared in src/config/keys.h (the table of config keys).
+
 
 // The keys that may not change on resume, with their values ({"model.n_layer": 12, ...}): what a
 // state file records of the config, and what the run id is a hash of.
