@@ -22,6 +22,9 @@ STUDY_TABLE = os.path.join(ROOT, "scripts", "study_table.py")
 PLOT = os.path.join(ROOT, "scripts", "plot.py")
 
 
+sys.path.insert(0, os.path.join(ROOT, "scripts"))  # the scripts import scripts/runlog.py
+
+
 def load_module(path, name):
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
