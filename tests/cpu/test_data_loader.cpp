@@ -275,7 +275,7 @@ TEST(DataLoaderErrors, TokenIdOutOfVocabulary) {
   EXPECT_NE(m.find(d / "a.bin" + ": token id 60000 at token 37 (byte offset 1098) is not below the vocabulary size 50257"),
             std::string::npos)
       << m;
-  std::vector<int> inp(8), tgt(8);
+  std::vector<int> inp(9), tgt(9);
   const TokenFile f(d / "a.bin", TokenFormat::kLlmc);
   f.read(0, 9, inp.data(), 50257);  // tokens 0..8
   const std::string mr = error_of([&] { f.read(30, 8, inp.data(), 50257); });
