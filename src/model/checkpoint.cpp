@@ -182,7 +182,9 @@ std::vector<std::string> remove_stale_temp_files(const std::string& dir) {
   std::vector<std::string> removed;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return removed;
-  const std::regex re(R"((model_[0-9]{8}\.bin|state_[0-9]{8}\.bin|config(\.resume_[0-9]{8})?\.json)\.tmp([0-9]{1,9}))");
+  // config.resume_N.json, and config.resume_N.K.json for a later resume from the same step.
+  const std::regex re(
+      R"((model_[0-9]{8}\.bin|state_[0-9]{8}\.bin|config(\.resume_[0-9]{8}(?:\.[0-9]{1,9})?)?\.json)\.tmp([0-9]{1,9}))");
   for (const auto& e : fs::directory_iterator(dir, ec)) {
     const std::string name = e.path().filename().string();
     std::smatch m;

@@ -362,7 +362,8 @@ TEST(ReliabilityTempFiles, LeftoversOfDeadWritersAreRemovedAtTheNextStart) {
   const std::string dp = std::to_string(dead), live = std::to_string(::getpid());
   const fs::path r = d / "run";
   const std::vector<std::string> removed = {name8("model", 5) + ".tmp" + dp, name8("state", 5) + ".tmp" + dp,
-                                            "config.json.tmp" + dp, "config.resume_00000003.json.tmp" + dp};
+                                            "config.json.tmp" + dp, "config.resume_00000003.json.tmp" + dp,
+                                            "config.resume_00000003.1.json.tmp" + dp};
   const std::vector<std::string> kept = {name8("model", 5) + ".tmp" + live, "notes.tmp" + dp,
                                          name8("model", 5) + ".tmpx", "data.bin.tmp" + dp};
   for (const auto& n : removed) std::ofstream(r / n) << "partial";
