@@ -1,6 +1,6 @@
 // Global gradient norm (sum of squares) and gradient scaling over the flat gradient buffer.
 //
-// Math (CPU reference: cpu::sum_squares, cpu::scale in src/cpu/optim.h):
+// Math (CPU reference: cpu::sum_squares, cpu::scale in src/optim/update_rules.h):
 //   S = sum_i g_i^2          (the trainer clips with sqrt(S))
 //   g_i = g_i * s            (fp32: one rounded multiply, bit-equal to the CPU;
 //                             bf16/fp16: widened, multiplied in fp32, rounded to nearest-even)

@@ -1,7 +1,7 @@
 // Fused optimizer steps over the flat parameter buffer: Sophia-G (with its metrics), the Hessian
 // EMA and AdamW, one launch each; plus the unfused per-tensor baseline the benchmark compares with.
 //
-// Math (docs/design.md section 3; CPU references of the same names in src/cpu/optim.cpp), per element,
+// Math (docs/design.md section 3; CPU references of the same names in src/optim/update_rules.cpp), per element,
 // in this order, every fp32 operation explicitly rounded (__fmul_rn, __fadd_rn, __fdiv_rn,
 // __fsqrt_rn: no FMA contraction, IEEE division and square root) so the results equal the CPU's
 // (compiled with -ffp-contract=off) bit for bit:

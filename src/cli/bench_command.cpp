@@ -30,7 +30,7 @@
 #include <cmath>
 #include <random>
 
-#include "cpu/optim.h"
+#include "optim/update_rules.h"
 #include "cuda/check.h"
 #include "cuda/cuda_backend.h"
 #include "config/config.h"

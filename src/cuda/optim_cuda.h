@@ -3,7 +3,7 @@
 //   kernels/optimizer.cu  sophia_step, hessian_ema, adamw_step (+ the unfused benchmark baseline)
 //   kernels/norm.cu       grad_sum_squares, scale_grad, the deterministic second reduction pass
 //   kernels/cast.cu       cast_rn, stochastic_round, to_float, accumulate_float, fill_uniform
-// Each function pairs with the CPU reference of the same name in src/cpu/optim.h, which is its
+// Each function pairs with the CPU reference of the same name in src/optim/update_rules.h, which is its
 // test oracle (tests/gpu/test_optimizer*.cpp).
 //
 // Conventions shared by every function here:
@@ -30,7 +30,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "cpu/optim.h"
+#include "optim/update_rules.h"
 #include "model/gpt2.h"
 
 namespace sgpt::cuda {

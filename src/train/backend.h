@@ -27,7 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cpu/optim.h"
+#include "optim/update_rules.h"
 #include "dist/comm.h"
 #include "model/gpt2.h"
 

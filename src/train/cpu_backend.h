@@ -1,5 +1,5 @@
 // The fp32 CPU reference backend: parameters, gradients and optimizer state in host memory, the
-// model from src/cpu/gpt2_cpu.h and the optimizers from src/cpu/optim.h. With a communicator of
+// model from src/cpu/gpt2_cpu.h and the optimizers from src/optim/update_rules.h. With a communicator of
 // several ranks (DistOptions) it is data parallel over host collectives (MPI): the same logic as
 // the GPU path, so the tests of data parallelism run without a GPU.
 #pragma once

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cpu/optim.h"
+#include "optim/update_rules.h"
 
 namespace sgpt {
 

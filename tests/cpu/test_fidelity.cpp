@@ -31,7 +31,7 @@
 #include "config/config.h"
 #include "cpu/gpt2_cpu.h"
 #include "cpu/ops.h"
-#include "cpu/optim.h"
+#include "optim/update_rules.h"
 #include "data/loader.h"
 #include "model/checkpoint.h"
 #include "train/cpu_backend.h"

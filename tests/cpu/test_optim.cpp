@@ -6,7 +6,7 @@
 #include <limits>
 #include <vector>
 
-#include "cpu/optim.h"
+#include "optim/update_rules.h"
 #include "model/gpt2.h"
 
 using namespace sgpt;

@@ -1,5 +1,5 @@
 // GPU optimizer, reduction and cast kernels (src/cuda/optim_cuda.h) against the CPU reference
-// (src/cpu/optim.h), which is the oracle: the expected values are computed here by the CPU
+// (src/optim/update_rules.h), which is the oracle: the expected values are computed here by the CPU
 // functions of the same names, on fresh random inputs every run (the seed is printed on failure).
 //
 // Tolerances and why:
@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "cast.cuh"  // host versions of the rounding functions (consistency checks only)
-#include "cpu/optim.h"
+#include "optim/update_rules.h"
 #include "cuda/check.h"
 #include "cuda/optim_cuda.h"
 #include "model/gpt2.h"

@@ -1,4 +1,4 @@
-#include "cpu/optim.h"
+#include "optim/update_rules.h"
 
 #include <cmath>
 
