@@ -17,14 +17,10 @@
 //              p = p + (neg_step_size*m) / (sqrt(v)*inv_sqrt_bc2 + eps)
 //   working weights w = p (ParamT float) or stochastic rounding of p (bf16, fp16; cast.cuh).
 //
-// Memory layout: p (fp32 master), m, h, v are contiguous fp32 buffers of n elements, g a buffer of
-// n GradT, w a buffer of n ParamT; element i is global flat index j = index_base + i. Each thread
-// handles one chunk of 8 consecutive elements starting at a global multiple of 8 (16-byte loads
-// and stores: two per fp32 chunk, one per 16-bit chunk); the grid covers all chunks. The decay mask is a
-// short list of global index ranges (DecayRanges) tested once per chunk (per element only for a
-// chunk that straddles a range boundary).
-// Bytes per element of a Sophia-G step: 5*4 (read p, m, h; write p, m) + sizeof(GradT) +
-// sizeof(ParamT) when w is written: 24 for fp32 (w = nullptr) and for bf16 g and w.
+// Each rule is the arithmetic of one element (the frame that walks the buffer in chunks of 8,
+// applies the decay mask and writes the working weights is kernels/update.cuh). Bytes per element
+// of a Sophia-G step: 5*4 (read p, m, h; write p, m) + sizeof(GradT) + sizeof(ParamT) when w is
+// written: 24 for fp32 (w = nullptr) and for bf16 g and w.
 //
 // Metrics reduction: deterministic, no atomics (kernels/norm.cuh): per-thread (count, double
 // sums) over its chunk, fixed block tree, per-block partials, fixed-order finalize passes.
@@ -34,95 +30,55 @@
 
 #include "cast.cuh"
 #include "norm.cuh"
+#include "update.cuh"
 
 namespace sgpt::cuda {
 
-// ------------------------------------------------------------------------------ device helpers
+// ------------------------------------------------------------------------------------ rules
 
-__device__ __forceinline__ bool decayed_at(const DecayRanges& d, size_t j) {
-  bool in = false;
-  for (int r = 0; r < d.count; ++r) in |= (j >= d.begin[r]) & (j < d.end[r]);
-  return in;
-}
-
-// 0: no element of [j0, j0+8) decayed, 1: all decayed, 2: mixed (ask per element).
-__device__ __forceinline__ int chunk_decay(const DecayRanges& d, size_t j0) {
-  for (int r = 0; r < d.count; ++r) {
-    if (j0 + 8 <= d.begin[r]) return 0;  // sorted: every later range starts further on
-    if (j0 < d.end[r]) return (j0 >= d.begin[r] && j0 + 8 <= d.end[r]) ? 1 : 2;
+// Sophia-G, one element. State: m (slot 0), h (slot 1, read only: the estimator writes it).
+struct SophiaRule {
+  static constexpr int kSlots = 2;
+  static constexpr bool writes(int slot) { return slot == 0; }
+  SophiaConsts c;
+  __device__ __forceinline__ void operator()(float& p, float (&s)[2], float g, bool decayed) const {
+    float& m = s[0];
+    const float h = s[1];
+    if (decayed) p = __fmul_rn(p, c.decay);                               // p = p * (1 - lr*wd)
+    m = __fadd_rn(__fmul_rn(m, c.b1), __fmul_rn(c.one_minus_b1, g));     // m = b1*m + (1-b1)*g
+    const float d = __fadd_rn(__fmul_rn(h, c.rho_bs), 1e-15f);            // d = rho*bs*h + 1e-15
+    float r = __fdiv_rn(fabsf(m), d);                                     // r = |m| / d
+    r = r > 1.0f ? 1.0f : r;                                              // r = min(r, 1), NaN kept
+    p = __fadd_rn(p, __fmul_rn(__fmul_rn(c.neg_lr, sign_of(m)), r));      // p = p - lr*sign(m)*r
   }
-  return 0;
-}
+  // The win rate's count (|m| < rho*bs*h: the element was not clipped), sum |h|, sum h^2.
+  __device__ __forceinline__ void measure(const float (&s)[2], uint32_t& unclipped, double& h_l1,
+                                          double& h_sq) const {
+    unclipped += fabsf(s[0]) < __fmul_rn(c.rho_bs, s[1]) ? 1u : 0u;
+    const double h = static_cast<double>(s[1]);
+    h_l1 = __dadd_rn(h_l1, fabs(h));
+    h_sq = __dadd_rn(h_sq, __dmul_rn(h, h));  // the exact product of two floats
+  }
+};
 
-// The part of the update Sophia-G and AdamW share (docs/design.md section 3, in this order): decoupled
-// weight decay of the parameter where the tensor is decayed, then the first moment
-// m = b1 * m + (1 - b1) * g, each operation rounded as written.
-__device__ __forceinline__ void decay_and_momentum(float& p, float& m, float g, bool decayed,
-                                                   float decay, float b1, float one_minus_b1) {
-  if (decayed) p = __fmul_rn(p, decay);
-  m = __fadd_rn(__fmul_rn(m, b1), __fmul_rn(one_minus_b1, g));
-}
-
-__device__ __forceinline__ float sophia_sign(float x) {
-  return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x);
-}
+// AdamW (PyTorch's), one element. State: m (slot 0), v (slot 1).
+struct AdamWRule {
+  static constexpr int kSlots = 2;
+  static constexpr bool writes(int) { return true; }
+  AdamWConsts c;
+  __device__ __forceinline__ void operator()(float& p, float (&s)[2], float g, bool decayed) const {
+    float& m = s[0];
+    float& v = s[1];
+    if (decayed) p = __fmul_rn(p, c.decay);                                 // p = p * (1 - lr*wd)
+    m = __fadd_rn(__fmul_rn(m, c.b1), __fmul_rn(c.one_minus_b1, g));       // m = b1*m + (1-b1)*g
+    v = __fadd_rn(__fmul_rn(v, c.b2), __fmul_rn(__fmul_rn(c.one_minus_b2, g), g));  // v = b2*v + (1-b2)*g*g
+    const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), c.inv_sqrt_bc2), c.eps);  // sqrt(v/bc2) + eps
+    p = __fadd_rn(p, __fdiv_rn(__fmul_rn(c.neg_step_size, m), denom));    // p = p - lr/bc1 * m / denom
+  }
+  __device__ void measure(const float (&)[2], uint32_t&, double&, double&) const {}
+};
 
 // ------------------------------------------------------------------------------- fused kernels
-
-template <class GradT, class ParamT, bool kMetrics>
-__global__ void __launch_bounds__(kReduceThreads)
-    sophia_step_kernel(float* __restrict__ p, float* __restrict__ m, const float* __restrict__ h,
-                       const GradT* __restrict__ g, ParamT* __restrict__ w, ChunkGrid grid,
-                       DecayRanges decay, SophiaConsts c, uint64_t seed, uint32_t step,
-                       double* __restrict__ partials, size_t partial_stride) {
-  uint32_t unclipped = 0;
-  double h_l1 = 0.0, h_sq = 0.0;
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t q = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < grid.nchunks;
-       q += stride) {
-    const Chunk ch = grid.chunk(q);
-    float pv[8], mv[8], hv[8], gv[8];
-    load8(p, ch, pv);
-    load8(m, ch, mv);
-    load8(h, ch, hv);
-    load8(g, ch, gv);
-    const int dmode = chunk_decay(decay, ch.j0);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      float pi = pv[k], mi = mv[k];
-      decay_and_momentum(pi, mi, gv[k], dmode == 1 || (dmode == 2 && decayed_at(decay, ch.j0 + k)),
-                         c.decay, c.b1, c.one_minus_b1);
-      const float hi = hv[k];
-      const float d = __fadd_rn(__fmul_rn(hi, c.rho_bs), 1e-15f);
-      float r = __fdiv_rn(fabsf(mi), d);
-      r = r > 1.0f ? 1.0f : r;
-      pi = __fadd_rn(pi, __fmul_rn(__fmul_rn(c.neg_lr, sophia_sign(mi)), r));
-      pv[k] = pi;
-      mv[k] = mi;
-      if constexpr (kMetrics) {
-        if (k >= ch.kb && k < ch.ke) {
-          unclipped += fabsf(mi) < __fmul_rn(c.rho_bs, hi) ? 1u : 0u;
-          const double hd = static_cast<double>(hi);
-          h_l1 = __dadd_rn(h_l1, fabs(hd));
-          h_sq = __dadd_rn(h_sq, __dmul_rn(hd, hd));  // exact product of two floats
-        }
-      }
-    }
-    store8(p, ch, pv);
-    store8(m, ch, mv);
-    if (w != nullptr) store_weights8(w, ch, pv, seed, step);
-  }
-  if constexpr (kMetrics) {
-    const double s0 = block_sum(static_cast<double>(unclipped));
-    const double s1 = block_sum(h_l1);
-    const double s2 = block_sum(h_sq);
-    if (threadIdx.x == 0) {
-      partials[blockIdx.x] = s0;
-      partials[partial_stride + blockIdx.x] = s1;
-      partials[2 * partial_stride + blockIdx.x] = s2;
-    }
-  }
-}
 
 template <class GradT>
 __global__ void __launch_bounds__(256)
@@ -137,45 +93,10 @@ __global__ void __launch_bounds__(256)
     load8(g, ch, gv);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      const float t = __fmul_rn(__fmul_rn(c.one_minus_b2, gv[k]), gv[k]);
-      hv[k] = __fadd_rn(__fmul_rn(hv[k], c.b2), t);
+      const float t = __fmul_rn(__fmul_rn(c.one_minus_b2, gv[k]), gv[k]);  // (1-b2)*g*g
+      hv[k] = __fadd_rn(__fmul_rn(hv[k], c.b2), t);                       // h = b2*h + that
     }
     store8(h, ch, hv);
-  }
-}
-
-template <class GradT, class ParamT>
-__global__ void __launch_bounds__(256)
-    adamw_step_kernel(float* __restrict__ p, float* __restrict__ m, float* __restrict__ v,
-                      const GradT* __restrict__ g, ParamT* __restrict__ w, ChunkGrid grid,
-                      DecayRanges decay, AdamWConsts c, uint64_t seed, uint32_t step) {
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t q = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < grid.nchunks;
-       q += stride) {
-    const Chunk ch = grid.chunk(q);
-    float pv[8], mv[8], vv[8], gv[8];
-    load8(p, ch, pv);
-    load8(m, ch, mv);
-    load8(v, ch, vv);
-    load8(g, ch, gv);
-    const int dmode = chunk_decay(decay, ch.j0);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      float pi = pv[k], mi = mv[k];
-      decay_and_momentum(pi, mi, gv[k], dmode == 1 || (dmode == 2 && decayed_at(decay, ch.j0 + k)),
-                         c.decay, c.b1, c.one_minus_b1);
-      const float t = __fmul_rn(__fmul_rn(c.one_minus_b2, gv[k]), gv[k]);
-      const float vi = __fadd_rn(__fmul_rn(vv[k], c.b2), t);
-      const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(vi), c.inv_sqrt_bc2), c.eps);
-      pi = __fadd_rn(pi, __fdiv_rn(__fmul_rn(c.neg_step_size, mi), denom));
-      pv[k] = pi;
-      mv[k] = mi;
-      vv[k] = vi;
-    }
-    store8(p, ch, pv);
-    store8(m, ch, mv);
-    store8(v, ch, vv);
-    if (w != nullptr) store_weights8(w, ch, pv, seed, step);
   }
 }
 
@@ -209,7 +130,7 @@ __global__ void uf_clamp_max1(float* x, size_t n) {  // x.clamp_(None, 1)
   SGPT_UNFUSED_LOOP(n) x[i] = x[i] > 1.0f ? 1.0f : x[i];
 }
 __global__ void uf_sign(const float* x, float* out, size_t n) {  // out = x.sign()
-  SGPT_UNFUSED_LOOP(n) out[i] = sophia_sign(x[i]);
+  SGPT_UNFUSED_LOOP(n) out[i] = sign_of(x[i]);
 }
 __global__ void uf_addcmul(float* x, const float* a, const float* b, size_t n, float value) {
   SGPT_UNFUSED_LOOP(n) x[i] = __fadd_rn(x[i], __fmul_rn(__fmul_rn(value, a[i]), b[i]));
@@ -253,37 +174,12 @@ DecayRanges DecayRanges::from_layout(const ParamLayout& layout) {
   return d;
 }
 
-template <class ParamT>
-static ParamT* weights_or_null(ParamT* w, const float* master) {
-  return static_cast<const void*>(w) == static_cast<const void*>(master) ? nullptr : w;
-}
-
 template <class GradT, class ParamT>
 void sophia_step(float* master, float* m, const float* h, const GradT* g, ParamT* weights_out,
                  size_t n, const DecayRanges& decay, const SophiaConsts& c, const RoundingKey& key,
                  ReduceScratch* metrics, cudaStream_t stream) {
-  ParamT* w = weights_or_null(weights_out, master);
-  const size_t b = key.index_base;
-  const bool aligned = chunk_aligned(master, b) && chunk_aligned(m, b) && chunk_aligned(h, b) &&
-                       chunk_aligned(g, b) && chunk_aligned(w, b);
-  const ChunkGrid grid = make_chunk_grid(n, b, aligned);
-  if (grid.nchunks == 0) {
-    if (metrics) CUDA_CHECK(cudaMemsetAsync(metrics->results(), 0, 3 * sizeof(double), stream));
-    return;
-  }
-  const unsigned blocks = full_grid(grid.nchunks, kReduceThreads);
-  if (metrics) {
-    metrics->reserve(blocks);
-    sophia_step_kernel<GradT, ParamT, true><<<blocks, kReduceThreads, 0, stream>>>(
-        master, m, h, g, w, grid, decay, c, key.seed, key.step, metrics->partials(),
-        metrics->capacity());
-    CUDA_LAUNCH_CHECK();
-    launch_reduce_finalize(*metrics, blocks, 3, stream);
-  } else {
-    sophia_step_kernel<GradT, ParamT, false><<<blocks, kReduceThreads, 0, stream>>>(
-        master, m, h, g, w, grid, decay, c, key.seed, key.step, nullptr, 0);
-    CUDA_LAUNCH_CHECK();
-  }
+  launch_update(SophiaRule{c}, master, Slots<2>{{m, const_cast<float*>(h)}}, g, weights_out, n,
+                decay, key, metrics, stream);
 }
 
 void read_sophia_metrics(ReduceScratch& metrics, size_t n, SophiaMetrics* out,
@@ -309,15 +205,8 @@ template <class GradT, class ParamT>
 void adamw_step(float* master, float* m, float* v, const GradT* g, ParamT* weights_out, size_t n,
                 const DecayRanges& decay, const AdamWConsts& c, const RoundingKey& key,
                 cudaStream_t stream) {
-  ParamT* w = weights_or_null(weights_out, master);
-  const size_t b = key.index_base;
-  const bool aligned = chunk_aligned(master, b) && chunk_aligned(m, b) && chunk_aligned(v, b) &&
-                       chunk_aligned(g, b) && chunk_aligned(w, b);
-  const ChunkGrid grid = make_chunk_grid(n, b, aligned);
-  if (grid.nchunks == 0) return;
-  adamw_step_kernel<GradT, ParamT><<<full_grid(grid.nchunks, 256), 256, 0, stream>>>(
-      master, m, v, g, w, grid, decay, c, key.seed, key.step);
-  CUDA_LAUNCH_CHECK();
+  launch_update(AdamWRule{c}, master, Slots<2>{{m, v}}, g, weights_out, n, decay, key, nullptr,
+                stream);
 }
 
 std::vector<TensorSpan> pytorch_param_spans(const ParamLayout& layout, int n_layer) {
@@ -412,5 +301,31 @@ SGPT_INSTANTIATE_GRAD(__nv_bfloat16)
 SGPT_INSTANTIATE_GRAD(__half)
 #undef SGPT_INSTANTIATE_GRAD
 #undef SGPT_INSTANTIATE_STEP
+
+// ------------------------------------------------------------------- cuda::Optimizer classes
+
+namespace {
+class SophiaG final : public Optimizer {
+ public:
+  void update(const OptimizerStep& s, float* const* state, const UpdateTarget& t,
+              ReduceScratch* metrics) const override {
+    const OptimizerConfig& o = *s.cfg;
+    launch_update(SophiaRule{SophiaConsts::make(s.lr, o.beta1, o.rho, s.bs, o.weight_decay)},
+                  state, t, metrics);
+  }
+};
+class AdamW final : public Optimizer {
+ public:
+  void update(const OptimizerStep& s, float* const* state, const UpdateTarget& t,
+              ReduceScratch* metrics) const override {
+    const OptimizerConfig& o = *s.cfg;
+    launch_update(AdamWRule{AdamWConsts::make(s.lr, o.beta1, o.beta2, o.eps, o.weight_decay, s.t)},
+                  state, t, metrics);
+  }
+};
+}  // namespace
+
+std::unique_ptr<Optimizer> make_sophiag_cuda() { return std::make_unique<SophiaG>(); }
+std::unique_ptr<Optimizer> make_adamw_cuda() { return std::make_unique<AdamW>(); }
 
 }  // namespace sgpt::cuda

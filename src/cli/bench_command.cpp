@@ -37,6 +37,7 @@
 #include "cuda/optim_cuda.h"
 #include "data/loader.h"
 #include "model/gpt2.h"
+#include "train/step.h"
 #endif
 
 namespace sgpt {
@@ -335,6 +336,7 @@ size_t device_used_bytes() {
 // times of its steps.
 struct TrainBenchConfig {
   std::string name;
+  std::string optimizer = "adamw";
   std::string attention = "auto";
   bool sophia = false;
   double fraction = 1.0;
@@ -372,50 +374,50 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
   TokenSource src(o, mc.vocab_size);
   const int B = o.batch, T = o.seq, k = o.k;
   const double tokens = double(B) * T * o.accum;
-  const double clip = 1.0;
   std::vector<int> inp(size_t(B) * T), tgt(size_t(B) * T);
-  const auto sc = SophiaConsts::make(6e-4, 0.965, 0.04, tokens, 0.1);
-  const auto hc = HessianConsts::make(0.99);
-  auto step = [&](TrainBenchConfig& c) {
+  const NextBatch next = [&](int* i, int* t) { src.next(i, t); };
+  // Each configuration's step plan: the recipes' hyperparameters (timing does not depend on them).
+  std::vector<StepPlan> plans;
+  for (const auto& c : cfgs) {
+    StepPlan p;
+    p.B = B;
+    p.T = T;
+    p.accum = o.accum;
+    p.grad_scale = 1.0f / o.accum;
+    p.opt.name = c.optimizer;
+    p.opt.lr = c.optimizer == "lion" ? 6e-5 : 6e-4;
+    p.opt.beta1 = c.sophia ? 0.965 : (c.optimizer == "lion" ? 0.95 : 0.9);
+    p.opt.beta2 = c.sophia ? 0.99 : (c.optimizer == "lion" ? 0.98 : 0.95);
+    p.opt.rho = 0.04;
+    p.opt.weight_decay = 0.1;
+    p.opt.eps = 1e-8;
+    p.opt.grad_clip = 1.0;
+    p.bs = tokens;
+    p.k = k;
+    p.Bh = std::max(1, static_cast<int>(std::floor(c.fraction * B)));
+    p.seed = 1337;
+    if (c.sophia) p.estimator = make_hessian_estimator("gnb");
+    plans.push_back(p);
+  }
+  auto step = [&](TrainBenchConfig& c, const StepPlan& plan) {
     const int64_t s = c.step++;
-    be->zero_grad();
-    double loss = 0;
-    for (int m = 0; m < o.accum; ++m) {
-      src.next(inp.data(), tgt.data());
-      loss += be->train_micro(inp.data(), tgt.data(), B, T, 1.0f / o.accum);
-    }
-    c.last_loss = static_cast<float>(loss / o.accum);
-    const float cs = cpu::clip_scale(std::sqrt(be->grad_sum_squares()), clip);
-    if (cs != 1.0f) be->scale_grad(cs);
-    const bool gnb = c.sophia && s % k == k - 1;
-    if (c.sophia) be->sophia_step(sc, nullptr);
-    else be->adamw_step(AdamWConsts::make(6e-4, 0.9, 0.95, 1e-8, 0.1, s + 1));
-    if (gnb) {
-      const int Bh = std::max(1, static_cast<int>(std::floor(c.fraction * B)));
-      be->zero_grad();
-      for (int m = 0; m < o.accum; ++m) {
-        src.next(inp.data(), tgt.data());
-        be->gnb_micro(inp.data(), Bh, T, 1.0f / o.accum, 1337, static_cast<uint32_t>(s),
-                      static_cast<uint32_t>(m * Bh));
-      }
-      const float c2 = cpu::clip_scale(std::sqrt(be->grad_sum_squares()), clip);
-      if (c2 != 1.0f) be->scale_grad(c2);
-      be->hessian_ema(hc);
-    }
+    const StepOutcome out = train_step(*be, next, plan, s, plan.opt.lr, inp, tgt);
+    c.last_loss = static_cast<float>(out.loss);
     CUDA_CHECK(cudaDeviceSynchronize());
     used_peak = std::max(used_peak, device_used_bytes());
-    return gnb;
+    return out.gnb;
   };
   using clock = std::chrono::steady_clock;
   // Warm-up: ceil(warmup / k) untimed rounds (each Sophia-G configuration runs a GNB pass in each).
   const int warm_rounds = (std::max(o.warmup, 1) + k - 1) / k;
   const int rounds = (std::max(o.steps, 1) + k - 1) / k;
   for (int r = 0; r < warm_rounds + rounds; ++r) {
-    for (auto& c : cfgs) {
+    for (size_t ci = 0; ci < cfgs.size(); ++ci) {
+      TrainBenchConfig& c = cfgs[ci];
       be->set_attention(attention_impl_from_name(c.attention));
       for (int i = 0; i < k; ++i) {
         const auto t0 = clock::now();
-        const bool gnb = step(c);
+        const bool gnb = step(c, plans[ci]);
         const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
         if (r < warm_rounds) continue;
         c.total += ms;
@@ -494,8 +496,10 @@ int find_micro_batch(const TrainBenchOptions& o, const ModelConfig& mc,
       src.next(inp.data(), tgt.data());
       be->zero_grad();
       be->train_micro(inp.data(), tgt.data(), B, o.seq, 1.0f);
-      be->adamw_step(AdamWConsts::make(6e-4, 0.9, 0.95, 1e-8, 0.1, 1));
-      be->sophia_step(SophiaConsts::make(6e-4, 0.965, 0.04, double(B) * o.seq, 0.1), nullptr);
+      OptimizerConfig adamw, sophiag;
+      adamw.name = "adamw";
+      be->optimizer_step(OptimizerStep{&adamw, 6e-4, 1, double(B) * o.seq}, nullptr);
+      be->optimizer_step(OptimizerStep{&sophiag, 6e-4, 1, double(B) * o.seq}, nullptr);
       be->zero_grad();
       be->gnb_micro(inp.data(), B, o.seq, 1.0f, 1337, 0, 0);
       be->hessian_ema(HessianConsts::make(0.99));
@@ -565,9 +569,10 @@ void run_train_bench(const TrainBenchOptions& opts) {
     if (a != "auto" && a != "own" && a != "cudnn")
       throw UserError("bench train: unknown --attention '" + a + "' (auto, own, cudnn)");
     for (const auto& opt : o.optimizers) {
-      if (opt == "adamw") {
+      if (opt == "adamw" || opt == "lion") {
         TrainBenchConfig c;
-        c.name = "adamw";
+        c.name = opt;
+        c.optimizer = opt;
         c.attention = a;
         cfgs.push_back(c);
       } else if (opt == "sophiag") {
@@ -578,11 +583,12 @@ void run_train_bench(const TrainBenchOptions& opts) {
           c.name = b;
           c.attention = a;
           c.sophia = true;
+          c.optimizer = "sophiag";
           c.fraction = f;
           cfgs.push_back(c);
         }
       } else {
-        throw UserError("bench train: unknown optimizer '" + opt + "' (adamw, sophiag)");
+        throw UserError("bench train: unknown optimizer '" + opt + "' (adamw, sophiag, lion)");
       }
     }
   }
@@ -693,7 +699,7 @@ void add_bench_commands(CLI::App& app) {
                     "configuration; all interleaved)")
       ->delimiter(',')
       ->capture_default_str();
-  train->add_option("--optimizers", tr->optimizers, "adamw, sophiag")
+  train->add_option("--optimizers", tr->optimizers, "adamw, sophiag, lion")
       ->delimiter(',')
       ->capture_default_str();
   train->add_option("--steps", tr->steps, "Timed steps per configuration (rounded up to a "

@@ -17,7 +17,7 @@
 namespace sgpt {
 
 struct OptimizerConfig {
-  std::string name = "sophiag";  // "sophiag" | "adamw"
+  std::string name = "sophiag";  // "sophiag" | "adamw" | "lion" (src/optim/optimizer.h)
   double lr = 6e-4;
   double min_lr = 1.5e-5;
   double beta1 = 0.965;

@@ -69,11 +69,11 @@ const std::vector<ConfigKey> kKeys = {
         kFixed),
 
     // ---- optimizer ----
-    KEY(optimizer.name, one_of({"sophiag", "adamw"}), "the optimizer", kFixed),
+    KEY(optimizer.name, one_of({"sophiag", "adamw", "lion"}), "the optimizer", kFixed),
     KEY(optimizer.lr, above(0).quiet(), "peak learning rate", kMay),
     KEY(optimizer.min_lr, by_code("in [0, `optimizer.lr`]"), "floor of the cosine schedule", kMay),
-    KEY(optimizer.beta1, in(0, 1, "[)"), "momentum EMA", kMay),
-    KEY(optimizer.beta2, in(0, 1, "[)"), "Sophia: Hessian EMA; AdamW: second-moment EMA", kMay),
+    KEY(optimizer.beta1, in(0, 1, "[)"), "momentum EMA (Lion: the interpolation that gives the sign)", kMay),
+    KEY(optimizer.beta2, in(0, 1, "[)"), "Sophia: Hessian EMA; AdamW: second-moment EMA; Lion: momentum EMA", kMay),
     KEY(optimizer.rho, at_least(0), "Sophia-G clipping scale (the update is clipped where abs(m) >= rho*bs*h)",
         kMay),
     KEY(optimizer.weight_decay, at_least(0).quiet(), "decoupled decay, applied to the Linear weight matrices only",

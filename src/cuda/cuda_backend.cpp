@@ -35,6 +35,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <functional>
+#include <map>
+#include <type_traits>
 #include <stdexcept>
 
 #include "cuda/buffer.h"
@@ -42,6 +44,7 @@
 #include "cuda/gpt2_cuda.h"
 #include "cuda/nccl_comm.h"
 #include "cuda/optim_cuda.h"
+#include "cuda/optimizer.h"
 
 namespace sgpt {
 
@@ -132,7 +135,7 @@ class CudaBackend final : public Backend {
   void set_attention(AttentionImpl attention) override { model_.set_attention(attention); }
   void set_recompute(int level) override { model_.set_recompute(level); }
   std::vector<std::pair<std::string, size_t>> memory_breakdown() const override {
-    return model_.memory_breakdown({{"params fp32 master", master_.bytes()}, {"params working (bf16)", weights_.bytes()}, {"grads", grads_.bytes()}, {"grads fp32 accumulation", acc_.bytes()}, {"optimizer m", m_.bytes()}, {"optimizer h", h_.bytes()}, {"optimizer v", v_.bytes()}});
+    return model_.memory_breakdown({{"params fp32 master", master_.bytes()}, {"params working (bf16)", weights_.bytes()}, {"grads", grads_.bytes()}, {"grads fp32 accumulation", acc_.bytes()}, {"optimizer m", slot_bytes("m")}, {"optimizer h", slot_bytes("h")}, {"optimizer v", slot_bytes("v")}});
   }
   const ModelConfig& model() const override { return cfg_; }
   const ParamLayout& layout() const override { return layout_; }
@@ -268,18 +271,30 @@ class CudaBackend final : public Backend {
     with_grad([&](auto* g) { cuda::scale_grad(g + lo_, cnt_, s, stream_); });
   }
 
-  void sophia_step(const SophiaConsts& c, SophiaMetrics* metrics) override {
-    ensure(m_);
-    ensure(h_);
-    if (cnt_ == 0) {
-      SGPT_CUDA_CHECK(cudaMemsetAsync(reduce_.results(), 0, 3 * sizeof(double), stream_));
+  void optimizer_step(const OptimizerStep& s, SophiaMetrics* metrics) override {
+    const OptimizerKind& kind = optimizer_kind(s.cfg->name);
+    std::unique_ptr<cuda::Optimizer>& opt = optimizers_[kind.name];
+    if (!opt) opt = cuda::make_optimizer(kind.name);
+    std::vector<float*> slots;
+    for (const std::string& name : kind.slots) slots.push_back(ensure(state(name)).get());
+    if (cnt_ == 0) {  // a rank that owns nothing still advances its rounding counter
+      if (metrics) SGPT_CUDA_CHECK(cudaMemsetAsync(reduce_.results(), 0, 3 * sizeof(double), stream_));
       next_key();
     } else {
-      const cuda::RoundingKey key = next_key();
+      cuda::UpdateTarget t;
+      t.master = master();
+      t.weights = weights_out();
+      t.weights_type = kFp32 ? cuda::Storage::kF32 : cuda::Storage::kBf16;
       with_grad([&](auto* g) {
-        cuda::sophia_step(master(), m_.get(), h_.get(), g + lo_, weights_out(), cnt_, decay_, c,
-                          key, metrics ? &reduce_ : nullptr, stream_);
+        t.grad = g + lo_;
+        t.grad_type = std::is_same_v<std::remove_cv_t<std::remove_pointer_t<decltype(g)>>, float>
+                          ? cuda::Storage::kF32 : cuda::Storage::kBf16;
       });
+      t.n = cnt_;
+      t.decay = decay_;
+      t.key = next_key();
+      t.stream = stream_;
+      opt->update(s, slots.data(), t, metrics ? &reduce_ : nullptr);
     }
     if (metrics) {
       if (sharded_) nccl_->allreduce_dev(reduce_.results(), 3, CommType::kDouble, stream_);
@@ -289,22 +304,8 @@ class CudaBackend final : public Backend {
   }
 
   void hessian_ema(const HessianConsts& c) override {
-    ensure(h_);
-    with_grad([&](auto* g) { cuda::hessian_ema(h_.get(), g + lo_, cnt_, c, stream_); });
-  }
-
-  void adamw_step(const AdamWConsts& c) override {
-    ensure(m_);
-    ensure(v_);
-    if (cnt_ == 0) next_key();
-    else {
-      const cuda::RoundingKey key = next_key();
-      with_grad([&](auto* g) {
-        cuda::adamw_step(master(), m_.get(), v_.get(), g + lo_, weights_out(), cnt_, decay_, c, key,
-                         stream_);
-      });
-    }
-    gather_weights();
+    float* h = ensure(state("h")).get();
+    with_grad([&](auto* g) { cuda::hessian_ema(h, g + lo_, cnt_, c, stream_); });
   }
 
   double device_memory_mib() override {
@@ -313,8 +314,9 @@ class CudaBackend final : public Backend {
     return static_cast<double>(total_b - free_b) / (1 << 20);
   }
   double state_memory_mib() override {
-    const size_t master = kFp32 ? 0 : master_.size();
-    return static_cast<double>(master + m_.size() + h_.size() + v_.size()) * sizeof(float) / (1 << 20);
+    size_t n = kFp32 ? 0 : master_.size();
+    for (const auto& [name, b] : state_) n += b.size();
+    return static_cast<double>(n) * sizeof(float) / (1 << 20);
   }
 
   // "grad": the whole buffer as it is (under ZeRO-1 after reduce_grad() only this rank's shard
@@ -507,18 +509,25 @@ class CudaBackend final : public Backend {
     k.index_base = lo_;  // the optimizer runs on this rank's range: decay mask and rounding by global index
     return k;
   }
-  void ensure(DeviceBuffer<float>& b) {
+  DeviceBuffer<float>& ensure(DeviceBuffer<float>& b) {
     if (b.size() != state_size()) {
       b.resize(state_size());
       SGPT_CUDA_CHECK(cudaMemsetAsync(b.get(), 0, b.bytes(), stream_));
     }
+    return b;
   }
+  // "params" (the fp32 master) or an optimizer state slot by name (any optimizer's: benchmarks
+  // and tests switch optimizers on one backend), created empty at first use.
   DeviceBuffer<float>& state(const std::string& slot) {
     if (slot == "params") return master_;
-    if (slot == "m") return m_;
-    if (slot == "h") return h_;
-    if (slot == "v") return v_;
+    for (const OptimizerKind& k : optimizer_kinds())
+      for (const std::string& s : k.slots)
+        if (s == slot) return state_[slot];
     throw std::invalid_argument("CudaBackend: unknown state slot '" + slot + "'");
+  }
+  size_t slot_bytes(const std::string& slot) const {
+    const auto it = state_.find(slot);
+    return it == state_.end() ? 0 : it->second.bytes();
   }
 
   ModelConfig cfg_;
@@ -528,7 +537,9 @@ class CudaBackend final : public Backend {
   cuda::Gpt2Cuda<W> model_;
   cuda::DecayRanges decay_;
   cuda::ReduceScratch reduce_;
-  DeviceBuffer<float> master_, m_, h_, v_;
+  DeviceBuffer<float> master_;
+  std::map<std::string, DeviceBuffer<float>> state_;  // optimizer state by slot: this rank's range
+  std::map<std::string, std::unique_ptr<cuda::Optimizer>> optimizers_;
   DeviceBuffer<W> weights_, grads_;
   DeviceBuffer<float> acc_;  // fp32 gradient accumulation (bf16 mode, set_grad_accum_fp32)
   bool acc32_ = false;

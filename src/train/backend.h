@@ -27,7 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "optim/update_rules.h"
+#include "optim/optimizer.h"
 #include "dist/comm.h"
 #include "model/gpt2.h"
 
@@ -81,14 +81,18 @@ class Backend {
   virtual double grad_sum_squares() = 0;
   virtual void scale_grad(float s) = 0;
 
-  // Optimizer steps over the whole flat buffer; the decay mask is ParamLayout::decayed.
-  virtual void sophia_step(const SophiaConsts& c, SophiaMetrics* metrics) = 0;
+  // One update of the optimizer s.cfg->name (src/optim/optimizer.h) over the whole flat buffer
+  // (this rank's shard under ZeRO-1); the decay mask is ParamLayout::decayed. Its state slots are
+  // allocated, zeroed, at its first step. `metrics`: Sophia's clipping statistics (global), when
+  // non-null.
+  virtual void optimizer_step(const OptimizerStep& s, SophiaMetrics* metrics) = 0;
+  // The GNB estimator's update of slot "h": h = b2*h + (1-b2)*grad*grad.
   virtual void hessian_ema(const HessianConsts& c) = 0;
-  virtual void adamw_step(const AdamWConsts& c) = 0;
 
   // State transfer as fp32 host vectors of ParamLayout::total elements (checkpoints, tests).
-  // slot: "params" (fp32 master), "m", "h" (Sophia) or "v" (AdamW), "grad", and "working" (the
-  // bf16 working weights, widened exactly; only where has_working_weights()).
+  // slot: "params" (fp32 master), an optimizer's state slot (OptimizerKind::slots: "m", "h",
+  // "v"), "grad", and "working" (the bf16 working weights, widened exactly; only where
+  // has_working_weights()).
   virtual void get(const std::string& slot, std::vector<float>& out) = 0;
   virtual void set(const std::string& slot, const std::vector<float>& in) = 0;
 

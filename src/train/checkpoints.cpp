@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "model/checkpoint.h"
+#include "optim/optimizer.h"
 #include "train/test_fault.h"
 #include "train/trainer.h"
 
@@ -22,8 +23,7 @@ json model_json(const ModelConfig& m) {
 }
 
 std::vector<std::string> slot_names(const Config& cfg) {
-  return cfg.optimizer.name == "sophiag" ? std::vector<std::string>{"m", "h"}
-                                         : std::vector<std::string>{"m", "v"};
+  return optimizer_kind(cfg.optimizer.name).slots;
 }
 
 namespace {

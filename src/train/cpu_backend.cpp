@@ -1,6 +1,7 @@
 #include "train/cpu_backend.h"
 
 #include <algorithm>
+#include <map>
 #include <stdexcept>
 
 #include "cpu/gpt2_cpu.h"
@@ -100,13 +101,18 @@ class CpuBackend final : public Backend {
   }
   void scale_grad(float s) override { cpu::scale(grads_.data() + lo_, cnt_, s); }
 
-  void sophia_step(const SophiaConsts& c, SophiaMetrics* metrics) override {
-    ensure(m_);
-    ensure(h_);
+  void optimizer_step(const OptimizerStep& s, SophiaMetrics* metrics) override {
+    const OptimizerKind& kind = optimizer_kind(s.cfg->name);
+    std::unique_ptr<CpuOptimizer>& opt = optimizers_[kind.name];
+    if (!opt) opt = make_cpu_optimizer(kind.name);
+    std::vector<float*> slots;
+    for (const std::string& name : kind.slots) slots.push_back(ensure(state_[name]).data());
     SophiaMetrics local;
     for_each_owned([&](size_t off, size_t n, bool decayed) {
-      cpu::sophia_update(params_.data() + off, m_.data() + off - lo_, h_.data() + off - lo_,
-                         grads_.data() + off, n, c, decayed, metrics ? &local : nullptr);
+      std::vector<float*> at(slots);
+      for (float*& p : at) p += off - lo_;
+      opt->update(s, params_.data() + off, at.data(), grads_.data() + off, n, decayed,
+                  metrics ? &local : nullptr);
     });
     if (metrics) {
       if (sharded_) {
@@ -123,22 +129,13 @@ class CpuBackend final : public Backend {
   }
 
   void hessian_ema(const HessianConsts& c) override {
-    ensure(h_);
-    cpu::hessian_ema(h_.data(), grads_.data() + lo_, cnt_, c);
-  }
-
-  void adamw_step(const AdamWConsts& c) override {
-    ensure(m_);
-    ensure(v_);
-    for_each_owned([&](size_t off, size_t n, bool decayed) {
-      cpu::adamw_update(params_.data() + off, m_.data() + off - lo_, v_.data() + off - lo_,
-                        grads_.data() + off, n, c, decayed);
-    });
-    gather_params();
+    cpu::hessian_ema(ensure(state_["h"]).data(), grads_.data() + lo_, cnt_, c);
   }
 
   double state_memory_mib() override {
-    return static_cast<double>(m_.size() + h_.size() + v_.size()) * sizeof(float) / (1 << 20);
+    size_t n = 0;
+    for (const auto& [name, v] : state_) n += v.size();
+    return static_cast<double>(n) * sizeof(float) / (1 << 20);
   }
 
   void get(const std::string& slot, std::vector<float>& out) override {
@@ -176,13 +173,16 @@ class CpuBackend final : public Backend {
     if (T != model_.T()) throw std::invalid_argument("CpuBackend: sequence length differs from the allocated one");
   }
   size_t state_size() const { return sharded_ ? shard_.shard : layout_.total; }
-  void ensure(std::vector<float>& v) {
+  std::vector<float>& ensure(std::vector<float>& v) {
     if (v.size() != state_size()) v.assign(state_size(), 0.0f);
+    return v;
   }
+  // An optimizer state slot by name (any optimizer's: a run may switch optimizers between
+  // benchmarks and tests); created empty at first use.
   std::vector<float>& state(const std::string& slot) {
-    if (slot == "m") return m_;
-    if (slot == "h") return h_;
-    if (slot == "v") return v_;
+    for (const OptimizerKind& k : optimizer_kinds())
+      for (const std::string& s : k.slots)
+        if (s == slot) return state_[slot];
     throw std::invalid_argument("CpuBackend: unknown state slot '" + slot + "'");
   }
   // The parts of the tensors inside this rank's range [lo_, lo_ + cnt_), as (global offset,
@@ -208,7 +208,8 @@ class CpuBackend final : public Backend {
   size_t lo_ = 0, cnt_ = 0;  // this rank's range of the flat buffer (the whole buffer unsharded)
   cpu::Gpt2<float> model_;
   std::vector<float> params_, grads_;  // whole model, padded to shard_.padded
-  std::vector<float> m_, h_, v_;       // this rank's range (the whole buffer unsharded)
+  std::map<std::string, std::vector<float>> state_;  // optimizer state by slot: this rank's range
+  std::map<std::string, std::unique_ptr<CpuOptimizer>> optimizers_;
   std::vector<int> targets_;
 };
 

@@ -272,6 +272,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   StopSignals signals;
   const LoaderOptions lo = loader_options(cfg, opt.rank, opt.world);
   DataLoader train_loader(lo);
+  const NextBatch next_batch = [&](int* inp, int* tgt) { train_loader.next(inp, tgt); };
 
   // Stochastic rounding of bf16 working weights keyed by the run's seed (restored with its
   // counter on resume); fp32 gradient accumulation where the config asks for it.
@@ -323,7 +324,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
     phase("a training step");
     inject_fault(opt.rank, step);
     const double lr = lr_at(step, oc.lr, oc.min_lr, cfg.schedule.warmup_iters, cfg.schedule.lr_decay_iters);
-    const StepOutcome o = train_step(be, train_loader, plan, step, lr, inp, tgt, nan_fault && step >= test_fault().step);
+    const StepOutcome o = train_step(be, next_batch, plan, step, lr, inp, tgt, nan_fault && step >= test_fault().step);
     const double loss = o.loss;
     const bool finite = o.finite;
     if (finite) {

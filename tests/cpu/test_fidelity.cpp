@@ -149,9 +149,9 @@ class SpyBackend final : public Backend {
   void average(double* x, size_t n) override { in_->average(x, n); }
   double grad_sum_squares() override { return in_->grad_sum_squares(); }
   void scale_grad(float s) override { in_->scale_grad(s); }
-  void sophia_step(const SophiaConsts& c, SophiaMetrics* m) override {
+  void optimizer_step(const OptimizerStep& s, SophiaMetrics* m) override {
     calls.emplace_back('O', updates_++);
-    in_->sophia_step(c, m);
+    in_->optimizer_step(s, m);
   }
   void hessian_ema(const HessianConsts& c) override {
     Call call('H', updates_);
@@ -159,10 +159,6 @@ class SpyBackend final : public Backend {
     in_->get("grad", call.grad);
     calls.push_back(std::move(call));
     in_->hessian_ema(c);
-  }
-  void adamw_step(const AdamWConsts& c) override {
-    calls.emplace_back('O', updates_++);
-    in_->adamw_step(c);
   }
   void get(const std::string& slot, std::vector<float>& out) override { in_->get(slot, out); }
   void set(const std::string& slot, const std::vector<float>& v) override { in_->set(slot, v); }

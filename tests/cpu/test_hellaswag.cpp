@@ -64,9 +64,8 @@ class StubBackend : public Backend {
   float eval_micro(const int*, const int*, int, int) override { return 0; }
   double grad_sum_squares() override { return 0; }
   void scale_grad(float) override {}
-  void sophia_step(const SophiaConsts&, SophiaMetrics*) override {}
+  void optimizer_step(const OptimizerStep&, SophiaMetrics*) override {}
   void hessian_ema(const HessianConsts&) override {}
-  void adamw_step(const AdamWConsts&) override {}
   void get(const std::string&, std::vector<float>&) override {}
   void set(const std::string&, const std::vector<float>&) override {}
   double state_memory_mib() override { return 0; }

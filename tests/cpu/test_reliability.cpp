@@ -497,9 +497,8 @@ class PoisonBackend : public Backend {
     return poison ? std::nan("") : v;
   }
   void scale_grad(float s) override { b_->scale_grad(s); }
-  void sophia_step(const SophiaConsts& c, SophiaMetrics* m) override { b_->sophia_step(c, m); }
+  void optimizer_step(const OptimizerStep& s, SophiaMetrics* m) override { b_->optimizer_step(s, m); }
   void hessian_ema(const HessianConsts& c) override { b_->hessian_ema(c); }
-  void adamw_step(const AdamWConsts& c) override { b_->adamw_step(c); }
   void get(const std::string& s, std::vector<float>& out) override { b_->get(s, out); }
   void set(const std::string& s, const std::vector<float>& in) override { b_->set(s, in); }
   double state_memory_mib() override { return b_->state_memory_mib(); }

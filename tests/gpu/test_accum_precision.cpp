@@ -104,7 +104,7 @@ TEST(AccumPrecision, DISABLED_AtCheckpoint) {
     be->set("m", m);
     be->set("h", h);
     SophiaMetrics met;
-    be->sophia_step(SophiaConsts::make(oc.min_lr, oc.beta1, oc.rho, bs, oc.weight_decay), &met);
+    be->optimizer_step(OptimizerStep{&oc, oc.min_lr, step + 1, bs}, &met);
     r.win = met.win_rate();
     be->set("params", master);
     be->zero_grad();

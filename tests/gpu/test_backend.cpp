@@ -154,9 +154,10 @@ TEST(Backend, OptimizerStepsMatchCpuBitwise) {
     cpu->set("grad", g);
     gpu->set("grad", g);
     SophiaMetrics mc, mg;
-    const auto sc = SophiaConsts::make(6e-4, 0.965, 0.05, 480 * 1024, 0.2);
-    cpu->sophia_step(sc, &mc);
-    gpu->sophia_step(sc, &mg);
+    OptimizerConfig sophia;  // beta1 0.965, rho 0.05, weight decay 0.2
+    const OptimizerStep sc{&sophia, 6e-4, step + 1, 480 * 1024};
+    cpu->optimizer_step(sc, &mc);
+    gpu->optimizer_step(sc, &mg);
     EXPECT_EQ(mc.count, mg.count);
     EXPECT_EQ(mc.unclipped, mg.unclipped);
     cpu->hessian_ema(HessianConsts::make(0.99));
@@ -171,9 +172,15 @@ TEST(Backend, OptimizerStepsMatchCpuBitwise) {
   const auto g = rng.normal(n, 1e-3f);
   cpu->set("grad", g);
   gpu->set("grad", g);
-  const auto ac = AdamWConsts::make(6e-4, 0.9, 0.95, 1e-8, 0.1, 1);
-  cpu->adamw_step(ac);
-  gpu->adamw_step(ac);
+  OptimizerConfig adamw;
+  adamw.name = "adamw";
+  adamw.beta1 = 0.9;
+  adamw.beta2 = 0.95;
+  adamw.eps = 1e-8;
+  adamw.weight_decay = 0.1;
+  const OptimizerStep ac{&adamw, 6e-4, 1, 0};
+  cpu->optimizer_step(ac, nullptr);
+  gpu->optimizer_step(ac, nullptr);
   for (const char* slot : {"params", "m", "v"}) {
     cpu->get(slot, a);
     gpu->get(slot, b);
@@ -205,7 +212,8 @@ std::vector<std::vector<float>> run_twice_state(Precision prec, uint64_t seed,
   const Batch b = make_batch(rng, 4, T, cfg.vocab_size);
   gpu->zero_grad();
   gpu->train_micro(b.inp.data(), b.tgt.data(), 4, T, 1.0f);
-  gpu->sophia_step(SophiaConsts::make(1e-3, 0.965, 0.05, 4 * T, 0.2), nullptr);
+  const OptimizerConfig sophia;  // beta1 0.965, rho 0.05, weight decay 0.2
+  gpu->optimizer_step(OptimizerStep{&sophia, 1e-3, 1, 4.0 * T}, nullptr);
   gpu->zero_grad();
   gpu->gnb_micro(b.inp.data(), 4, T, 1.0f, 42, 1, 0);
   gpu->hessian_ema(HessianConsts::make(0.99));

@@ -103,9 +103,16 @@ Trace run(const Case& c, int recompute, const std::vector<float>& params, uint64
     be->get("grad", v);
     tr.add(st + "grad", v);
     if (s % 2 == 0) {
-      be->adamw_step(AdamWConsts::make(1e-3, 0.9, 0.95, 1e-8, 0.1, s / 2 + 1));
+      OptimizerConfig adamw;
+      adamw.name = "adamw";
+      adamw.beta1 = 0.9;
+      adamw.beta2 = 0.95;
+      adamw.eps = 1e-8;
+      adamw.weight_decay = 0.1;
+      be->optimizer_step(OptimizerStep{&adamw, 1e-3, s / 2 + 1, 0}, nullptr);
     } else {
-      be->sophia_step(SophiaConsts::make(1e-3, 0.965, 0.05, 2.0 * c.maxB * T, 0.2), nullptr);
+      const OptimizerConfig sophia;  // beta1 0.965, rho 0.05, weight decay 0.2
+      be->optimizer_step(OptimizerStep{&sophia, 1e-3, 1, 2.0 * c.maxB * T}, nullptr);
       const auto [inp, tgt] = batch(c.maxB - 1);
       be->zero_grad();
       tr.add(st + "gnb loss", {be->gnb_micro(inp.data(), c.maxB - 1, T, 1.0f, 7, s, 0)});

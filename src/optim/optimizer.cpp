@@ -1,0 +1,50 @@
+#include "optim/optimizer.h"
+
+#include <stdexcept>
+
+namespace sgpt {
+
+// Each optimizer's CPU implementation, defined in its own file (src/optim/<name>.cpp).
+std::unique_ptr<CpuOptimizer> make_sophiag_cpu();
+std::unique_ptr<CpuOptimizer> make_adamw_cpu();
+std::unique_ptr<CpuOptimizer> make_lion_cpu();
+
+namespace {
+struct Entry {
+  OptimizerKind kind;
+  std::unique_ptr<CpuOptimizer> (*make_cpu)();
+};
+const std::vector<Entry>& table() {
+  static const std::vector<Entry> t = {
+      {{"sophiag", {"m", "h"}, "gnb"}, make_sophiag_cpu},
+      {{"adamw", {"m", "v"}, ""}, make_adamw_cpu},
+      {{"lion", {"m"}, ""}, make_lion_cpu},
+  };
+  return t;
+}
+const Entry& entry(const std::string& name) {
+  std::string known;
+  for (const Entry& e : table()) {
+    if (e.kind.name == name) return e;
+    known += (known.empty() ? "" : ", ") + e.kind.name;
+  }
+  throw std::invalid_argument("unknown optimizer '" + name + "' (known: " + known + ")");
+}
+}  // namespace
+
+const std::vector<OptimizerKind>& optimizer_kinds() {
+  static const std::vector<OptimizerKind> kinds = [] {
+    std::vector<OptimizerKind> k;
+    for (const Entry& e : table()) k.push_back(e.kind);
+    return k;
+  }();
+  return kinds;
+}
+
+const OptimizerKind& optimizer_kind(const std::string& name) { return entry(name).kind; }
+
+std::unique_ptr<CpuOptimizer> make_cpu_optimizer(const std::string& name) {
+  return entry(name).make_cpu();
+}
+
+}  // namespace sgpt
