@@ -47,7 +47,7 @@ for dev in "${devices[@]}"; do
 done
 
 if [[ ${BENCH:-1} == 1 && " ${devices[*]} " == *" cuda "* ]]; then
-  args=${BENCH_ARGS:---model 124m --micro-batch 64 --steps 20 --warmup 10}
+  args=${BENCH_ARGS:---model 124M --micro-batch 64 --steps 20 --warmup 10}
   for round in 1 2; do
     for side in old new; do
       exe=$old; [[ $side == new ]] && exe=$new
