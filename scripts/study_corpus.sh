@@ -114,8 +114,8 @@ unpack)
     [[ ! -f $inc/$NAME.manifest ]] || echo "study_corpus: a new manifest: earlier pieces dropped"
     rm -rf "$inc" "$dest/.complete" && mkdir -p "$inc" && cp "$in/$NAME.manifest" "$inc/"
   fi
-  m=$inc/$NAME.manifest
-  [[ -f $m ]] || die "no $NAME.manifest in $in (carry it with the pieces)"
+  m=$(cd "$inc" && pwd)/$NAME.manifest  # absolute: check_shards reads it from inside $dest
+  [[ -f $m ]] || die "no $NAME.manifest in $in (give it with the pieces)"
   if [[ -f $dest/.complete ]] && [[ $(cat "$dest/.complete") == "$(field payload_sha256 "$m")" ]]; then
     check_shards || die "$dest: shards changed since they were unpacked"
     echo "study_corpus: $dest complete already ($(grep -c '^shard' "$m") shards verified)"; exit 0
