@@ -7,7 +7,11 @@
 //   counter = (c0, c1, c2, stream)  with stream one of the Stream tags below.
 //   GNB labels: c0 = position t in the sequence, c1 = global sequence index in the step's batch,
 //               c2 = optimizer step, stream = kGnbLabels.
+//   Hutchinson probes (Sophia-H): c0, c1 = low and high 32 bits of (global flat parameter index
+//               / 2) for Gaussian probes, (index / 4) for Rademacher ones; c2 = optimizer step,
+//               stream = kHutchinson.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -24,6 +28,7 @@ enum PhiloxStream : uint32_t {
   kDataSampler = 3,
   kStochasticRounding = 4,
   kTextSampling = 5,
+  kHutchinson = 6,
 };
 
 struct Philox4 {
@@ -76,4 +81,23 @@ SGPT_HD float gnb_uniform(uint64_t seed, uint32_t step, uint32_t seq, uint32_t t
   return uniform01(philox(seed, t, seq, step, kGnbLabels).v[0]);
 }
 
+// Element `index` of Sophia-H's probe vector u at `step` (the Hutchinson estimator, src/train/
+// hutchinson.cpp): Rademacher (+1 or -1 from bit 31 of word index % 4 of counter index / 4), or
+// a standard normal (Box-Muller in double on the two 53-bit uniforms of counter index / 2: the
+// cosine branch for even indices, the sine branch for odd ones), rounded to float. The same on
+// every backend and for any number of ranks.
+SGPT_HD float hutchinson_probe(uint64_t seed, uint32_t step, uint64_t index, bool rademacher) {
+  if (rademacher) {
+    const uint64_t q = index >> 2;
+    const Philox4 r = philox(seed, static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32), step, kHutchinson);
+    return (r.v[index & 3] >> 31) ? -1.0f : 1.0f;
+  }
+  const uint64_t q = index >> 1;
+  const Philox4 r = philox(seed, static_cast<uint32_t>(q), static_cast<uint32_t>(q >> 32), step, kHutchinson);
+  const double u1 = 1.0 - uniform01_double(r.v[0], r.v[1]);  // (0, 1]: the log is finite
+  const double u2 = uniform01_double(r.v[2], r.v[3]);
+  const double radius = sqrt(-2.0 * log(u1));
+  const double angle = 6.283185307179586 * u2;
+  return static_cast<float>(radius * ((index & 1) ? sin(angle) : cos(angle)));
+}
 }  // namespace sgpt

@@ -238,7 +238,7 @@ void Config::validate(int world) const {
     bad("batch.total_batch_tokens",
         "must be a multiple of batch.micro_batch_size x model.block_size x processes = " +
             std::to_string(per_micro) + ", got " + std::to_string(batch.total_batch_tokens));
-  if (o.name == "sophiag") {
+  if (o.name == "sophiag" || o.name == "sophiah") {
     const double hb = std::floor(o.hessian_batch_fraction * batch.micro_batch_size);
     if (hb < 1)
       bad("optimizer.hessian_batch_fraction",

@@ -17,7 +17,7 @@
 namespace sgpt {
 
 struct OptimizerConfig {
-  std::string name = "sophiag";  // "sophiag" | "adamw" | "lion" (src/optim/optimizer.h)
+  std::string name = "sophiag";  // "sophiag" | "sophiah" | "adamw" | "lion" (src/optim/optimizer.h)
   double lr = 6e-4;
   double min_lr = 1.5e-5;
   double beta1 = 0.965;
@@ -26,7 +26,8 @@ struct OptimizerConfig {
   double weight_decay = 0.2;
   double eps = 1e-8;               // AdamW only
   double bs = 0;                   // Sophia-G: tokens per optimizer step; 0 = derive from batch
-  int hessian_interval = 10;       // k: GNB pass after every step with step % k == k-1
+  int hessian_interval = 10;       // k: estimator pass after every step with step % k == k-1
+  std::string hessian_probe = "gaussian";  // Sophia-H: "gaussian" | "rademacher"
   double hessian_batch_fraction = 1.0;
   double grad_clip = 1.0;          // 0 disables
   // Divergence guard: a step whose loss or gradient norm is not finite is skipped (no update);

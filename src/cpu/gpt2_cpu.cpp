@@ -1,6 +1,8 @@
 // GPT-2 forward/backward on the CPU (see cpu/gpt2_cpu.h for the model and the buffers).
 #include "cpu/gpt2_cpu.h"
 
+#include "cpu/dual.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -184,5 +186,7 @@ void Gpt2<F>::backward(const F* params, F* grads, F grad_scale) {
 
 template class Gpt2<float>;
 template class Gpt2<double>;
+template class Gpt2<Dual<float>>;   // exact Hessian-vector products (cpu/hvp.h)
+template class Gpt2<Dual<double>>;
 
 }  // namespace sgpt::cpu

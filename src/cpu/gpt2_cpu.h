@@ -79,5 +79,6 @@ class Gpt2 {
 
 extern template class Gpt2<float>;
 extern template class Gpt2<double>;
+// Gpt2<Dual<float>> and Gpt2<Dual<double>> (cpu/dual.h) are instantiated in gpt2_cpu.cpp too.
 
 }  // namespace sgpt::cpu

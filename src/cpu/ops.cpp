@@ -29,6 +29,8 @@
 // width picked at run time, since SIMD lanes hold different output elements and -ffp-contract=off
 // forbids fused multiply-adds.
 #include "cpu/ops.h"
+#include <type_traits>
+#include "cpu/dual.h"
 
 #include <algorithm>
 #include <cmath>
@@ -39,6 +41,12 @@
 #include "common/philox.h"
 
 namespace sgpt::cpu {
+// Unqualified math: the std overloads for float and double, Dual's (cpu/dual.h) found beside them.
+using std::exp;
+using std::log;
+using std::sqrt;
+using std::tanh;
+
 namespace {
 
 // Loops with less work than this (in elements or multiply-adds) stay on one thread.
@@ -201,6 +209,17 @@ GemmTileFn<F> pick_gemm_tile() {
 template <class F>
 void gemm(const Gemm<F>& g) {
   if (g.M <= 0 || g.N <= 0 || g.K <= 0) return;
+  if constexpr (!std::is_floating_point_v<F>) {  // dual numbers: the plain triple loop, k in order
+#pragma omp parallel for if (double(g.M) * g.N * g.K > double(kParallelMin) * 8)
+    for (int m = 0; m < g.M; ++m)
+      for (int n = 0; n < g.N; ++n) {
+        F acc = g.C[size_t(m) * g.ldc + n];
+        for (int k = 0; k < g.K; ++k)
+          acc += g.A[size_t(m) * g.a_sm + size_t(k) * g.a_sk] * g.B[size_t(k) * g.b_sk + size_t(n) * g.b_sn];
+        g.C[size_t(m) * g.ldc + n] = acc;
+      }
+    return;
+  } else {
   static const GemmTileFn<F> tile = pick_gemm_tile<F>();
   const int tasks = ((g.M + kMC - 1) / kMC) * ((g.N + kNC - 1) / kNC);
   const double work = double(g.M) * g.N * g.K;
@@ -210,6 +229,7 @@ void gemm(const Gemm<F>& g) {
     F* Bp = scratch<F>(size_t(kKC) * kNC, 1);
 #pragma omp for schedule(dynamic)
     for (int t = 0; t < tasks; ++t) tile(g, t, Ap, Bp);
+  }
   }
 }
 
@@ -272,7 +292,7 @@ void layernorm_forward(F* out, F* mean, F* rstd, const F* inp, const F* weight, 
       v += d * d;
     }
     v = v / F(C);
-    const F s = F(1) / std::sqrt(v + eps);
+    const F s = F(1) / sqrt(v + eps);
     if (bias) {
       for (int c = 0; c < C; ++c) o[c] = (x[c] - m) * s * weight[c] + bias[c];
     } else {
@@ -395,7 +415,7 @@ void attention_forward(F* out, F* att, const F* inp, int B, int T, int C, int NH
       }
       F sum = 0;
       for (int t2 = 0; t2 < len; ++t2) {
-        a[t2] = std::exp(a[t2] - mx);
+        a[t2] = exp(a[t2] - mx);
         sum += a[t2];
       }
       const F inv = F(1) / sum;
@@ -471,7 +491,7 @@ void gelu_forward(F* out, const F* inp, size_t n) {
   for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(n); ++i) {
     const F x = inp[i];
     const F u = k0 * (x + k1 * x * x * x);
-    out[i] = F(0.5) * x * (F(1) + std::tanh(u));
+    out[i] = F(0.5) * x * (F(1) + tanh(u));
   }
 }
 
@@ -483,7 +503,7 @@ void gelu_backward(F* dinp, const F* inp, const F* dout, size_t n) {
   for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(n); ++i) {
     const F x = inp[i];
     const F u = k0 * (x + k1 * x * x * x);
-    const F th = std::tanh(u);
+    const F th = tanh(u);
     const F sech2 = F(1) - th * th;
     const F grad = F(0.5) * (F(1) + th) + F(0.5) * x * sech2 * k0 * (F(1) + F(3) * k1 * x * x);
     dinp[i] += grad * dout[i];
@@ -507,8 +527,8 @@ void crossentropy_forward(F* losses, const F* logits, const int* targets, int N,
     F mx = -INFINITY;
     for (int j = 0; j < V; ++j) mx = std::max(mx, l[j]);
     F sum = 0;
-    for (int j = 0; j < V; ++j) sum += std::exp(l[j] - mx);
-    losses[n] = std::log(sum) - (l[targets[n]] - mx);
+    for (int j = 0; j < V; ++j) sum += exp(l[j] - mx);
+    losses[n] = log(sum) - (l[targets[n]] - mx);
   }
 }
 
@@ -524,7 +544,7 @@ void crossentropy_backward(F* dlogits, const F* logits, const int* targets, F dl
     // dl[j] first holds exp(l[j] - mx) (each l[j] read before dl[j] is written).
     F sum = 0;
     for (int j = 0; j < V; ++j) {
-      const F e = std::exp(l[j] - mx);
+      const F e = exp(l[j] - mx);
       dl[j] = e;
       sum += e;
     }
@@ -545,14 +565,14 @@ void sample_labels(int* targets, const F* logits, int N, int T, int V, int Vp, u
     F mx = -INFINITY;
     for (int j = 0; j < V; ++j) mx = std::max(mx, l[j]);
     F total = 0;
-    for (int j = 0; j < V; ++j) total += std::exp(l[j] - mx);
+    for (int j = 0; j < V; ++j) total += exp(l[j] - mx);
     const F threshold = F(u) * total;
     // Walk the same running sum; the fallback (reached only if rounding makes every partial sum
     // <= u*S, which needs u*S to round up to S) is the last label with nonzero probability.
     int label = -1, last_nonzero = 0;
     F cdf = 0;
     for (int j = 0; j < V; ++j) {
-      const F e = std::exp(l[j] - mx);
+      const F e = exp(l[j] - mx);
       cdf += e;
       if (e > F(0)) last_nonzero = j;
       if (cdf > threshold) {
@@ -586,6 +606,25 @@ void sample_labels(int* targets, const F* logits, int N, int T, int V, int Vp, u
 
 SGPT_INSTANTIATE_OPS(float)
 SGPT_INSTANTIATE_OPS(double)
+// Dual numbers (exact Hessian-vector products, cpu/dual.h): the ops the model uses.
+#undef SGPT_INSTANTIATE_OPS
+#define SGPT_INSTANTIATE_OPS(F)                                                                  \
+  template void encoder_forward<F>(F*, const int*, const F*, const F*, int, int, int);           \
+  template void encoder_backward<F>(F*, F*, const F*, const int*, int, int, int);                \
+  template void layernorm_forward<F>(F*, F*, F*, const F*, const F*, const F*, int, int);        \
+  template void layernorm_backward<F>(F*, F*, F*, const F*, const F*, const F*, const F*,        \
+                                      const F*, int, int);                                       \
+  template void matmul_forward<F>(F*, const F*, const F*, const F*, int, int, int);              \
+  template void matmul_backward<F>(F*, F*, F*, const F*, const F*, const F*, int, int, int);     \
+  template void attention_forward<F>(F*, F*, const F*, int, int, int, int, F);                   \
+  template void attention_backward<F>(F*, const F*, const F*, const F*, int, int, int, int, F);  \
+  template void gelu_forward<F>(F*, const F*, size_t);                                           \
+  template void gelu_backward<F>(F*, const F*, const F*, size_t);                                \
+  template void residual_forward<F>(F*, const F*, const F*, size_t);                             \
+  template void crossentropy_forward<F>(F*, const F*, const int*, int, int, int);                \
+  template void crossentropy_backward<F>(F*, const F*, const int*, F, int, int, int);
+SGPT_INSTANTIATE_OPS(Dual<float>)
+SGPT_INSTANTIATE_OPS(Dual<double>)
 #undef SGPT_INSTANTIATE_OPS
 
 }  // namespace sgpt::cpu

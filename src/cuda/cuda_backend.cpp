@@ -303,6 +303,13 @@ class CudaBackend final : public Backend {
     gather_weights();
   }
 
+  std::string cannot_run(const std::string& optimizer) const override {
+    if (optimizer == "sophiah")
+      return "Sophia-H (optimizer.name \"sophiah\") has no GPU implementation yet: train it with "
+             "device \"cpu\"";
+    return "";
+  }
+
   void hessian_ema(const HessianConsts& c) override {
     float* h = ensure(state("h")).get();
     with_grad([&](auto* g) { cuda::hessian_ema(h, g + lo_, cnt_, c, stream_); });

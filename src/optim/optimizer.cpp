@@ -8,6 +8,7 @@ namespace sgpt {
 std::unique_ptr<CpuOptimizer> make_sophiag_cpu();
 std::unique_ptr<CpuOptimizer> make_adamw_cpu();
 std::unique_ptr<CpuOptimizer> make_lion_cpu();
+std::unique_ptr<CpuOptimizer> make_sophiah_cpu();
 
 namespace {
 struct Entry {
@@ -19,6 +20,7 @@ const std::vector<Entry>& table() {
       {{"sophiag", {"m", "h"}, "gnb"}, make_sophiag_cpu},
       {{"adamw", {"m", "v"}, ""}, make_adamw_cpu},
       {{"lion", {"m"}, ""}, make_lion_cpu},
+      {{"sophiah", {"m", "h"}, "hutchinson"}, make_sophiah_cpu},
   };
   return t;
 }

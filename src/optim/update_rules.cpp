@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "common/philox.h"
+
 namespace sgpt {
 
 SophiaConsts SophiaConsts::make(double lr, double beta1, double rho, double bs, double wd) {
@@ -70,6 +72,16 @@ void hessian_ema(float* h, const float* g, size_t n, const HessianConsts& c) {
   for (size_t i = 0; i < n; ++i) {
     float t = c.one_minus_b2 * g[i];
     t = t * g[i];
+    h[i] = h[i] * c.b2 + t;
+  }
+}
+
+void hutchinson_ema(float* h, const float* hu, size_t n, const HessianConsts& c, uint64_t seed,
+                    uint32_t step, size_t index_base, bool rademacher) {
+  for (size_t i = 0; i < n; ++i) {
+    const float u = hutchinson_probe(seed, step, index_base + i, rademacher);
+    float t = c.one_minus_b2 * u;
+    t = t * hu[i];
     h[i] = h[i] * c.b2 + t;
   }
 }

@@ -40,7 +40,9 @@ struct SophiaMetrics {
   double count = 0;
   double h_l1 = 0;
   double h_sq = 0;
+  double h_negative = 0;  // entries of h below 0 (Sophia-H; GNB's h is never negative)
   double win_rate() const { return count > 0 ? unclipped / count : 0.0; }
+  double negative_fraction() const { return count > 0 ? h_negative / count : 0.0; }
 };
 
 namespace cpu {
@@ -54,6 +56,10 @@ void sophia_update(float* p, float* m, const float* h, const float* g, size_t n,
 
 // h = h*b2 + (1-b2)*g*g  (evaluated left to right: ((1-b2)*g)*g)
 void hessian_ema(float* h, const float* g, size_t n, const HessianConsts& c);
+// The Hutchinson estimate's EMA (Sophia-H): h = h*b2 + ((1-b2)*u)*hu, with u[i] =
+// hutchinson_probe(seed, step, index_base + i, rademacher) (src/common/philox.h) and hu = H u.
+void hutchinson_ema(float* h, const float* hu, size_t n, const HessianConsts& c, uint64_t seed,
+                    uint32_t step, size_t index_base, bool rademacher);
 
 // PyTorch AdamW: p = p*decay ; m = m*b1 + (1-b1)*g ; v = v*b2 + (1-b2)*g*g ;
 //   p = p + neg_step_size * m / (sqrt(v)*inv_sqrt_bc2 + eps)

@@ -88,6 +88,22 @@ class Backend {
   virtual void optimizer_step(const OptimizerStep& s, SophiaMetrics* metrics) = 0;
   // The GNB estimator's update of slot "h": h = b2*h + (1-b2)*grad*grad.
   virtual void hessian_ema(const HessianConsts& c) = 0;
+  // The Hutchinson estimator (Sophia-H). hvp_micro ACCUMULATES into the gradient buffer
+  // grad_scale * H u, H the Hessian of the mean loss over the micro-batch at the current weights
+  // and u the probe of `step` (hutchinson_probe, src/common/philox.h: keyed by seed, step and the
+  // global parameter index, so every rank and backend draws the same u); returns the mean loss.
+  // After reduce_grad(), hutchinson_ema updates slot "h": h = b2*h + (1-b2)*u*(H u).
+  virtual float hvp_micro(const int* inp, const int* tgt, int B, int T, float grad_scale,
+                          uint64_t seed, uint32_t step, bool rademacher) {
+    (void)inp; (void)tgt; (void)B; (void)T; (void)grad_scale; (void)seed; (void)step; (void)rademacher;
+    throw std::logic_error(name() + ": no Hessian-vector product");
+  }
+  virtual void hutchinson_ema(const HessianConsts& c, uint64_t seed, uint32_t step, bool rademacher) {
+    (void)c; (void)seed; (void)step; (void)rademacher;
+    throw std::logic_error(name() + ": no Hutchinson estimator");
+  }
+  // Why this backend cannot run `optimizer` (an OptimizerKind name), or "" when it can.
+  virtual std::string cannot_run(const std::string& optimizer) const { (void)optimizer; return ""; }
 
   // State transfer as fp32 host vectors of ParamLayout::total elements (checkpoints, tests).
   // slot: "params" (fp32 master), an optimizer's state slot (OptimizerKind::slots: "m", "h",

@@ -4,7 +4,9 @@
 #include <map>
 #include <stdexcept>
 
+#include "common/philox.h"
 #include "cpu/gpt2_cpu.h"
+#include "cpu/hvp.h"
 #include "cpu/ops.h"
 
 #ifdef _OPENMP
@@ -116,20 +118,34 @@ class CpuBackend final : public Backend {
     });
     if (metrics) {
       if (sharded_) {
-        double v[4] = {local.unclipped, local.count, local.h_l1, local.h_sq};
-        dist_.comm->allreduce_sum(v, 4);
-        local = SophiaMetrics{v[0], v[1], v[2], v[3]};
+        double v[5] = {local.unclipped, local.count, local.h_l1, local.h_sq, local.h_negative};
+        dist_.comm->allreduce_sum(v, 5);
+        local = SophiaMetrics{v[0], v[1], v[2], v[3], v[4]};
       }
       metrics->unclipped += local.unclipped;
       metrics->count += local.count;
       metrics->h_l1 += local.h_l1;
       metrics->h_sq += local.h_sq;
+      metrics->h_negative += local.h_negative;
     }
     gather_params();
   }
 
   void hessian_ema(const HessianConsts& c) override {
     cpu::hessian_ema(ensure(state_["h"]).data(), grads_.data() + lo_, cnt_, c);
+  }
+
+  // Exact, through the model on dual numbers (cpu/hvp.h); u over the whole model on every rank.
+  float hvp_micro(const int* inp, const int* tgt, int B, int T, float grad_scale, uint64_t seed,
+                  uint32_t step, bool rademacher) override {
+    check_T(T);
+    if (!hvp_) hvp_ = std::make_unique<cpu::HessianVectorProduct<float>>(cfg_, model_.max_B(), model_.T());
+    probe_.resize(layout_.total);
+    for (size_t i = 0; i < layout_.total; ++i) probe_[i] = hutchinson_probe(seed, step, i, rademacher);
+    return hvp_->accumulate(params_.data(), probe_.data(), inp, tgt, B, grad_scale, grads_.data());
+  }
+  void hutchinson_ema(const HessianConsts& c, uint64_t seed, uint32_t step, bool rademacher) override {
+    cpu::hutchinson_ema(ensure(state_["h"]).data(), grads_.data() + lo_, cnt_, c, seed, step, lo_, rademacher);
   }
 
   double state_memory_mib() override {
@@ -210,6 +226,8 @@ class CpuBackend final : public Backend {
   std::vector<float> params_, grads_;  // whole model, padded to shard_.padded
   std::map<std::string, std::vector<float>> state_;  // optimizer state by slot: this rank's range
   std::map<std::string, std::unique_ptr<CpuOptimizer>> optimizers_;
+  std::unique_ptr<cpu::HessianVectorProduct<float>> hvp_;  // Sophia-H, made at its first use
+  std::vector<float> probe_;
   std::vector<int> targets_;
 };
 

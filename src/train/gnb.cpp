@@ -39,9 +39,6 @@ class Gnb final : public HessianEstimator {
 
 }  // namespace
 
-std::shared_ptr<HessianEstimator> make_hessian_estimator(const std::string& name) {
-  if (name == "gnb") return std::make_shared<Gnb>();
-  throw std::invalid_argument("unknown Hessian estimator '" + name + "'");
-}
+std::shared_ptr<HessianEstimator> make_gnb_estimator() { return std::make_shared<Gnb>(); }
 
 }  // namespace sgpt

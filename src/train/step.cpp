@@ -7,6 +7,16 @@
 
 namespace sgpt {
 
+// The Hessian estimators, each defined in its own file.
+std::shared_ptr<HessianEstimator> make_gnb_estimator();         // train/gnb.cpp
+std::shared_ptr<HessianEstimator> make_hutchinson_estimator();  // train/hutchinson.cpp
+
+std::shared_ptr<HessianEstimator> make_hessian_estimator(const std::string& name) {
+  if (name == "gnb") return make_gnb_estimator();
+  if (name == "hutchinson") return make_hutchinson_estimator();
+  throw std::invalid_argument("unknown Hessian estimator '" + name + "'");
+}
+
 StepPlan StepPlan::make(const Config& cfg, int rank, int world) {
   StepPlan p;
   p.B = cfg.batch.micro_batch_size;

@@ -60,7 +60,8 @@ class HessianEstimator {
   virtual void run(Backend& be, const NextBatch& next, const StepPlan& p, int64_t step,
                    std::vector<int>& inp, std::vector<int>& tgt, StepOutcome& o) const = 0;
 };
-// "gnb" (Gauss-Newton-Bartlett, src/train/gnb.cpp); throws std::invalid_argument otherwise.
+// "gnb" (Gauss-Newton-Bartlett, src/train/gnb.cpp) or "hutchinson" (src/train/hutchinson.cpp);
+// throws std::invalid_argument otherwise.
 std::shared_ptr<HessianEstimator> make_hessian_estimator(const std::string& name);
 
 // `inp` and `tgt` are B*T scratch buffers. `poison_loss`: the failure tests' NaN fault.

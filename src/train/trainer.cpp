@@ -233,14 +233,19 @@ void log_step(const Config& cfg, Backend& be, JsonlLog& log, bool main_rank, boo
                    cfg.optimizer.max_consecutive_skips);
   }
   if (o.gnb) {
-    json rec{{"type", "gnb"}, {"step", step}, {"win_rate", o.metrics.win_rate()},
+    // The estimator's pass: type "gnb" (Sophia-G) or "hutchinson" (Sophia-H, whose h may hold
+    // negative entries; gnb_grad_norm is then the norm of H u).
+    const std::string est = optimizer_kind(cfg.optimizer.name).estimator;
+    json rec{{"type", est}, {"step", step}, {"win_rate", o.metrics.win_rate()},
              {"h_l1", o.metrics.h_l1}, {"h_l2", std::sqrt(o.metrics.h_sq)},
              {"gnb_loss", o.gnb_loss}, {"gnb_grad_norm", o.gnb_norm}};
+    if (est != "gnb") rec["h_negative_fraction"] = o.metrics.negative_fraction();
     if (!o.gnb_applied) {
       rec["skipped"] = true;
       if (main_rank)
-        std::fprintf(stderr, "warning: step %lld: the GNB pass is not finite (loss %g, gradient norm %g); h is "
-                     "left unchanged\n", static_cast<long long>(step), o.gnb_loss, o.gnb_norm);
+        std::fprintf(stderr, "warning: step %lld: the %s pass is not finite (loss %g, norm %g); h is "
+                     "left unchanged\n", static_cast<long long>(step), est == "gnb" ? "GNB" : est.c_str(),
+                     o.gnb_loss, o.gnb_norm);
     }
     log.write(rec);
   }
@@ -261,6 +266,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   const OptimizerConfig& oc = cfg.optimizer;
   const int B = cfg.batch.micro_batch_size;
   const int T = mc.block_size;
+  if (const std::string why = be.cannot_run(cfg.optimizer.name); !why.empty()) throw UserError(why);
   const StepPlan plan = StepPlan::make(cfg, opt.rank, opt.world);  // the step itself: train/step.h
   const int accum = plan.accum;
   const bool main_rank = opt.rank == 0;
