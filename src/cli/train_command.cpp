@@ -22,7 +22,7 @@
 #include "common/paths.h"
 #include "config/config.h"
 #include "model/checkpoint.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 #include "common/philox.h"
 #include "cpu/decode_cpu.h"
 #include "cpu/gpt2_cpu.h"

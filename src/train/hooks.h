@@ -14,7 +14,7 @@
 #include "data/loader.h"
 #include "eval/hellaswag.h"
 #include "tokenizer/tokenizer.h"
-#include "train/backend.h"
+#include "backend/backend.h"
 #include "train/run_log.h"
 #include "train/trainer.h"
 

@@ -30,7 +30,7 @@
 #include "config/keys.h"
 #include "cpu/decode_cpu.h"
 #include "data/loader.h"
-#include "train/backend.h"
+#include "backend/backend.h"
 #include "train/checkpoints.h"
 #include "train/run_dir.h"
 

@@ -28,7 +28,7 @@
 #include "data/loader.h"
 #include "model/checkpoint.h"
 #include "model/gpt2.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 #include "train/trainer.h"
 #include "test_scratch.h"
 
