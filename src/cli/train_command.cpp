@@ -26,7 +26,7 @@
 #include "common/philox.h"
 #include "cpu/decode_cpu.h"
 #include "cpu/gpt2_cpu.h"
-#include "cpu/sampling.h"
+#include "sample/sampling.h"
 #include "data/loader.h"
 #include "eval/hellaswag.h"
 #include "tokenizer/tokenizer.h"
@@ -450,7 +450,7 @@ struct SampleArgs {
 
 
 // Autoregressive sampling with the KV-cache decoder (docs/sampling.md): on the GPU when one is
-// usable (--device auto), else on the CPU; the tokens are drawn on the host by cpu/sampling.h.
+// usable (--device auto), else on the CPU; the tokens are drawn on the host by sample/sampling.h.
 void run_sample(const SampleArgs& a) {
   auto [cfg, params] = load_trained(a.m);
   if (a.tokens < 1) throw UserError("--tokens must be >= 1 (the number of tokens to generate), not " + std::to_string(a.tokens));

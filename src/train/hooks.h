@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "config/config.h"
-#include "cpu/decode_cpu.h"
-#include "cpu/sampling.h"
+#include "sample/decoder.h"
+#include "sample/sampling.h"
 #include "data/loader.h"
 #include "eval/hellaswag.h"
 #include "tokenizer/tokenizer.h"

@@ -28,7 +28,7 @@
 
 #include "config/config.h"
 #include "config/keys.h"
-#include "cpu/decode_cpu.h"
+#include "sample/decoder.h"
 #include "data/loader.h"
 #include "backend/backend.h"
 #include "train/checkpoints.h"

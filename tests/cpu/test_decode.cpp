@@ -24,7 +24,7 @@
 #include "config/config.h"
 #include "cpu/decode_cpu.h"
 #include "cpu/gpt2_cpu.h"
-#include "cpu/sampling.h"
+#include "sample/sampling.h"
 #include "data/loader.h"
 #include "model/checkpoint.h"
 #include "model/gpt2.h"
