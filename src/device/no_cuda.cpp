@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "cuda/bench.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/decode_cuda.h"
 #include "cuda/entry.h"
@@ -14,6 +15,9 @@ namespace sgpt {
 namespace {
 
 const char* const kNoCuda = "this build has no CUDA backend (nvcc was not found when it was built)";
+const char* const kBenchNoCuda =
+    "bench needs a CUDA build: this build has no CUDA backend (nvcc was not found when it was built; "
+    "docs/gpu.md)";
 
 }  // namespace
 
@@ -25,12 +29,18 @@ bool cuda_usable(std::string* why) {
 int cuda_select_device(int) { return -1; }
 
 // Not reached: the commands ask gpu_usable() first, which says no.
-std::unique_ptr<Backend> make_cuda_backend(const ModelConfig&, int, int, Precision, const std::vector<float>&,
-                                           AttentionImpl, const DistOptions&) {
+std::unique_ptr<Backend> make_cuda_backend(const ModelConfig&, int, int, Precision,
+                                           const std::vector<float>&, AttentionImpl,
+                                           const DistOptions&) {
   throw UserError(kNoCuda);
 }
 
 std::unique_ptr<Decoder> make_cuda_decoder(const ModelConfig&) { throw UserError(kNoCuda); }
+
+// The command line says it first (src/cli/bench_command.cpp, in the same words).
+void bench_optimizer(const OptimizerBenchOptions&) { throw UserError(kBenchNoCuda); }
+
+void bench_train(const TrainBenchOptions&) { throw UserError(kBenchNoCuda); }
 
 namespace cuda {
 
