@@ -22,23 +22,17 @@
 #include "common/paths.h"
 #include "config/config.h"
 #include "model/checkpoint.h"
-#include "train/cpu_backend.h"
 #include "common/philox.h"
-#include "cpu/decode_cpu.h"
 #include "cpu/gpt2_cpu.h"
-#include "cpu/sampling.h"
+#include "sample/sampling.h"
 #include "data/loader.h"
+#include "device/factory.h"
 #include "eval/hellaswag.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/vocab.h"
 #include "train/trainer.h"
 #include "dist/comm.h"
 #include "dist/launch.h"
-#ifdef SGPT_WITH_CUDA
-#include "cuda/cuda_backend.h"
-#include "cuda/decode_cuda.h"
-#include "cuda/nccl_comm.h"
-#endif
 
 namespace sgpt {
 using nlohmann::json;
@@ -54,24 +48,11 @@ struct TrainArgs {
   bool quiet = false;
 };
 
-bool gpu_usable(std::string* why) {
-#ifdef SGPT_WITH_CUDA
-  return cuda_usable(why);
-#else
-  *why = "this build has no CUDA backend (nvcc was not found when it was built)";
-  return false;
-#endif
-}
-
 // Resolves cfg.device to the GPU (true) or the CPU (false); adjusts cfg.precision on a fallback.
 // `local_rank` picks the GPU (one per process on a node) before anything else touches CUDA.
 bool choose_gpu(Config& cfg, int local_rank = 0) {
   std::string why;
-#ifdef SGPT_WITH_CUDA
-  if (cfg.device != "cpu") cuda_select_device(local_rank);
-#else
-  (void)local_rank;
-#endif
+  if (cfg.device != "cpu") select_gpu(local_rank);
   bool use_gpu = false;
   if (cfg.device == "cuda") {
     if (!gpu_usable(&why)) throw UserError("device 'cuda' was asked for but no GPU is usable: " + why);
@@ -87,24 +68,6 @@ bool choose_gpu(Config& cfg, int local_rank = 0) {
     cfg.precision = "fp32";
   }
   return use_gpu;
-}
-
-std::unique_ptr<Backend> make_backend(const Config& cfg, bool use_gpu, int B, const std::vector<float>& params,
-                                      const DistOptions& dist = {}) {
-  if (use_gpu) {
-#ifdef SGPT_WITH_CUDA
-    try {
-      auto be = make_cuda_backend(cfg.model, B, cfg.model.block_size,
-                                  cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32,
-                                  params, attention_impl_from_name(cfg.attention), dist);
-      be->set_recompute(cfg.recompute);  // before the first step allocates the activations
-      return be;
-    } catch (const std::invalid_argument& e) {  // attention "cudnn" that cannot be used
-      throw UserError(e.what());
-    }
-#endif
-  }
-  return make_cpu_backend(cfg.model, B, cfg.model.block_size, params, dist);
 }
 
 // MPI stays initialised for the whole process once a run started by mpirun loaded it (also when
@@ -134,9 +97,11 @@ std::unique_ptr<dist::Comm> make_comm(const Config& cfg, const dist::LaunchInfo&
       throw UserError("data parallel training on the CPU runs over MPI: launch it with mpirun (" + why + ")");
     return std::move(mpi_holder());
   }
-#if defined(SGPT_WITH_CUDA) && defined(SGPT_WITH_NCCL)
+  if (!nccl_built())
+    throw UserError("this build has no NCCL, so it trains on one GPU only (" + std::to_string(li.world) +
+                    " processes were launched); rebuild where CMake finds NCCL");
   std::vector<uint8_t> id;
-  if (li.rank == 0) id = cuda::NcclComm::unique_id();
+  if (li.rank == 0) id = nccl_unique_id();
   if (mpi) {
     id.resize(128);  // sizeof(ncclUniqueId)
     mpi->broadcast(id.data(), id.size(), 0);
@@ -146,12 +111,7 @@ std::unique_ptr<dist::Comm> make_comm(const Config& cfg, const dist::LaunchInfo&
       std::printf("note: MPI unavailable (%s); the NCCL id goes over %s (dist.init)\n", why.c_str(), init.c_str());
     dist::rendezvous(init, li.rank, li.world, id, cfg.dist.timeout_s);
   }
-  std::unique_ptr<cuda::NcclComm> nccl = cuda::NcclComm::create(li.rank, li.world, id);
-  return nccl;
-#else
-  throw UserError("this build has no NCCL, so it trains on one GPU only (" + std::to_string(li.world) +
-                  " processes were launched); rebuild where CMake finds NCCL");
-#endif
+  return make_nccl_comm(li.rank, li.world, id);
 }
 
 // What every rank of a launch must agree on: the resolved config, the program, the run directory
@@ -277,10 +237,8 @@ void run_train(const TrainArgs& a) {
   opt.quiet = a.quiet || li.rank != 0;
   opt.rank = li.rank;
   opt.world = li.world;
-#ifdef SGPT_WITH_CUDA
   // Samples during training (sample.every) decode on the GPU when training runs there.
-  if (use_gpu) opt.make_decoder = [](const ModelConfig& m) { return make_cuda_decoder(m); };
-#endif
+  if (use_gpu) opt.make_decoder = [](const ModelConfig& m) { return make_decoder(m, /*use_gpu=*/true); };
   // Rank 0 locks the run directory for the whole run (created if needed) before looking into it;
   // a start that fails before its first step leaves the folder as it found it.
   std::unique_ptr<RunDirStart> start;
@@ -450,7 +408,7 @@ struct SampleArgs {
 
 
 // Autoregressive sampling with the KV-cache decoder (docs/sampling.md): on the GPU when one is
-// usable (--device auto), else on the CPU; the tokens are drawn on the host by cpu/sampling.h.
+// usable (--device auto), else on the CPU; the tokens are drawn on the host by sample/sampling.h.
 void run_sample(const SampleArgs& a) {
   auto [cfg, params] = load_trained(a.m);
   if (a.tokens < 1) throw UserError("--tokens must be >= 1 (the number of tokens to generate), not " + std::to_string(a.tokens));
@@ -469,19 +427,13 @@ void run_sample(const SampleArgs& a) {
   // The decoders are fp32 whatever precision the model was trained in.
   bool use_gpu = false;
   if (a.device != "cpu") {
-#ifdef SGPT_WITH_CUDA
-    cuda_select_device(0);
-#endif
+    select_gpu(0);
     std::string why;
     use_gpu = gpu_usable(&why);
     if (!use_gpu && a.device == "cuda") throw UserError("--device cuda was asked for but no GPU is usable: " + why);
     if (!use_gpu) std::fprintf(stderr, "note: no usable GPU (%s); sampling on the CPU\n", why.c_str());
   }
-  std::unique_ptr<Decoder> dec;
-#ifdef SGPT_WITH_CUDA
-  if (use_gpu) dec = make_cuda_decoder(cfg.model);
-#endif
-  if (!dec) dec = make_cpu_decoder(cfg.model);
+  std::unique_ptr<Decoder> dec = make_decoder(cfg.model, use_gpu);
   dec->set_params(params.data());
   std::fputs(a.prompt.c_str(), stdout);
   const auto t0 = std::chrono::steady_clock::now();
@@ -606,11 +558,7 @@ void add_train_commands(CLI::App& app) {
     std::string why;
     const bool usable = gpu_usable(&why);
     if (*gpu_only) throw ExitRequest(usable ? 0 : 1);
-#ifdef SGPT_WITH_CUDA
-    std::printf("cuda build: yes\n");
-#else
-    std::printf("cuda build: no\n");
-#endif
+    std::printf("cuda build: %s\n", cuda_built() ? "yes" : "no");
     std::printf("gpu: %s\n", usable ? "usable" : ("not usable (" + why + ")").c_str());
   });
 }

@@ -100,7 +100,7 @@ struct Config {
   uint64_t seed = 1337;
   std::string precision = "fp32";  // "fp32" | "bf16" (bf16 needs the CUDA backend)
   std::string device = "auto";     // "auto" | "cpu" | "cuda"
-  std::string attention = "auto";  // GPU attention: "auto" | "own" | "cudnn" (train/backend.h)
+  std::string attention = "auto";  // GPU attention: "auto" | "own" | "cudnn" (backend/backend.h)
   int recompute = 0;  // GPU activation recompute: 0 none, 1 GELU outputs, 2 also LayerNorm outputs
   // bf16 mode: gradients summed over micro-steps in "fp32" or in the "bf16" gradient buffer;
   // "auto": fp32 when a step has more than one micro-step per process (docs/decisions.md). fp32

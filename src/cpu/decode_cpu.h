@@ -1,88 +1,14 @@
-// Incremental GPT-2 decoding with a KV cache (docs/sampling.md).
-//
-// A Decoder holds, per layer, the keys and values of the tokens it has seen (the "window", at
-// positions 0..length()-1 of the position embedding). prefill(tokens) appends several tokens at
-// once, step(token) appends one; both run the model on the new tokens only (their queries attend
-// to every cached key) and return the logits [vocab_size] of the last token appended.
-//
-// The slide. The window never exceeds block_size positions (the size of wpe). When appending
-// would overflow it, the decoder restarts: it keeps the last W tokens of the token stream (the
-// tokens seen so far followed by the new ones), W = max(block_size / 2, 1), or the number of new
-// tokens when that is larger (a long prompt keeps its last block_size tokens), clears the cache
-// and prefills those W tokens from position 0. Why half a block: each restart costs one prefill of
-// W tokens, and after it block_size - W more tokens are cheap single steps, so the cost per token
-// stays bounded (one W-token prefill per block_size - W steps), while every token still sees at
-// least W tokens of context. Recomputing the whole block for every new token (full context, no
-// cache) costs a block_size-token forward per token instead. The logits after a slide are exactly
-// those of the model run on the kept window alone (the test checks this).
-//
-// The CPU decoder (make_cpu_decoder) computes in fp32 with the reference ops of cpu/ops.h, over
-// the flat parameter layout of model/gpt2.h; the GPU decoder (cuda/decode_cuda.h) implements the
-// same interface on the device.
+// The fp32 CPU KV-cache decoder (docs/sampling.md): the Decoder of sample/decoder.h, computed with
+// the reference ops of cpu/ops.h over the flat parameter layout of model/gpt2.h.
 #pragma once
-#include <functional>
 #include <memory>
-#include <span>
-#include <string>
-#include <vector>
 
-#include "cpu/sampling.h"
 #include "model/gpt2.h"
+#include "sample/decoder.h"
 
 namespace sgpt {
 
-class Decoder {
- public:
-  explicit Decoder(const ModelConfig& cfg);
-  virtual ~Decoder() = default;
-  Decoder(const Decoder&) = delete;
-  Decoder& operator=(const Decoder&) = delete;
-
-  virtual std::string name() const = 0;
-  const ModelConfig& config() const { return cfg_; }
-  const ParamLayout& layout() const { return layout_; }
-
-  // Copies the fp32 parameters (ParamLayout::make(config()).total floats) and clears the cache.
-  virtual void set_params(const float* params) = 0;
-  // Forgets every cached token.
-  void reset();
-  // Appends the tokens (ids in [0, vocab_size), at least one) and returns the logits of the last.
-  // std::invalid_argument / std::out_of_range on an empty list or a bad id.
-  const float* prefill(std::span<const int> tokens);
-  // Appends one token and returns its logits (vocab_size floats, valid until the next call).
-  const float* step(int token);
-
-  // The cached tokens: window()[i] sits at position i.
-  const std::vector<int>& window() const { return window_; }
-  int length() const { return static_cast<int>(window_.size()); }
-  // Number of restarts (slides) since construction.
-  int slides() const { return slides_; }
-
- protected:
-  // Runs the model on tokens[0..n) at positions pos0..pos0+n-1, the cache holding the keys and
-  // values of positions 0..pos0-1; stores the new keys and values in the cache and writes the
-  // logits [vocab_size] of the last token into logits_. Called with pos0 + n <= block_size.
-  virtual void forward(const int* tokens, int n, int pos0) = 0;
-  // Called by reset() (the cached keys and values become meaningless; most decoders need not act).
-  virtual void on_reset() {}
-
-  ModelConfig cfg_;
-  ParamLayout layout_;
-  std::vector<float> logits_;  // [vocab_size]
-  bool have_params_ = false;
-
- private:
-  std::vector<int> window_;
-  int slides_ = 0;
-};
-
 // The fp32 CPU decoder (OpenMP threads as the reference ops use them).
 std::unique_ptr<Decoder> make_cpu_decoder(const ModelConfig& cfg);
-
-// Autoregressive generation: reset, prefill the prompt (at least one token), then n tokens, token
-// i drawn by sample_token(logits, vocab_size, opt, draw = i) from the logits of the token before
-// it. on_token (optional) sees each token as it is drawn. Returns the n generated tokens.
-std::vector<int> generate(Decoder& d, std::span<const int> prompt, int n, const SamplingOptions& opt,
-                          const std::function<void(int)>& on_token = {});
 
 }  // namespace sgpt

@@ -1,4 +1,4 @@
-// CudaBackend: the Backend contract (src/train/backend.h) on one GPU.
+// CudaBackend: the Backend contract (src/backend/backend.h) on one GPU.
 //
 // State on the device: fp32 master parameters (in kFp32 they are also the working weights), the
 // working weights in T (kBf16 only; written from the master by the optimizer with stochastic

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "model/gpt2.h"
-#include "train/backend.h"
+#include "backend/backend.h"
 
 namespace sgpt {
 
@@ -19,7 +19,7 @@ bool cuda_usable(std::string* why);
 // kBf16: bf16 weights, activations and gradients; fp32 master weights and optimizer state; the
 // optimizer writes the bf16 weights from the master with stochastic rounding.
 // Activations are allocated for max_B x T positions. `attention`: see AttentionImpl
-// (train/backend.h); kCudnn throws std::invalid_argument with the reason when cuDNN attention
+// (backend/backend.h); kCudnn throws std::invalid_argument with the reason when cuDNN attention
 // cannot be used.
 std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& cfg, int max_B, int T,
                                            Precision precision,

@@ -1,4 +1,4 @@
-// The GPU KV-cache decoder (docs/sampling.md): the Decoder of cpu/decode_cpu.h on the current
+// The GPU KV-cache decoder (docs/sampling.md): the Decoder of sample/decoder.h on the current
 // CUDA device, fp32 throughout.
 //
 // Device memory: the fp32 parameters (copied from the host by set_params, ParamLayout order), the
@@ -9,7 +9,7 @@
 //   positions (kernels/decode.cu: one block per query row and head), the output projection, the
 //   residual, LayerNorm, the MLP (cuBLASLt, gelu.cu, cuBLASLt) and the residual; then the final
 //   LayerNorm and the tied head for the last row only, and the vocab_size logits are copied back
-//   to the host, where sampling happens (cpu/sampling.h), as on the CPU.
+//   to the host, where sampling happens (sample/sampling.h), as on the CPU.
 // The logits differ from the CPU decoder's by fp32 rounding only (about 1e-6 relative; the
 // reductions are ordered differently: cuBLASLt's dot products, the block reductions of LayerNorm
 // and attention; tests/gpu/test_decode.cpp requires 1e-4), so
@@ -20,7 +20,7 @@
 #pragma once
 #include <memory>
 
-#include "cpu/decode_cpu.h"
+#include "sample/decoder.h"
 #include "model/gpt2.h"
 
 struct CUstream_st;

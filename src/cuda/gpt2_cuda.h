@@ -45,7 +45,7 @@
 #include "cuda/buffer.h"
 #include "cuda/ops_cuda.h"
 #include "model/gpt2.h"
-#include "train/backend.h"
+#include "backend/backend.h"
 
 namespace sgpt::cuda {
 
@@ -71,7 +71,7 @@ class Gpt2Cuda {
   // logits are dead (they overlap the logits; the last is the cuDNN workspace region).
   std::vector<std::pair<std::string, size_t>> arena_layout() const;
 
-  // Selects the attention implementation (train/backend.h). kCudnn throws std::invalid_argument
+  // Selects the attention implementation (backend/backend.h). kCudnn throws std::invalid_argument
   // when cuDNN attention cannot be used (fp32, no cuDNN in the build, unsupported head size, no
   // deterministic engine), with the reason; kAuto then falls back to our kernels silently.
   void set_attention(AttentionImpl attention);

@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "train/backend.h"
+#include "backend/backend.h"
 
 namespace sgpt {
 

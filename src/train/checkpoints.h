@@ -13,7 +13,7 @@
 
 #include "config/config.h"
 #include "data/loader.h"
-#include "train/backend.h"
+#include "backend/backend.h"
 
 namespace sgpt {
 

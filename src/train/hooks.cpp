@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "cpu/decode_cpu.h"
 #include "tokenizer/utf8.h"
 #include "tokenizer/vocab.h"
 

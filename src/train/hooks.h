@@ -9,12 +9,12 @@
 #include <vector>
 
 #include "config/config.h"
-#include "cpu/decode_cpu.h"
-#include "cpu/sampling.h"
+#include "sample/decoder.h"
+#include "sample/sampling.h"
 #include "data/loader.h"
 #include "eval/hellaswag.h"
 #include "tokenizer/tokenizer.h"
-#include "train/backend.h"
+#include "backend/backend.h"
 #include "train/run_log.h"
 #include "train/trainer.h"
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "config/config.h"
-#include "train/backend.h"
+#include "backend/backend.h"
 
 namespace sgpt {
 

@@ -29,7 +29,7 @@
 #include "train/stop_signals.h"
 #include "train/test_fault.h"
 #include "cpu/decode_cpu.h"
-#include "cpu/sampling.h"
+#include "sample/sampling.h"
 #include "tokenizer/utf8.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/vocab.h"

@@ -28,9 +28,9 @@
 
 #include "config/config.h"
 #include "config/keys.h"
-#include "cpu/decode_cpu.h"
+#include "sample/decoder.h"
 #include "data/loader.h"
-#include "train/backend.h"
+#include "backend/backend.h"
 #include "train/checkpoints.h"
 #include "train/run_dir.h"
 

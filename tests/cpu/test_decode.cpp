@@ -24,11 +24,11 @@
 #include "config/config.h"
 #include "cpu/decode_cpu.h"
 #include "cpu/gpt2_cpu.h"
-#include "cpu/sampling.h"
+#include "sample/sampling.h"
 #include "data/loader.h"
 #include "model/checkpoint.h"
 #include "model/gpt2.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 #include "train/trainer.h"
 #include "test_scratch.h"
 

@@ -34,7 +34,7 @@
 #include "optim/update_rules.h"
 #include "data/loader.h"
 #include "model/checkpoint.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 #include "train/trainer.h"
 #include "test_scratch.h"
 

@@ -18,7 +18,7 @@
 #include "eval/hellaswag.h"
 #include "model/checkpoint.h"
 #include "tokenizer/tokenizer.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 #include "train/trainer.h"
 #include "test_cli_helpers.h"
 #include "test_scratch.h"

@@ -14,7 +14,7 @@
 #include "data/loader.h"
 #include "eval/mfu.h"
 #include "model/checkpoint.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 #include "train/trainer.h"
 #include "test_cli_helpers.h"
 #include "test_scratch.h"

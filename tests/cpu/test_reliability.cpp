@@ -23,7 +23,7 @@
 #include "common/error.h"
 #include "data/loader.h"
 #include "model/checkpoint.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 #include "train/trainer.h"
 #include "test_mpirun.h"
 #include "test_scratch.h"

@@ -1,4 +1,4 @@
-// Host token sampling (cpu/sampling.h): top-k = 1 is argmax, top-p keeps the smallest set with
+// Host token sampling (sample/sampling.h): top-k = 1 is argmax, top-p keeps the smallest set with
 // mass >= p, temperature scales the logits, the draws are reproducible from the seed.
 #include <gtest/gtest.h>
 
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "common/error.h"
-#include "cpu/sampling.h"
+#include "sample/sampling.h"
 
 using namespace sgpt;
 

@@ -24,7 +24,7 @@
 #include "cuda/cuda_backend.h"
 #include "model/gpt2.h"
 #include "test_kernels_util.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 
 namespace sgpt::test {
 namespace {

@@ -7,7 +7,7 @@
 // each op differs from the CPU's by a few fp32 roundings (~1e-7 relative); two layers of them
 // leave the logits about 1e-6 apart, well inside 1e-4. A wrong cache position or a wrong head
 // offset moves logits by 1e-2 or more.
-// Tokens: sampling runs on the host from downloaded logits with the same code (cpu/sampling.h),
+// Tokens: sampling runs on the host from downloaded logits with the same code (sample/sampling.h),
 // so for one seed the tokens are the same unless a draw lands within ~1e-6 of a boundary between
 // two tokens' cumulative probabilities; the 124M smoke test samples among the top 40, where that
 // is rare (about 40 x 1e-6 per token).
@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "cpu/decode_cpu.h"
-#include "cpu/sampling.h"
+#include "sample/sampling.h"
 #include "cuda/decode_cuda.h"
 #include "model/gpt2.h"
 #include "test_kernels_util.h"

@@ -20,7 +20,7 @@
 #include "cuda/attention_cudnn.h"
 #include "cuda/cuda_backend.h"
 #include "data/loader.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 #include "train/trainer.h"
 #include "test_shards.h"
 

@@ -1,4 +1,4 @@
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 
 #include <algorithm>
 #include <map>

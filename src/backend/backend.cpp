@@ -1,4 +1,4 @@
-#include "train/backend.h"
+#include "backend/backend.h"
 
 #include <stdexcept>
 

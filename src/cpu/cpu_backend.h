@@ -6,7 +6,7 @@
 #include <memory>
 #include <vector>
 
-#include "train/backend.h"
+#include "backend/backend.h"
 
 namespace sgpt {
 std::unique_ptr<Backend> make_cpu_backend(const ModelConfig& cfg, int max_B, int T,

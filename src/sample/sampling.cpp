@@ -1,5 +1,5 @@
-// Host-side token sampling (see cpu/sampling.h for the distribution and the draw).
-#include "cpu/sampling.h"
+// Host-side token sampling (see sample/sampling.h for the distribution and the draw).
+#include "sample/sampling.h"
 
 #include <algorithm>
 #include <cmath>

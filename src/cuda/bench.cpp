@@ -1,5 +1,5 @@
-// `sophiagpt bench <what>`: GPU benchmarks. CUDA builds only; without CUDA every bench command
-// fails with a clear message.
+// `sophiagpt bench <what>`: the GPU benchmarks (entry points and options: cuda/bench.h; the
+// command line: src/cli/bench_command.cpp).
 //
 //   bench optimizer   the fused optimizer kernels (kernels/optimizer.cu) on the parameter counts of
 //                     GPT-2 124M / 355M / 774M, against the unfused per-tensor sequence PyTorch's
@@ -10,6 +10,8 @@
 //                     GPT-2 CudaBackend (124M, 355M, 774M), for AdamW and Sophia-G: tokens/s,
 //                     ms/step, MFU, memory; --recompute, --memory (the byte breakdown of every
 //                     device allocation), --memory-budget-gib (the largest micro-batch that fits).
+#include "cuda/bench.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <memory>
@@ -19,11 +21,9 @@
 #include <utility>
 #include <vector>
 
-#include "cli/commands.h"
 #include "common/error.h"
 #include "eval/mfu.h"
 
-#ifdef SGPT_WITH_CUDA
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -38,42 +38,10 @@
 #include "data/loader.h"
 #include "model/gpt2.h"
 #include "train/step.h"
-#endif
 
 namespace sgpt {
 
 namespace {
-
-struct OptimizerBenchOptions {
-  std::vector<std::string> models = {"124M", "355M", "774M"};
-  std::vector<std::string> precisions = {"fp32", "bf16", "fp16"};
-  int warmup = 5;
-  int reps = 30;
-};
-
-struct TrainBenchOptions {
-  std::string model = "124M";
-  std::string precision = "bf16";
-  int batch = 64;           // micro-batch sequences
-  int seq = 1024;           // T
-  int accum = 1;            // micro-steps per optimizer step
-  int k = 10;               // Sophia-G hessian interval
-  std::vector<double> fractions = {1.0, 0.5};  // GNB batch fractions
-  std::vector<std::string> optimizers = {"adamw", "sophiag"};
-  std::vector<std::string> attentions = {"auto"};  // "auto", "own", "cudnn" (interleaved)
-  int steps = 20;           // timed steps per configuration (rounded up to a multiple of k)
-  int warmup = 3;           // untimed steps (the last one runs a GNB pass for Sophia-G)
-  double peak_tflops = 0;   // for MFU; 0 = from the GPU's name (detect_peak_tflops)
-  int recompute = 0;        // activation recompute level (config key `recompute`)
-  std::string grad_accum = "auto";  // config key `grad_accum_precision`: auto = fp32 when accum > 1
-  bool memory = false;      // print the device memory breakdown after the runs
-  double memory_budget_gib = 0;  // > 0: first find the largest micro-batch fitting this budget
-  std::string data;         // glob of llm.c token shards; empty = random tokens
-  bool bias = false;        // linear and LayerNorm biases (the official Sophia recipes: none;
-                            // llm.c's GPT-2: with), for like-for-like comparisons
-};
-
-#ifdef SGPT_WITH_CUDA
 
 using bf16 = __nv_bfloat16;
 
@@ -629,109 +597,10 @@ void run_train_bench(const TrainBenchOptions& opts) {
   if (o.memory && !res.empty()) print_memory_breakdown(breakdown, res.front());
 }
 
-#endif  // SGPT_WITH_CUDA
-
-[[noreturn, maybe_unused]] void no_cuda() {
-  throw UserError("bench needs a CUDA build: this build has no CUDA backend (nvcc was not found when it was "
-                  "built; docs/gpu.md)");
-}
-
 }  // namespace
 
-void add_bench_commands(CLI::App& app) {
-  CLI::App* bench = app.add_subcommand("bench", "GPU benchmarks (CUDA builds only)");
-#ifdef SGPT_WITH_CUDA
-  bench->require_subcommand(1);
-#else
-  // Without CUDA every form of `bench` says so (exit 2), also without a subcommand.
-  bench->require_subcommand(0, 1);
-  bench->callback([] { no_cuda(); });
-#endif
+void bench_optimizer(const OptimizerBenchOptions& o) { run_optimizer_bench(o); }
 
-  // ---- bench optimizer ----
-  auto opt = std::make_shared<OptimizerBenchOptions>();
-  CLI::App* optimizer = bench->add_subcommand(
-      "optimizer",
-      "Fused Sophia-G / Hessian EMA / AdamW kernels vs the unfused per-tensor sequence and the "
-      "memory-bandwidth floor, on the GPT-2 124M/355M/774M parameter counts");
-  optimizer->add_option("--models", opt->models, "Models among 124M, 355M, 774M")
-      ->delimiter(',')
-      ->capture_default_str();
-  optimizer->add_option("--precisions", opt->precisions,
-                        "Working-weight precisions among fp32, bf16, fp16 (bf16 grads for the "
-                        "16-bit cases)")
-      ->delimiter(',')
-      ->capture_default_str();
-  optimizer->add_option("--warmup", opt->warmup, "Untimed runs before timing")->capture_default_str();
-  optimizer->add_option("--reps", opt->reps, "Timed runs (the median is reported)")
-      ->capture_default_str();
-  optimizer->callback([opt] {
-#ifdef SGPT_WITH_CUDA
-    run_optimizer_bench(*opt);
-#else
-    no_cuda();
-#endif
-  });
-
-  // ---- bench train ----
-  auto tr = std::make_shared<TrainBenchOptions>();
-  CLI::App* train = bench->add_subcommand(
-      "train",
-      "Warm training steps of GPT-2 on the GPU (the training loop's backend calls) for AdamW and "
-      "Sophia-G: tokens/s, ms/step, MFU, GPU memory");
-  train->add_option("--model", tr->model, "124M, 355M or 774M")->capture_default_str();
-  train->add_option("--precision", tr->precision, "bf16 or fp32")->capture_default_str();
-  train->add_option("--batch,--micro-batch", tr->batch,
-                    "Micro-batch sequences (with --memory-budget-gib: the largest tried)")
-      ->capture_default_str();
-  train->add_option("--seq", tr->seq, "Sequence length T")->capture_default_str();
-  train->add_option("--accum", tr->accum, "Micro-steps per optimizer step")->capture_default_str();
-  train->add_option("--grad-accum", tr->grad_accum,
-                    "Gradient accumulation over micro-steps in bf16: fp32 | bf16 | auto (fp32 when --accum > 1)")
-      ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
-      ->capture_default_str();
-  train->add_option("--k", tr->k, "Sophia-G hessian interval")->capture_default_str();
-  train->add_option("--fractions", tr->fractions, "GNB batch fractions (Sophia-G)")
-      ->delimiter(',')
-      ->capture_default_str();
-  train->add_option("--attention", tr->attentions,
-                    "Attention implementations among auto, own, cudnn (each runs every optimizer "
-                    "configuration; all interleaved)")
-      ->delimiter(',')
-      ->capture_default_str();
-  train->add_option("--optimizers", tr->optimizers, "adamw, sophiag, lion")
-      ->delimiter(',')
-      ->capture_default_str();
-  train->add_option("--steps", tr->steps, "Timed steps per configuration (rounded up to a "
-                                          "multiple of k)")
-      ->capture_default_str();
-  train->add_option("--warmup", tr->warmup, "Untimed steps per configuration (rounded up to a multiple of --k)")->capture_default_str();
-  train->add_option("--peak-tflops", tr->peak_tflops,
-                    "Peak TFLOP/s for MFU (default 0: the dense datasheet peak of the GPU, from "
-                    "its name: H100 SXM / H200 bf16 989)")
-      ->capture_default_str();
-  train->add_option("--recompute", tr->recompute,
-                    "Activation recompute: 0 none, 1 GELU outputs, 2 also LayerNorm outputs "
-                    "(config key `recompute`)")
-      ->capture_default_str();
-  train->add_flag("--memory", tr->memory,
-                  "Print the byte breakdown of every device allocation of the backend");
-  train->add_option("--memory-budget-gib", tr->memory_budget_gib,
-                    "First find the largest micro-batch (--micro-batch, then smaller ones) whose "
-                    "device memory fits this many GiB, then benchmark at it");
-  train->add_flag("--bias", tr->bias,
-                  "Model with linear and LayerNorm biases (llm.c's GPT-2); default without (the "
-                  "official Sophia recipes)");
-  train->add_option("--data", tr->data, "Glob of llm.c token shards (default: random tokens)");
-  train->callback([tr] {
-#ifdef SGPT_WITH_CUDA
-    if (tr->batch < 1 || tr->seq < 1 || tr->accum < 1 || tr->k < 1 || tr->warmup < 1)
-      throw UserError("bench train: --batch, --seq, --accum, --k and --warmup must be >= 1");
-    run_train_bench(*tr);
-#else
-    no_cuda();
-#endif
-  });
-}
+void bench_train(const TrainBenchOptions& o) { run_train_bench(o); }
 
 }  // namespace sgpt

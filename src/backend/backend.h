@@ -1,6 +1,6 @@
 // The compute backend the training loop is written over. The loop (src/train/trainer.cpp) owns the
 // data, the schedule, the GNB cadence, logging and checkpoints; a backend owns the parameters, the
-// gradients, the optimizer state and the arithmetic. CpuBackend (src/train/cpu_backend.cpp) is
+// gradients, the optimizer state and the arithmetic. CpuBackend (src/cpu/cpu_backend.cpp) is
 // the fp32 reference; CudaBackend (src/cuda/) implements the same contract on the GPU.
 //
 // Gradient contract: train_micro / gnb_micro ACCUMULATE into the gradient buffer the gradient of

@@ -1,0 +1,114 @@
+// `sophiagpt bench <what>`: the command line of the GPU benchmarks (bench optimizer, bench train:
+// src/cuda/bench.cpp, which describes them). CUDA builds only; without CUDA every bench command
+// fails with a clear message.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "cuda/bench.h"
+#include "device/factory.h"
+
+namespace sgpt {
+
+namespace {
+
+[[noreturn]] void no_cuda() {
+  throw UserError("bench needs a CUDA build: this build has no CUDA backend (nvcc was not found when it was "
+                  "built; docs/gpu.md)");
+}
+
+}  // namespace
+
+void add_bench_commands(CLI::App& app) {
+  CLI::App* bench = app.add_subcommand("bench", "GPU benchmarks (CUDA builds only)");
+  if (cuda_built()) {
+    bench->require_subcommand(1);
+  } else {
+    // Without CUDA every form of `bench` says so (exit 2), also without a subcommand.
+    bench->require_subcommand(0, 1);
+    bench->callback([] { no_cuda(); });
+  }
+
+  // ---- bench optimizer ----
+  auto opt = std::make_shared<OptimizerBenchOptions>();
+  CLI::App* optimizer = bench->add_subcommand(
+      "optimizer",
+      "Fused Sophia-G / Hessian EMA / AdamW kernels vs the unfused per-tensor sequence and the "
+      "memory-bandwidth floor, on the GPT-2 124M/355M/774M parameter counts");
+  optimizer->add_option("--models", opt->models, "Models among 124M, 355M, 774M")
+      ->delimiter(',')
+      ->capture_default_str();
+  optimizer->add_option("--precisions", opt->precisions,
+                        "Working-weight precisions among fp32, bf16, fp16 (bf16 grads for the "
+                        "16-bit cases)")
+      ->delimiter(',')
+      ->capture_default_str();
+  optimizer->add_option("--warmup", opt->warmup, "Untimed runs before timing")->capture_default_str();
+  optimizer->add_option("--reps", opt->reps, "Timed runs (the median is reported)")
+      ->capture_default_str();
+  optimizer->callback([opt] {
+    if (!cuda_built()) no_cuda();
+    bench_optimizer(*opt);
+  });
+
+  // ---- bench train ----
+  auto tr = std::make_shared<TrainBenchOptions>();
+  CLI::App* train = bench->add_subcommand(
+      "train",
+      "Warm training steps of GPT-2 on the GPU (the training loop's backend calls) for AdamW and "
+      "Sophia-G: tokens/s, ms/step, MFU, GPU memory");
+  train->add_option("--model", tr->model, "124M, 355M or 774M")->capture_default_str();
+  train->add_option("--precision", tr->precision, "bf16 or fp32")->capture_default_str();
+  train->add_option("--batch,--micro-batch", tr->batch,
+                    "Micro-batch sequences (with --memory-budget-gib: the largest tried)")
+      ->capture_default_str();
+  train->add_option("--seq", tr->seq, "Sequence length T")->capture_default_str();
+  train->add_option("--accum", tr->accum, "Micro-steps per optimizer step")->capture_default_str();
+  train->add_option("--grad-accum", tr->grad_accum,
+                    "Gradient accumulation over micro-steps in bf16: fp32 | bf16 | auto (fp32 when --accum > 1)")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
+      ->capture_default_str();
+  train->add_option("--k", tr->k, "Sophia-G hessian interval")->capture_default_str();
+  train->add_option("--fractions", tr->fractions, "GNB batch fractions (Sophia-G)")
+      ->delimiter(',')
+      ->capture_default_str();
+  train->add_option("--attention", tr->attentions,
+                    "Attention implementations among auto, own, cudnn (each runs every optimizer "
+                    "configuration; all interleaved)")
+      ->delimiter(',')
+      ->capture_default_str();
+  train->add_option("--optimizers", tr->optimizers, "adamw, sophiag, lion")
+      ->delimiter(',')
+      ->capture_default_str();
+  train->add_option("--steps", tr->steps, "Timed steps per configuration (rounded up to a "
+                                          "multiple of k)")
+      ->capture_default_str();
+  train->add_option("--warmup", tr->warmup, "Untimed steps per configuration (rounded up to a multiple of --k)")->capture_default_str();
+  train->add_option("--peak-tflops", tr->peak_tflops,
+                    "Peak TFLOP/s for MFU (default 0: the dense datasheet peak of the GPU, from "
+                    "its name: H100 SXM / H200 bf16 989)")
+      ->capture_default_str();
+  train->add_option("--recompute", tr->recompute,
+                    "Activation recompute: 0 none, 1 GELU outputs, 2 also LayerNorm outputs "
+                    "(config key `recompute`)")
+      ->capture_default_str();
+  train->add_flag("--memory", tr->memory,
+                  "Print the byte breakdown of every device allocation of the backend");
+  train->add_option("--memory-budget-gib", tr->memory_budget_gib,
+                    "First find the largest micro-batch (--micro-batch, then smaller ones) whose "
+                    "device memory fits this many GiB, then benchmark at it");
+  train->add_flag("--bias", tr->bias,
+                  "Model with linear and LayerNorm biases (llm.c's GPT-2); default without (the "
+                  "official Sophia recipes)");
+  train->add_option("--data", tr->data, "Glob of llm.c token shards (default: random tokens)");
+  train->callback([tr] {
+    if (!cuda_built()) no_cuda();
+    if (tr->batch < 1 || tr->seq < 1 || tr->accum < 1 || tr->k < 1 || tr->warmup < 1)
+      throw UserError("bench train: --batch, --seq, --accum, --k and --warmup must be >= 1");
+    bench_train(*tr);
+  });
+}
+
+}  // namespace sgpt

@@ -1,0 +1,45 @@
+// `sophiagpt bench`: the GPU benchmarks (src/cuda/bench.cpp), their options and entry points.
+// Plain C++ header (no CUDA includes): the command line (src/cli/bench_command.cpp) fills the
+// options and calls them. A build without CUDA links src/device/no_cuda.cpp instead, whose entry
+// points say that this build has none.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace sgpt {
+
+struct OptimizerBenchOptions {
+  std::vector<std::string> models = {"124M", "355M", "774M"};
+  std::vector<std::string> precisions = {"fp32", "bf16", "fp16"};
+  int warmup = 5;
+  int reps = 30;
+};
+
+struct TrainBenchOptions {
+  std::string model = "124M";
+  std::string precision = "bf16";
+  int batch = 64;           // micro-batch sequences
+  int seq = 1024;           // T
+  int accum = 1;            // micro-steps per optimizer step
+  int k = 10;               // Sophia-G hessian interval
+  std::vector<double> fractions = {1.0, 0.5};  // GNB batch fractions
+  std::vector<std::string> optimizers = {"adamw", "sophiag"};
+  std::vector<std::string> attentions = {"auto"};  // "auto", "own", "cudnn" (interleaved)
+  int steps = 20;           // timed steps per configuration (rounded up to a multiple of k)
+  int warmup = 3;           // untimed steps (the last one runs a GNB pass for Sophia-G)
+  double peak_tflops = 0;   // for MFU; 0 = from the GPU's name (detect_peak_tflops)
+  int recompute = 0;        // activation recompute level (config key `recompute`)
+  std::string grad_accum = "auto";  // config key `grad_accum_precision`: auto = fp32 when accum > 1
+  bool memory = false;      // print the device memory breakdown after the runs
+  double memory_budget_gib = 0;  // > 0: first find the largest micro-batch fitting this budget
+  std::string data;         // glob of llm.c token shards; empty = random tokens
+  bool bias = false;        // linear and LayerNorm biases (the official Sophia recipes: none;
+                            // llm.c's GPT-2: with), for like-for-like comparisons
+};
+
+// `bench optimizer` and `bench train`: run the benchmark and print its tables on stdout. UserError
+// for an option out of range or no usable device.
+void bench_optimizer(const OptimizerBenchOptions& o);
+void bench_train(const TrainBenchOptions& o);
+
+}  // namespace sgpt
