@@ -33,7 +33,8 @@ int select_gpu(int local_rank);
 // GPU (cfg.precision, cfg.attention, cfg.recompute) when use_gpu, else the fp32 CPU reference.
 // UserError when the GPU cannot use the attention asked for.
 std::unique_ptr<Backend> make_backend(const Config& cfg, bool use_gpu, int B,
-                                      const std::vector<float>& params, const DistOptions& dist = {});
+                                      const std::vector<float>& params,
+                                      const DistOptions& dist = {});
 
 // The KV-cache decoder (sample/decoder.h, fp32): the GPU's when use_gpu, else the CPU's.
 std::unique_ptr<Decoder> make_decoder(const ModelConfig& cfg, bool use_gpu);

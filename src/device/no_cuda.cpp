@@ -16,8 +16,8 @@ namespace {
 
 const char* const kNoCuda = "this build has no CUDA backend (nvcc was not found when it was built)";
 const char* const kBenchNoCuda =
-    "bench needs a CUDA build: this build has no CUDA backend (nvcc was not found when it was built; "
-    "docs/gpu.md)";
+    "bench needs a CUDA build: this build has no CUDA backend (nvcc was not found when it was "
+    "built; docs/gpu.md)";
 
 }  // namespace
 

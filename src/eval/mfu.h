@@ -1,6 +1,6 @@
 // Model FLOPs utilization (MFU): the model FLOPs a training step needs, over what the device could
 // do in that time at its datasheet peak. Shared by the training log (src/train/trainer.cpp) and
-// `sophiagpt bench train` (src/cli/bench_command.cpp); docs/performance.md ("MFU").
+// `sophiagpt bench train` (src/cuda/bench.cpp); docs/performance.md ("MFU").
 #pragma once
 #include <cstddef>
 #include <string>
