@@ -12,7 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "config/config.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 #include "model/checkpoint.h"
 #include "model/gpt2.h"
 #include "optim/lion.h"

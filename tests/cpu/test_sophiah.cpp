@@ -32,7 +32,7 @@
 #include "optim/optimizer.h"
 #include "optim/sophiah.h"
 #include "train/checkpoints.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 #include "train/trainer.h"
 
 using namespace sgpt;

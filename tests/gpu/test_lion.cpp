@@ -15,7 +15,7 @@
 #include "cuda/optimizer.h"
 #include "optim/lion.h"
 #include "test_kernels_util.h"
-#include "train/cpu_backend.h"
+#include "cpu/cpu_backend.h"
 
 using namespace sgpt;
 using bf16 = __nv_bfloat16;
