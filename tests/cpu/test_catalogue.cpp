@@ -29,7 +29,6 @@
 // SGPT_CATALOGUE_SHOW=1 prints every row's exit code and first output line.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <lzma.h>
 #include <signal.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -54,6 +53,8 @@
 #include "common/paths.h"
 #include "model/checkpoint.h"
 #include "model/gpt2.h"
+#include "test_files.h"
+#include "test_model.h"
 #include "test_scratch.h"
 #include "tokenizer/sha256.h"
 
@@ -804,16 +805,7 @@ std::string random_bytes(size_t n, uint32_t seed) {
   return s;
 }
 
-void flip_byte(const fs::path& p, std::streamoff at) {
-  std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
-  if (!f) throw std::runtime_error("cannot open " + p.string());
-  f.seekg(at);
-  char c = 0;
-  f.read(&c, 1);
-  c = static_cast<char>(c ^ 0x01);
-  f.seekp(at);
-  f.write(&c, 1);
-}
+using sgpt_test::flip_byte;
 
 std::string llmc_shard(const std::vector<uint16_t>& tokens, int32_t magic = 20240520, int64_t claimed = -1) {
   int32_t h[256] = {};
@@ -825,15 +817,7 @@ std::string llmc_shard(const std::vector<uint16_t>& tokens, int32_t magic = 2024
   return s;
 }
 
-std::string xz_compress(const std::string& in) {
-  std::string out(lzma_stream_buffer_bound(in.size()), '\0');
-  size_t pos = 0;
-  const lzma_ret r = lzma_easy_buffer_encode(6, LZMA_CHECK_CRC64, nullptr, reinterpret_cast<const uint8_t*>(in.data()),
-                                             in.size(), reinterpret_cast<uint8_t*>(out.data()), &pos, out.size());
-  if (r != LZMA_OK) throw std::runtime_error("xz encoding failed");
-  out.resize(pos);
-  return out;
-}
+using sgpt_test::xz_compress;
 
 const char* kLockName = sgpt::kLockFileName;
 
@@ -1025,9 +1009,7 @@ void build_master(const fs::path& m) {
   write_bytes(m / "cfg/random.json", random_bytes(300, 11));
 
   // A model file of another shape (3 layers), valid in itself.
-  sgpt::ModelConfig other;
-  other.n_layer = 3; other.n_head = 2; other.n_embd = 32; other.block_size = 16; other.vocab_size = 512;
-  other.padded_vocab_size = 512;
+  const sgpt::ModelConfig other = sgpt_test::model_config(3, 2, 32, 16, 512, 512);
   fs::create_directories(m / "other");
   sgpt::write_model_file((m / "other/model.bin").string(), other,
                          std::vector<float>(sgpt::ParamLayout::make(other).total, 0.01f));

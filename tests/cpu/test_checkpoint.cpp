@@ -6,18 +6,14 @@
 
 #include "common/error.h"
 #include "model/checkpoint.h"
+#include "test_model.h"
 #include "test_scratch.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
 
 namespace {
-ModelConfig small(bool bias) {
-  ModelConfig m;
-  m.n_layer = 2; m.n_head = 2; m.n_embd = 8; m.block_size = 6; m.vocab_size = 30; m.padded_vocab_size = 128;
-  m.bias = bias;
-  return m;
-}
+ModelConfig small(bool bias) { return sgpt_test::model_config(2, 2, 8, 6, 30, 128, bias); }
 fs::path tmp(const std::string& n) { return sgpt_test::scratch_root("ckpt") / n; }
 std::string error_of(const std::function<void()>& f) {
   try { f(); } catch (const UserError& e) { return e.what(); }

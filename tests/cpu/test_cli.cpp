@@ -14,6 +14,8 @@
 #include "data/loader.h"
 #include "model/checkpoint.h"
 #include "test_cli_helpers.h"
+#include "test_corpus.h"
+#include "test_model.h"
 #include "test_scratch.h"
 
 namespace fs = std::filesystem;
@@ -27,10 +29,7 @@ void write(const fs::path& p, const std::string& text) { std::ofstream(p) << tex
 // A tiny valid setup: shard + config.
 fs::path tiny_setup(const std::string& name) {
   const fs::path d = scratch(name);
-  std::mt19937 rng(1);
-  std::vector<uint16_t> toks(5000);
-  for (auto& t : toks) t = static_cast<uint16_t>(rng() % 50);
-  sgpt::write_llmc_shard((d / "train.bin").string(), toks);
+  sgpt_test::write_random_shard(d / "train.bin", 50, 5000, 1);
   write(d / "cfg.json", R"({"model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 50},
     "batch": {"micro_batch_size": 2, "total_batch_tokens": 16},
     "schedule": {"warmup_iters": 1, "lr_decay_iters": 3, "max_steps": 3},
@@ -39,7 +38,10 @@ fs::path tiny_setup(const std::string& name) {
   return d;
 }
 
-bool contains(const std::string& s, const std::string& n) { return s.find(n) != std::string::npos; }
+// `sophiagpt train --config d/<config><options> --out-dir d/run`.
+Exec train_in(const fs::path& d, const std::string& config, const std::string& options = "") {
+  return run_cli("train --config " + (d / config).string() + options + " --out-dir " + (d / "run").string());
+}
 
 }  // namespace
 
@@ -60,7 +62,7 @@ TEST(Cli, MissingConfigFile) {
 TEST(Cli, InvalidJson) {
   const fs::path d = scratch("badjson");
   write(d / "c.json", "{\"model\": {");
-  const Exec r = run_cli("train --config " + (d / "c.json").string() + " --out-dir " + (d / "run").string());
+  const Exec r = train_in(d, "c.json");
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(contains(r.out, "not valid JSON")) << r.out;
   EXPECT_TRUE(contains(r.out, "c.json")) << r.out;
@@ -70,19 +72,17 @@ TEST(Cli, InvalidJson) {
 TEST(Cli, UnknownKeyNamesThePath) {
   const fs::path d = scratch("unknown");
   write(d / "c.json", R"({"optimizer": {"rhoo": 0.1}})");
-  const Exec r = run_cli("train --config " + (d / "c.json").string() + " --out-dir " + (d / "run").string());
+  const Exec r = train_in(d, "c.json");
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(contains(r.out, "optimizer.rhoo")) << r.out;
 }
 
 TEST(Cli, OutOfRangeOverride) {
   const fs::path d = tiny_setup("range");
-  const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --set optimizer.rho=-1 --out-dir " +
-                    (d / "run").string());
+  const Exec r = train_in(d, "cfg.json", " --set optimizer.rho=-1");
   EXPECT_EQ(r.code, 2);
   EXPECT_TRUE(contains(r.out, "optimizer.rho")) << r.out;
-  const Exec r2 = run_cli("train --config " + (d / "cfg.json").string() + " --set batch.total_batch_tokens=17 --out-dir " +
-                     (d / "run").string());
+  const Exec r2 = train_in(d, "cfg.json", " --set batch.total_batch_tokens=17");
   EXPECT_EQ(r2.code, 2);
   EXPECT_TRUE(contains(r2.out, "batch.total_batch_tokens")) << r2.out;
 }
@@ -95,7 +95,7 @@ TEST(Cli, BadDeviceValue) {
 
 TEST(Cli, AutoFallsBackToCpuAndTrains) {
   const fs::path d = tiny_setup("auto");
-  const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --device auto --out-dir " + (d / "run").string());
+  const Exec r = train_in(d, "cfg.json", " --device auto");
   EXPECT_EQ(r.code, 0) << r.out;
   // On a machine without a GPU the fallback is one line; with one, the GPU is used.
   EXPECT_TRUE(contains(r.out, "no usable GPU") || contains(r.out, "device: cuda")) << r.out;
@@ -104,19 +104,17 @@ TEST(Cli, AutoFallsBackToCpuAndTrains) {
   EXPECT_TRUE(fs::exists(d / "run" / "model_00000003.bin"));
   // A second run into the same directory is refused and leaves the first intact.
   const auto size = fs::file_size(d / "run" / "log.jsonl");
-  const Exec again = run_cli("train --config " + (d / "cfg.json").string() + " --device cpu --out-dir " + (d / "run").string());
+  const Exec again = train_in(d, "cfg.json", " --device cpu");
   EXPECT_EQ(again.code, 2);
   EXPECT_TRUE(contains(again.out, "already holds a run")) << again.out;
   EXPECT_EQ(fs::file_size(d / "run" / "log.jsonl"), size);
   // Resume with more steps continues from the checkpoint.
-  const Exec more = run_cli("train --config " + (d / "cfg.json").string() +
-                       " --set schedule.max_steps=5 --device cpu --resume --out-dir " + (d / "run").string());
+  const Exec more = train_in(d, "cfg.json", " --set schedule.max_steps=5 --device cpu --resume");
   EXPECT_EQ(more.code, 0) << more.out;
   EXPECT_TRUE(fs::exists(d / "run" / "model_00000005.bin"));
   EXPECT_TRUE(fs::exists(d / "run" / "config.resume_00000003.json"));
   // Resuming again keeps the first resume's config file.
-  const Exec again2 = run_cli("train --config " + (d / "cfg.json").string() +
-                          " --set schedule.max_steps=6 --device cpu --resume --out-dir " + (d / "run").string());
+  const Exec again2 = train_in(d, "cfg.json", " --set schedule.max_steps=6 --device cpu --resume");
   EXPECT_EQ(again2.code, 0) << again2.out;
   EXPECT_TRUE(fs::exists(d / "run" / "config.resume_00000003.json"));
   EXPECT_TRUE(fs::exists(d / "run" / "config.resume_00000005.json"));
@@ -124,7 +122,7 @@ TEST(Cli, AutoFallsBackToCpuAndTrains) {
 
 TEST(Cli, CudaWithoutGpuIsAnError) {
   const fs::path d = tiny_setup("cuda");
-  const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --device cuda --out-dir " + (d / "run").string());
+  const Exec r = train_in(d, "cfg.json", " --device cuda");
   if (contains(r.out, "device: cuda")) GTEST_SKIP() << "a GPU is usable here";
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_TRUE(contains(r.out, "no GPU is usable")) << r.out;
@@ -132,22 +130,18 @@ TEST(Cli, CudaWithoutGpuIsAnError) {
 
 TEST(Cli, MissingTrainingData) {
   const fs::path d = tiny_setup("nodata");
-  const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --set data.train=/nonexistent/x_*.bin --device cpu --out-dir " +
-                    (d / "run").string());
+  const Exec r = train_in(d, "cfg.json", " --set data.train=/nonexistent/x_*.bin --device cpu");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_TRUE(contains(r.out, "/nonexistent/x_*.bin")) << r.out;
 }
 
 TEST(Cli, InitFromMismatchedModelFile) {
   const fs::path d = tiny_setup("initfrom");
-  sgpt::ModelConfig other;
-  other.n_layer = 2; other.n_head = 2; other.n_embd = 16; other.block_size = 8; other.vocab_size = 50;
-  other.padded_vocab_size = 128;
+  const sgpt::ModelConfig other = sgpt_test::model_config(2, 2, 16, 8, 50, 128);  // the config has 1 layer
   const sgpt::ParamLayout L = sgpt::ParamLayout::make(other);
   std::vector<float> p(L.total, 0.01f);
   sgpt::write_model_file((d / "m.bin").string(), other, p);
-  const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --init-from " + (d / "m.bin").string() +
-                    " --device cpu --out-dir " + (d / "run").string());
+  const Exec r = train_in(d, "cfg.json", " --init-from " + (d / "m.bin").string() + " --device cpu");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_TRUE(contains(r.out, "n_layer")) << r.out;
   EXPECT_TRUE(contains(r.out, "m.bin")) << r.out;
@@ -158,8 +152,8 @@ TEST(Cli, EvalAndSampleOfATrainedRun) {
   const std::string run_dir = (d / "run").string();
   // A validation file of its own (the same tokens: a file shared with data.train is refused).
   fs::copy_file(d / "train.bin", d / "val.bin");
-  const Exec t = run_cli("train --config " + (d / "cfg.json").string() + " --set data.val=\"" + (d / "val.bin").string() +
-                     "\" --set eval.batches=2 --set eval.every=3 --device cpu -q --out-dir " + run_dir);
+  const Exec t = train_in(d, "cfg.json", " --set data.val=\"" + (d / "val.bin").string() +
+                                        "\" --set eval.batches=2 --set eval.every=3 --device cpu -q");
   ASSERT_EQ(t.code, 0) << t.out;
   const Exec e = run_cli("eval --run " + run_dir + " --device cpu");
   EXPECT_EQ(e.code, 0) << e.out;
@@ -207,8 +201,7 @@ TEST(Cli, EveryBadConfigValueExitsWithTheKeyPath) {
       {"optimizer.no_such_key=1", "optimizer.no_such_key"},
   };
   for (const auto& [set, key] : cases) {
-    const Exec r = run_cli("train --config " + (d / "cfg.json").string() + " --set '" + set + "' --device cpu --out-dir " +
-                       (d / "run").string());
+    const Exec r = train_in(d, "cfg.json", " --set '" + set + "' --device cpu");
     EXPECT_EQ(r.code, 2) << set << ": " << r.out;
     EXPECT_TRUE(contains(r.out, key)) << set << ": " << r.out;
     EXPECT_FALSE(fs::exists(d / "run")) << set;

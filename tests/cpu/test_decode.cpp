@@ -30,6 +30,8 @@
 #include "model/gpt2.h"
 #include "cpu/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_corpus.h"
+#include "test_model.h"
 #include "test_scratch.h"
 
 using namespace sgpt;
@@ -37,17 +39,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// 2 layers, 3 heads of size 12, block 16, vocabulary 53.
 ModelConfig odd_config(bool bias, bool scale_attn) {
-  ModelConfig c;
-  c.n_layer = 2;
-  c.n_head = 3;
-  c.n_embd = 36;  // head size 12
-  c.block_size = 16;
-  c.vocab_size = 53;
-  c.padded_vocab_size = pad_vocab(53);
-  c.bias = bias;
-  c.scale_attn_by_inverse_layer_idx = scale_attn;
-  return c;
+  return sgpt_test::model_config(2, 3, 36, 16, 53, 0, bias, scale_attn);
 }
 
 // Random parameters, larger than the training init so that attention is far from uniform and
@@ -223,11 +217,7 @@ TEST(Decode, GenerateMatchesASlowReferenceLoop) {
   const std::vector<float> params = random_params(c, 21);
   auto d = make_cpu_decoder(c);
   d->set_params(params.data());
-  SamplingOptions o;
-  o.temperature = 0.9;
-  o.top_k = 20;
-  o.top_p = 0.95;
-  o.seed = 77;
+  SamplingOptions o{.temperature = 0.9, .top_k = 20, .top_p = 0.95, .seed = 77};
   const std::vector<int> prompt{4, 5, 6};
   std::vector<int> streamed;
   const std::vector<int> got = generate(*d, prompt, 30, o, [&](int t) { streamed.push_back(t); });
@@ -254,10 +244,7 @@ fs::path scratch_dir(const std::string& name) { return sgpt_test::scratch_dir("d
 
 // A tiny run (vocabulary 64) that samples every 3 of its 6 steps.
 Config sampling_run_config(const fs::path& dir) {
-  std::mt19937 rng(1);
-  std::vector<uint16_t> toks(5000);
-  for (auto& t : toks) t = static_cast<uint16_t>(rng() % 64);
-  write_llmc_shard((dir / "train.bin").string(), toks);
+  sgpt_test::write_random_shard(dir / "train.bin", 64, 5000, 1);
   nlohmann::json j = nlohmann::json::parse(R"({
     "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 64},
     "batch": {"micro_batch_size": 2, "total_batch_tokens": 16},
@@ -268,16 +255,7 @@ Config sampling_run_config(const fs::path& dir) {
     "seed": 99
   })");
   j["data"] = {{"train", (dir / "train.bin").string()}};
-  Config c = config_from_json(j, "sampling test");
-  c.validate();
-  return c;
-}
-
-std::unique_ptr<Backend> backend_for(const Config& c) {
-  const ParamLayout L = ParamLayout::make(c.model);
-  std::vector<float> p(L.total);
-  init_params(p.data(), c.model, L, c.seed);
-  return make_cpu_backend(c.model, c.batch.micro_batch_size, c.model.block_size, p);
+  return sgpt_test::validated_config(j, "sampling test");
 }
 
 }  // namespace
@@ -285,7 +263,7 @@ std::unique_ptr<Backend> backend_for(const Config& c) {
 TEST(TrainSamples, PrintedAtEverySampleEveryStepsWithTheDecoder) {
   const fs::path dir = scratch_dir("train_samples");
   const Config c = sampling_run_config(dir);
-  auto be = backend_for(c);
+  auto be = sgpt_test::fresh_cpu_backend(c);
   TrainOptions opt;
   opt.out_dir = (dir / "run").string();
   int built = 0;
@@ -316,11 +294,7 @@ TEST(TrainSamples, PrintedAtEverySampleEveryStepsWithTheDecoder) {
   const std::vector<float> final_params = read_model_file(model_path(opt.out_dir, 6), c.model);
   auto d = make_cpu_decoder(c.model);
   d->set_params(final_params.data());
-  SamplingOptions o;
-  o.temperature = 0.9;
-  o.top_k = 10;
-  o.top_p = 0.95;
-  o.seed = 99;
+  const SamplingOptions o{.temperature = 0.9, .top_k = 10, .top_p = 0.95, .seed = 99};
   const std::vector<int> start{63};
   EXPECT_EQ(generate(*d, start, 5, o), r.samples[1].second);
   // log.jsonl holds one "sample" record per sample.
@@ -344,17 +318,11 @@ TEST(TrainSamples, OffByDefaultAndQuietRunsStillLogThem) {
   off.sample.every = 0;
   EXPECT_EQ(config_from_json(nlohmann::json::object(), "x").sample.every, 0);
   {
-    auto be = backend_for(off);
-    TrainOptions opt;
-    opt.out_dir = (dir / "off").string();
-    opt.quiet = true;
-    prepare_run_dir(off, opt);
-    EXPECT_TRUE(train(off, *be, opt).samples.empty());
+    auto be = sgpt_test::fresh_cpu_backend(off);
+    EXPECT_TRUE(sgpt_test::train_new_run(off, *be, dir / "off").samples.empty());
   }
-  auto be = backend_for(c);
-  TrainOptions opt;
-  opt.out_dir = (dir / "quiet").string();
-  opt.quiet = true;
+  auto be = sgpt_test::fresh_cpu_backend(c);
+  TrainOptions opt = sgpt_test::quiet_run(dir / "quiet");
   prepare_run_dir(c, opt);
   ::testing::internal::CaptureStdout();
   const TrainResult r = train(c, *be, opt);
@@ -393,10 +361,8 @@ TEST(TrainSamples, PromptOutsideTheVocabularyIsAnError) {
   const fs::path dir = scratch_dir("train_samples_prompt");
   Config c = sampling_run_config(dir);
   c.sample.prompt = "The state of the union";
-  auto be = backend_for(c);
-  TrainOptions opt;
-  opt.out_dir = (dir / "run").string();
-  opt.quiet = true;
+  auto be = sgpt_test::fresh_cpu_backend(c);
+  TrainOptions opt = sgpt_test::quiet_run(dir / "run");
   prepare_run_dir(c, opt);
   try {
     train(c, *be, opt);

@@ -143,7 +143,37 @@ struct TempDir {
   size_t entries() const {
     return size_t(std::distance(fs::directory_iterator(path), fs::directory_iterator()));
   }
+  // The file rendezvous address of a file "rdzv" in this folder.
+  std::string init() const { return "file://" + (path / "rdzv").string(); }
 };
+
+// `count` ranks of a world of `count` meet at `init`: every one succeeds and holds rank 0's
+// payload (200 random bytes from `seed`).
+void expect_all_receive(const std::string& init, int count, uint32_t seed) {
+  const std::vector<uint8_t> payload = random_bytes(200, seed);
+  std::vector<Rank> ranks = make_ranks(count, count, payload);
+  run_all(init, ranks, 10);
+  for (const Rank& r : ranks) {
+    EXPECT_EQ(r.error, "") << "rank " << r.rank;
+    EXPECT_EQ(r.bytes, payload) << "rank " << r.rank;
+  }
+}
+
+// Three ranks at `init`: while rank 2 has not come (not arrived at rank 0's server, or not
+// acknowledged rank 0's file), ranks 0 and 1 wait; then all three hold rank 0's payload.
+void expect_barrier(const std::string& init, uint32_t seed) {
+  const std::vector<uint8_t> payload = random_bytes(16, seed);
+  std::vector<Rank> ranks = make_ranks(3, 3, payload);
+  std::thread t0 = start(init, ranks[0], 10), t1 = start(init, ranks[1], 10);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_FALSE(ranks[0].done);
+  EXPECT_FALSE(ranks[1].done);
+  std::thread t2 = start(init, ranks[2], 10);
+  t0.join();
+  t1.join();
+  t2.join();
+  for (const Rank& r : ranks) EXPECT_EQ(r.bytes, payload) << "rank " << r.rank << ": " << r.error;
+}
 
 // The file format rank 0 writes (launch.cpp): big-endian magic, world, size, then the bytes.
 void write_rendezvous_file(const fs::path& p, uint32_t world, const std::vector<uint8_t>& bytes) {
@@ -161,53 +191,42 @@ void write_rendezvous_file(const fs::path& p, uint32_t world, const std::vector<
 
 // ---- detect_launch ----
 
-TEST(DistLaunch, DetectNone) {
-  const LaunchInfo info = detect_launch(fake_env({{"HOME", "/root"}}));
-  EXPECT_EQ(info.launcher, "none");
-  EXPECT_EQ(info.rank, 0);
-  EXPECT_EQ(info.world, 1);
-  EXPECT_EQ(info.local_rank, 0);
-  EXPECT_FALSE(info.by_mpi());
+// What detect_launch should find in an environment.
+struct Detected {
+  std::string launcher;
+  int rank, world, local_rank;
+  bool by_mpi;
+};
+
+void expect_detected(const Env& env, const Detected& want) {
+  const LaunchInfo info = detect_launch(fake_env(env));
+  EXPECT_EQ(info.launcher, want.launcher);
+  EXPECT_EQ(info.rank, want.rank) << want.launcher;
+  EXPECT_EQ(info.world, want.world) << want.launcher;
+  EXPECT_EQ(info.local_rank, want.local_rank) << want.launcher;
+  EXPECT_EQ(info.by_mpi(), want.by_mpi) << want.launcher;
 }
 
+TEST(DistLaunch, DetectNone) { expect_detected({{"HOME", "/root"}}, {"none", 0, 1, 0, false}); }
+
 TEST(DistLaunch, DetectOpenMpi) {
-  const LaunchInfo info = detect_launch(fake_env(
-      {{"OMPI_COMM_WORLD_RANK", "5"}, {"OMPI_COMM_WORLD_SIZE", "8"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}}));
-  EXPECT_EQ(info.launcher, "openmpi");
-  EXPECT_EQ(info.rank, 5);
-  EXPECT_EQ(info.world, 8);
-  EXPECT_EQ(info.local_rank, 1);
-  EXPECT_TRUE(info.by_mpi());
+  expect_detected({{"OMPI_COMM_WORLD_RANK", "5"}, {"OMPI_COMM_WORLD_SIZE", "8"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}},
+                  {"openmpi", 5, 8, 1, true});
 }
 
 TEST(DistLaunch, DetectMpich) {
-  LaunchInfo info = detect_launch(fake_env({{"PMI_RANK", "3"}, {"PMI_SIZE", "4"}, {"MPI_LOCALRANKID", "2"}}));
-  EXPECT_EQ(info.launcher, "mpich");
-  EXPECT_EQ(info.rank, 3);
-  EXPECT_EQ(info.world, 4);
-  EXPECT_EQ(info.local_rank, 2);
-  EXPECT_TRUE(info.by_mpi());
-  info = detect_launch(fake_env({{"PMI_RANK", "3"}, {"PMI_SIZE", "4"}}));
+  expect_detected({{"PMI_RANK", "3"}, {"PMI_SIZE", "4"}, {"MPI_LOCALRANKID", "2"}}, {"mpich", 3, 4, 2, true});
+  const LaunchInfo info = detect_launch(fake_env({{"PMI_RANK", "3"}, {"PMI_SIZE", "4"}}));
   EXPECT_EQ(info.local_rank, 0);
 }
 
 TEST(DistLaunch, DetectSlurm) {
-  const LaunchInfo info =
-      detect_launch(fake_env({{"SLURM_PROCID", "7"}, {"SLURM_NTASKS", "16"}, {"SLURM_LOCALID", "3"}}));
-  EXPECT_EQ(info.launcher, "slurm");
-  EXPECT_EQ(info.rank, 7);
-  EXPECT_EQ(info.world, 16);
-  EXPECT_EQ(info.local_rank, 3);
-  EXPECT_FALSE(info.by_mpi());
+  expect_detected({{"SLURM_PROCID", "7"}, {"SLURM_NTASKS", "16"}, {"SLURM_LOCALID", "3"}}, {"slurm", 7, 16, 3, false});
 }
 
 TEST(DistLaunch, DetectTorchrun) {
-  LaunchInfo info = detect_launch(fake_env({{"RANK", "2"}, {"WORLD_SIZE", "3"}, {"LOCAL_RANK", "2"}}));
-  EXPECT_EQ(info.launcher, "torchrun");
-  EXPECT_EQ(info.rank, 2);
-  EXPECT_EQ(info.world, 3);
-  EXPECT_EQ(info.local_rank, 2);
-  info = detect_launch(fake_env({{"RANK", "1"}, {"WORLD_SIZE", "2"}}));
+  expect_detected({{"RANK", "2"}, {"WORLD_SIZE", "3"}, {"LOCAL_RANK", "2"}}, {"torchrun", 2, 3, 2, false});
+  const LaunchInfo info = detect_launch(fake_env({{"RANK", "1"}, {"WORLD_SIZE", "2"}}));
   EXPECT_EQ(info.rank, 1);
   EXPECT_EQ(info.local_rank, 0);
 }
@@ -304,16 +323,7 @@ TEST(DistLaunch, WorldOneReturnsAtOnce) {
   EXPECT_FALSE(fs::exists("/no/such/folder"));
 }
 
-TEST(DistLaunch, TcpFourRanks) {
-  const std::string init = tcp_init();
-  const std::vector<uint8_t> payload = random_bytes(200, 1);
-  std::vector<Rank> ranks = make_ranks(4, 4, payload);
-  run_all(init, ranks, 10);
-  for (const Rank& r : ranks) {
-    EXPECT_EQ(r.error, "") << "rank " << r.rank;
-    EXPECT_EQ(r.bytes, payload) << "rank " << r.rank;
-  }
-}
+TEST(DistLaunch, TcpFourRanks) { expect_all_receive(tcp_init(), 4, 1); }
 
 TEST(DistLaunch, TcpEmptyPayload) {
   const std::string init = tcp_init();
@@ -323,20 +333,7 @@ TEST(DistLaunch, TcpEmptyPayload) {
   EXPECT_TRUE(ranks[1].bytes.empty());  // it held one byte before
 }
 
-TEST(DistLaunch, TcpIsABarrier) {
-  const std::string init = tcp_init();
-  const std::vector<uint8_t> payload = random_bytes(16, 2);
-  std::vector<Rank> ranks = make_ranks(3, 3, payload);
-  std::thread t0 = start(init, ranks[0], 10), t1 = start(init, ranks[1], 10);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_FALSE(ranks[0].done);  // rank 2 has not arrived yet
-  EXPECT_FALSE(ranks[1].done);
-  std::thread t2 = start(init, ranks[2], 10);
-  t0.join();
-  t1.join();
-  t2.join();
-  for (const Rank& r : ranks) EXPECT_EQ(r.bytes, payload) << "rank " << r.rank << ": " << r.error;
-}
+TEST(DistLaunch, TcpIsABarrier) { expect_barrier(tcp_init(), 2); }
 
 TEST(DistLaunch, TcpWorldMismatch) {
   const std::string init = tcp_init();
@@ -446,31 +443,13 @@ TEST(DistLaunch, TcpPortInUse) {
 
 TEST(DistLaunch, FileThreeRanks) {
   TempDir dir("three");
-  const std::string init = "file://" + (dir.path / "rdzv").string();
-  const std::vector<uint8_t> payload = random_bytes(200, 7);
-  std::vector<Rank> ranks = make_ranks(3, 3, payload);
-  run_all(init, ranks, 10);
-  for (const Rank& r : ranks) {
-    EXPECT_EQ(r.error, "") << "rank " << r.rank;
-    EXPECT_EQ(r.bytes, payload) << "rank " << r.rank;
-  }
+  expect_all_receive(dir.init(), 3, 7);
   EXPECT_EQ(dir.entries(), 0u);  // neither the file, nor its temporary, nor the acks remain
 }
 
 TEST(DistLaunch, FileIsABarrier) {
   TempDir dir("barrier");
-  const std::string init = "file://" + (dir.path / "rdzv").string();
-  const std::vector<uint8_t> payload = random_bytes(16, 8);
-  std::vector<Rank> ranks = make_ranks(3, 3, payload);
-  std::thread t0 = start(init, ranks[0], 10), t1 = start(init, ranks[1], 10);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_FALSE(ranks[0].done);  // rank 2 has not acknowledged yet
-  EXPECT_FALSE(ranks[1].done);
-  std::thread t2 = start(init, ranks[2], 10);
-  t0.join();
-  t1.join();
-  t2.join();
-  for (const Rank& r : ranks) EXPECT_EQ(r.bytes, payload) << "rank " << r.rank << ": " << r.error;
+  expect_barrier(dir.init(), 8);
 }
 
 TEST(DistLaunch, FileStaleIgnored) {
@@ -516,7 +495,7 @@ TEST(DistLaunch, FileFormatMatchesTest) {
 
 TEST(DistLaunch, FileWorldMismatch) {
   TempDir dir("mismatch");
-  const std::string init = "file://" + (dir.path / "rdzv").string();
+  const std::string init = dir.init();
   std::vector<Rank> ranks = make_ranks(2, 3, random_bytes(8, 12));
   ranks[1].world = 2;
   run_all(init, ranks, 1);
@@ -527,7 +506,7 @@ TEST(DistLaunch, FileWorldMismatch) {
 
 TEST(DistLaunch, FileNoRankZero) {
   TempDir dir("norank0");
-  const std::string init = "file://" + (dir.path / "rdzv").string();
+  const std::string init = dir.init();
   std::vector<Rank> ranks = make_ranks(3, 3, {});
   ranks.erase(ranks.begin());  // ranks 1 and 2 only
   const auto t0 = Clock::now();
@@ -542,7 +521,7 @@ TEST(DistLaunch, FileNoRankZero) {
 
 TEST(DistLaunch, FileMissingRank) {
   TempDir dir("missing");
-  const std::string init = "file://" + (dir.path / "rdzv").string();
+  const std::string init = dir.init();
   std::vector<Rank> ranks = make_ranks(2, 3, random_bytes(8, 13));  // rank 2 never comes
   run_all(init, ranks, 1);
   EXPECT_TRUE(contains(ranks[0].error, "saw 2 of 3 ranks")) << ranks[0].error;

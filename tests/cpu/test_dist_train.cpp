@@ -36,6 +36,8 @@
 #include "dist/comm.h"
 #include "model/checkpoint.h"
 #include "model/gpt2.h"
+#include "test_corpus.h"
+#include "test_model.h"
 #include "test_mpirun.h"
 #include "test_scratch.h"
 
@@ -100,13 +102,9 @@ fs::path scratch(const std::string& name) { return sgpt_test::scratch_dir("dist"
 // (passes after steps 4, 9, 14, 19), eval of 6 batches every 10 steps, checkpoints every 10.
 fs::path setup(const std::string& name, const std::string& optimizer = "sophiag") {
   const fs::path d = scratch(name);
-  std::mt19937 rng(7);
-  std::vector<uint16_t> toks(30000);
-  for (size_t i = 1; i < toks.size(); ++i)
-    toks[i] = static_cast<uint16_t>(rng() % 10 ? (5 * toks[i - 1] + 3) % 64 : rng() % 64);
-  sgpt::write_llmc_shard((d / "train.bin").string(), toks);
-  std::vector<uint16_t> val(toks.begin(), toks.begin() + 4000);
-  sgpt::write_llmc_shard((d / "val.bin").string(), val);
+  const std::vector<uint16_t> toks = sgpt_test::pattern_tokens(64, 30000, 7);
+  sgpt_test::write_shard(d / "train.bin", toks);
+  sgpt_test::write_shard(d / "val.bin", std::vector<uint16_t>(toks.begin(), toks.begin() + 4000));
   json c = json::parse(R"({
     "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "vocab_size": 64,
               "bias": false, "scale_attn_by_inverse_layer_idx": true},
@@ -186,18 +184,8 @@ std::string file_bytes(const fs::path& p) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
-sgpt::ModelConfig tiny_model() {
-  sgpt::ModelConfig m;
-  m.n_layer = 2;
-  m.n_head = 2;
-  m.n_embd = 32;
-  m.block_size = 16;
-  m.vocab_size = 64;
-  m.padded_vocab_size = sgpt::pad_vocab(64);
-  m.bias = false;
-  m.scale_attn_by_inverse_layer_idx = true;
-  return m;
-}
+// The model of setup()'s config.
+sgpt::ModelConfig tiny_model() { return sgpt_test::model_config(2, 2, 32, 16, 64); }
 
 std::vector<float> slot(const fs::path& run, int64_t step, const std::string& name) {
   const sgpt::TrainState st = sgpt::read_state_file(

@@ -22,6 +22,7 @@
 #include "model/checkpoint.h"
 #include "model/hf_export.h"
 #include "test_data_helpers.h"
+#include "test_model.h"
 
 namespace {
 namespace fs = std::filesystem;
@@ -30,17 +31,9 @@ using sgpt_test::run_exe;
 using sgpt_test::TempDir;
 using sgpt_test::write_file;
 
+// 2 layers, 2 heads, width 16, block 8, vocabulary 50 (padded to 128).
 sgpt::ModelConfig tiny_model(bool bias, bool scale) {
-  sgpt::ModelConfig m;
-  m.n_layer = 2;
-  m.n_head = 2;
-  m.n_embd = 16;
-  m.block_size = 8;
-  m.vocab_size = 50;
-  m.padded_vocab_size = 128;
-  m.bias = bias;
-  m.scale_attn_by_inverse_layer_idx = scale;
-  return m;
+  return sgpt_test::model_config(2, 2, 16, 8, 50, 128, bias, scale);
 }
 
 // Element offsets of the 16 tensors of the flat buffer, per the table in model/gpt2.h (bias tensors

@@ -34,6 +34,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/loader.h"
+#include "test_corpus.h"
 #include "test_data_helpers.h"
 
 extern char** environ;
@@ -75,10 +76,7 @@ std::string name8(const char* kind, int64_t step) {
 // a 0.5 MB model / 1 MB state file per checkpoint on one core.
 fs::path make_setup(const sgpt_test::TempDir& tmp) {
   const fs::path d = tmp.path();
-  std::mt19937 rng(1);
-  std::vector<uint16_t> toks(kSteps * 256 + 2000);
-  for (auto& t : toks) t = static_cast<uint16_t>(rng() % 512);
-  sgpt::write_llmc_shard((d / "train.bin").string(), toks);
+  sgpt_test::write_random_shard(d / "train.bin", 512, kSteps * 256 + 2000, 1);
   std::ofstream(d / "cfg.json") << R"({"model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 32, "vocab_size": 512},
     "batch": {"micro_batch_size": 4, "total_batch_tokens": 256},
     "schedule": {"warmup_iters": 5, "lr_decay_iters": )" << kSteps << R"(, "max_steps": )" << kSteps << R"(},

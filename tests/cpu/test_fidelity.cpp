@@ -36,6 +36,8 @@
 #include "model/checkpoint.h"
 #include "cpu/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_corpus.h"
+#include "test_model.h"
 #include "test_scratch.h"
 
 using namespace sgpt;
@@ -45,19 +47,13 @@ namespace {
 
 fs::path scratch(const std::string& name) { return sgpt_test::scratch_dir("fidelity", name); }
 
-// Tokens with a learnable pattern (as in test_train.cpp), so the model moves away from uniform.
-std::string write_shard(const fs::path& dir, int V, size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<uint16_t> toks(n);
-  toks[0] = 0;
-  for (size_t i = 1; i < n; ++i)
-    toks[i] = static_cast<uint16_t>((rng() % 10) != 0 ? (5 * toks[i - 1] + 3) % V : rng() % V);
-  const std::string path = (dir / "train.bin").string();
-  write_llmc_shard(path, toks);
-  return path;
-}
-
 constexpr int kV = 64, kT = 8, kB = 8;
+
+// A test's data: 20000 tokens of the learnable corpus (sgpt_test::pattern_tokens) over kV, so that
+// the model moves away from uniform, in scratch(name)/train.bin.
+std::string pattern_data(const std::string& name, uint32_t seed) {
+  return sgpt_test::write_pattern_shard(scratch(name) / "train.bin", kV, 20000, seed);
+}
 
 // A tiny model: 2 layers, width 16, T = 8, V = 64; micro-batch 8 with `accum` micro-steps.
 Config tiny(const std::string& train, const std::string& opt, int k, double fraction, int64_t steps,
@@ -79,16 +75,7 @@ Config tiny(const std::string& train, const std::string& opt, int k, double frac
   } else {
     j["optimizer"] = {{"name", "adamw"}, {"lr", 1e-2}, {"min_lr", 1e-3}, {"grad_clip", clip}};
   }
-  Config c = config_from_json(j, "fidelity");
-  c.validate();
-  return c;
-}
-
-std::unique_ptr<Backend> fresh_cpu_backend(const Config& c) {
-  const ParamLayout L = ParamLayout::make(c.model);
-  std::vector<float> p(L.total);
-  init_params(p.data(), c.model, L, c.seed);
-  return make_cpu_backend(c.model, c.batch.micro_batch_size, c.model.block_size, p);
+  return sgpt_test::validated_config(j, "fidelity");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -230,13 +217,9 @@ struct SpyRun {
 
 SpyRun run_spied(const Config& c, const std::string& name) {
   const fs::path dir = scratch(name);
-  SpyBackend spy(fresh_cpu_backend(c));
-  TrainOptions opt;
-  opt.out_dir = (dir / "run").string();
-  opt.quiet = true;
-  prepare_run_dir(c, opt);
-  train(c, spy, opt);
-  SpyRun r{c, std::move(spy.calls), {}, opt.out_dir};
+  SpyBackend spy(sgpt_test::fresh_cpu_backend(c));
+  sgpt_test::train_new_run(c, spy, dir / "run");
+  SpyRun r{c, std::move(spy.calls), {}, dir / "run"};
   if (c.optimizer.name == "sophiag") spy.get("h", r.h);
   return r;
 }
@@ -312,8 +295,7 @@ auto training_targets() {
 // step and one Hessian EMA (H). Fails when the GNB pass or the EMA is skipped, runs at other
 // steps, before the optimizer step, or with the wrong step number in the label key.
 TEST(FidelityGnb, RunsOnlyAfterTheStepOfStepsWithStepModKEqualToKMinus1) {
-  const fs::path dir = scratch("cadence_data");
-  const std::string data = write_shard(dir, kV, 20000, 11);
+  const std::string data = pattern_data("cadence_data", 11);
   struct Case { std::string opt; int k; int64_t steps; };
   for (const Case& cs : {Case{"sophiag", 3, 10}, Case{"sophiag", 1, 4}, Case{"sophiag", 4, 9},
                          Case{"sophiag", 12, 11}, Case{"adamw", 1, 4}}) {
@@ -336,8 +318,7 @@ TEST(FidelityGnb, RunsOnlyAfterTheStepOfStepsWithStepModKEqualToKMinus1) {
 // The GNB micro-batches are the first floor(f*B) sequences of each fresh micro-batch, with the
 // label counter seq0 = micro * floor(f*B) (docs/decisions.md), and the gradient scale 1/accum.
 TEST(FidelityGnb, UsesTheFirstFloorFractionTimesBSequencesOfEachMicroBatch) {
-  const fs::path dir = scratch("fraction_data");
-  const std::string data = write_shard(dir, kV, 20000, 12);
+  const std::string data = pattern_data("fraction_data", 12);
   for (double f : {1.0, 0.5, 0.3, 0.2}) {
     const Config c = tiny(data, "sophiag", 2, f, 4, 3, 1.0);
     const int Bh = gnb_rows(c);
@@ -365,8 +346,7 @@ TEST(FidelityGnb, UsesTheFirstFloorFractionTimesBSequencesOfEachMicroBatch) {
 // stream after the step's own training micro-batches, and the next step's training batches
 // follow them. Fails if the pass reuses the step's training batch (or any other).
 TEST(FidelityGnb, ReadsFreshSequencesAfterTheStepsTrainingBatches) {
-  const fs::path dir = scratch("fresh_data");
-  const std::string data = write_shard(dir, kV, 20000, 13);
+  const std::string data = pattern_data("fresh_data", 13);
   const Config c = tiny(data, "sophiag", 3, 1.0, 7, 2, 1.0);
   const SpyRun r = run_spied(c, "fresh");
   const std::vector<StepData> expect = replay_stream(c);
@@ -394,8 +374,7 @@ TEST(FidelityGnb, ReadsFreshSequencesAfterTheStepsTrainingBatches) {
 // targets, or on the step's own training batches, gives a clearly different gradient. Also each
 // gnb_micro's returned loss must be the CE against the sampled labels.
 TEST(FidelityGnb, EmaGradientIsTheClippedGradientForLabelsSampledFromTheModel) {
-  const fs::path dir = scratch("labels_data");
-  const std::string data = write_shard(dir, kV, 20000, 14);
+  const std::string data = pattern_data("labels_data", 14);
   // grad_clip 0.05 so that the clip is active in the GNB pass (checked below).
   const Config c = tiny(data, "sophiag", 2, 0.5, 6, 2, 0.05);
   const SpyRun r = run_spied(c, "labels");
@@ -460,8 +439,7 @@ TEST(FidelityGnb, EmaGradientIsTheClippedGradientForLabelsSampledFromTheModel) {
 // batch, training targets, no clip, whole micro-batch) change h by O(1) (the negative controls
 // below measure several), and even an EMA that adds 1.0001 * (1-b2)*g*g fails it.
 TEST(FidelityHessian, MatchesAnIndependentDoublePrecisionEmaOfClippedSquaredGnbGradients) {
-  const fs::path dir = scratch("hessian_data");
-  const std::string data = write_shard(dir, kV, 20000, 15);
+  const std::string data = pattern_data("hessian_data", 15);
   const Config c = tiny(data, "sophiag", 2, 0.5, 6, 2, 0.05);
   const SpyRun r = run_spied(c, "hessian");
   const std::vector<StepData> expect = replay_stream(c);

@@ -21,6 +21,8 @@
 #include "cpu/cpu_backend.h"
 #include "train/trainer.h"
 #include "test_cli_helpers.h"
+#include "test_corpus.h"
+#include "test_model.h"
 #include "test_scratch.h"
 
 using namespace sgpt;
@@ -33,17 +35,6 @@ fs::path scratch(const std::string& name) { return sgpt_test::scratch_dir("hella
 
 void write(const fs::path& p, const std::string& text) { std::ofstream(p) << text; }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& n) { return s.find(n) != std::string::npos; }
-
 const char* kVocabDir = SGPT_SOURCE_DIR "/data/cache/gpt2";
 
 // A Backend whose only real method is eval_losses: the loss at a position is loss_of[target]
@@ -51,8 +42,7 @@ const char* kVocabDir = SGPT_SOURCE_DIR "/data/cache/gpt2";
 class StubBackend : public Backend {
  public:
   StubBackend() {
-    cfg_.n_layer = 1; cfg_.n_head = 1; cfg_.n_embd = 4; cfg_.block_size = 16; cfg_.vocab_size = 100;
-    cfg_.padded_vocab_size = 128;
+    cfg_ = sgpt_test::model_config(1, 1, 4, 16, 100, 128);
     layout_ = ParamLayout::make(cfg_);
   }
   std::string name() const override { return "stub"; }
@@ -264,12 +254,7 @@ TEST(HellaSwag, TokenizesLikeLlmc) {
 // The CPU backend's per-position losses: their mean is eval_micro's loss; negative targets give 0
 // and leave the other positions unchanged.
 TEST(HellaSwag, CpuBackendPerPositionLosses) {
-  ModelConfig m;
-  m.n_layer = 1; m.n_head = 2; m.n_embd = 16; m.block_size = 8; m.vocab_size = 50; m.padded_vocab_size = 128;
-  const ParamLayout L = ParamLayout::make(m);
-  std::vector<float> p(L.total);
-  init_params(p.data(), m, L, 3);
-  auto be = make_cpu_backend(m, 2, 8, p);
+  auto be = sgpt_test::cpu_backend(sgpt_test::model_config(1, 2, 16, 8, 50, 128), 2, 8, 3);
   std::mt19937 rng(5);
   std::vector<int> inp(16), tgt(16);
   for (int i = 0; i < 16; ++i) inp[i] = static_cast<int>(rng() % 50), tgt[i] = static_cast<int>(rng() % 50);
@@ -308,10 +293,7 @@ const char* kFourExamples =
 
 // A tiny GPT-2-vocabulary model's run: configs/tiny_cpu.json on a shard of random GPT-2 ids.
 Config tiny_gpt2_config(const fs::path& d) {
-  std::mt19937 rng(1);
-  std::vector<uint16_t> toks(20000);
-  for (auto& t : toks) t = static_cast<uint16_t>(rng() % 50257);
-  write_llmc_shard((d / "train.bin").string(), toks);
+  sgpt_test::write_random_shard(d / "train.bin", 50257, 20000, 1);
   Config c = load_config(SGPT_SOURCE_DIR "/configs/tiny_cpu.json",
                          {"data.train=" + (d / "train.bin").string(), "data.val=", "eval.every=0",
                           "schedule.warmup_iters=1", "schedule.lr_decay_iters=4", "schedule.max_steps=4",
@@ -330,15 +312,8 @@ TEST(HellaSwag, TrainerEvaluatesPeriodically) {
   c.eval.hellaswag_every = 2;
   c.eval.hellaswag_file = (d / "hs.jsonl").string();
   c.validate();
-  const ParamLayout L = ParamLayout::make(c.model);
-  std::vector<float> p(L.total);
-  init_params(p.data(), c.model, L, c.seed);
-  auto be = make_cpu_backend(c.model, c.batch.micro_batch_size, c.model.block_size, p);
-  TrainOptions opt;
-  opt.out_dir = (d / "run").string();
-  opt.quiet = true;
-  prepare_run_dir(c, opt);
-  const TrainResult r = train(c, *be, opt);
+  auto be = sgpt_test::fresh_cpu_backend(c);
+  const TrainResult r = sgpt_test::train_new_run(c, *be, d / "run");
   EXPECT_GE(r.last_hellaswag, 0.0);
   EXPECT_LE(r.last_hellaswag, 1.0);
   std::vector<int64_t> steps;

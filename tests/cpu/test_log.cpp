@@ -17,6 +17,8 @@
 #include "cpu/cpu_backend.h"
 #include "train/trainer.h"
 #include "test_cli_helpers.h"
+#include "test_corpus.h"
+#include "test_model.h"
 #include "test_scratch.h"
 
 using namespace sgpt;
@@ -27,17 +29,6 @@ namespace {
 
 fs::path scratch(const std::string& name) { return sgpt_test::scratch_dir("log", name); }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& n) { return s.find(n) != std::string::npos; }
-
 std::vector<json> read_log(const fs::path& run) {
   std::vector<json> v;
   std::ifstream f(run / "log.jsonl");
@@ -47,12 +38,7 @@ std::vector<json> read_log(const fs::path& run) {
 }
 
 std::string write_shard(const fs::path& d, int V) {
-  std::mt19937 rng(3);
-  std::vector<uint16_t> toks(20000);
-  for (auto& t : toks) t = static_cast<uint16_t>(rng() % V);
-  const std::string p = (d / "train.bin").string();
-  write_llmc_shard(p, toks);
-  return p;
+  return sgpt_test::write_random_shard(d / "train.bin", V, 20000, 3);
 }
 
 Config small_config(const std::string& train, int64_t steps) {
@@ -64,21 +50,12 @@ Config small_config(const std::string& train, int64_t steps) {
   })");
   j["data"] = {{"train", train}};
   j["schedule"] = {{"warmup_iters", 1}, {"lr_decay_iters", steps}, {"max_steps", steps}};
-  Config c = config_from_json(j, "test");
-  c.validate();
-  return c;
+  return sgpt_test::validated_config(j, "test");
 }
 
 std::vector<json> train_and_read(const Config& c, const fs::path& d) {
-  const ParamLayout L = ParamLayout::make(c.model);
-  std::vector<float> p(L.total);
-  init_params(p.data(), c.model, L, c.seed);
-  auto be = make_cpu_backend(c.model, c.batch.micro_batch_size, c.model.block_size, p);
-  TrainOptions opt;
-  opt.out_dir = (d / "run").string();
-  opt.quiet = true;
-  prepare_run_dir(c, opt);
-  train(c, *be, opt);
+  auto be = sgpt_test::fresh_cpu_backend(c);
+  sgpt_test::train_new_run(c, *be, d / "run");
   return read_log(d / "run");
 }
 

@@ -20,6 +20,7 @@
 #include "cpu/gpt2_cpu.h"
 #include "cpu/ops.h"
 #include "model/gpt2.h"
+#include "test_model.h"
 
 namespace {
 
@@ -217,12 +218,9 @@ TEST(OpsForward, ResultsIndependentOfThreadCount) {
   GTEST_SKIP() << "built without OpenMP";
 #else
   std::mt19937_64 rng(4);
-  sgpt::ModelConfig cfg;
-  cfg.n_layer = 2; cfg.n_head = 4; cfg.n_embd = 64; cfg.block_size = 32;
-  cfg.vocab_size = 300; cfg.padded_vocab_size = 384;
+  const sgpt::ModelConfig cfg = sgpt_test::model_config(2, 4, 64, 32, 300, 384);
   const auto layout = sgpt::ParamLayout::make(cfg);
-  std::vector<float> p(layout.total);
-  sgpt::init_params(p.data(), cfg, layout, 7);
+  const std::vector<float> p = sgpt_test::initial_params(cfg, 7);
   const int B = 4, T = 32;
   std::vector<int> inp(B * T), tgt(B * T);
   for (int i = 0; i < B * T; ++i) { inp[i] = (i * 37) % 300; tgt[i] = (i * 91 + 5) % 300; }
@@ -422,17 +420,9 @@ TEST(SampleLabels, ChiSquareMatchesSoftmax) {
 // ---------------------------------------------------------------------------------------------
 // Whole model: float vs double, and against a naive long double forward written here.
 
+// 3 layers, 2 heads, width 16, block 8, vocabulary 29 (padded to 32).
 sgpt::ModelConfig small_config(bool bias, bool layer_scale) {
-  sgpt::ModelConfig cfg;
-  cfg.n_layer = 3;
-  cfg.n_head = 2;
-  cfg.n_embd = 16;
-  cfg.block_size = 8;
-  cfg.vocab_size = 29;
-  cfg.padded_vocab_size = 32;
-  cfg.bias = bias;
-  cfg.scale_attn_by_inverse_layer_idx = layer_scale;
-  return cfg;
+  return sgpt_test::model_config(3, 2, 16, 8, 29, 32, bias, layer_scale);
 }
 
 // Logits [B*T, Vp] of GPT-2 computed straight from the definition (docs/design.md section 2).
@@ -616,10 +606,7 @@ Stats stats(const float* p, size_t n, double sd_expected) {
 }
 
 TEST(ModelInit, StatisticsAndDeterminism) {
-  sgpt::ModelConfig cfg;
-  cfg.n_layer = 4; cfg.n_head = 4; cfg.n_embd = 64; cfg.block_size = 64;
-  cfg.vocab_size = 1000; cfg.padded_vocab_size = sgpt::pad_vocab(1000);
-  cfg.bias = true;
+  const sgpt::ModelConfig cfg = sgpt_test::model_config(4, 4, 64, 64, 1000, 0, /*bias=*/true);
   const auto lay = sgpt::ParamLayout::make(cfg);
   std::vector<float> p(lay.total, -5.0f);
   sgpt::init_params(p.data(), cfg, lay, 1337);
@@ -663,12 +650,9 @@ TEST(ModelInit, StatisticsAndDeterminism) {
 
 TEST(ModelInit, ElementIsPhiloxBoxMuller) {
   // The value of element e is a function of (seed, e) only: the same formula, recomputed here.
-  sgpt::ModelConfig cfg;
-  cfg.n_layer = 2; cfg.n_head = 2; cfg.n_embd = 16; cfg.block_size = 8;
-  cfg.vocab_size = 50; cfg.padded_vocab_size = 128;
+  const sgpt::ModelConfig cfg = sgpt_test::model_config(2, 2, 16, 8, 50, 128);
   const auto lay = sgpt::ParamLayout::make(cfg);
-  std::vector<float> p(lay.total);
-  sgpt::init_params(p.data(), cfg, lay, 99);
+  const std::vector<float> p = sgpt_test::initial_params(cfg, 99);
   for (size_t e : {lay.offset[sgpt::kWpe] + 3, lay.offset[sgpt::kQkvw] + 100}) {
     const sgpt::Philox4 w = sgpt::philox(99, uint32_t(e), uint32_t(e >> 32), 0, sgpt::kInitWeights);
     const double u1 = sgpt::uniform01_double(w.v[0], w.v[1]), u2 = sgpt::uniform01_double(w.v[2], w.v[3]);

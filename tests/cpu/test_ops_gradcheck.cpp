@@ -26,6 +26,7 @@
 #include "cpu/gpt2_cpu.h"
 #include "cpu/ops.h"
 #include "model/gpt2.h"
+#include "test_model.h"
 
 namespace {
 
@@ -317,15 +318,7 @@ TEST(OpsGradcheck, BackwardsAccumulate) {
 // with grad_scale 0.5 into a pre-filled gradient buffer (so the result must be P + 0.5 * grad).
 
 void model_check(bool bias, bool scale_by_layer) {
-  sgpt::ModelConfig cfg;
-  cfg.n_layer = 2;
-  cfg.n_head = 2;
-  cfg.n_embd = 8;
-  cfg.block_size = 5;
-  cfg.vocab_size = 13;
-  cfg.padded_vocab_size = 16;
-  cfg.bias = bias;
-  cfg.scale_attn_by_inverse_layer_idx = scale_by_layer;
+  const sgpt::ModelConfig cfg = sgpt_test::model_config(2, 2, 8, 5, 13, 16, bias, scale_by_layer);
   const auto layout = sgpt::ParamLayout::make(cfg);
   const int B = 2, T = 5;
   std::mt19937_64 rng(100 + 2 * bias + scale_by_layer);

@@ -6,7 +6,6 @@
 #include <cstdio>
 
 #include <gtest/gtest.h>
-#include <lzma.h>
 
 #include <nlohmann/json.hpp>
 
@@ -15,6 +14,7 @@
 #include "data/prepare.h"
 #include "data/sources.h"
 #include "test_data_helpers.h"
+#include "test_files.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace sgpt;
@@ -32,15 +32,7 @@ const std::string kHello = "Hello world";   // 15496 995
 const std::string kHello2 = "hello world";  // 31373 995
 constexpr uint16_t E = 50256;
 
-std::string xz(const std::string& in) {
-  std::string out(in.size() + in.size() / 2 + 1024, '\0');
-  size_t pos = 0;
-  const lzma_ret r = lzma_easy_buffer_encode(6, LZMA_CHECK_CRC64, nullptr, reinterpret_cast<const uint8_t*>(in.data()),
-                                             in.size(), reinterpret_cast<uint8_t*>(out.data()), &pos, out.size());
-  if (r != LZMA_OK) throw std::runtime_error("xz encode failed");
-  out.resize(pos);
-  return out;
-}
+using sgpt_test::xz_compress;
 
 // A ustar archive written by hand (POSIX.1-1988 layout: 512-byte header per member, octal fields,
 // the header checksum over the header with its checksum field read as spaces, data padded to 512
@@ -143,14 +135,14 @@ TEST(Prepare, EveryInputKind) {
   write_file(d / "a.txt", kHello);
   write_file(d / "b.jsonl", "{\"text\": \"hello world\", \"id\": 1}\n\n{\"text\": \"0\"}\n");
   write_file(d / "c.jsonl", "{\"body\": \"000\"}\n");
-  write_file(d / "d.txt.xz", xz(kHello2));
-  write_file(d / "e.jsonl.xz", xz("{\"text\": \"00000000\"}\n{\"text\": \"Hello world\"}"));  // no final newline
+  write_file(d / "d.txt.xz", xz_compress(kHello2));
+  write_file(d / "e.jsonl.xz", xz_compress("{\"text\": \"00000000\"}\n{\"text\": \"Hello world\"}"));  // no final newline
   write_file(d / "f.tar", tar({{"dir/one.txt", kHello}, {"dir/two.jsonl", "{\"text\":\"0\"}\n"}, {"dir/x.bin", "??"}}));
   // OpenWebText as distributed: openwebtext.tar.xz = tar of urlsf_subset*.xz, each an xz'd tar of .txt.
-  const std::string inner1 = xz(tar({{"0001.txt", kHello}, {"0002.txt", kHello2}}));
-  const std::string inner2 = xz(tar({{"0003.txt", "000"}}));
-  write_file(d / "owt.tar.xz", xz(tar({{"openwebtext/urlsf_subset00-1_data.xz", inner1},
-                                       {"openwebtext/urlsf_subset00-2_data.xz", inner2}})));
+  const std::string inner1 = xz_compress(tar({{"0001.txt", kHello}, {"0002.txt", kHello2}}));
+  const std::string inner2 = xz_compress(tar({{"0003.txt", "000"}}));
+  write_file(d / "owt.tar.xz", xz_compress(tar({{"openwebtext/urlsf_subset00-1_data.xz", inner1},
+                                                {"openwebtext/urlsf_subset00-2_data.xz", inner2}})));
   PrepareOptions o = popts({d / "a.txt", d / "b.jsonl", d / "d.txt.xz", d / "e.jsonl.xz", d / "f.tar", d / "owt.tar.xz"},
                            d / "out");
   run_prepare(o, tok());
@@ -266,7 +258,7 @@ TEST(PrepareErrors, CorruptCompressedAndArchivedInputs) {
   };
   write_file(d / "garbage.txt.xz", "this is not xz");
   expect_error(prep(d / "garbage.txt.xz"), d / "garbage.txt.xz" + ": not xz data");
-  const std::string good = xz(std::string(2000, 'a') + " Hello world");
+  const std::string good = xz_compress(std::string(2000, 'a') + " Hello world");
   write_file(d / "cut.txt.xz", good.substr(0, good.size() / 2));
   expect_error(prep(d / "cut.txt.xz"), d / "cut.txt.xz" + ": truncated xz data");
   std::string flipped = good;

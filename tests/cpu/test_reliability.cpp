@@ -25,7 +25,10 @@
 #include "model/checkpoint.h"
 #include "cpu/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_corpus.h"
+#include "test_files.h"
 #include "test_mpirun.h"
+#include "test_model.h"
 #include "test_scratch.h"
 
 namespace fs = std::filesystem;
@@ -61,16 +64,7 @@ std::string bytes_of(const fs::path& p) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
-void flip_byte(const fs::path& p, std::streamoff at) {
-  std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
-  ASSERT_TRUE(f.good()) << p;
-  f.seekg(at);
-  char c = 0;
-  f.read(&c, 1);
-  c = static_cast<char>(c ^ 0x01);
-  f.seekp(at);
-  f.write(&c, 1);
-}
+using sgpt_test::flip_byte;
 
 std::string name8(const char* kind, int64_t step) {
   char b[40];
@@ -81,10 +75,7 @@ std::string name8(const char* kind, int64_t step) {
 // A tiny setup (data + config) for runs of the executable: 1 layer, 16 tokens a step.
 fs::path tiny_setup(const std::string& name, int64_t max_steps = 3) {
   const fs::path d = scratch(name);
-  std::mt19937 rng(1);
-  std::vector<uint16_t> toks(5000);
-  for (auto& t : toks) t = static_cast<uint16_t>(rng() % 50);
-  write_llmc_shard((d / "train.bin").string(), toks);
+  sgpt_test::write_random_shard(d / "train.bin", 50, 5000, 1);
   std::ofstream(d / "cfg.json") << R"({"model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 50},
     "batch": {"micro_batch_size": 2, "total_batch_tokens": 16},
     "schedule": {"warmup_iters": 1, "lr_decay_iters": 30, "max_steps": )" + std::to_string(max_steps) + R"(},
@@ -110,11 +101,7 @@ std::vector<json> log_records(const fs::path& run, const std::string& type) {
   return v;
 }
 
-ModelConfig small_model() {
-  ModelConfig m;
-  m.n_layer = 2; m.n_head = 2; m.n_embd = 8; m.block_size = 6; m.vocab_size = 30; m.padded_vocab_size = 128;
-  return m;
-}
+ModelConfig small_model() { return sgpt_test::model_config(2, 2, 8, 6, 30, 128); }
 
 std::string error_of(const std::function<void()>& f) {
   try { f(); } catch (const UserError& e) { return e.what(); }
@@ -517,16 +504,7 @@ Config guard_config(const std::string& train, const std::string& opt) {
     "eval": {"every": 0}, "checkpoint": {"every": 0}, "seed": 5})");
   j["data"] = {{"train", train}};
   j["optimizer"] = {{"name", opt}, {"hessian_interval", 3}};  // a GNB pass after step 2
-  Config c = config_from_json(j, "guard");
-  c.validate();
-  return c;
-}
-
-std::unique_ptr<Backend> fresh(const Config& c) {
-  const ParamLayout L = ParamLayout::make(c.model);
-  std::vector<float> p(L.total);
-  init_params(p.data(), c.model, L, c.seed);
-  return make_cpu_backend(c.model, c.batch.micro_batch_size, c.model.block_size, p);
+  return sgpt_test::validated_config(j, "guard");
 }
 
 }  // namespace
@@ -541,20 +519,13 @@ TEST(ReliabilityGuard, NonFiniteLossOrGradNormSkipsTheUpdate) {
       const std::string tag = opt + (poison_loss ? "_loss" : "_norm");
       Config two = guard_config((d / "train.bin").string(), opt);
       two.schedule.max_steps = 2;
-      auto a = fresh(two);
-      TrainOptions oa;
-      oa.out_dir = (d / ("two_" + tag)).string();
-      oa.quiet = true;
-      prepare_run_dir(two, oa);
-      train(two, *a, oa);
+      auto a = sgpt_test::fresh_cpu_backend(two);
+      sgpt_test::train_new_run(two, *a, d / ("two_" + tag));
 
       const Config three = guard_config((d / "train.bin").string(), opt);
-      PoisonBackend b(fresh(three), 2, poison_loss);
-      TrainOptions ob;
-      ob.out_dir = (d / ("three_" + tag)).string();
-      ob.quiet = true;
-      prepare_run_dir(three, ob);
-      const TrainResult r = train(three, b, ob);
+      PoisonBackend b(sgpt_test::fresh_cpu_backend(three), 2, poison_loss);
+      const fs::path three_run = d / ("three_" + tag);
+      const TrainResult r = sgpt_test::train_new_run(three, b, three_run);
       EXPECT_EQ(r.skipped_steps, 1) << tag;
       for (const std::string& slot : {std::string("params"), std::string("m"), std::string(opt == "sophiag" ? "h" : "v")}) {
         std::vector<float> x, y;
@@ -562,12 +533,12 @@ TEST(ReliabilityGuard, NonFiniteLossOrGradNormSkipsTheUpdate) {
         b.get(slot, y);
         EXPECT_EQ(x, y) << tag << " " << slot;
       }
-      const auto skips = log_records(ob.out_dir, "skip");
+      const auto skips = log_records(three_run, "skip");
       ASSERT_EQ(skips.size(), 1u) << tag;
       EXPECT_EQ(skips[0].at("step"), 2);
-      EXPECT_EQ(log_records(ob.out_dir, "train").size(), 2u);
+      EXPECT_EQ(log_records(three_run, "train").size(), 2u);
       // No checkpoint from the skipped (final) step.
-      EXPECT_EQ(latest_checkpoint(ob.out_dir), -1) << tag;
+      EXPECT_EQ(latest_checkpoint(three_run.string()), -1) << tag;
     }
   }
 }

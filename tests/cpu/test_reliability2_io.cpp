@@ -29,6 +29,8 @@
 #include "eval/hellaswag.h"
 #include "model/checkpoint.h"
 #include "tokenizer/vocab.h"
+#include "test_corpus.h"
+#include "test_files.h"
 #include "test_scratch.h"
 
 namespace fs = std::filesystem;
@@ -121,12 +123,9 @@ std::string changes(const std::map<std::string, std::string>& a, const std::map<
 const fs::path& fixture() {
   static const fs::path d = [] {
     const fs::path f = scratch("fixture");
-    std::mt19937 rng(7);
-    std::vector<uint16_t> tr(4000), va(1000);
-    for (auto& t : tr) t = static_cast<uint16_t>(rng() % 50);
-    for (auto& t : va) t = static_cast<uint16_t>(rng() % 50);
-    write_llmc_shard((f / "train.bin").string(), tr);
-    write_llmc_shard((f / "val.bin").string(), va);
+    std::mt19937 rng(7);  // one stream: the validation tokens follow the training tokens
+    sgpt_test::write_shard(f / "train.bin", sgpt_test::random_tokens(50, 4000, rng));
+    sgpt_test::write_shard(f / "val.bin", sgpt_test::random_tokens(50, 1000, rng));
     std::ofstream(f / "cfg.json") << R"({"model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 50257},
       "batch": {"micro_batch_size": 2, "total_batch_tokens": 16},
       "schedule": {"warmup_iters": 1, "lr_decay_iters": 30, "max_steps": 3},
@@ -155,15 +154,7 @@ std::string name8(const char* kind, int64_t step) {
   return b;
 }
 
-[[maybe_unused]] void flip_byte(const fs::path& p, std::streamoff at) {
-  std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(at);
-  char c = 0;
-  f.read(&c, 1);
-  c = static_cast<char>(c ^ 0x01);
-  f.seekp(at);
-  f.write(&c, 1);
-}
+using sgpt_test::flip_byte;
 
 bool fifo_at(const fs::path& p) { return fs::is_fifo(fs::symlink_status(p)); }
 

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/loader.h"
+#include "test_corpus.h"
 #include "test_mpirun.h"
 #include "test_scratch.h"
 
@@ -67,10 +68,7 @@ std::string ckpt(const char* kind, int64_t step) {
 // long enough (about 0.1-0.3 s on one busy core) for a second process to meet a live run.
 fs::path setup(const std::string& name, int64_t max_steps, int64_t every, bool slow = false) {
   const fs::path d = sgpt_test::scratch_dir("rundir", name);
-  std::mt19937 rng(7);
-  std::vector<uint16_t> toks(20000);
-  for (auto& t : toks) t = static_cast<uint16_t>(rng() % 60);
-  sgpt::write_llmc_shard((d / "train.bin").string(), toks);
+  sgpt_test::write_random_shard(d / "train.bin", 60, 20000, 7);
   const int embd = slow ? 256 : 16;
   std::ofstream(d / "cfg.json") << R"({"model": {"n_layer": 2, "n_head": 2, "n_embd": )" << embd
                                 << R"(, "block_size": 16, "vocab_size": 64},

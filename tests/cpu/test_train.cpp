@@ -14,6 +14,8 @@
 #include "model/checkpoint.h"
 #include "cpu/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_corpus.h"
+#include "test_model.h"
 #include "test_scratch.h"
 
 using namespace sgpt;
@@ -23,23 +25,6 @@ namespace {
 
 // A path with nothing there yet (the tests let sophiagpt create the run folder).
 fs::path scratch(const std::string& name) { return sgpt_test::scratch_path("test", name); }
-
-// A corpus with a learnable pattern: each token is followed by (5*t + 3) mod V with probability
-// 0.9, else by a random token. The best achievable loss is about 0.1*ln(V) + H(0.9) ~ 0.75 nats,
-// far below ln(V) = 4.16 for V = 64.
-std::string write_pattern_shard(const fs::path& dir, const std::string& name, int V, size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<uint16_t> toks(n);
-  toks[0] = 0;
-  for (size_t i = 1; i < n; ++i) {
-    const bool follow = (rng() % 10) != 0;
-    toks[i] = static_cast<uint16_t>(follow ? (5 * toks[i - 1] + 3) % V : rng() % V);
-  }
-  fs::create_directories(dir);
-  const std::string path = (dir / name).string();
-  write_llmc_shard(path, toks);
-  return path;
-}
 
 Config tiny_config(const std::string& train, const std::string& val, const std::string& opt) {
   nlohmann::json j = nlohmann::json::parse(R"({
@@ -59,16 +44,7 @@ Config tiny_config(const std::string& train, const std::string& val, const std::
     j["optimizer"] = {{"name", "adamw"}, {"lr", 3e-3}, {"min_lr", 3e-4}, {"beta1", 0.9}, {"beta2", 0.95},
                       {"weight_decay", 0.1}};
   }
-  Config c = config_from_json(j, "tiny");
-  c.validate();
-  return c;
-}
-
-std::unique_ptr<Backend> fresh_backend(const Config& c) {
-  const ParamLayout L = ParamLayout::make(c.model);
-  std::vector<float> p(L.total);
-  init_params(p.data(), c.model, L, c.seed);
-  return make_cpu_backend(c.model, c.batch.micro_batch_size, c.model.block_size, p);
+  return sgpt_test::validated_config(j, "tiny");
 }
 
 double mean_of_last(const std::vector<double>& v, size_t n) {
@@ -79,17 +55,15 @@ double mean_of_last(const std::vector<double>& v, size_t n) {
 
 class Learns : public ::testing::TestWithParam<std::string> {};
 
+// On the learnable corpus of sgpt_test::pattern_tokens the best achievable loss is about 0.75 nats,
+// far below the ln(64) = 4.16 of a fresh model.
 TEST_P(Learns, LossFallsWellBelowStart) {
   const fs::path dir = scratch("learn_" + GetParam());
-  const std::string tr = write_pattern_shard(dir / "data", "train.bin", 64, 200000, 1);
-  const std::string va = write_pattern_shard(dir / "data", "val.bin", 64, 20000, 2);
+  const std::string tr = sgpt_test::write_pattern_shard(dir / "data/train.bin", 64, 200000, 1);
+  const std::string va = sgpt_test::write_pattern_shard(dir / "data/val.bin", 64, 20000, 2);
   Config c = tiny_config(tr, va, GetParam());
-  auto be = fresh_backend(c);
-  TrainOptions opt;
-  opt.out_dir = (dir / "run").string();
-  opt.quiet = true;
-  prepare_run_dir(c, opt);
-  const TrainResult r = train(c, *be, opt);
+  auto be = sgpt_test::fresh_cpu_backend(c);
+  const TrainResult r = sgpt_test::train_new_run(c, *be, dir / "run");
   ASSERT_EQ(r.train_losses.size(), 300u);
   const double start = r.train_losses.front();
   const double end = mean_of_last(r.train_losses, 20);
@@ -97,16 +71,16 @@ TEST_P(Learns, LossFallsWellBelowStart) {
   std::printf("%s: first loss %.4f, mean of the last 20 %.4f, val %.4f\n", GetParam().c_str(), start, end, r.last_val_loss);
   EXPECT_LT(end, 0.5 * start) << "start " << start << " end " << end;
   EXPECT_LT(r.last_val_loss, 0.5 * start);
-  EXPECT_TRUE(fs::exists(fs::path(opt.out_dir) / "log.jsonl"));
-  EXPECT_TRUE(fs::exists(model_path(opt.out_dir, 300)));
+  EXPECT_TRUE(fs::exists(dir / "run" / "log.jsonl"));
+  EXPECT_TRUE(fs::exists(model_path((dir / "run").string(), 300)));
 }
 
 INSTANTIATE_TEST_SUITE_P(Optimizers, Learns, ::testing::Values("sophiag", "adamw"));
 
 TEST(Resume, ReproducesAnUninterruptedRunBitForBit) {
   const fs::path dir = scratch("resume");
-  const std::string tr = write_pattern_shard(dir / "data", "train.bin", 64, 50000, 3);
-  const std::string va = write_pattern_shard(dir / "data", "val.bin", 64, 5000, 4);
+  const std::string tr = sgpt_test::write_pattern_shard(dir / "data/train.bin", 64, 50000, 3);
+  const std::string va = sgpt_test::write_pattern_shard(dir / "data/val.bin", 64, 5000, 4);
   for (const std::string optname : {"sophiag", "adamw"}) {
     Config c = tiny_config(tr, va, optname);
     c.schedule.max_steps = 12;
@@ -114,22 +88,15 @@ TEST(Resume, ReproducesAnUninterruptedRunBitForBit) {
     c.optimizer.hessian_interval = 4;  // GNB passes at steps 3, 7, 11: on both sides of the cut
     c.eval.every = 5;
 
-    auto a = fresh_backend(c);
-    TrainOptions oa;
-    oa.out_dir = (dir / ("straight_" + optname)).string();
-    oa.quiet = true;
-    prepare_run_dir(c, oa);
-    const TrainResult ra = train(c, *a, oa);
+    auto a = sgpt_test::fresh_cpu_backend(c);
+    const TrainResult ra = sgpt_test::train_new_run(c, *a, dir / ("straight_" + optname));
 
     Config half = c;
     half.schedule.max_steps = 6;
-    auto b1 = fresh_backend(half);
-    TrainOptions ob;
-    ob.out_dir = (dir / ("cut_" + optname)).string();
-    ob.quiet = true;
-    prepare_run_dir(half, ob);
-    train(half, *b1, ob);
-    auto b2 = fresh_backend(c);  // a new process would start from a fresh init, then load
+    auto b1 = sgpt_test::fresh_cpu_backend(half);
+    sgpt_test::train_new_run(half, *b1, dir / ("cut_" + optname));
+    auto b2 = sgpt_test::fresh_cpu_backend(c);  // a new process would start from a fresh init, then load
+    TrainOptions ob = sgpt_test::quiet_run(dir / ("cut_" + optname));
     ob.resume = true;
     EXPECT_EQ(prepare_run_dir(c, ob), 6);
     const TrainResult rb = train(c, *b2, ob);
@@ -148,18 +115,15 @@ TEST(Resume, ReproducesAnUninterruptedRunBitForBit) {
 
 TEST(Resume, StateThatDoesNotMatchTheConfigIsAnError) {
   const fs::path dir = scratch("resume_mismatch");
-  const std::string tr = write_pattern_shard(dir / "data", "train.bin", 64, 20000, 5);
+  const std::string tr = sgpt_test::write_pattern_shard(dir / "data/train.bin", 64, 20000, 5);
   Config c = tiny_config(tr, "", "sophiag");
   c.schedule.max_steps = 2;
-  auto a = fresh_backend(c);
-  TrainOptions o;
-  o.out_dir = (dir / "run").string();
-  o.quiet = true;
-  prepare_run_dir(c, o);
-  train(c, *a, o);
+  auto a = sgpt_test::fresh_cpu_backend(c);
+  sgpt_test::train_new_run(c, *a, dir / "run");
   Config d = tiny_config(tr, "", "adamw");
   d.schedule.max_steps = 4;
-  auto b = fresh_backend(d);
+  auto b = sgpt_test::fresh_cpu_backend(d);
+  TrainOptions o = sgpt_test::quiet_run(dir / "run");
   o.resume = true;
   prepare_run_dir(d, o);
   try {
@@ -173,15 +137,12 @@ TEST(Resume, StateThatDoesNotMatchTheConfigIsAnError) {
 
 TEST(RunDir, RefusesToOverwriteARun) {
   const fs::path dir = scratch("rundir");
-  const std::string tr = write_pattern_shard(dir / "data", "train.bin", 64, 20000, 6);
+  const std::string tr = sgpt_test::write_pattern_shard(dir / "data/train.bin", 64, 20000, 6);
   Config c = tiny_config(tr, "", "adamw");
   c.schedule.max_steps = 1;
-  auto a = fresh_backend(c);
-  TrainOptions o;
-  o.out_dir = (dir / "run").string();
-  o.quiet = true;
-  prepare_run_dir(c, o);
-  train(c, *a, o);
+  auto a = sgpt_test::fresh_cpu_backend(c);
+  sgpt_test::train_new_run(c, *a, dir / "run");
+  const TrainOptions o = sgpt_test::quiet_run(dir / "run");
   const auto before = fs::file_size(fs::path(o.out_dir) / "log.jsonl");
   EXPECT_THROW(prepare_run_dir(c, o), UserError);
   EXPECT_EQ(fs::file_size(fs::path(o.out_dir) / "log.jsonl"), before);
@@ -193,14 +154,7 @@ TEST(RunDir, RefusesToOverwriteARun) {
 // labels (the cross terms vanish because E[p_i - e_{y_i}] = 0), and compared with the Monte Carlo
 // mean of g_hat^2 over draws of the Philox sampler.
 TEST(Gnb, SecondMomentMatchesGaussNewtonDiagonal) {
-  ModelConfig mc;
-  mc.n_layer = 1;
-  mc.n_head = 2;
-  mc.n_embd = 8;
-  mc.block_size = 3;
-  mc.vocab_size = 7;
-  mc.padded_vocab_size = 8;
-  mc.bias = true;
+  const ModelConfig mc = sgpt_test::model_config(1, 2, 8, 3, 7, 8, /*bias=*/true);
   const int B = 2, T = 3, N = B * T, V = mc.vocab_size, Vp = mc.padded_vocab_size;
   const ParamLayout L = ParamLayout::make(mc);
   std::vector<float> pf(L.total);
@@ -283,12 +237,8 @@ TEST(Gnb, SecondMomentMatchesGaussNewtonDiagonal) {
 }
 
 TEST(Gnb, BackendSamplesTheSameLabelsForTheSameSeedStepAndPosition) {
-  ModelConfig mc;
-  mc.n_layer = 1; mc.n_head = 1; mc.n_embd = 8; mc.block_size = 4; mc.vocab_size = 11; mc.padded_vocab_size = 16;
-  const ParamLayout L = ParamLayout::make(mc);
-  std::vector<float> p(L.total);
-  init_params(p.data(), mc, L, 1);
-  auto a = make_cpu_backend(mc, 2, 4, p), b = make_cpu_backend(mc, 2, 4, p);
+  const ModelConfig mc = sgpt_test::model_config(1, 1, 8, 4, 11, 16);
+  auto a = sgpt_test::cpu_backend(mc, 2, 4, 1), b = sgpt_test::cpu_backend(mc, 2, 4, 1);
   const std::vector<int> inp = {1, 2, 3, 4, 5, 6, 7, 8};
   a->zero_grad();
   b->zero_grad();

@@ -13,19 +13,10 @@
 #include "fuzz_common.h"
 #include "model/checkpoint.h"
 #include "model/gpt2.h"
+#include "test_model.h"
 
 namespace {
-sgpt::ModelConfig tiny(bool bias) {
-  sgpt::ModelConfig m;
-  m.n_layer = 1;
-  m.n_head = 2;
-  m.n_embd = 4;
-  m.block_size = 4;
-  m.vocab_size = 5;
-  m.padded_vocab_size = 8;
-  m.bias = bias;
-  return m;
-}
+sgpt::ModelConfig tiny(bool bias) { return sgpt_test::model_config(1, 2, 4, 4, 5, 8, bias); }
 
 template <class F>
 bool accepted(const char* what, F&& f) {
@@ -88,15 +79,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (int i = 2; i <= 7; ++i) small &= h[i] >= 1 && h[i] <= 256;
     if (small && h[3] <= h[7] && h[4] <= 4 && h[6] % h[5] == 0) {
       for (bool bias : {false, true}) {
-        sgpt::ModelConfig m;
-        m.block_size = h[2];
-        m.vocab_size = h[3];
-        m.n_layer = h[4];
-        m.n_head = h[5];
-        m.n_embd = h[6];
-        m.padded_vocab_size = h[7];
-        m.bias = bias;
-        m.scale_attn_by_inverse_layer_idx = h[9] != 1;
+        // Header ints 2..7: block_size, vocab_size, n_layer, n_head, n_embd, padded_vocab_size
+        // (>= 1 here); 9: 1 when attention is not scaled by the inverse layer index.
+        const sgpt::ModelConfig m = sgpt_test::model_config(h[4], h[5], h[6], h[2], h[3], h[7], bias, h[9] != 1);
         model_ok |= accepted("read_model_file (header's shape) threw an unexpected exception",
                              [&] { (void)sgpt::read_model_file(path, m); });
       }

@@ -25,35 +25,16 @@
 #include "model/gpt2.h"
 #include "test_kernels_util.h"
 #include "cpu/cpu_backend.h"
+#include "test_model.h"
 
 namespace sgpt::test {
 namespace {
 
-ModelConfig small_config(bool bias) {
-  ModelConfig c;
-  c.n_layer = 2;
-  c.n_head = 4;
-  c.n_embd = 64;
-  c.block_size = 64;
-  c.vocab_size = 1000;
-  c.padded_vocab_size = 1024;
-  c.bias = bias;
-  c.scale_attn_by_inverse_layer_idx = true;
-  return c;
-}
+// 2 layers, 4 heads of size 16, block 64, vocabulary 1000 (padded to 1024).
+ModelConfig small_config(bool bias) { return sgpt_test::model_config(2, 4, 64, 64, 1000, 1024, bias); }
 
 std::vector<float> init(const ModelConfig& cfg, uint64_t seed, bool randomize_biases) {
-  const ParamLayout layout = ParamLayout::make(cfg);
-  std::vector<float> p(layout.total);
-  init_params(p.data(), cfg, layout, seed);
-  if (randomize_biases) {  // non-zero biases and LayerNorm parameters exercise those paths
-    Rng rng(seed + 1);
-    for (int t : {kLn1w, kLn1b, kQkvb, kAttprojb, kLn2w, kLn2b, kFcb, kFcprojb, kLnfw, kLnfb}) {
-      auto r = rng.normal(layout.size[t], 0.1f, t == kLn1w || t == kLn2w || t == kLnfw ? 1.0f : 0.0f);
-      std::copy(r.begin(), r.end(), p.begin() + layout.offset[t]);
-    }
-  }
-  return p;
+  return test_params(cfg, seed, randomize_biases);
 }
 
 void expect_grads_close(Backend& gpu, Backend& cpu, double norm_tol, double abs_tol,
@@ -86,9 +67,8 @@ Batch make_batch(Rng& rng, int B, int T, int V) {
 }
 
 void parity_fp32(bool bias) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + (bias ? " bias" : " no bias"));
-  Rng rng(seed);
+  SeededRng rng(bias ? " bias" : " no bias");
+  const uint64_t seed = rng.seed;
   const ModelConfig cfg = small_config(bias);
   const int maxB = 4, T = 32;
   const auto params = init(cfg, seed, bias);
@@ -141,9 +121,8 @@ void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b,
 
 TEST(Backend, OptimizerStepsMatchCpuBitwise) {
   SGPT_SKIP_WITHOUT_GPU();
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SeededRng rng;
+  const uint64_t seed = rng.seed;
   const ModelConfig cfg = small_config(false);
   const auto params = init(cfg, seed, false);
   auto cpu = make_cpu_backend(cfg, 2, 16, params);
@@ -247,9 +226,8 @@ TEST(Backend, DeterministicFp32AndBf16) {
 TEST(Backend, Bf16CudnnSmallerBatch) {
   SGPT_SKIP_WITHOUT_GPU();
   if (!cuda::CudnnAttention::built()) GTEST_SKIP() << "built without cuDNN";
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SeededRng rng;
+  const uint64_t seed = rng.seed;
   const ModelConfig cfg = small_config(true);
   const int T = 32;
   const auto params = init(cfg, seed, true);
@@ -284,9 +262,8 @@ TEST(Backend, Bf16CudnnSmallerBatch) {
 
 TEST(Backend, Bf16CloseToFp32Reference) {
   SGPT_SKIP_WITHOUT_GPU();
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SeededRng rng;
+  const uint64_t seed = rng.seed;
   const ModelConfig cfg = small_config(false);
   const int T = 32;
   const auto params = init(cfg, seed, false);

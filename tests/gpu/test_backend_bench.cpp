@@ -18,6 +18,7 @@
 #include "cuda/ops_cuda.h"
 #include "model/gpt2.h"
 #include "test_kernels_util.h"
+#include "test_model.h"
 
 namespace sgpt::test {
 namespace {
@@ -35,10 +36,7 @@ TEST(Bench, DISABLED_Gpt2TrainStep) {
   const Precision prec =
       prec_s && std::string(prec_s) == "fp32" ? Precision::kFp32 : Precision::kBf16;
   ModelConfig cfg;  // GPT-2 124M defaults
-  const ParamLayout layout = ParamLayout::make(cfg);
-  std::vector<float> params(layout.total);
-  init_params(params.data(), cfg, layout, 1);
-  auto be = make_cuda_backend(cfg, B, T, prec, params);
+  auto be = make_cuda_backend(cfg, B, T, prec, sgpt_test::initial_params(cfg, 1));
   Rng rng(2);
   const auto inp = rng.ints(size_t(B) * T, 0, cfg.vocab_size);
   const auto tgt = rng.ints(size_t(B) * T, 0, cfg.vocab_size);
@@ -141,24 +139,7 @@ TEST(Bench, DISABLED_OpShares) {
   SGPT_CUDA_CHECK(cudaMemset(targets.get(), 0, targets.bytes()));
   cuda::MatmulContext mm;
   cuda::Scratch scratch;
-  cudaEvent_t e0, e1;
-  SGPT_CUDA_CHECK(cudaEventCreate(&e0));
-  SGPT_CUDA_CHECK(cudaEventCreate(&e1));
-  auto time = [&](auto&& fn) {
-    fn();
-    std::vector<float> ms;
-    for (int i = 0; i < 5; ++i) {
-      SGPT_CUDA_CHECK(cudaEventRecord(e0));
-      fn();
-      SGPT_CUDA_CHECK(cudaEventRecord(e1));
-      SGPT_CUDA_CHECK(cudaEventSynchronize(e1));
-      float t;
-      SGPT_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-      ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
-    return double(ms[2]);
-  };
+  auto time = [](auto&& fn) { return double(median_ms(fn)); };
   struct Row { const char* name; double ms; int count; double flops = 0; };
   std::vector<Row> rows;
   const float sc = 0.125f;

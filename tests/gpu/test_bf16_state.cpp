@@ -24,16 +24,19 @@
 #include "data/loader.h"
 #include "model/checkpoint.h"
 #include "train/trainer.h"
-#include "test_shards.h"
+#include "test_corpus.h"
+#include "test_kernels_util.h"
+#include "test_model.h"
+#include "test_scratch.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
 
 namespace {
 
-bool gpu_or_skip() {
-  std::string why;
-  return cuda_usable(&why);
+// A learnable corpus over the model's vocabulary of 301.
+std::string pattern_shard(const fs::path& path, size_t n, uint32_t seed) {
+  return sgpt_test::write_pattern_shard(path, 301, n, seed, sgpt_test::kGpuRecurrence);
 }
 
 // Odd sizes: C = 72 (3 heads of 24), V = 301 (padded to 320), T = 48; 2 micro-steps per step.
@@ -50,17 +53,10 @@ Config make_config(const std::string& train_path, const std::string& opt, const 
   j["optimizer"]["name"] = opt;
   j["grad_accum_precision"] = accum;
   j["data"] = {{"train", train_path}};
-  Config c = config_from_json(j, "test");
-  c.validate();
-  return c;
+  return sgpt_test::validated_config(j, "test");
 }
 
-std::unique_ptr<Backend> fresh(const Config& c) {
-  const ParamLayout L = ParamLayout::make(c.model);
-  std::vector<float> p(L.total);
-  init_params(p.data(), c.model, L, c.seed);
-  return make_cuda_backend(c.model, c.batch.micro_batch_size, c.model.block_size, Precision::kBf16, p);
-}
+std::unique_ptr<Backend> fresh(const Config& c) { return sgpt_test::fresh_cuda_backend(c, Precision::kBf16); }
 
 int64_t prepare(const Config& c, const TrainOptions& o) {
   const int64_t step = check_run_dir(o);
@@ -75,27 +71,22 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 }  // namespace
 
 TEST(Bf16State, ResumeIsBitIdentical) {
-  if (!gpu_or_skip()) GTEST_SKIP() << "no usable GPU";
-  const fs::path dir = fs::temp_directory_path() / ("sgpt_bf16_resume_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  const std::string tr = pattern_shard(dir / "data", "train.bin", 301, 60000, 5);
+  SGPT_SKIP_WITHOUT_GPU();
+  const fs::path dir = sgpt_test::scratch_path("bf16", "resume");
+  const std::string tr = pattern_shard(dir / "data" / "train.bin", 60000, 5);
   for (const std::string optname : {"sophiag", "adamw"}) {
     for (const std::string accum : {"bf16", "fp32"}) {
       const std::string tag = optname + "_" + accum;
       const Config c = make_config(tr, optname, accum);
       auto a = fresh(c);
-      TrainOptions oa;
-      oa.out_dir = (dir / ("straight_" + tag)).string();
-      oa.quiet = true;
+      TrainOptions oa = sgpt_test::quiet_run(dir / ("straight_" + tag));
       prepare(c, oa);
       const TrainResult ra = train(c, *a, oa);
       ASSERT_EQ(ra.train_losses.size(), 12u);
 
       Config half = c;
       half.schedule.max_steps = 6;
-      TrainOptions ob;
-      ob.out_dir = (dir / ("cut_" + tag)).string();
-      ob.quiet = true;
+      TrainOptions ob = sgpt_test::quiet_run(dir / ("cut_" + tag));
       {
         auto b1 = fresh(half);
         prepare(half, ob);
@@ -143,14 +134,12 @@ TEST(Bf16State, ResumeIsBitIdentical) {
                                     << "counter gave the same bits (the comparison above proves nothing)";
     }
   }
-  fs::remove_all(dir);
 }
 
 TEST(Bf16State, Fp32AccumulationIsTheFp32SumOfMicroStepGradients) {
-  if (!gpu_or_skip()) GTEST_SKIP() << "no usable GPU";
-  const fs::path dir = fs::temp_directory_path() / ("sgpt_bf16_accum_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  const Config c = make_config(pattern_shard(dir, "train.bin", 301, 20000, 6), "sophiag", "fp32");
+  SGPT_SKIP_WITHOUT_GPU();
+  const fs::path dir = sgpt_test::scratch_path("bf16", "accum");
+  const Config c = make_config(pattern_shard(dir / "train.bin", 20000, 6), "sophiag", "fp32");
   const int B = c.batch.micro_batch_size, T = c.model.block_size;
   constexpr int kMicro = 7;
   std::mt19937 rng(3);
@@ -198,14 +187,12 @@ TEST(Bf16State, Fp32AccumulationIsTheFp32SumOfMicroStepGradients) {
   std::vector<float> b16;
   ref->get("grad", b16);
   EXPECT_FALSE(same_bits(b16, expect));
-  fs::remove_all(dir);
 }
 
 TEST(Bf16State, RoundingFollowsTheSeed) {
-  if (!gpu_or_skip()) GTEST_SKIP() << "no usable GPU";
-  const fs::path dir = fs::temp_directory_path() / ("sgpt_bf16_seed_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  const Config c = make_config(pattern_shard(dir, "train.bin", 301, 20000, 7), "adamw", "bf16");
+  SGPT_SKIP_WITHOUT_GPU();
+  const fs::path dir = sgpt_test::scratch_path("bf16", "seed");
+  const Config c = make_config(pattern_shard(dir / "train.bin", 20000, 7), "adamw", "bf16");
   std::vector<std::vector<float>> w;
   for (uint64_t seed : {11ull, 11ull, 12ull}) {
     auto be = fresh(c);  // the same init for all three
@@ -225,5 +212,4 @@ TEST(Bf16State, RoundingFollowsTheSeed) {
   }
   EXPECT_TRUE(same_bits(w[0], w[1]));
   EXPECT_FALSE(same_bits(w[0], w[2]));
-  fs::remove_all(dir);
 }

@@ -23,21 +23,14 @@
 #include "cuda/decode_cuda.h"
 #include "model/gpt2.h"
 #include "test_kernels_util.h"
+#include "test_model.h"
 
 namespace sgpt::test {
 namespace {
 
+// 2 layers of width 72, block 16, vocabulary 123.
 ModelConfig odd_config(int n_head, bool bias, bool scale_attn) {
-  ModelConfig c;
-  c.n_layer = 2;
-  c.n_head = n_head;
-  c.n_embd = 72;
-  c.block_size = 16;
-  c.vocab_size = 123;
-  c.padded_vocab_size = pad_vocab(123);
-  c.bias = bias;
-  c.scale_attn_by_inverse_layer_idx = scale_attn;
-  return c;
+  return sgpt_test::model_config(2, n_head, 72, 16, 123, 0, bias, scale_attn);
 }
 
 // Random parameters, larger than the training init (attention far from uniform, every bias and
@@ -133,9 +126,7 @@ TEST(DecodeGpu, Deterministic) {
 TEST(DecodeGpu, Gpt2SmallSmokeTokensMatchTheCpu) {
   SGPT_SKIP_WITHOUT_GPU();
   ModelConfig c;  // the defaults: 12 layers, 12 heads, 768, block 1024, vocab 50257 (50304)
-  const ParamLayout L = ParamLayout::make(c);
-  std::vector<float> params(L.total);
-  init_params(params.data(), c, L, 1234);
+  const std::vector<float> params = sgpt_test::initial_params(c, 1234);
   auto cpu = make_cpu_decoder(c);
   auto gpu = make_cuda_decoder(c);
   cpu->set_params(params.data());

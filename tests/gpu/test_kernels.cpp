@@ -36,9 +36,7 @@ constexpr Tol kBf16Tol{1e-2, 4e-3};  // bf16 reduction kernels, see above
 
 template <class T>
 void check_encoder(int B, int T_, int C, int V) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SeededRng rng;
   const int N = B * T_;
   auto wte = as_stored<T>(rng.normal(size_t(V) * C));
   auto wpe = as_stored<T>(rng.normal(size_t(T_) * C));
@@ -80,9 +78,7 @@ TEST(Kernels, EncoderBf16) {
 
 template <class T>
 void check_layernorm(int N, int C, bool with_bias) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SeededRng rng;
   auto inp = as_stored<T>(rng.normal(size_t(N) * C, 2.0f, 0.5f));
   auto w = as_stored<T>(rng.normal(C, 0.3f, 1.0f));
   auto b = as_stored<T>(rng.normal(C, 0.3f));
@@ -154,10 +150,7 @@ TEST(Kernels, LayernormBf16) {
 
 template <class T>
 void check_matmul(int N, int C, int OC, bool with_bias) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + " N=" + std::to_string(N) +
-               " C=" + std::to_string(C) + " OC=" + std::to_string(OC));
-  Rng rng(seed);
+  SeededRng rng(" N=" + std::to_string(N) + " C=" + std::to_string(C) + " OC=" + std::to_string(OC));
   auto inp = as_stored<T>(rng.normal(size_t(N) * C));
   auto w = as_stored<T>(rng.normal(size_t(OC) * C, 0.1f));
   auto b = as_stored<T>(rng.normal(OC));
@@ -217,10 +210,7 @@ TEST(Kernels, MatmulBf16) {
 // fp32 accumulator), so the bf16 tolerance of the matmul applies; OC is a multiple of 8 (the
 // auxiliary matrix's leading dimension, as in GPT-2's 4C).
 void check_matmul_gelu(int N, int C, int OC, int OC2, bool with_bias) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + " N=" + std::to_string(N) +
-               " C=" + std::to_string(C) + " OC=" + std::to_string(OC));
-  Rng rng(seed);
+  SeededRng rng(" N=" + std::to_string(N) + " C=" + std::to_string(C) + " OC=" + std::to_string(OC));
   auto inp = as_stored<bf16>(rng.normal(size_t(N) * C));
   auto w = as_stored<bf16>(rng.normal(size_t(OC) * C, 0.2f));
   auto b = as_stored<bf16>(rng.normal(OC));
@@ -274,10 +264,7 @@ TEST(Kernels, MatmulGeluBf16) {
 // values, then the same round-to-nearest to T); out/mean/rstd with the LayerNorm tolerances.
 template <class T>
 void check_residual_layernorm(int N, int C, bool with_bias) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + " N=" + std::to_string(N) + " C=" +
-               std::to_string(C));
-  Rng rng(seed);
+  SeededRng rng(" N=" + std::to_string(N) + " C=" + std::to_string(C));
   const size_t n = size_t(N) * C;
   auto a = as_stored<T>(rng.normal(n, 2.0f, 0.5f)), b = as_stored<T>(rng.normal(n, 1.0f));
   auto w = as_stored<T>(rng.normal(C, 0.3f, 1.0f));
@@ -326,9 +313,7 @@ TEST(Kernels, ResidualLayernormBf16) {
 
 template <class T>
 void check_gelu_residual(size_t n) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SeededRng rng;
   auto x = as_stored<T>(rng.normal(n, 2.5f));
   std::vector<float> y(n);
   cpu::gelu_forward(y.data(), x.data(), n);

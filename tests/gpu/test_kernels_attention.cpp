@@ -35,10 +35,8 @@ namespace {
 template <class T>
 void check_attention(int B, int T_, int C, int NH, float scale,
                      cuda::CudnnAttention* cudnn = nullptr) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + " B=" + std::to_string(B) + " T=" +
-               std::to_string(T_) + " C=" + std::to_string(C) + " NH=" + std::to_string(NH));
-  Rng rng(seed);
+  SeededRng rng(" B=" + std::to_string(B) + " T=" + std::to_string(T_) + " C=" + std::to_string(C) +
+                " NH=" + std::to_string(NH));
   const size_t N = size_t(B) * T_;
   auto inp = as_stored<T>(rng.normal(N * 3 * C));
   std::vector<float> out(N * C), att(size_t(B) * NH * T_ * T_);

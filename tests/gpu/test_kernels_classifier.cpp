@@ -23,9 +23,7 @@ namespace {
 
 template <class T>
 void check_crossentropy(int N, int V, int Vp, float stddev) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SeededRng rng;
   auto logits = as_stored<T>(rng.normal(size_t(N) * Vp, stddev));
   auto targets = rng.ints(N, 0, V);
   targets[0] = V - 1;  // the last real column
@@ -89,9 +87,7 @@ TEST(Kernels, LibmExpfMatchesHost) {
 
 void check_sample_labels(int B, int T_, int V, int Vp, float stddev, uint64_t gnb_seed,
                          uint32_t step, uint32_t seq0) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SeededRng rng;
   const int N = B * T_;
   auto logits = rng.normal(size_t(N) * Vp, stddev);
   std::vector<int> ref(N);
@@ -138,9 +134,8 @@ double chi2_upper_1e6(int df) {
 // Many rows with the SAME logits, drawn with distinct (seq, t) keys: independent draws from one
 // distribution. Padded columns hold large logits (they must never be drawn).
 void check_bf16_softmax(int N, int T_, int V, int Vp) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SeededRng rng;
+  const uint64_t seed = rng.seed;
   auto one = rng.normal(Vp, 1.0f);
   for (int j = 0; j < Vp; ++j) one[j] = j < V ? std::clamp(one[j], -3.0f, 3.0f) : 30.0f;
   one = as_stored<bf16>(one);  // every p_j >= e^-6 / V: expected counts >= ~N / (400 V)
@@ -196,9 +191,7 @@ TEST(Kernels, SampleLabelsBf16FollowSoftmax) {
 // summed over a softmax, and at most ~40 dependent fp32 adds on any partial sum (8 in a vector,
 // 5 scan steps, warp totals, pass-2 rounds, segments), ~2.5e-6 S; 1e-5 is about 3x that).
 void check_bf16_vs_cpu(int B, int T_, int V, int Vp, float stddev, double min_agree) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed));
-  Rng rng(seed);
+  SeededRng rng;
   const int N = B * T_;
   const uint64_t gnb_seed = 77;
   const uint32_t step = 5, seq0 = 9;
@@ -264,10 +257,7 @@ TEST(Kernels, SampleLabelsBf16NearCpu) {
 // cross-entropy with those labels, with the bf16 tolerances of check_crossentropy. fp32 declines
 // (returns false, leaves everything untouched).
 void check_gnb_classifier_bf16(int N, int T_, int V, int Vp, float stddev) {
-  const uint64_t seed = test_seed();
-  SCOPED_TRACE("SGPT_TEST_SEED=" + std::to_string(seed) + " N=" + std::to_string(N) + " V=" +
-               std::to_string(V));
-  Rng rng(seed);
+  SeededRng rng(" N=" + std::to_string(N) + " V=" + std::to_string(V));
   auto logits = as_stored<bf16>(rng.normal(size_t(N) * Vp, stddev));
   const float dloss = 1.0f / N;
   auto d_ref_logits = to_device<bf16>(logits), d_logits = to_device<bf16>(logits);
@@ -318,28 +308,10 @@ TEST(Bench, DISABLED_SampleLabelsBf16) {
   }
   DeviceBuffer<int> a(N), b(N);
   cuda::Scratch scratch;
-  cudaEvent_t e0, e1;
-  SGPT_CUDA_CHECK(cudaEventCreate(&e0));
-  SGPT_CUDA_CHECK(cudaEventCreate(&e1));
-  auto time = [&](auto&& fn) {
-    fn();
-    std::vector<float> ms;
-    for (int r = 0; r < 5; ++r) {
-      SGPT_CUDA_CHECK(cudaEventRecord(e0));
-      fn();
-      SGPT_CUDA_CHECK(cudaEventRecord(e1));
-      SGPT_CUDA_CHECK(cudaEventSynchronize(e1));
-      float t = 0;
-      SGPT_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-      ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
-    return ms[2];
-  };
-  const float t_old = time([&] {
+  const float t_old = median_ms([&] {
     cuda::sample_labels_exact(a.get(), d_logits.get(), N, T_, V, Vp, 1, 2, 0, scratch, nullptr);
   });
-  const float t_new = time([&] {
+  const float t_new = median_ms([&] {
     cuda::sample_labels(b.get(), d_logits.get(), N, T_, V, Vp, 1, 2, 0, scratch, nullptr);
   });
   const auto la = a.download(), lb = b.download();
@@ -349,8 +321,6 @@ TEST(Bench, DISABLED_SampleLabelsBf16) {
   std::printf("BENCH sample_labels bf16 %dx%d (%.2f GB): CPU-order kernel %.3f ms, one block per "
               "row %.3f ms (%.0f GB/s); labels equal in %d of %d rows (%.2f%%)\n",
               N, Vp, gb, t_old, t_new, gb / (t_new / 1e3), same, N, 100.0 * same / N);
-  SGPT_CUDA_CHECK(cudaEventDestroy(e0));
-  SGPT_CUDA_CHECK(cudaEventDestroy(e1));
 }
 
 }  // namespace

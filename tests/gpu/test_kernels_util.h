@@ -9,6 +9,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -19,6 +20,8 @@
 #include "cuda/buffer.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/ops_cuda.h"
+#include "model/gpt2.h"
+#include "test_model.h"
 
 #define SGPT_SKIP_WITHOUT_GPU()                                   \
   do {                                                            \
@@ -61,6 +64,31 @@ struct Rng {
     return v;
   }
 };
+
+// The random source of one check: seeded with test_seed(), and "SGPT_TEST_SEED=<seed>" followed by
+// `what` in the trace of every failure while it lives.
+struct SeededRng : Rng {
+  uint64_t seed;
+  ::testing::ScopedTrace trace;
+  explicit SeededRng(const std::string& what = "", uint64_t s = test_seed())
+      : Rng(s), seed(s), trace(__FILE__, __LINE__, "SGPT_TEST_SEED=" + std::to_string(s) + what) {}
+};
+
+// init_params with `seed`; with `randomize_norms_and_biases`, then every LayerNorm weight ~ N(1, 0.1)
+// and every bias ~ N(0, 0.1) (from Rng(seed + 1)): non-zero biases and LayerNorm parameters
+// exercise those paths.
+inline std::vector<float> test_params(const ModelConfig& cfg, uint64_t seed, bool randomize_norms_and_biases) {
+  std::vector<float> p = sgpt_test::initial_params(cfg, seed);
+  if (randomize_norms_and_biases) {
+    const ParamLayout layout = ParamLayout::make(cfg);
+    Rng rng(seed + 1);
+    for (int t : {kLn1w, kLn1b, kQkvb, kAttprojb, kLn2w, kLn2b, kFcb, kFcprojb, kLnfw, kLnfb}) {
+      auto r = rng.normal(layout.size[t], 0.1f, t == kLn1w || t == kLn2w || t == kLnfw ? 1.0f : 0.0f);
+      std::copy(r.begin(), r.end(), p.begin() + layout.offset[t]);
+    }
+  }
+  return p;
+}
 
 // Round a float vector to the storage type T and back (the values the GPU actually sees).
 template <class T>
@@ -137,6 +165,30 @@ inline void expect_close(const std::vector<float>& gpu, const std::vector<float>
                      << " elements outside tolerance; first at " << first_bad << ": gpu "
                      << gpu[first_bad] << " ref " << ref[first_bad] << " (rtol " << tol.rtol
                      << ", atol " << tol.atol << " x max|ref| " << maxref << ")";
+}
+
+// Milliseconds fn() takes on the GPU: the median of 5 runs timed with CUDA events, after one
+// untimed run (the benchmarks).
+template <class Fn>
+float median_ms(Fn&& fn) {
+  cudaEvent_t e0, e1;
+  SGPT_CUDA_CHECK(cudaEventCreate(&e0));
+  SGPT_CUDA_CHECK(cudaEventCreate(&e1));
+  fn();
+  std::vector<float> ms;
+  for (int r = 0; r < 5; ++r) {
+    SGPT_CUDA_CHECK(cudaEventRecord(e0));
+    fn();
+    SGPT_CUDA_CHECK(cudaEventRecord(e1));
+    SGPT_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    SGPT_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    ms.push_back(t);
+  }
+  SGPT_CUDA_CHECK(cudaEventDestroy(e0));
+  SGPT_CUDA_CHECK(cudaEventDestroy(e1));
+  std::sort(ms.begin(), ms.end());
+  return ms[2];
 }
 
 }  // namespace sgpt::test

@@ -34,6 +34,7 @@
 #include "cuda/check.h"
 #include "cuda/optim_cuda.h"
 #include "model/gpt2.h"
+#include "test_model.h"
 
 using namespace sgpt;
 using sgpt::cuda::DecayRanges;
@@ -86,6 +87,16 @@ uint64_t fresh_seed() {
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
 }
 
+// The random source of one check: a fresh seed, named (after `what`) in every failure message
+// while the object lives, so that a failure can be replayed.
+struct Trial {
+  uint64_t seed;
+  ::testing::ScopedTrace trace;
+  std::mt19937_64 rng;
+  explicit Trial(const std::string& what = "")
+      : seed(fresh_seed()), trace(__FILE__, __LINE__, what + "seed=" + std::to_string(seed)), rng(seed) {}
+};
+
 uint32_t bits(float x) {
   uint32_t b;
   std::memcpy(&b, &x, 4);
@@ -109,6 +120,27 @@ T narrow(float x) {
   if constexpr (std::is_same_v<T, float>) return x;
   else if constexpr (std::is_same_v<T, bf16>) return __float2bfloat16_rn(x);
   else return __float2half_rn(x);
+}
+// Element-wise narrow (round to nearest even) and widen.
+template <class T>
+std::vector<T> narrowed(const std::vector<float>& v) {
+  std::vector<T> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = narrow<T>(v[i]);
+  return r;
+}
+template <class T>
+std::vector<float> widened(const std::vector<T>& v) {
+  std::vector<float> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = widen(v[i]);
+  return r;
+}
+
+// Number of elements whose bits differ (NaN payloads included); the vectors have equal sizes.
+template <class T>
+size_t bits_differ(const std::vector<T>& a, const std::vector<T>& b) {
+  size_t diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff += std::memcmp(&a[i], &b[i], sizeof(T)) != 0;
+  return diff;
 }
 
 // Bit-exact float comparison (any NaN matches any NaN); reports the first few mismatches.
@@ -256,22 +288,26 @@ void expect_rounded_neighbours(const std::vector<ParamT>& w, const std::vector<f
 }
 
 // ---- one Sophia-G step on n elements, GPU vs CPU ----
+// The CPU reference of a Sophia-G step on `in` (in place) with gradient g, `in` holding global
+// elements [base, base + n).
+void cpu_sophia(StepInputs& in, const std::vector<float>& g, size_t base, const DecayRanges& decay,
+                const SophiaConsts& c, SophiaMetrics* metrics) {
+  for_decay_runs(base, in.p.size(), decay, [&](size_t i, size_t len, bool dec) {
+    cpu::sophia_update(in.p.data() + i, in.m.data() + i, in.h.data() + i, g.data() + i, len, c,
+                       dec, metrics);
+  });
+}
+
 template <class GradT, class ParamT>
 void check_sophia(size_t n, size_t index_base, bool specials, size_t shift) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("n=" + std::to_string(n) + " base=" + std::to_string(index_base) +
-               " shift=" + std::to_string(shift) + " seed=" + std::to_string(seed));
-  std::mt19937_64 rng(seed);
-  StepInputs in = make_inputs(n, rng, specials);
-  std::vector<GradT> g16(n);
-  std::vector<float> gw(n);
-  for (size_t i = 0; i < n; ++i) {
-    g16[i] = narrow<GradT>(in.g[i]);
-    gw[i] = widen(g16[i]);  // the CPU sees exactly the gradient the GPU widens
-  }
-  const DecayRanges decay = random_ranges(index_base, n, rng);
+  Trial t("n=" + std::to_string(n) + " base=" + std::to_string(index_base) + " shift=" +
+          std::to_string(shift) + " ");
+  StepInputs in = make_inputs(n, t.rng, specials);
+  const std::vector<GradT> g16 = narrowed<GradT>(in.g);
+  const std::vector<float> gw = widened(g16);  // the CPU sees exactly the gradient the GPU widens
+  const DecayRanges decay = random_ranges(index_base, n, t.rng);
   const SophiaConsts c = sophia_consts();
-  const RoundingKey key{seed ^ 0x5EED, static_cast<uint32_t>(rng()), index_base};
+  const RoundingKey key{t.seed ^ 0x5EED, static_cast<uint32_t>(t.rng()), index_base};
 
   Dev<float> p(n, shift), m(n, shift), h(n, shift);
   Dev<GradT> g(n, shift);
@@ -285,10 +321,7 @@ void check_sophia(size_t n, size_t index_base, bool specials, size_t shift) {
   cuda::read_sophia_metrics(scratch, n, &gm, nullptr);
 
   SophiaMetrics cm;
-  for_decay_runs(index_base, n, decay, [&](size_t i, size_t len, bool dec) {
-    cpu::sophia_update(in.p.data() + i, in.m.data() + i, in.h.data() + i, gw.data() + i, len, c,
-                       dec, &cm);
-  });
+  cpu_sophia(in, gw, index_base, decay, c, &cm);
   expect_same_floats(p.download(), in.p, "p");
   expect_same_floats(m.download(), in.m, "m");
   EXPECT_EQ(gm.count, cm.count);
@@ -303,16 +336,17 @@ void check_sophia(size_t n, size_t index_base, bool specials, size_t shift) {
   }
 }
 
+// Sizes of the bit-exactness checks: one element, a partial vector chunk, a million and 3.
+constexpr size_t kSizes[] = {1, 31, 1000003};
+
 }  // namespace
 
 // ------------------------------------------------------------------------------- Sophia-G
 
 TEST(GpuSophia, Fp32BitExactOddSizes) {
   REQUIRE_GPU();
-  for (size_t n : {size_t(1), size_t(7), size_t(31), size_t(1000), size_t(1000003)}) {
-    check_sophia<float, float>(n, 0, false, 0);
-    check_sophia<float, float>(n, 0, true, 0);
-  }
+  for (size_t n : {1, 7, 31, 1000, 1000003})
+    for (bool specials : {false, true}) check_sophia<float, float>(n, 0, specials, 0);
 }
 
 TEST(GpuSophia, MetricsOverSeveralFinalizePasses) {
@@ -331,16 +365,22 @@ TEST(GpuSophia, Fp32UnalignedBuffersAndShardBase) {
   check_sophia<float, float>(100003, 13, true, 3);
 }
 
+// 16-bit gradients and weights: kSizes, then n = 4099 at global base `base`, `shift` elements past
+// an aligned address.
+template <class T>
+void check_sophia_16bit(size_t base, size_t shift) {
+  for (size_t n : kSizes) check_sophia<T, T>(n, 0, true, 0);
+  check_sophia<T, T>(4099, base, true, shift);
+}
+
 TEST(GpuSophia, Bf16GradsBf16Weights) {
   REQUIRE_GPU();
-  for (size_t n : {size_t(1), size_t(31), size_t(1000003)}) check_sophia<bf16, bf16>(n, 0, true, 0);
-  check_sophia<bf16, bf16>(4099, 6, true, 1);
+  check_sophia_16bit<bf16>(6, 1);
 }
 
 TEST(GpuSophia, Fp16GradsFp16Weights) {
   REQUIRE_GPU();
-  for (size_t n : {size_t(1), size_t(31), size_t(1000003)}) check_sophia<__half, __half>(n, 0, true, 0);
-  check_sophia<__half, __half>(4099, 3, true, 0);
+  check_sophia_16bit<__half>(3, 0);
 }
 
 TEST(GpuSophia, MixedTypes) {
@@ -353,20 +393,15 @@ TEST(GpuSophia, MixedTypes) {
 TEST(GpuSophia, NullWeightsAndNoMetrics) {
   REQUIRE_GPU();
   const size_t n = 5003;
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed=" + std::to_string(seed));
-  std::mt19937_64 rng(seed);
-  StepInputs in = make_inputs(n, rng, true);
-  const DecayRanges decay = random_ranges(0, n, rng);
+  Trial t;
+  StepInputs in = make_inputs(n, t.rng, true);
+  const DecayRanges decay = random_ranges(0, n, t.rng);
   const SophiaConsts c = sophia_consts();
   Dev<float> p(n), m(n), h(n), g(n);
   p.upload(in.p), m.upload(in.m), h.upload(in.h), g.upload(in.g);
   cuda::sophia_step<float, float>(p.get(), m.get(), h.get(), g.get(), nullptr, n, decay, c,
                                   RoundingKey{}, nullptr, nullptr);
-  for_decay_runs(0, n, decay, [&](size_t i, size_t len, bool dec) {
-    cpu::sophia_update(in.p.data() + i, in.m.data() + i, in.h.data() + i, in.g.data() + i, len, c,
-                       dec, nullptr);
-  });
+  cpu_sophia(in, in.g, 0, decay, c, nullptr);
   expect_same_floats(p.download(), in.p, "p");
   expect_same_floats(m.download(), in.m, "m");
 }
@@ -376,15 +411,12 @@ TEST(GpuSophia, ShardsEqualWholeBuffer) {
   // ZeRO-1: two shards with their global index_base compute exactly what one launch does
   // (decay ranges and rounding keyed by the global index). Split at an odd point.
   const size_t n = 200001, split = 77777;
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed=" + std::to_string(seed));
-  std::mt19937_64 rng(seed);
-  StepInputs in = make_inputs(n, rng, true);
-  std::vector<bf16> g16(n);
-  for (size_t i = 0; i < n; ++i) g16[i] = __float2bfloat16_rn(in.g[i]);
-  const DecayRanges decay = random_ranges(0, n, rng);
+  Trial t;
+  StepInputs in = make_inputs(n, t.rng, true);
+  const std::vector<bf16> g16 = narrowed<bf16>(in.g);
+  const DecayRanges decay = random_ranges(0, n, t.rng);
   const SophiaConsts c = sophia_consts();
-  const RoundingKey key{seed, 17, 0};
+  const RoundingKey key{t.seed, 17, 0};
 
   Dev<float> p(n), m(n), h(n);
   Dev<bf16> g(n), w(n);
@@ -404,20 +436,15 @@ TEST(GpuSophia, ShardsEqualWholeBuffer) {
   }
   expect_same_floats(p.download(), p1, "p");
   expect_same_floats(m.download(), m1, "m");
-  const auto w2 = w.download();
-  size_t diff = 0;
-  for (size_t i = 0; i < n; ++i) diff += bits16(w1[i]) != bits16(w2[i]);
-  EXPECT_EQ(diff, 0u);
+  EXPECT_EQ(bits_differ(w1, w.download()), 0u);
 }
 
 TEST(GpuSophia, DeterministicMetrics) {
   REQUIRE_GPU();
   const size_t n = 3000017;
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed=" + std::to_string(seed));
-  std::mt19937_64 rng(seed);
-  StepInputs in = make_inputs(n, rng, false);
-  const DecayRanges decay = random_ranges(0, n, rng);
+  Trial t;
+  StepInputs in = make_inputs(n, t.rng, false);
+  const DecayRanges decay = random_ranges(0, n, t.rng);
   Dev<float> p(n), m(n), h(n), g(n);
   h.upload(in.h), g.upload(in.g);
   ReduceScratch scratch;
@@ -455,22 +482,17 @@ TEST(GpuSophia, DecayRangesFromLayout) {
 
 TEST(GpuSophia, UnfusedBaselineMatchesFused) {
   REQUIRE_GPU();
-  ModelConfig cfg;
-  cfg.n_layer = 2, cfg.n_head = 2, cfg.n_embd = 64, cfg.block_size = 32;
-  cfg.vocab_size = 100, cfg.padded_vocab_size = 128;
+  const ModelConfig cfg = sgpt_test::model_config(2, 2, 64, 32, 100, 128);
   const ParamLayout layout = ParamLayout::make(cfg);
   const size_t n = layout.total;
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed=" + std::to_string(seed));
-  std::mt19937_64 rng(seed);
-  StepInputs in = make_inputs(n, rng, true);
-  std::vector<bf16> g16(n);
-  for (size_t i = 0; i < n; ++i) g16[i] = __float2bfloat16_rn(in.g[i]);
+  Trial t;
+  StepInputs in = make_inputs(n, t.rng, true);
+  const std::vector<bf16> g16 = narrowed<bf16>(in.g);
   const auto spans = cuda::pytorch_param_spans(layout, cfg.n_layer);
   size_t max_len = 0;
   for (const auto& s : spans) max_len = std::max(max_len, s.end - s.begin);
   const SophiaConsts c = sophia_consts();
-  const RoundingKey key{seed, 3, 0};
+  const RoundingKey key{t.seed, 3, 0};
   Dev<float> p(n), m(n), h(n), tmp(3 * max_len);
   Dev<bf16> g(n), w(n);
   h.upload(in.h), g.upload(g16);
@@ -485,23 +507,17 @@ TEST(GpuSophia, UnfusedBaselineMatchesFused) {
                                         tmp.get(), nullptr);
   expect_same_floats(p.download(), pf, "p");
   expect_same_floats(m.download(), mf, "m");
-  const auto wu = w.download();
-  size_t diff = 0;
-  for (size_t i = 0; i < n; ++i) diff += bits16(wu[i]) != bits16(wf[i]);
-  EXPECT_EQ(diff, 0u);
+  EXPECT_EQ(bits_differ(w.download(), wf), 0u);
 }
 
 // ------------------------------------------------------------------------------ Hessian EMA
 
 template <class GradT>
 void check_hessian(size_t n) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("n=" + std::to_string(n) + " seed=" + std::to_string(seed));
-  std::mt19937_64 rng(seed);
-  StepInputs in = make_inputs(n, rng, true);
-  std::vector<GradT> g16(n);
-  std::vector<float> gw(n);
-  for (size_t i = 0; i < n; ++i) g16[i] = narrow<GradT>(in.g[i]), gw[i] = widen(g16[i]);
+  Trial t("n=" + std::to_string(n) + " ");
+  StepInputs in = make_inputs(n, t.rng, true);
+  const std::vector<GradT> g16 = narrowed<GradT>(in.g);
+  const std::vector<float> gw = widened(g16);
   const HessianConsts c = HessianConsts::make(0.99);
   Dev<float> h(n);
   Dev<GradT> g(n);
@@ -513,7 +529,7 @@ void check_hessian(size_t n) {
 
 TEST(GpuHessianEma, BitExact) {
   REQUIRE_GPU();
-  for (size_t n : {size_t(1), size_t(31), size_t(1000003)}) {
+  for (size_t n : kSizes) {
     check_hessian<float>(n);
     check_hessian<bf16>(n);
     check_hessian<__half>(n);
@@ -524,17 +540,13 @@ TEST(GpuHessianEma, BitExact) {
 
 template <class GradT, class ParamT>
 void check_adamw(size_t n, int64_t t) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("n=" + std::to_string(n) + " t=" + std::to_string(t) + " seed=" +
-               std::to_string(seed));
-  std::mt19937_64 rng(seed);
-  StepInputs in = make_inputs(n, rng, true);
-  std::vector<GradT> g16(n);
-  std::vector<float> gw(n);
-  for (size_t i = 0; i < n; ++i) g16[i] = narrow<GradT>(in.g[i]), gw[i] = widen(g16[i]);
-  const DecayRanges decay = random_ranges(0, n, rng);
+  Trial trial("n=" + std::to_string(n) + " t=" + std::to_string(t) + " ");
+  StepInputs in = make_inputs(n, trial.rng, true);
+  const std::vector<GradT> g16 = narrowed<GradT>(in.g);
+  const std::vector<float> gw = widened(g16);
+  const DecayRanges decay = random_ranges(0, n, trial.rng);
   const AdamWConsts c = AdamWConsts::make(6e-4, 0.9, 0.95, 1e-8, 0.1, t);
-  const RoundingKey key{seed, static_cast<uint32_t>(t), 0};
+  const RoundingKey key{trial.seed, static_cast<uint32_t>(t), 0};
   Dev<float> p(n), m(n), v(n);
   Dev<GradT> g(n);
   Dev<ParamT> w(n);
@@ -555,7 +567,7 @@ void check_adamw(size_t n, int64_t t) {
 
 TEST(GpuAdamW, BitExact) {
   REQUIRE_GPU();
-  for (size_t n : {size_t(1), size_t(31), size_t(1000003)}) {
+  for (size_t n : kSizes) {
     check_adamw<float, float>(n, 1);
     check_adamw<float, float>(n, 1000);
     check_adamw<bf16, bf16>(n, 7);
@@ -567,9 +579,8 @@ TEST(GpuAdamW, BitExact) {
 
 template <class GradT>
 void check_sum_squares(size_t n, bool specials) {
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("n=" + std::to_string(n) + " seed=" + std::to_string(seed));
-  std::mt19937_64 rng(seed);
+  Trial t("n=" + std::to_string(n) + " ");
+  std::mt19937_64& rng = t.rng;
   std::normal_distribution<float> nd(0.0f, 1.0f);
   std::vector<GradT> g16(n);
   std::vector<float> gw(n);
@@ -637,10 +648,8 @@ TEST(GpuNorm, SumSquaresNaNPropagates) {
 TEST(GpuNorm, ScaleBitExact) {
   REQUIRE_GPU();
   const size_t n = 1000003;
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed=" + std::to_string(seed));
-  std::mt19937_64 rng(seed);
-  StepInputs in = make_inputs(n, rng, true);
+  Trial t;
+  StepInputs in = make_inputs(n, t.rng, true);
   const float s = cpu::clip_scale(3.7, 1.0);
   Dev<float> g(n);
   g.upload(in.g);
@@ -650,17 +659,13 @@ TEST(GpuNorm, ScaleBitExact) {
 
   // bf16: widened, multiplied once in fp32 (exact reference: cpu::scale on the widened values),
   // rounded to nearest-even.
-  std::vector<bf16> b(n);
-  std::vector<float> bw(n);
-  for (size_t i = 0; i < n; ++i) b[i] = __float2bfloat16_rn(in.p[i]), bw[i] = widen(b[i]);
+  const std::vector<bf16> b = narrowed<bf16>(in.p);
+  std::vector<float> bw = widened(b);
   Dev<bf16> gb(n);
   gb.upload(b);
   cuda::scale_grad<bf16>(gb.get(), n, s, nullptr);
   cpu::scale(bw.data(), n, s);
-  const auto got = gb.download();
-  size_t diff = 0;
-  for (size_t i = 0; i < n; ++i) diff += bits16(got[i]) != bits16(__float2bfloat16_rn(bw[i]));
-  EXPECT_EQ(diff, 0u);
+  EXPECT_EQ(bits_differ(gb.download(), narrowed<bf16>(bw)), 0u);
 }
 
 // ------------------------------------------------------------------------ casts and rounding
@@ -753,10 +758,8 @@ TEST(GpuCast, StochasticRoundingSpecials) {
 TEST(GpuCast, RoundToNearestAndWiden) {
   REQUIRE_GPU();
   const size_t n = 100003;
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed=" + std::to_string(seed));
-  std::mt19937_64 rng(seed);
-  StepInputs in = make_inputs(n, rng, true);
+  Trial t;
+  StepInputs in = make_inputs(n, t.rng, true);
   Dev<float> d(n), back(n);
   Dev<bf16> b(n);
   Dev<__half> h(n);
@@ -764,44 +767,27 @@ TEST(GpuCast, RoundToNearestAndWiden) {
   cuda::cast_rn<bf16>(d.get(), b.get(), n, nullptr);
   cuda::cast_rn<__half>(d.get(), h.get(), n, nullptr);
   const auto gb = b.download();
-  const auto gh = h.download();
-  size_t diff = 0;
-  for (size_t i = 0; i < n; ++i) {
-    diff += bits16(gb[i]) != bits16(__float2bfloat16_rn(in.p[i]));
-    diff += bits16(gh[i]) != bits16(__float2half_rn(in.p[i]));
-  }
-  EXPECT_EQ(diff, 0u);
+  EXPECT_EQ(bits_differ(gb, narrowed<bf16>(in.p)) + bits_differ(h.download(), narrowed<__half>(in.p)), 0u);
   cuda::to_float<bf16>(b.get(), back.get(), n, nullptr);
-  const auto w = back.download();
-  diff = 0;
-  for (size_t i = 0; i < n; ++i) diff += bits(w[i]) != bits(__bfloat162float(gb[i]));
-  EXPECT_EQ(diff, 0u);
+  EXPECT_EQ(bits_differ(back.download(), widened(gb)), 0u);
 }
 
 TEST(GpuCast, SophiaWeightsEqualStochasticRoundOfMaster) {
   REQUIRE_GPU();
   // The working weights written by the fused step are the keyed rounding of the new master.
   const size_t n = 65537;
-  const uint64_t seed = fresh_seed();
-  SCOPED_TRACE("seed=" + std::to_string(seed));
-  std::mt19937_64 rng(seed);
-  StepInputs in = make_inputs(n, rng, false);
+  Trial t;
+  StepInputs in = make_inputs(n, t.rng, false);
   Dev<float> p(n), m(n), h(n), g(n);
   Dev<bf16> w(n), w2(n);
   p.upload(in.p), m.upload(in.m), h.upload(in.h), g.upload(in.g);
-  const RoundingKey key{seed, 99, 0};
+  const RoundingKey key{t.seed, 99, 0};
   cuda::sophia_step<float, bf16>(p.get(), m.get(), h.get(), g.get(), w.get(), n, DecayRanges{},
                                  sophia_consts(), key, nullptr, nullptr);
   cuda::stochastic_round<bf16>(p.get(), w2.get(), n, key, nullptr);
   const auto a = w.download();
-  const auto b = w2.download();
-  size_t diff = 0;
-  for (size_t i = 0; i < n; ++i) diff += bits16(a[i]) != bits16(b[i]);
-  EXPECT_EQ(diff, 0u);
+  EXPECT_EQ(bits_differ(a, w2.download()), 0u);
   // A different step draws different roundings (most elements are not representable).
-  cuda::stochastic_round<bf16>(p.get(), w2.get(), n, RoundingKey{seed, 100, 0}, nullptr);
-  const auto c = w2.download();
-  diff = 0;
-  for (size_t i = 0; i < n; ++i) diff += bits16(a[i]) != bits16(c[i]);
-  EXPECT_GT(diff, n / 10);
+  cuda::stochastic_round<bf16>(p.get(), w2.get(), n, RoundingKey{t.seed, 100, 0}, nullptr);
+  EXPECT_GT(bits_differ(a, w2.download()), n / 10);
 }

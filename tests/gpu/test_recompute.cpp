@@ -27,6 +27,7 @@
 #include "model/gpt2.h"
 #include "test_kernels_util.h"
 #include "cpu/cpu_backend.h"
+#include "test_model.h"
 
 namespace sgpt::test {
 namespace {
@@ -39,19 +40,8 @@ size_t bits_differ(const std::vector<float>& a, const std::vector<float>& b) {
   return diff;
 }
 
-std::vector<float> init(const ModelConfig& cfg, uint64_t seed) {
-  const ParamLayout layout = ParamLayout::make(cfg);
-  std::vector<float> p(layout.total);
-  init_params(p.data(), cfg, layout, seed);
-  if (cfg.bias) {  // non-zero biases and LayerNorm parameters: every term of every recompute matters
-    Rng rng(seed + 1);
-    for (int t : {kLn1w, kLn1b, kQkvb, kAttprojb, kLn2w, kLn2b, kFcb, kFcprojb, kLnfw, kLnfb}) {
-      auto r = rng.normal(layout.size[t], 0.1f, t == kLn1w || t == kLn2w || t == kLnfw ? 1.0f : 0.0f);
-      std::copy(r.begin(), r.end(), p.begin() + layout.offset[t]);
-    }
-  }
-  return p;
-}
+// With biases, non-zero biases and LayerNorm parameters: every term of every recompute matters.
+std::vector<float> init(const ModelConfig& cfg, uint64_t seed) { return test_params(cfg, seed, cfg.bias); }
 
 // Everything a run produces, in order.
 struct Trace {
@@ -160,17 +150,9 @@ std::vector<Trace> expect_identical(const Case& c, const std::string& label) {
   return t;
 }
 
+// 3 layers, block 40, vocabulary 97 (padded to 128), biases.
 ModelConfig odd_config(int n_embd, int n_head) {
-  ModelConfig c;
-  c.n_layer = 3;
-  c.n_head = n_head;
-  c.n_embd = n_embd;
-  c.block_size = 40;
-  c.vocab_size = 97;
-  c.padded_vocab_size = 128;
-  c.bias = true;
-  c.scale_attn_by_inverse_layer_idx = true;
-  return c;
+  return sgpt_test::model_config(3, n_head, n_embd, 40, 97, 128, /*bias=*/true);
 }
 
 std::vector<AttentionImpl> attentions(Precision prec) {
@@ -224,12 +206,6 @@ TEST(Recompute, BitIdenticalOddSizes) {
 TEST(Recompute, BitIdentical124MMicroStep) {
   SGPT_SKIP_WITHOUT_GPU();
   ModelConfig cfg;  // GPT-2 124M: 12 layers, 12 heads, 768 wide, vocab 50257 padded to 50304
-  cfg.n_layer = 12;
-  cfg.n_head = 12;
-  cfg.n_embd = 768;
-  cfg.block_size = 1024;
-  cfg.vocab_size = 50257;
-  cfg.padded_vocab_size = 50304;
   cfg.bias = true;
   const int B = 2, T = 1024;
   for (Precision prec : {Precision::kFp32, Precision::kBf16}) {

@@ -22,16 +22,19 @@
 #include "data/loader.h"
 #include "cpu/cpu_backend.h"
 #include "train/trainer.h"
-#include "test_shards.h"
+#include "test_corpus.h"
+#include "test_kernels_util.h"
+#include "test_model.h"
+#include "test_scratch.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
 
 namespace {
 
-bool gpu_or_skip() {
-  std::string why;
-  return cuda_usable(&why);
+// A learnable corpus over the model's vocabulary of 500.
+std::string pattern_shard(const fs::path& path, size_t n, uint32_t seed) {
+  return sgpt_test::write_pattern_shard(path, 500, n, seed, sgpt_test::kGpuRecurrence);
 }
 
 Config make_config(const std::string& train_path, int steps) {
@@ -45,31 +48,20 @@ Config make_config(const std::string& train_path, int steps) {
   })");
   j["schedule"] = {{"warmup_iters", 2}, {"lr_decay_iters", steps}, {"max_steps", steps}};
   j["data"] = {{"train", train_path}};
-  Config c = config_from_json(j, "test");
-  c.validate();
-  return c;
-}
-
-std::vector<float> init(const Config& c) {
-  const ParamLayout L = ParamLayout::make(c.model);
-  std::vector<float> p(L.total);
-  init_params(p.data(), c.model, L, c.seed);
-  return p;
+  return sgpt_test::validated_config(j, "test");
 }
 
 TrainResult run(const Config& c, Backend& be) {
-  TrainOptions o;  // no run directory: nothing written
-  o.quiet = true;
-  return train(c, be, o);
+  return train(c, be, sgpt_test::quiet_run(""));  // no run directory: nothing written
 }
 
 }  // namespace
 
 TEST(TrainGpu, Fp32TenStepsMatchCpuReference) {
-  if (!gpu_or_skip()) GTEST_SKIP() << "no usable GPU";
-  const fs::path dir = fs::temp_directory_path() / ("sgpt_train_gpu_" + std::to_string(::getpid()));
-  const Config c = make_config(pattern_shard(dir, "train.bin", 500, 100000, 1), 10);
-  const std::vector<float> p0 = init(c);
+  SGPT_SKIP_WITHOUT_GPU();
+  const fs::path dir = sgpt_test::scratch_path("train_gpu", "fp32");
+  const Config c = make_config(pattern_shard(dir / "train.bin", 100000, 1), 10);
+  const std::vector<float> p0 = sgpt_test::initial_params(c.model, c.seed);
   auto cpu = make_cpu_backend(c.model, 4, 64, p0);
   auto gpu = make_cuda_backend(c.model, 4, 64, Precision::kFp32, p0);
   const TrainResult rc = run(c, *cpu), rg = run(c, *gpu);
@@ -97,14 +89,13 @@ TEST(TrainGpu, Fp32TenStepsMatchCpuReference) {
       EXPECT_LE(std::sqrt(num / den), 1e-4) << slot << " " << param_tensor_name(t);
     }
   }
-  fs::remove_all(dir);
 }
 
 TEST(TrainGpu, Bf16TracksFp32Over200Steps) {
-  if (!gpu_or_skip()) GTEST_SKIP() << "no usable GPU";
-  const fs::path dir = fs::temp_directory_path() / ("sgpt_train_bf16_" + std::to_string(::getpid()));
-  const Config c = make_config(pattern_shard(dir, "train.bin", 500, 400000, 2), 200);
-  const std::vector<float> p0 = init(c);
+  SGPT_SKIP_WITHOUT_GPU();
+  const fs::path dir = sgpt_test::scratch_path("train_gpu", "bf16");
+  const Config c = make_config(pattern_shard(dir / "train.bin", 400000, 2), 200);
+  const std::vector<float> p0 = sgpt_test::initial_params(c.model, c.seed);
   auto f32 = make_cuda_backend(c.model, 4, 64, Precision::kFp32, p0);
   const TrainResult a = run(c, *f32);
   ASSERT_EQ(a.train_losses.size(), 200u);
@@ -131,5 +122,4 @@ TEST(TrainGpu, Bf16TracksFp32Over200Steps) {
     std::printf("bf16 (%s attention) vs fp32 over 200 steps: worst 20-step window difference %.4f "
                 "relative; fp32 loss %.3f -> %.3f\n", name, worst, first, last);
   }
-  fs::remove_all(dir);
 }

@@ -1,4 +1,4 @@
-// Scratch space for the CPU tests: <system temp>/sgpt_<suite>_<pid>/<name>. Each test process
+// Scratch space for the CPU and GPU tests: <system temp>/sgpt_<suite>_<pid>/<name>. Each test process
 // (ctest runs one per test) has its own roots; they are removed when the process's tests end if
 // every test passed, and kept for a look when one failed.
 #pragma once
