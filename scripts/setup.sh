@@ -4,7 +4,7 @@
 # Idempotent: what is already there is left alone.
 #
 # Libraries and tools of the project (CLI11, nlohmann-json, GoogleTest, PCRE2, liblzma, libarchive,
-# Open MPI, gnuplot, python3, clang + its sanitizer/libFuzzer runtime for scripts/fuzz.sh): a
+# Open MPI, gnuplot, python3, clang + its sanitizer/libFuzzer runtime for scripts/dev/fuzz.sh): a
 # package not installed at the pinned version is installed at it.
 # Build tools: CMake >= 3.24, g++ >= 12 with make (build-essential), pkg-config, node >= 18 and npm
 # (scripts/fetch_assets.sh): installed, pinned, only when the tool is missing or too old, so a

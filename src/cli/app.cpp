@@ -1,4 +1,6 @@
-// sophiagpt: GPT-2 pretraining with Sophia-G (and AdamW), CPU reference and CUDA backends.
+// The sophiagpt command line: its subcommands (cli/commands.h) and the exit codes of every error
+// (2: the user's input, 3: an internal error). src/main.cpp calls it; so does the test build of
+// the executable that injects faults (tests/faults/).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <csignal>
@@ -61,7 +63,8 @@ std::string unknown_subcommand(CLI::App& app, int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace sgpt {
+int run_sophiagpt(int argc, char** argv) {
   // A write past the file-size limit (ulimit -f) fails with EFBIG, and the writer reports it
   // naming the file, instead of the process dying by SIGXFSZ without a word.
   std::signal(SIGXFSZ, SIG_IGN);
@@ -91,3 +94,4 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+}  // namespace sgpt

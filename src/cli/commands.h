@@ -9,4 +9,6 @@ void add_train_commands(CLI::App& app);  // train, eval, sample       (src/cli/t
 void add_data_commands(CLI::App& app);   // tokenize, prepare         (src/cli/data_commands.cpp)
 void add_bench_commands(CLI::App& app);  // bench optimizer|train     (src/cli/bench_command.cpp)
 void add_export_commands(CLI::App& app); // export, logits           (src/cli/export_command.cpp)
+// The whole command line: parses argv, runs the subcommand, returns the exit code (src/cli/app.cpp).
+int run_sophiagpt(int argc, char** argv);
 }  // namespace sgpt

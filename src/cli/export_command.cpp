@@ -14,7 +14,7 @@
 //          [--overwrite]
 //       The fp32 CPU reference forward of one sequence (length <= block_size); FILE gets the
 //       logits [T, V] as raw little-endian float32 (V = the real vocabulary, not the padded one),
-//       for checkers outside the program (scripts/check_hf_export.py). FILE is written as the
+//       for checkers outside the program (scripts/dev/check_hf_export.py). FILE is written as the
 //       llmc export is: an existing one only with --overwrite, never a link, device, pipe or a
 //       file of a run directory.
 //

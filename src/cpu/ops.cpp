@@ -585,29 +585,9 @@ void sample_labels(int* targets, const F* logits, int N, int T, int V, int Vp, u
 }
 
 // ---------------------------------------------------------------------------------------------
-// Explicit instantiations for float (the reference) and double (finite-difference tests).
-
-#define SGPT_INSTANTIATE_OPS(F)                                                                  \
-  template void encoder_forward<F>(F*, const int*, const F*, const F*, int, int, int);           \
-  template void encoder_backward<F>(F*, F*, const F*, const int*, int, int, int);                \
-  template void layernorm_forward<F>(F*, F*, F*, const F*, const F*, const F*, int, int);        \
-  template void layernorm_backward<F>(F*, F*, F*, const F*, const F*, const F*, const F*,        \
-                                      const F*, int, int);                                       \
-  template void matmul_forward<F>(F*, const F*, const F*, const F*, int, int, int);              \
-  template void matmul_backward<F>(F*, F*, F*, const F*, const F*, const F*, int, int, int);     \
-  template void attention_forward<F>(F*, F*, const F*, int, int, int, int, F);                   \
-  template void attention_backward<F>(F*, const F*, const F*, const F*, int, int, int, int, F);  \
-  template void gelu_forward<F>(F*, const F*, size_t);                                           \
-  template void gelu_backward<F>(F*, const F*, const F*, size_t);                                \
-  template void residual_forward<F>(F*, const F*, const F*, size_t);                             \
-  template void crossentropy_forward<F>(F*, const F*, const int*, int, int, int);                \
-  template void crossentropy_backward<F>(F*, const F*, const int*, F, int, int, int);            \
-  template void sample_labels<F>(int*, const F*, int, int, int, int, uint64_t, uint32_t, uint32_t);
-
-SGPT_INSTANTIATE_OPS(float)
-SGPT_INSTANTIATE_OPS(double)
-// Dual numbers (exact Hessian-vector products, cpu/dual.h): the ops the model uses.
-#undef SGPT_INSTANTIATE_OPS
+// Explicit instantiations. Every op for every number type: float (the reference), double (the finite-difference tests)
+// and dual numbers (exact Hessian-vector products, cpu/dual.h); the GNB label sampling for the
+// first two.
 #define SGPT_INSTANTIATE_OPS(F)                                                                  \
   template void encoder_forward<F>(F*, const int*, const F*, const F*, int, int, int);           \
   template void encoder_backward<F>(F*, F*, const F*, const int*, int, int, int);                \
@@ -623,8 +603,13 @@ SGPT_INSTANTIATE_OPS(double)
   template void residual_forward<F>(F*, const F*, const F*, size_t);                             \
   template void crossentropy_forward<F>(F*, const F*, const int*, int, int, int);                \
   template void crossentropy_backward<F>(F*, const F*, const int*, F, int, int, int);
+
+SGPT_INSTANTIATE_OPS(float)
+SGPT_INSTANTIATE_OPS(double)
 SGPT_INSTANTIATE_OPS(Dual<float>)
 SGPT_INSTANTIATE_OPS(Dual<double>)
+template void sample_labels<float>(int*, const float*, int, int, int, int, uint64_t, uint32_t, uint32_t);
+template void sample_labels<double>(int*, const double*, int, int, int, int, uint64_t, uint32_t, uint32_t);
 #undef SGPT_INSTANTIATE_OPS
 
 }  // namespace sgpt::cpu

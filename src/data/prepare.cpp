@@ -228,8 +228,8 @@ std::vector<std::string> existing_prepared_files(const std::string& dir) {
   return found;
 }
 
-nlohmann::json run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
-  // ---- options and output directory ----
+namespace {
+void check_prepare_options(const PrepareOptions& opt) {
   if (opt.output_dir.empty()) throw UserError("prepare: --output-dir is required");
   if (!(opt.val_fraction >= 0.0 && opt.val_fraction < 1.0))
     throw UserError("prepare: --val-fraction must be in [0, 1), got " + std::to_string(opt.val_fraction));
@@ -237,6 +237,75 @@ nlohmann::json run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
     throw UserError("prepare: --shard-tokens must be in [1, 2^31-1], got " + std::to_string(opt.shard_tokens));
   if (opt.text_field.empty()) throw UserError("prepare: --text-field must not be empty");
   if (opt.threads < 0) throw UserError("prepare: --threads must be >= 0 (0: every core)");
+}
+
+// The prepared files already in the output folder, which this run will replace. Only regular
+// files are ever replaced: a link under a shard's name (whose target lies elsewhere), a folder, a
+// device or a pipe is left alone and the run refused; so is any old output without --overwrite.
+std::vector<std::string> replaceable_outputs(const PrepareOptions& opt) {
+  std::error_code ec;
+  const std::vector<std::string> old = existing_prepared_files(opt.output_dir);
+  for (const std::string& name : old) {
+    const fs::path p = fs::path(opt.output_dir) / name;
+    const fs::file_status st = fs::symlink_status(p, ec);
+    if (fs::is_regular_file(st)) continue;
+    throw UserError(p.string() + ": " +
+                    (fs::is_symlink(st)     ? "a symbolic link"
+                     : fs::is_directory(st) ? "a folder"
+                                            : "not a regular file (a device, a pipe or a socket)") +
+                    " under a name prepare writes: it is never replaced; remove it or choose another --output-dir");
+  }
+  if (!old.empty() && !opt.overwrite) {
+    std::string list;
+    for (size_t i = 0; i < old.size() && i < 3; ++i) list += (i ? ", " : "") + old[i];
+    if (old.size() > 3) list += ", ...";
+    throw UserError(opt.output_dir + ": already holds prepared data (" + list +
+                    "); pass --overwrite to replace it, or choose another --output-dir");
+  }
+  return old;
+}
+
+nlohmann::json make_manifest(const PrepareOptions& opt, const Tokenizer& tok, const DocumentReader& reader,
+                             const SplitWriter& train, const SplitWriter& val, uint64_t train_docs,
+                             uint64_t val_docs) {
+  nlohmann::json inputs = nlohmann::json::array();
+  for (const InputStats& s : reader.stats())
+    inputs.push_back({{"path", s.input}, {"documents", s.documents}, {"empty_documents", s.empty_documents},
+                      {"bytes", s.bytes}, {"files", s.files}, {"skipped", s.skipped}});
+  nlohmann::json shards = nlohmann::json::array();
+  for (const SplitWriter* w : {&val, &train})
+    for (const auto& [name, n] : w->files())
+      shards.push_back({{"file", name}, {"split", w == &val ? "val" : "train"}, {"tokens", n}});
+  nlohmann::json manifest = {
+      {"created_by", "sophiagpt prepare"},
+      {"format", token_format_name(opt.format)},
+      {"inputs", inputs},
+      {"text_field", opt.text_field},
+      {"seed", opt.seed},
+      {"val_fraction", opt.val_fraction},
+      {"documents", {{"train", train_docs}, {"val", val_docs}}},
+      {"tokens", {{"train", train.tokens()}, {"val", val.tokens()}}},
+      {"invalid_utf8_replacements", reader.utf8_replacements()},
+      {"tokenizer",
+       {{"name", "gpt2"}, {"encoder_json_sha256", tok.encoder_sha256()},
+        {"vocab_bpe_sha256", tok.vocab_sha256()}, {"vocab_size", tok.vocab_size()}, {"eot", tok.eot()}}},
+      {"shards", shards}};
+  if (opt.format == TokenFormat::kLlmc) manifest["shard_tokens"] = opt.shard_tokens;
+  return manifest;
+}
+
+void write_text_file(const std::string& path, const std::string& text) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) throw UserError(path + ": cannot create: " + std::strerror(errno));
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  if (std::fclose(f) != 0 || !ok) throw UserError(path + ": write error");
+}
+
+}  // namespace
+
+nlohmann::json run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
+  // ---- options and output directory ----
+  check_prepare_options(opt);
   DocumentReader reader(opt.inputs, opt.text_field, opt.allow_binary);
   reader.check_inputs();
   std::error_code ec;
@@ -259,26 +328,7 @@ nlohmann::json run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
     }
   } output{opt.output_dir, !existed, {}};
   output.lock = DirLock(opt.output_dir, "prepare");
-  const std::vector<std::string> old = existing_prepared_files(opt.output_dir);
-  // Only regular files are ever replaced: a link under a shard's name (whose target lies
-  // elsewhere), a folder, a device or a pipe is left alone and the run refused.
-  for (const std::string& name : old) {
-    const fs::path p = fs::path(opt.output_dir) / name;
-    const fs::file_status st = fs::symlink_status(p, ec);
-    if (fs::is_regular_file(st)) continue;
-    throw UserError(p.string() + ": " +
-                    (fs::is_symlink(st)     ? "a symbolic link"
-                     : fs::is_directory(st) ? "a folder"
-                                            : "not a regular file (a device, a pipe or a socket)") +
-                    " under a name prepare writes: it is never replaced; remove it or choose another --output-dir");
-  }
-  if (!old.empty() && !opt.overwrite) {
-    std::string list;
-    for (size_t i = 0; i < old.size() && i < 3; ++i) list += (i ? ", " : "") + old[i];
-    if (old.size() > 3) list += ", ...";
-    throw UserError(opt.output_dir + ": already holds prepared data (" + list +
-                    "); pass --overwrite to replace it, or choose another --output-dir");
-  }
+  const std::vector<std::string> old = replaceable_outputs(opt);
   remove_stale_temps(opt.output_dir);
   const int threads = opt.threads > 0 ? opt.threads : int(std::max(1u, std::thread::hardware_concurrency()));
 
@@ -362,37 +412,8 @@ nlohmann::json run_prepare(const PrepareOptions& opt, const Tokenizer& tok) {
                     " documents went to the validation split; lower --val-fraction");
 
   // ---- manifest ----
-  nlohmann::json inputs = nlohmann::json::array();
-  for (const InputStats& s : reader.stats())
-    inputs.push_back({{"path", s.input}, {"documents", s.documents}, {"empty_documents", s.empty_documents},
-                      {"bytes", s.bytes}, {"files", s.files}, {"skipped", s.skipped}});
-  nlohmann::json shards = nlohmann::json::array();
-  for (const SplitWriter* w : {&val, &train})
-    for (const auto& [name, n] : w->files())
-      shards.push_back({{"file", name}, {"split", w == &val ? "val" : "train"}, {"tokens", n}});
-  nlohmann::json manifest = {
-      {"created_by", "sophiagpt prepare"},
-      {"format", token_format_name(opt.format)},
-      {"inputs", inputs},
-      {"text_field", opt.text_field},
-      {"seed", opt.seed},
-      {"val_fraction", opt.val_fraction},
-      {"documents", {{"train", train_docs}, {"val", val_docs}}},
-      {"tokens", {{"train", train.tokens()}, {"val", val.tokens()}}},
-      {"invalid_utf8_replacements", reader.utf8_replacements()},
-      {"tokenizer",
-       {{"name", "gpt2"}, {"encoder_json_sha256", tok.encoder_sha256()},
-        {"vocab_bpe_sha256", tok.vocab_sha256()}, {"vocab_size", tok.vocab_size()}, {"eot", tok.eot()}}},
-      {"shards", shards}};
-  if (opt.format == TokenFormat::kLlmc) manifest["shard_tokens"] = opt.shard_tokens;
-  {
-    const std::string tmp = temps.add("manifest.json");
-    std::FILE* f = std::fopen(tmp.c_str(), "w");
-    if (!f) throw UserError(tmp + ": cannot create: " + std::strerror(errno));
-    const std::string text = manifest.dump(2) + "\n";
-    const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-    if (std::fclose(f) != 0 || !ok) throw UserError(tmp + ": write error");
-  }
+  const nlohmann::json manifest = make_manifest(opt, tok, reader, train, val, train_docs, val_docs);
+  write_text_file(temps.add("manifest.json"), manifest.dump(2) + "\n");
 
   // ---- commit: drop old files the new run does not replace, then rename everything ----
   const std::vector<std::string> now = temps.final_names();

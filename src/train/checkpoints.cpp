@@ -9,7 +9,7 @@
 #include "common/error.h"
 #include "model/checkpoint.h"
 #include "optim/optimizer.h"
-#include "train/test_fault.h"
+#include "train/train_hooks.h"
 #include "train/trainer.h"
 
 namespace sgpt {
@@ -70,7 +70,7 @@ void save_checkpoint(const Config& cfg, Backend& be, const DataLoader& train_loa
   // run (find_resume_checkpoint refuses a pair that does not belong together).
   st.meta["model_crc"] = write_model_file(mp, cfg.model, params);
   write_state_file(sp, st);
-  if (test_fault().mode == "corrupt" && test_fault().step == step) flip_a_byte(mp);
+  train_hooks().checkpoint_written(mp, step);
   try {
     verify_checkpoint_file(mp);
     verify_checkpoint_file(sp);
@@ -216,22 +216,6 @@ ResumePoint find_resume_checkpoint(const std::string& dir) {
     }
   }
   return rp;
-}
-
-int64_t latest_checkpoint(const std::string& dir) {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return -1;
-  int64_t best = -1;
-  const std::regex re("state_([0-9]{8})\\.bin");
-  for (const auto& e : fs::directory_iterator(dir)) {
-    std::smatch m;
-    const std::string name = e.path().filename().string();
-    if (std::regex_match(name, m, re)) {
-      const int64_t s = std::stoll(m[1]);
-      if (s > best && fs::exists(model_path(dir, s))) best = s;
-    }
-  }
-  return best;
 }
 
 }  // namespace sgpt

@@ -17,9 +17,6 @@
 
 namespace sgpt {
 
-// Newest step with both model_<step>.bin and state_<step>.bin in dir, or -1.
-int64_t latest_checkpoint(const std::string& dir);
-
 // The checkpoint --resume uses: the newest step whose two files both pass verify_checkpoint_file
 // (-1: none). `rejected` lists each newer checkpoint and why it was passed over; `unverified` is
 // set when the chosen one carries no checksums (written before they existed).

@@ -15,12 +15,10 @@ namespace sgpt {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace {
 double now_s() {
   using clock = std::chrono::steady_clock;
   return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
 }
-}  // namespace
 
 void check_hellaswag_file(const Config& cfg) {
   if (cfg.eval.hellaswag_every <= 0) return;

@@ -20,6 +20,9 @@
 
 namespace sgpt {
 
+// Seconds on a steady clock (for durations).
+double now_s();
+
 // eval.hellaswag_file must name a file when eval.hellaswag_every > 0 (UserError naming the key).
 void check_hellaswag_file(const Config& cfg);
 

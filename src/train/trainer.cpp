@@ -27,7 +27,7 @@
 #include "train/hooks.h"
 #include "train/step.h"
 #include "train/stop_signals.h"
-#include "train/test_fault.h"
+#include "train/train_hooks.h"
 #include "cpu/decode_cpu.h"
 #include "sample/sampling.h"
 #include "tokenizer/utf8.h"
@@ -46,11 +46,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-double now_s() {
-  using clock = std::chrono::steady_clock;
-  return std::chrono::duration<double>(clock::now().time_since_epoch()).count();
-}
 
 std::string fmt_duration(double s) {
   char b[32];
@@ -316,7 +311,6 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   EtaWindow eta;
   const int max_skips = oc.max_consecutive_skips;
   int64_t consecutive_skips = 0, first_skip = -1;
-  const bool nan_fault = test_fault().mode == "nan" && test_fault().rank == opt.rank;
   auto newest_checkpoint_text = [&]() -> std::string {
     if (res.last_checkpoint < 0) return "there is no checkpoint";
     return "the newest checkpoint is step " + std::to_string(res.last_checkpoint) + " ('" +
@@ -328,9 +322,10 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
 
     const double t0 = now_s();
     phase("a training step");
-    inject_fault(opt.rank, step);
+    train_hooks().step_start(opt.rank, step);
     const double lr = lr_at(step, oc.lr, oc.min_lr, cfg.schedule.warmup_iters, cfg.schedule.lr_decay_iters);
-    const StepOutcome o = train_step(be, next_batch, plan, step, lr, inp, tgt, nan_fault && step >= test_fault().step);
+    const StepOutcome o = train_step(be, next_batch, plan, step, lr, inp, tgt,
+                                     train_hooks().poison_loss(opt.rank, step));
     const double loss = o.loss;
     const bool finite = o.finite;
     if (finite) {

@@ -5,6 +5,9 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +15,7 @@
 #include "config/config.h"
 #include "model/gpt2.h"
 #include "cpu/cpu_backend.h"
+#include "train/checkpoints.h"
 #include "train/trainer.h"
 #ifdef SGPT_WITH_CUDA
 #include "cuda/cuda_backend.h"
@@ -75,6 +79,47 @@ inline sgpt::TrainResult train_new_run(const sgpt::Config& c, sgpt::Backend& be,
   const sgpt::TrainOptions o = quiet_run(out_dir);
   sgpt::prepare_run_dir(c, o);
   return sgpt::train(c, be, o);
+}
+
+// AdamW with the recipes' values (betas 0.9, 0.95, eps 1e-8, weight decay 0.1), for tests that call
+// Backend::optimizer_step themselves.
+inline sgpt::OptimizerConfig adamw_config() {
+  sgpt::OptimizerConfig o;
+  o.name = "adamw";
+  o.beta1 = 0.9;
+  o.beta2 = 0.95;
+  o.eps = 1e-8;
+  o.weight_decay = 0.1;
+  return o;
+}
+
+// The bytes of the file at `path` (empty when it cannot be read).
+inline std::vector<char> file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+// Trains `c` on the CPU as one run (dir/whole; `check` sees its result and folder), then as a run
+// stopped after `cut` steps and resumed to the end (dir/part). True when the two final model files
+// and state files are byte-identical.
+inline bool resumed_run_equals_whole(const sgpt::Config& c, int64_t cut, const std::filesystem::path& dir,
+                                     const std::function<void(const sgpt::TrainResult&, const std::string&)>& check) {
+  const std::string whole = (dir / "whole").string(), part = (dir / "part").string();
+  auto a = fresh_cpu_backend(c);
+  check(train_new_run(c, *a, whole), whole);
+  sgpt::Config first = c;
+  first.schedule.max_steps = cut;
+  auto b = fresh_cpu_backend(c);
+  train_new_run(first, *b, part);
+  sgpt::TrainOptions resume = quiet_run(part);
+  resume.resume = true;
+  auto b2 = fresh_cpu_backend(c);  // a new process starts from a fresh init, then loads
+  sgpt::prepare_run_dir(c, resume);
+  sgpt::train(c, *b2, resume);
+  const int64_t end = c.schedule.max_steps;
+  return file_bytes(sgpt::model_path(whole, end)) == file_bytes(sgpt::model_path(part, end)) &&
+         file_bytes(sgpt::state_path(whole, end)) == file_bytes(sgpt::state_path(part, end)) &&
+         !file_bytes(sgpt::model_path(whole, end)).empty();
 }
 
 #ifdef SGPT_WITH_CUDA

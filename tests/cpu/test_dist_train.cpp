@@ -65,10 +65,11 @@ Exec sh(const std::string& cmd) {
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out, s};
 }
 
-// The executable: $SGPT_EXE where the tests run away from the build tree (the GPU machine).
-std::string exe() {
-  const char* e = std::getenv("SGPT_EXE");
-  return e && *e ? e : SGPT_EXE;
+// The executable: $SGPT_EXE where the tests run away from the build tree (on a GPU host); with a
+// fault to inject, the failure tests' build ($SGPT_FAULT_EXE, tests/faults/).
+std::string exe(bool faults = false) {
+  const char* e = std::getenv(faults ? "SGPT_FAULT_EXE" : "SGPT_EXE");
+  return e && *e ? e : (faults ? SGPT_FAULT_EXE : SGPT_EXE);
 }
 
 std::string device() {
@@ -92,7 +93,7 @@ Exec train(int n, const std::string& args, const std::string& env = "") {
   std::string cmd = env.empty() ? "" : "env " + env + " ";
   if (n > 1)
     cmd += mpirun_prefix(n);
-  return sh(cmd + exe() + " train --device " + device() + " " + args);
+  return sh(cmd + exe(env.find("SGPT_TEST_FAULT") != std::string::npos) + " train --device " + device() + " " + args);
 }
 
 fs::path scratch(const std::string& name) { return sgpt_test::scratch_dir("dist", name); }
@@ -120,6 +121,9 @@ fs::path setup(const std::string& name, const std::string& optimizer = "sophiag"
   if (optimizer == "sophiag")
     c["optimizer"] = {{"name", "sophiag"}, {"lr", 3e-3}, {"min_lr", 3e-4}, {"rho", 0.05},
                       {"weight_decay", 0.1}, {"hessian_interval", 5}};
+  else if (optimizer == "sophiah")
+    c["optimizer"] = {{"name", "sophiah"}, {"lr", 3e-3}, {"min_lr", 3e-4}, {"rho", 0.01}, {"eps", 1e-12},
+                      {"beta1", 0.96}, {"weight_decay", 0.1}, {"hessian_interval", 5}};
   else
     c["optimizer"] = {{"name", "adamw"}, {"lr", 3e-3}, {"min_lr", 3e-4}, {"weight_decay", 0.1}};
   std::ofstream(d / "cfg.json") << c.dump(2);
@@ -153,10 +157,11 @@ void expect_logs_close(const fs::path& a, const fs::path& b, double tol, int64_t
     if (key.second < from) continue;
     auto it = lb.find(key);
     if (it == lb.end()) continue;
-    for (const char* q : {"loss", "grad_norm", "val_loss", "gnb_loss", "gnb_grad_norm", "win_rate", "h_l1", "h_l2"}) {
+    for (const char* q : {"loss", "grad_norm", "val_loss", "gnb_loss", "gnb_grad_norm", "win_rate", "h_l1", "h_l2",
+                          "h_negative_fraction"}) {
       if (!ra.contains(q)) continue;
       const double x = ra[q].get<double>(), y = it->second.at(q).get<double>();
-      const bool win = std::string(q) == "win_rate";
+      const bool win = std::string(q) == "win_rate" || std::string(q) == "h_negative_fraction";
       EXPECT_LE(win ? std::fabs(x - y) : rel(x, y), win ? kWinRate : key.second == 0 ? kStep0 : tol)
           << key.first << " step " << key.second << " " << q << ": " << x << " vs " << y
                                 << " (" << a.filename() << " vs " << b.filename() << ")";
@@ -226,6 +231,22 @@ TEST(DistTrain, RanksEqualOneProcessSophiaG) {
   double hs = 0;
   for (float x : h) hs += std::fabs(x);
   EXPECT_GT(hs, 0);
+}
+
+// Sophia-H: the Hutchinson pass on 2 ranks (each its micro-batches, the same probe u keyed by the
+// global parameter index, H u reduced like a gradient, each ZeRO-1 shard updating its slice of h)
+// equals one process.
+TEST(DistTrain, RanksEqualOneProcessSophiaH) {
+  const fs::path d = setup("sophiah", "sophiah");
+  expect_ok(train(1, args(d, "one")));
+  expect_ok(train(2, args(d, "two")));
+  // 20 train records, 4 Hutchinson passes, 3 evals.
+  expect_logs_close(d / "one", d / "two", kScalar, 0, 27);
+  EXPECT_LE(rel_l2(slot(d / "one", 20, "h"), slot(d / "two", 20, "h")), kVector);
+  EXPECT_LE(rel_l2(slot(d / "one", 20, "m"), slot(d / "two", 20, "m")), kVector);
+  EXPECT_LE(rel_l2(params(d / "one", 20), params(d / "two", 20)), kVector);
+  const auto log = read_log(d / "two");
+  EXPECT_TRUE(log.count({"hutchinson", 19})) << "no Hutchinson pass after step 19";
 }
 
 TEST(DistTrain, RanksEqualOneProcessAdamW) {

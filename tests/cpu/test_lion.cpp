@@ -5,7 +5,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <vector>
 
@@ -17,6 +16,9 @@
 #include "model/gpt2.h"
 #include "optim/lion.h"
 #include "optim/optimizer.h"
+#include "test_corpus.h"
+#include "test_model.h"
+#include "test_scratch.h"
 #include "train/checkpoints.h"
 #include "train/trainer.h"
 
@@ -79,24 +81,10 @@ TEST(Lion, RegisteredWithOneStateSlotAndNoEstimator) {
   EXPECT_THROW(optimizer_kind("lions"), std::invalid_argument);
 }
 
-namespace {
-ModelConfig tiny_model() {
-  ModelConfig m;
-  m.n_layer = 2;
-  m.n_head = 2;
-  m.n_embd = 16;
-  m.block_size = 8;
-  m.vocab_size = 40;
-  m.padded_vocab_size = 64;
-  m.bias = true;
-  return m;
-}
-}  // namespace
-
 TEST(Lion, BackendStepDecaysOnlyTheLinearWeights) {
   // Through the CPU backend: every element moves by exactly lr (plus decay where the tensor is
   // decayed) against the sign of b1*m + (1-b1)*g, here with m = 0: against sign(g).
-  const ModelConfig mc = tiny_model();
+  const ModelConfig mc = sgpt_test::model_config(2, 2, 16, 8, 40, 64, /*bias=*/true);
   const ParamLayout L = ParamLayout::make(mc);
   std::vector<float> p(L.total), g(L.total);
   for (size_t i = 0; i < L.total; ++i) {
@@ -126,90 +114,30 @@ TEST(Lion, BackendStepDecaysOnlyTheLinearWeights) {
 }
 
 namespace {
-fs::path scratch(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("sgpt_lion_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-// A token file in llm.c's format whose tokens follow a pattern a tiny model learns.
-std::string pattern_tokens(const fs::path& dir, const char* name, size_t n, int seed) {
-  std::vector<uint16_t> t(n);
-  uint32_t x = static_cast<uint32_t>(seed) * 2654435761u;
-  for (size_t i = 0; i < n; ++i) {
-    x = x * 1664525u + 1013904223u;
-    t[i] = static_cast<uint16_t>((i % 16 < 12) ? (i * 7 + i / 16) % 40 : (x >> 24) % 40);
-  }
-  int32_t header[256] = {20240520, 1, static_cast<int32_t>(n)};
-  const std::string path = (dir / name).string();
-  std::ofstream f(path, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(header), sizeof header);
-  f.write(reinterpret_cast<const char*>(t.data()), static_cast<std::streamsize>(t.size() * 2));
-  return path;
-}
-
 Config lion_config(const std::string& train, const std::string& val, int64_t steps) {
-  nlohmann::json j = {
-      {"model", {{"n_layer", 2}, {"n_head", 2}, {"n_embd", 32}, {"block_size", 16}, {"vocab_size", 40}, {"bias", false}}},
-      {"batch", {{"micro_batch_size", 8}, {"total_batch_tokens", 256}}},
-      {"schedule", {{"warmup_iters", 10}, {"lr_decay_iters", 200}, {"max_steps", steps}}},
-      {"eval", {{"every", 50}, {"batches", 2}}},
-      {"checkpoint", {{"every", 20}, {"keep", 10}}},
-      {"optimizer", {{"name", "lion"}, {"lr", 1e-3}, {"min_lr", 1e-4}, {"beta1", 0.95}, {"beta2", 0.98}, {"weight_decay", 0.3}}},
-      {"data", {{"train", train}, {"val", val}, {"format", "llmc"}}},
-      {"seed", 7}};
-  Config c = config_from_json(j, "lion");
-  c.validate();
-  return c;
-}
-
-std::unique_ptr<Backend> fresh(const Config& c) {
-  const ParamLayout L = ParamLayout::make(c.model);
-  std::vector<float> p(L.total);
-  init_params(p.data(), c.model, L, c.seed);
-  return make_cpu_backend(c.model, c.batch.micro_batch_size, c.model.block_size, p);
-}
-
-std::vector<char> bytes_of(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+  return sgpt_test::validated_config(
+      {{"model", {{"n_layer", 2}, {"n_head", 2}, {"n_embd", 32}, {"block_size", 16}, {"vocab_size", 40}, {"bias", false}}},
+       {"batch", {{"micro_batch_size", 8}, {"total_batch_tokens", 256}}},
+       {"schedule", {{"warmup_iters", 10}, {"lr_decay_iters", 200}, {"max_steps", steps}}},
+       {"eval", {{"every", 50}, {"batches", 2}}},
+       {"checkpoint", {{"every", 20}, {"keep", 10}}},
+       {"optimizer", {{"name", "lion"}, {"lr", 1e-3}, {"min_lr", 1e-4}, {"beta1", 0.95}, {"beta2", 0.98}, {"weight_decay", 0.3}}},
+       {"data", {{"train", train}, {"val", val}, {"format", "llmc"}}},
+       {"seed", 7}},
+      "lion");
 }
 }  // namespace
 
 TEST(Lion, TrainsAndResumesBitForBit) {
-  const fs::path dir = scratch("train");
-  const std::string tr = pattern_tokens(dir, "train.bin", 60000, 1);
-  const std::string va = pattern_tokens(dir, "val.bin", 6000, 2);
+  const fs::path dir = sgpt_test::scratch_dir("lion", "train");
+  const std::string tr = sgpt_test::write_pattern_shard(dir / "train.bin", 40, 60000, 1);
+  const std::string va = sgpt_test::write_pattern_shard(dir / "val.bin", 40, 6000, 2);
   const Config c = lion_config(tr, va, 60);
-
-  TrainOptions whole;
-  whole.out_dir = (dir / "whole").string();
-  whole.quiet = true;
-  prepare_run_dir(c, whole);
-  auto a = fresh(c);
-  const TrainResult r = train(c, *a, whole);
-  ASSERT_EQ(r.train_losses.size(), 60u);
-  EXPECT_LT(r.train_losses.back(), 0.75 * r.train_losses.front())
-      << "first " << r.train_losses.front() << " last " << r.train_losses.back();
-  // The state file holds Lion's one slot.
-  const TrainState st = read_state_file(state_path(whole.out_dir, 60));
-  EXPECT_EQ(st.slot_names, std::vector<std::string>{"m"});
-
-  // Stop at 40, resume to 60: the same model file.
-  Config c40 = c;
-  c40.schedule.max_steps = 40;
-  TrainOptions part;
-  part.out_dir = (dir / "part").string();
-  part.quiet = true;
-  prepare_run_dir(c40, part);
-  auto b = fresh(c);
-  train(c40, *b, part);
-  TrainOptions resume = part;
-  resume.resume = true;
-  auto b2 = fresh(c);
-  prepare_run_dir(c, resume);
-  train(c, *b2, resume);
-  EXPECT_EQ(bytes_of(model_path(whole.out_dir, 60)), bytes_of(model_path(part.out_dir, 60)));
-  fs::remove_all(dir);
+  EXPECT_TRUE(sgpt_test::resumed_run_equals_whole(c, 40, dir, [&](const TrainResult& r, const std::string& run) {
+    ASSERT_EQ(r.train_losses.size(), 60u);
+    EXPECT_LT(r.train_losses.back(), 0.75 * r.train_losses.front())
+        << "first " << r.train_losses.front() << " last " << r.train_losses.back();
+    // The state file holds Lion's one slot.
+    EXPECT_EQ(read_state_file(state_path(run, 60)).slot_names, std::vector<std::string>{"m"});
+  }));
 }

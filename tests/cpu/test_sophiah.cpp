@@ -34,6 +34,9 @@
 #include "train/checkpoints.h"
 #include "cpu/cpu_backend.h"
 #include "train/trainer.h"
+#include "test_corpus.h"
+#include "test_model.h"
+#include "test_scratch.h"
 
 using namespace sgpt;
 namespace fs = std::filesystem;
@@ -41,18 +44,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // A model small enough to form its Hessian: 1 layer, width 4, vocabulary 6 (8 rows), T = 4.
-ModelConfig micro_model(bool bias) {
-  ModelConfig m;
-  m.n_layer = 1;
-  m.n_head = 2;
-  m.n_embd = 4;
-  m.block_size = 4;
-  m.vocab_size = 6;
-  m.padded_vocab_size = 8;
-  m.bias = bias;
-  m.scale_attn_by_inverse_layer_idx = false;
-  return m;
-}
+ModelConfig micro_model(bool bias) { return sgpt_test::model_config(1, 2, 4, 4, 6, 8, bias, /*scale_attn=*/false); }
 
 struct Problem {
   ModelConfig cfg;
@@ -254,28 +246,6 @@ TEST(SophiaH, UpdateRuleByHand) {
 }
 
 namespace {
-fs::path scratch(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("sgpt_sophiah_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string pattern_tokens(const fs::path& dir, const char* name, size_t n, int seed) {
-  std::vector<uint16_t> t(n);
-  uint32_t x = static_cast<uint32_t>(seed) * 2654435761u;
-  for (size_t i = 0; i < n; ++i) {
-    x = x * 1664525u + 1013904223u;
-    t[i] = static_cast<uint16_t>((i % 16 < 12) ? (i * 7 + i / 16) % 40 : (x >> 24) % 40);
-  }
-  int32_t header[256] = {20240520, 1, static_cast<int32_t>(n)};
-  const std::string path = (dir / name).string();
-  std::ofstream f(path, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(header), sizeof header);
-  f.write(reinterpret_cast<const char*>(t.data()), static_cast<std::streamsize>(t.size() * 2));
-  return path;
-}
-
 Config sophiah_config(const std::string& train, const std::string& val, int64_t steps) {
   nlohmann::json j = {
       {"model", {{"n_layer", 2}, {"n_head", 2}, {"n_embd", 32}, {"block_size", 16}, {"vocab_size", 40}, {"bias", false},
@@ -289,67 +259,34 @@ Config sophiah_config(const std::string& train, const std::string& val, int64_t 
                      {"hessian_batch_fraction", 0.25}}},
       {"data", {{"train", train}, {"val", val}, {"format", "llmc"}}},
       {"seed", 7}};
-  Config c = config_from_json(j, "sophiah");
-  c.validate();
-  return c;
+  return sgpt_test::validated_config(j, "sophiah");
 }
 
-std::unique_ptr<Backend> fresh(const Config& c) {
-  const ParamLayout L = ParamLayout::make(c.model);
-  std::vector<float> p(L.total);
-  init_params(p.data(), c.model, L, c.seed);
-  return make_cpu_backend(c.model, c.batch.micro_batch_size, c.model.block_size, p);
-}
-
-std::vector<char> bytes_of(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
 }  // namespace
 
 TEST(SophiaH, TrainsLogsItsPassesAndResumesBitForBit) {
-  const fs::path dir = scratch("train");
-  const std::string tr = pattern_tokens(dir, "train.bin", 60000, 1);
-  const std::string va = pattern_tokens(dir, "val.bin", 6000, 2);
+  const fs::path dir = sgpt_test::scratch_dir("sophiah", "train");
+  const std::string tr = sgpt_test::write_pattern_shard(dir / "train.bin", 40, 60000, 1);
+  const std::string va = sgpt_test::write_pattern_shard(dir / "val.bin", 40, 6000, 2);
   const Config c = sophiah_config(tr, va, 40);
-  TrainOptions whole;
-  whole.out_dir = (dir / "whole").string();
-  whole.quiet = true;
-  prepare_run_dir(c, whole);
-  auto a = fresh(c);
-  const TrainResult r = train(c, *a, whole);
-  ASSERT_EQ(r.train_losses.size(), 40u);
-  EXPECT_LT(r.train_losses.back(), 0.8 * r.train_losses.front())
-      << "first " << r.train_losses.front() << " last " << r.train_losses.back();
-  // A Hutchinson record after every 5th step (steps 4, 9, ..., 39), each with its statistics.
-  std::ifstream log(fs::path(whole.out_dir) / "log.jsonl");
-  int passes = 0;
-  double negative = 0;
-  for (std::string line; std::getline(log, line);) {
-    const auto rec = nlohmann::json::parse(line);
-    if (rec.value("type", "") != "hutchinson") continue;
-    ++passes;
-    EXPECT_EQ(rec.at("step").get<int>() % 5, 4);
-    EXPECT_TRUE(rec.contains("h_negative_fraction") && rec.contains("win_rate") && rec.contains("h_l2"));
-    negative = rec.at("h_negative_fraction").get<double>();
-  }
-  EXPECT_EQ(passes, 8);
-  EXPECT_GT(negative, 0.0) << "u * Hu should give some negative entries of h";
-
-  Config c20 = c;
-  c20.schedule.max_steps = 20;  // stop between two passes (19 had one, 24 will)
-  TrainOptions part;
-  part.out_dir = (dir / "part").string();
-  part.quiet = true;
-  prepare_run_dir(c20, part);
-  auto b = fresh(c);
-  train(c20, *b, part);
-  TrainOptions resume = part;
-  resume.resume = true;
-  auto b2 = fresh(c);
-  prepare_run_dir(c, resume);
-  train(c, *b2, resume);
-  EXPECT_EQ(bytes_of(model_path(whole.out_dir, 40)), bytes_of(model_path(part.out_dir, 40)));
-  EXPECT_EQ(bytes_of(state_path(whole.out_dir, 40)), bytes_of(state_path(part.out_dir, 40)));
-  fs::remove_all(dir);
+  // Stopped at 22, between two passes (19 had one, 24 will), then resumed.
+  EXPECT_TRUE(sgpt_test::resumed_run_equals_whole(c, 22, dir, [&](const TrainResult& r, const std::string& run) {
+    ASSERT_EQ(r.train_losses.size(), 40u);
+    EXPECT_LT(r.train_losses.back(), 0.8 * r.train_losses.front())
+        << "first " << r.train_losses.front() << " last " << r.train_losses.back();
+    // A Hutchinson record after every 5th step (steps 4, 9, ..., 39), each with its statistics.
+    std::ifstream log(fs::path(run) / "log.jsonl");
+    int passes = 0;
+    double negative = 0;
+    for (std::string line; std::getline(log, line);) {
+      const auto rec = nlohmann::json::parse(line);
+      if (rec.value("type", "") != "hutchinson") continue;
+      ++passes;
+      EXPECT_EQ(rec.at("step").get<int>() % 5, 4);
+      EXPECT_TRUE(rec.contains("h_negative_fraction") && rec.contains("win_rate") && rec.contains("h_l2"));
+      negative = rec.at("h_negative_fraction").get<double>();
+    }
+    EXPECT_EQ(passes, 8);
+    EXPECT_GT(negative, 0.0) << "u * Hu should give some negative entries of h";
+  }));
 }

@@ -1,7 +1,7 @@
 // GPT-2 tokenizer: the test vectors of docs/design.md section 6, special-token handling, exact byte
 // round trips on random Unicode, long pieces, SHA-256 and UTF-8 against published vectors, and the
 // errors for a missing or altered vocabulary. (The comparison with an independent encoder on the
-// 10.8 MB demo corpus is scripts/check_tokenizer.sh.)
+// 10.8 MB demo corpus is scripts/dev/check_tokenizer.sh.)
 #include <gtest/gtest.h>
 
 #include <random>

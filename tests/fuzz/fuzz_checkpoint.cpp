@@ -4,7 +4,7 @@
 // the header checks). Acceptable: success or sgpt::UserError. A file that verify_checkpoint_file
 // accepts must also load.
 // With SGPT_FUZZ_WRITE_SEEDS=DIR set, the binary writes seed files with our own writers into DIR
-// and exits (scripts/fuzz.sh --seeds regenerates tests/fuzz/corpus/fuzz_checkpoint this way).
+// and exits (scripts/dev/fuzz.sh --seeds regenerates tests/fuzz/corpus/fuzz_checkpoint this way).
 #include <cstring>
 #include <string>
 #include <vector>

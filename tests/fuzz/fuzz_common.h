@@ -1,4 +1,4 @@
-// Shared helpers of the libFuzzer targets (scripts/fuzz.sh, docs/reliability.md "Sanitizers and
+// Shared helpers of the libFuzzer targets (scripts/dev/fuzz.sh, docs/reliability.md "Sanitizers and
 // fuzzing"). A finding is anything other than the documented way of refusing an input: a crash,
 // a sanitizer report, a hang, or an exception of a type the API does not promise.
 #pragma once

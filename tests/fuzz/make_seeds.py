@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of tests/fuzz/corpus/ that need no C++ writer (configs, token files,
-tokenizer text). The checkpoint seeds are written by our own writers: scripts/fuzz.sh --seeds.
+tokenizer text). The checkpoint seeds are written by our own writers: scripts/dev/fuzz.sh --seeds.
 Run from the repository root: python3 tests/fuzz/make_seeds.py"""
 import os
 import shutil

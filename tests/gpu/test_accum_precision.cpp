@@ -1,4 +1,4 @@
-// Measurement, not a test (disabled; run by scripts/accum_precision.sh): how much bf16 gradient
+// Measurement, not a test (disabled; run by scripts/dev/accum_precision.sh): how much bf16 gradient
 // accumulation changes the quantities Sophia-G uses, at a real training state.
 //
 // From the newest checkpoint of the run directory in SGPT_ACCUM_RUN (its config.json: GPT-2 with

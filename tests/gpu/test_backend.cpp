@@ -151,12 +151,7 @@ TEST(Backend, OptimizerStepsMatchCpuBitwise) {
   const auto g = rng.normal(n, 1e-3f);
   cpu->set("grad", g);
   gpu->set("grad", g);
-  OptimizerConfig adamw;
-  adamw.name = "adamw";
-  adamw.beta1 = 0.9;
-  adamw.beta2 = 0.95;
-  adamw.eps = 1e-8;
-  adamw.weight_decay = 0.1;
+  const OptimizerConfig adamw = sgpt_test::adamw_config();
   const OptimizerStep ac{&adamw, 6e-4, 1, 0};
   cpu->optimizer_step(ac, nullptr);
   gpu->optimizer_step(ac, nullptr);

@@ -200,12 +200,7 @@ TEST(Bf16State, RoundingFollowsTheSeed) {
     std::vector<float> g(be->layout().total);
     for (size_t i = 0; i < g.size(); ++i) g[i] = 1e-3f * static_cast<float>((i * 2654435761u) % 1000) / 1000.0f;
     be->set("grad", g);
-    OptimizerConfig adamw;
-    adamw.name = "adamw";
-    adamw.beta1 = 0.9;
-    adamw.beta2 = 0.95;
-    adamw.eps = 1e-8;
-    adamw.weight_decay = 0.1;
+    const OptimizerConfig adamw = sgpt_test::adamw_config();
     be->optimizer_step(OptimizerStep{&adamw, 1e-3, 1, 0}, nullptr);
     w.emplace_back();
     be->get("working", w.back());

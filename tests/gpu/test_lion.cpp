@@ -15,6 +15,7 @@
 #include "cuda/optimizer.h"
 #include "optim/lion.h"
 #include "test_kernels_util.h"
+#include "test_model.h"
 #include "cpu/cpu_backend.h"
 
 using namespace sgpt;
@@ -93,14 +94,7 @@ TEST(GpuLion, BitExactWithCpuOddSizesShardsAndWeights) {
 
 TEST(GpuLion, BackendStepsMatchCpuBackendBitwise) {
   SGPT_SKIP_WITHOUT_GPU();
-  ModelConfig cfg;
-  cfg.n_layer = 2;
-  cfg.n_head = 2;
-  cfg.n_embd = 32;
-  cfg.block_size = 16;
-  cfg.vocab_size = 50;
-  cfg.padded_vocab_size = 64;
-  cfg.bias = true;
+  const ModelConfig cfg = sgpt_test::model_config(2, 2, 32, 16, 50, 64, /*bias=*/true);
   const ParamLayout L = ParamLayout::make(cfg);
   std::mt19937_64 rng(5);
   std::normal_distribution<float> nd(0.0f, 0.02f);

@@ -93,12 +93,7 @@ Trace run(const Case& c, int recompute, const std::vector<float>& params, uint64
     be->get("grad", v);
     tr.add(st + "grad", v);
     if (s % 2 == 0) {
-      OptimizerConfig adamw;
-      adamw.name = "adamw";
-      adamw.beta1 = 0.9;
-      adamw.beta2 = 0.95;
-      adamw.eps = 1e-8;
-      adamw.weight_decay = 0.1;
+      const OptimizerConfig adamw = sgpt_test::adamw_config();
       be->optimizer_step(OptimizerStep{&adamw, 1e-3, s / 2 + 1, 0}, nullptr);
     } else {
       const OptimizerConfig sophia;  // beta1 0.965, rho 0.05, weight decay 0.2

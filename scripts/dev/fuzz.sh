@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Bounded fuzzing with libFuzzer (clang) + ASan + UBSan of the config loader, the token-file
 # reader, the checkpoint readers and the tokenizer (docs/reliability.md, "Sanitizers and fuzzing").
-#   scripts/fuzz.sh              build the targets (build-fuzz), run each FUZZ_SECONDS on a copy of
+#   scripts/dev/fuzz.sh              build the targets (build-fuzz), run each FUZZ_SECONDS on a copy of
 #                                its seed corpus tests/fuzz/corpus/<target>; any finding fails
-#   scripts/fuzz.sh --seeds      regenerate the checkpoint seeds with our own writers, then exit
-#   scripts/fuzz.sh TARGET...    only these targets
+#   scripts/dev/fuzz.sh --seeds      regenerate the checkpoint seeds with our own writers, then exit
+#   scripts/dev/fuzz.sh TARGET...    only these targets
 # Environment: FUZZ_SECONDS (default 30 per target), or FUZZ_RUNS (a fixed number of inputs with
 # the fixed seed FUZZ_SEED, default 1: the same inputs on every machine, so a run that passed here
 # passes in CI; scripts/test.sh uses this), FUZZ_BUILD_DIR (default build-fuzz),
@@ -12,7 +12,7 @@
 # FUZZ_BUILD_DIR/artifacts). Needs clang (scripts/setup.sh) and data/cache/gpt2
 # (scripts/fetch_assets.sh gpt2).
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 BUILD_DIR=${FUZZ_BUILD_DIR:-build-fuzz}
 JOBS=${JOBS:-$(nproc)}

@@ -1,5 +1,5 @@
 """A stand-in for the `wandb` module when the official Sophia trainers run as a comparison
-(scripts/official_compare.sh): every wandb.log() call becomes one JSON line in the file named by
+(scripts/dev/official_compare.sh): every wandb.log() call becomes one JSON line in the file named by
 SGPT_WANDB_LOG, so the official trainers' own metrics (loss, lr, hessian_norm, win_rate, val loss)
 are recorded without editing their code. Not used by sophiagpt."""
 import json

@@ -4,7 +4,7 @@
 # recipe, and records both programs' own metrics side by side (docs/study.md, "Agreement with the
 # official trainer"). Needs a machine with a GPU and PyTorch.
 #
-#   scripts/official_compare.sh OFFICIAL_DIR OUT_DIR RUN...
+#   scripts/dev/official_compare.sh OFFICIAL_DIR OUT_DIR RUN...
 #
 # OFFICIAL_DIR  a checkout of the official repository (commit a7e1572 was used); not read when
 #               only ours_* runs are asked for
@@ -25,7 +25,7 @@
 #   official_bf16_fp32att  official_bf16 with the attention scores q k^T computed in fp32 (a patched
 #                   copy of the official model.py in OUT_DIR, see make_fp32att)
 # NAME@S=GPU runs NAME with seed S: sophiagpt's `seed` = S; the official trainer's fixed seed 2099
-# becomes 2099 + S (scripts/official_shim/sitecustomize.py); the run is called NAME_sS.
+# becomes 2099 + S (scripts/dev/official_shim/sitecustomize.py); the run is called NAME_sS.
 # Recipe (the study's first comparison): GPT-2 124M (no biases, attention scaled by
 # 1/(layer+1)), 8 x 1024 tokens x 8 micro-steps = 65,536 tokens per step, Sophia-G lr 6e-4,
 # min_lr 1.5e-5, rho 0.05, weight decay 0.2, betas (0.965, 0.99), k = 10, clip 1.0, warmup 100,
@@ -43,12 +43,12 @@
 # Data: data/shards/study (scripts/study.sh prepare) as headerless uint16 files, read by random
 # windows by both programs (sophiagpt's data.format "nanogpt").
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ROOT=$PWD
 EXE=${SOPHIAGPT:-$ROOT/build/sophiagpt}
 STEPS=${STEPS:-300}
 die() { echo "official_compare: $*" >&2; exit 2; }
-(( $# >= 3 )) || die "usage: scripts/official_compare.sh OFFICIAL_DIR OUT_DIR RUN... (see the top of the script)"
+(( $# >= 3 )) || die "usage: scripts/dev/official_compare.sh OFFICIAL_DIR OUT_DIR RUN... (see the top of the script)"
 off=$1 out=$2
 shift 2
 wants_official=0 wants_ours=0
@@ -113,7 +113,7 @@ PY
 official() {  # TAG DTYPE GPU ACCUM COMPILE TF32 SEED [DIR]
   local tag=$1 dtype=$2 gpu=$3 accum=${4:-1} compile=${5:-${OFFICIAL_COMPILE:-True}} tf32=${6:-} seed=${7:-} dir=${8:-official}
   rm -f "$out/$tag.jsonl"
-  (cd "$out/$dir" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$ROOT/scripts/official_shim SGPT_WANDB_LOG=$out/$tag.jsonl \
+  (cd "$out/$dir" && CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$ROOT/scripts/dev/official_shim SGPT_WANDB_LOG=$out/$tag.jsonl \
     env ${tf32:+NVIDIA_TF32_OVERRIDE=$tf32} ${seed:+SGPT_OFFICIAL_SEED=$seed} \
     python3 train_sophiag.py config/train_gpt2_small_sophiag.py --dataset=study --batch_size=8 \
       --gradient_accumulation_steps="$accum" --total_bs=64 --max_iters="$STEPS" --lr_decay_iters=1000 \
@@ -162,4 +162,4 @@ for gpu in "${!lanes[@]}"; do
   (IFS=';'; for c in ${lanes[$gpu]}; do [[ -n $c ]] && eval "$c"; done) &
 done
 wait
-python3 scripts/official_compare.py "$out"
+python3 scripts/dev/official_compare.py "$out"

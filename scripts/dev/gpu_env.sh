@@ -1,5 +1,5 @@
 # Sourced by the GPU scripts (gpu_test.sh run, gpu_dist_test.sh, gpu_cli_check.sh,
-# accum_precision.sh): the binaries that `scripts/gpu_test.sh pack` packed on another host, and the
+# accum_precision.sh): the binaries that `scripts/dev/gpu_test.sh pack` packed on another host, and the
 # libraries they need on this one. The pack folder is $SGPT_PACK_DIR (default gpu-pack):
 # gpu-pack/gpu/ is used as it is, else it is unpacked from gpu-pack/gpu.tar.xz or, failing that,
 # gpu-pack/slim.tar.xz (sophiagpt and its MPI plugin alone). Sets BIN (the folder of sophiagpt,

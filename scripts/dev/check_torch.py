@@ -9,7 +9,7 @@ the mean cross-entropy over the same batches `sophiagpt eval` uses (sequence j =
 --expect LOSS it compares with sophiagpt's figure and exits 1 when the relative difference exceeds
 --rtol.
 
-    python3 scripts/check_torch.py --model runs/demo/sophiag/model_00000400.bin \\
+    python3 scripts/dev/check_torch.py --model runs/demo/sophiag/model_00000400.bin \\
         --shard data/shards/sotu/val_000000.bin --B 8 --batches 8 --expect 6.809 --rtol 1e-5
 
 The model here is written from GPT-2's definition, not from our code: pre-LayerNorm blocks (eps

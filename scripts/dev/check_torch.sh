@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# End-to-end check against PyTorch (scripts/check_torch.py), on a machine with a GPU and PyTorch:
+# End-to-end check against PyTorch (scripts/dev/check_torch.py), on a machine with a GPU and PyTorch:
 # trains three small models on the demo shards with the GPU backend (the demo config as it is: no biases,
 # scaled attention, head size 32; with biases and no layer scaling; head size 64), evaluates each
 # with sophiagpt (GPU fp32, CPU fp32, GPU bf16 with each attention implementation) and compares
 # every figure with PyTorch's float64 loss of the same model file on the same batches.
 #
-#   scripts/check_torch.sh SOPHIAGPT [OUT]     (default OUT: check-torch)
+#   scripts/dev/check_torch.sh SOPHIAGPT [OUT]     (default OUT: check-torch)
 #
 # Needs data/shards/sotu (scripts/demo.sh prepares it). Tolerances on the mean loss: fp32 1e-5
 # relative (the same model in float32 vs float64: rounding only); bf16 2^-9 ~ 2e-3 relative, one
 # bf16 rounding of the loss itself (weights and activations are each rounded to bf16 once per
 # stored value; their errors have random signs and average out over the 8,192 positions).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-bin=${1:?usage: scripts/check_torch.sh SOPHIAGPT [OUT]}
+cd "$(dirname "$0")/../.."
+bin=${1:?usage: scripts/dev/check_torch.sh SOPHIAGPT [OUT]}
 out=${2:-check-torch}
 mkdir -p "$out"
 fail=0
@@ -27,7 +27,7 @@ check() {  # name, rtol, sophiagpt eval arguments...
   loss=$(awk '{print $3}' <<<"$line")
   echo "== $name: sophiagpt $line"
   if [[ -z $loss ]]; then echo "   no loss printed"; fail=1; return; fi
-  python3 scripts/check_torch.py --model "$model" --shard $val --B $B --batches $batches \
+  python3 scripts/dev/check_torch.py --model "$model" --shard $val --B $B --batches $batches \
     --expect "$loss" --rtol "$rtol" | sed 's/^/   /' || fail=1
 }
 

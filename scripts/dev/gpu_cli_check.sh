@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end checks of the command line on a machine with a GPU, with the binaries that
-# `scripts/gpu_test.sh pack` packed (scripts/gpu_env.sh; set BIN for another build) and
+# `scripts/dev/gpu_test.sh pack` packed (scripts/dev/gpu_env.sh; set BIN for another build) and
 # data/shards/sotu; logs under $OUT (or ./gpu-logs). Each check
 # prints one line starting with PASS or FAIL; the exit status is the number of failures.
 #   1. train on the GPU (bf16, 40 steps) with samples and HellaSwag during training: the log's
@@ -12,10 +12,10 @@
 #   5. sampling speed at GPT-2 124M, 256 tokens, GPU vs CPU (reported, not a pass/fail)
 #   6. with OLD_SOPHIAGPT set: the same on the CPU with a build from before the KV cache
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
-source scripts/gpu_env.sh
+source scripts/dev/gpu_env.sh
 EXE=$BIN/sophiagpt
 d=$(mktemp -d)
 fails=0

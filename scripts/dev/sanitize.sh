@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The CPU suite under AddressSanitizer + UndefinedBehaviorSanitizer (docs/reliability.md,
 # "Sanitizers and fuzzing"). A separate build directory (build-asan); every finding fails the run.
-#   scripts/sanitize.sh        configure, build cpu_tests + sophiagpt + sophiagpt_mpi, run ctest -E gpu_tests
+#   scripts/dev/sanitize.sh        configure, build cpu_tests + sophiagpt + sophiagpt_mpi, run ctest -E gpu_tests
 # Environment: ASAN_BUILD_DIR (default build-asan), JOBS (default: number of cores), CC/CXX as usual.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 JOBS=${JOBS:-$(nproc)}

@@ -6,10 +6,10 @@
 #      byte-identical and log.jsonl's losses equal;
 #   2. with a GPU and BENCH=1 (default): `bench train` of both builds, interleaved A B A B, on the
 #      same GPU ($BENCH_ARGS, default a 124M model at micro-batch 64 x 1024, bf16).
-# Usage: scripts/compare_builds.sh OLD_EXE NEW_EXE OUT_DIR
+# Usage: scripts/dev/compare_builds.sh OLD_EXE NEW_EXE OUT_DIR
 # Exit status: 0 when every pair of runs agrees, 1 otherwise. Prints one line per comparison.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 old=$1 new=$2 out=$3
 mkdir -p "$out"
 compgen -G 'data/shards/sotu/train_*.bin' >/dev/null ||

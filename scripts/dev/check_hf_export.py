@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Checks one `sophiagpt export --format hf` folder with Hugging Face transformers (run by
-scripts/check_hf_export.sh, on a machine that has torch, transformers and safetensors; the program
+scripts/dev/check_hf_export.sh, on a machine that has torch, transformers and safetensors; the program
 itself never needs Python).
 
   check_hf_export.py --sophiagpt BIN --run RUN --hf DIR --shard VAL.bin [--hf-bf16 DIR] [--name NAME]

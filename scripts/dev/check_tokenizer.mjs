@@ -2,7 +2,7 @@
 // `sophiagpt prepare --format nanogpt --val-fraction 0` with what an independent encoder, the npm
 // package gpt-tokenizer (r50k_base = GPT-2's encoding, fetched by scripts/fetch_assets.sh), gives
 // for the same documents: <|endoftext|> then the document's tokens, documents in prepare's order.
-// Run by scripts/check_tokenizer.sh; usage:
+// Run by scripts/dev/check_tokenizer.sh; usage:
 //
 //   node check_tokenizer.mjs gen DIR N SEED          write N random Unicode documents DIR/rand_*.txt
 //   node check_tokenizer.mjs compare BIN INPUT...    INPUT: a directory of .txt, a .txt, or a
@@ -20,7 +20,7 @@ import { createRequire } from 'node:module';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const cache = process.env.SGPT_CACHE_DIR || path.join(root, 'data', 'cache');
 
 function die(msg) {

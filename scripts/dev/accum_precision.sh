@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bf16 vs fp32 gradient accumulation at the 125M recipe's 60 micro-steps (docs/decisions.md,
 # "Gradient accumulation precision"). On a machine with two GPUs, with the binaries that
-# `scripts/gpu_test.sh pack` packed (scripts/gpu_env.sh) and data/shards/study (scripts/study.sh
+# `scripts/dev/gpu_test.sh pack` packed (scripts/dev/gpu_env.sh) and data/shards/study (scripts/study.sh
 # prepare):
 #   1. the same Sophia-G run (configs/study/accum_124m_sophiag.json: GPT-2 124M, 8 x 1024 tokens x
 #      60 micro-steps, official 125M hyperparameters, STEPS steps) twice side by side, GPU 0 with
@@ -11,10 +11,10 @@
 #      accumulation, fp32 accumulation and all-fp32 arithmetic, from the same weights and data
 #      (tests/gpu/test_accum_precision.cpp).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
-source scripts/gpu_env.sh
+source scripts/dev/gpu_env.sh
 source scripts/lib/gpus.sh
 ngpu=$(sgpt_gpu_count)
 ((ngpu >= 2)) || { echo "accum_precision: needs two GPUs (nvidia-smi lists $ngpu)" >&2; exit 2; }

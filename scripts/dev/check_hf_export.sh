@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Hugging Face export against transformers itself (scripts/check_hf_export.py), on a machine
+# The Hugging Face export against transformers itself (scripts/dev/check_hf_export.py), on a machine
 # that has torch, transformers and safetensors (no GPU needed: the checks run on the CPU). Trains
 # four tiny models on the CPU (configs/tiny_cpu.json, 60 steps: biases on/off x
 # scale_attn_by_inverse_layer_idx on/off), exports each with `export --format hf` (and the last
@@ -7,16 +7,16 @@
 # argument, that its logits equal `sophiagpt logits` within 1e-3 of the logit scale, and that its
 # tokenizer encodes and decodes as `sophiagpt tokenize` does. One PASS/FAIL line per check.
 #
-#   scripts/check_hf_export.sh SOPHIAGPT WORKDIR
+#   scripts/dev/check_hf_export.sh SOPHIAGPT WORKDIR
 #
 # Needs data/shards/sotu (scripts/demo.sh prepares it; this script prepares it from
 # data/cache/sotu when only that is there) and the GPT-2 vocabulary in data/cache/gpt2
 # (scripts/fetch_assets.sh). Exit status 0 when every check passes, 1 otherwise, 2 on bad usage.
 set -uo pipefail
-usage="usage: scripts/check_hf_export.sh SOPHIAGPT WORKDIR"
+usage="usage: scripts/dev/check_hf_export.sh SOPHIAGPT WORKDIR"
 bin=$(realpath "${1:?$usage}") || exit 2
 work=$(realpath -m "${2:?$usage}") || exit 2
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 [[ -x $bin ]] || { echo "check_hf_export: '$bin' is not an executable" >&2; exit 2; }
 python3 -c "import numpy, torch, transformers, safetensors" ||
   { echo "check_hf_export: python3 needs numpy, torch, transformers and safetensors" >&2; exit 2; }
@@ -65,7 +65,7 @@ for variant in bias0_scale0 bias0_scale1 bias1_scale0 bias1_scale1; do
       echo "FAIL [$variant] export --dtype bf16"; fail=1
     fi
   fi
-  python3 scripts/check_hf_export.py --sophiagpt "$bin" --run "$dir/run" --hf "$dir/hf" --shard "$val" \
+  python3 scripts/dev/check_hf_export.py --sophiagpt "$bin" --run "$dir/run" --hf "$dir/hf" --shard "$val" \
     --name "$variant" "${extra[@]}" || fail=1
 done
 echo "check_hf_export: $([[ $fail == 0 ]] && echo "all checks passed" || echo "FAILURES")"

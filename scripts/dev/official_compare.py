@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""Side-by-side table of scripts/official_compare.sh's runs: validation loss, train loss, the L1
+"""Side-by-side table of scripts/dev/official_compare.sh's runs: validation loss, train loss, the L1
 norm of Sophia-G's h and the win rate (fraction of coordinates not clipped), by step.
 
-usage: scripts/official_compare.py OUT_DIR [--plot PNG [--runs NAME,NAME,...] [plot.py options]]
+usage: scripts/dev/official_compare.py OUT_DIR [--plot PNG [--runs NAME,NAME,...] [plot.py options]]
 
 --plot draws the validation losses of the runs (all, or --runs) into PNG with scripts/plot.py
 (gnuplot), after writing each run's evaluations as a sophiagpt-style log.jsonl in a temporary folder.
 
 The official trainer's numbers are what it logs itself (its wandb.log calls, recorded by
-scripts/official_shim/wandb.py): "val/loss", "train/loss", "hessian_norm" (sum of |h| after the
+scripts/dev/official_shim/wandb.py): "val/loss", "train/loss", "hessian_norm" (sum of |h| after the
 last GNB pass's EMA update) and "train/win_rate" (|m| < rho*bs*h after that update). sophiagpt's
 are from log.jsonl: eval val_loss, train loss, and from each GNB step's record h_l1 and win_rate,
 reduced inside that step's update, i.e. before its EMA update (docs/decisions.md, "Win rate")."""
@@ -111,5 +111,5 @@ if plot_args:
                     if v is not None:
                         f.write(json.dumps({"type": "eval", "step": st, "val_loss": v}) + "\n")
             logs.append(os.path.join(tmp, n) + "=" + n)
-        plot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plot.py")
+        plot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "plot.py")
         sys.exit(subprocess.call([sys.executable, plot, *logs, "-o", png, "--no-train", *rest]))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU tests and the step benchmark, also for running on another host than the one that builds: a
 # GPU host without compilers, for example.
-#   scripts/gpu_test.sh pack   build gpu_tests, cpu_tests, sophiagpt and its MPI plugin in
+#   scripts/dev/gpu_test.sh pack   build gpu_tests, cpu_tests, sophiagpt and its MPI plugin in
 #                              $BUILD_DIR (default build-gpu) and pack them, with the shared
 #                              libraries they need, into $SGPT_PACK_DIR (default gpu-pack): the
 #                              folder gpu-pack/gpu/, gpu-pack/gpu.tar.xz (all of it, to copy to the
@@ -9,15 +9,15 @@
 #                              NCCL, cuBLAS, cuDNN and MPI are not packed: the GPU host's own are
 #                              used. Configure $BUILD_DIR with -DSGPT_LIBARCHIVE=OFF for a pack
 #                              without libarchive and ICU.
-#   scripts/gpu_test.sh run    on the GPU host, in a checkout holding gpu-pack/ (unpacked from
-#                              gpu-pack/gpu.tar.xz if gpu-pack/gpu is absent; scripts/gpu_env.sh):
-#                              all GPU tests, the PyTorch check (scripts/check_torch.sh, when
+#   scripts/dev/gpu_test.sh run    on the GPU host, in a checkout holding gpu-pack/ (unpacked from
+#                              gpu-pack/gpu.tar.xz if gpu-pack/gpu is absent; scripts/dev/gpu_env.sh):
+#                              all GPU tests, the PyTorch check (scripts/dev/check_torch.sh, when
 #                              PyTorch and data/shards/sotu are there), the step benchmark and
 #                              `sophiagpt bench train $SGPT_BENCH_TRAIN_ARGS` (SGPT_BENCH=0 skips
 #                              the benchmarks); logs under $OUT (or ./gpu-logs)
-#   scripts/gpu_test.sh build  build on the GPU host itself (in build-gpu), then run as above
+#   scripts/dev/gpu_test.sh build  build on the GPU host itself (in build-gpu), then run as above
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 source scripts/lib/gpus.sh
 mode=${1:-run}
 out=${OUT:-gpu-logs}
@@ -28,10 +28,10 @@ pack)
   set -e
   b=${BUILD_DIR:-build-gpu}
   cmake -S . -B "$b" -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
-  cmake --build "$b" -j"$(nproc)" --target gpu_tests cpu_tests sophiagpt sophiagpt_mpi
+  cmake --build "$b" -j"$(nproc)" --target gpu_tests cpu_tests sophiagpt sophiagpt_faults sophiagpt_mpi
   p=${SGPT_PACK_DIR:-gpu-pack}
   rm -rf "$p/gpu" "$p"/gpu.tar.* "$p/slim.tar.xz" && mkdir -p "$p/gpu/lib"
-  for f in gpu_tests cpu_tests sophiagpt libsophiagpt_mpi.so; do strip -o "$p/gpu/$f" "$b/$f"; done
+  for f in gpu_tests cpu_tests sophiagpt sophiagpt_faults libsophiagpt_mpi.so; do strip -o "$p/gpu/$f" "$b/$f"; done
   # Every shared library except the C runtime, the CUDA libraries, NCCL and MPI, which the GPU
   # host has (NCCL alone is over 200 MB). A build with -DSGPT_LIBARCHIVE=OFF needs no
   # libarchive, libxml2 or ICU (about 30 MB less).
@@ -50,11 +50,11 @@ build)
   bin=build-gpu/gpu_tests
   ;;
 run)
-  source scripts/gpu_env.sh
+  source scripts/dev/gpu_env.sh
   bin=$BIN/gpu_tests
   ;;
 esac
-[[ $mode == build ]] && BIN=build-gpu source scripts/gpu_env.sh
+[[ $mode == build ]] && BIN=build-gpu source scripts/dev/gpu_env.sh
 
 sgpt_gpu_info | tee "$out/gpu.txt"
 ldd "$bin" | grep -E "not found|cublas|cudart" | tee "$out/ldd.txt"
@@ -66,7 +66,7 @@ cli=$(dirname "$bin")/sophiagpt
 [[ -x $cli ]] || cli=build-gpu/sophiagpt
 # The end-to-end check against PyTorch, where PyTorch and the demo shards are there.
 if [[ -x $cli && -f data/shards/sotu/val_000000.bin ]] && python3 -c 'import torch' 2>/dev/null; then
-  scripts/check_torch.sh "$cli" "$out/check-torch" 2>&1 | tee "$out/check_torch.log" | tail -1
+  scripts/dev/check_torch.sh "$cli" "$out/check-torch" 2>&1 | tee "$out/check_torch.log" | tail -1
 fi
 if [[ ${SGPT_BENCH:-1} == 1 ]]; then
   "$bin" --gtest_also_run_disabled_tests --gtest_filter='*Bench*' 2>&1 | tee "$out/bench.log" | grep -E "BENCH|FAIL|rror"

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Multi-GPU tests and benchmarks, on a machine with two or more GPUs, with the binaries that
-# `scripts/gpu_test.sh pack` packed (gpu-pack/gpu.tar.xz, see scripts/gpu_env.sh) and the demo
+# `scripts/dev/gpu_test.sh pack` packed (gpu-pack/gpu.tar.xz, see scripts/dev/gpu_env.sh) and the demo
 # shards data/shards/sotu. Logs under $OUT (or ./gpu-logs). docs/multi_gpu.md lists what each part shows; docs/performance.md has the figures.
-#   scripts/gpu_dist_test.sh tests    the DistTrain tests over NCCL (fp32 1 vs 2 GPUs, ZeRO-1 on/off,
+#   scripts/dev/gpu_dist_test.sh tests    the DistTrain tests over NCCL (fp32 1 vs 2 GPUs, ZeRO-1 on/off,
 #                                     resume across GPU counts, failing ranks, bf16 tracking and
 #                                     bit-reproducibility), then launches without mpirun: the TCP
 #                                     and file rendezvous (the same bits as under mpirun) and a rank
 #                                     killed mid-run (the other stops at dist.timeout_s)
-#   scripts/gpu_dist_test.sh launch   the launches without mpirun alone
-#   scripts/gpu_dist_test.sh bench [SECTION...]
+#   scripts/dev/gpu_dist_test.sh launch   the launches without mpirun alone
+#   scripts/dev/gpu_dist_test.sh bench [SECTION...]
 #                                     GPT-2 training steps on 1 and 2 GPUs; sections: nvlink
 #                                     (124M, AdamW and Sophia-G, ZeRO-1 on), sockets (NCCL over
 #                                     TCP sockets, with and without overlap, on all GPUs), sizes
@@ -17,19 +17,20 @@
 #                                     and Sophia-G f = 1 and 0.5, ZeRO-1 on and off; on 4 H200s
 #                                     about 5 and 8 minutes, estimated from the 1- and 2-GPU runs)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
-source scripts/gpu_env.sh
+source scripts/dev/gpu_env.sh
 source scripts/lib/gpus.sh
 EXE=$BIN/sophiagpt
+FAULT_EXE=$BIN/sophiagpt_faults  # the failure tests' build: SGPT_TEST_FAULT (tests/faults/)
 NGPU=$(sgpt_gpu_count)
 sgpt_mpirun 2  # SGPT_MPIRUN: two processes
 SHARDS=data/shards/sotu
 
 tests() {
   echo "==== DistTrain tests over NCCL ($NGPU GPUs)"
-  SGPT_EXE=$EXE SGPT_DIST_DEVICE=cuda SGPT_DIST_MAX_RANKS=$NGPU "$BIN/cpu_tests" --gtest_filter='DistTrain*' \
+  SGPT_EXE=$EXE SGPT_FAULT_EXE=$FAULT_EXE SGPT_DIST_DEVICE=cuda SGPT_DIST_MAX_RANKS=$NGPU "$BIN/cpu_tests" --gtest_filter='DistTrain*' \
     >"$out/dist_tests.log" 2>&1
   echo "exit $?"
   grep -E "^\[  (FAILED|PASSED|SKIPPED|     OK) |Failure|bf16, 2 GPUs" "$out/dist_tests.log" | head -40
@@ -90,7 +91,7 @@ launch() {
   local t0=$SECONDS pids=() r
   for ((r = 0; r < NGPU; ++r)); do
     local fault=(); ((r == 1)) && fault=(SGPT_TEST_FAULT=1:12:kill)
-    env RANK=$r WORLD_SIZE=$NGPU LOCAL_RANK=$r MASTER_PORT=29612 "${fault[@]}" "$EXE" train "${cfg[@]}" \
+    env RANK=$r WORLD_SIZE=$NGPU LOCAL_RANK=$r MASTER_PORT=29612 "${fault[@]}" "$FAULT_EXE" train "${cfg[@]}" \
       --set batch.total_batch_tokens=$((256 * NGPU)) --out-dir $d/kill >$d/kill$r.log 2>&1 &
     pids+=($!)
   done
@@ -103,7 +104,7 @@ launch() {
   t0=$SECONDS
   RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER_PORT=29613 "$EXE" train "${cfg[@]}" --out-dir $d/throw >$d/throw0.log 2>&1 &
   p0=$!
-  RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_PORT=29613 SGPT_TEST_FAULT=1:12:throw "$EXE" train "${cfg[@]}" \
+  RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER_PORT=29613 SGPT_TEST_FAULT=1:12:throw "$FAULT_EXE" train "${cfg[@]}" \
     --out-dir $d/throw >$d/throw1.log 2>&1 &
   local p1=$!
   wait $p1; echo "throwing rank 1: exit $? ($(tail -1 $d/throw1.log))"
