@@ -233,7 +233,7 @@ std::vector<Row> train_rows() {
       bad_value("range_model_block_size_0", "model.block_size=0", "model.block_size"),
       bad_value("range_model_vocab_size_1", "model.vocab_size=1", "model.vocab_size"),
       bad_value("range_model_vocab_size_65537", "model.vocab_size=65537", "model.vocab_size"),
-      bad_value("range_optimizer_name", "optimizer.name=lion", "optimizer.name"),
+      bad_value("range_optimizer_name", "optimizer.name=lamb", "optimizer.name"),
       bad_value("range_optimizer_lr_0", "optimizer.lr=0", "optimizer.lr"),
       bad_value("range_optimizer_lr_negative", "optimizer.lr=-1", "optimizer.lr"),
       bad_value("range_optimizer_min_lr_negative", "optimizer.min_lr=-1e-6", "optimizer.min_lr"),

@@ -191,7 +191,7 @@ TEST(Cli, EveryBadConfigValueExitsWithTheKeyPath) {
       {"optimizer.beta2=-0.1", "optimizer.beta2"},
       {"optimizer.hessian_interval=0", "optimizer.hessian_interval"},
       {"optimizer.hessian_batch_fraction=0", "optimizer.hessian_batch_fraction"},
-      {"optimizer.name=lion", "optimizer.name"},
+      {"optimizer.name=lamb", "optimizer.name"},
       {"model.n_head=3", "model.n_embd"},
       {"model.n_layer=\"two\"", "model.n_layer"},
       {"model.bias=2", "model.bias"},
