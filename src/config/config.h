@@ -62,6 +62,7 @@ struct EvalConfig {
 struct CheckpointConfig {
   int64_t every = 1000;  // 0 disables periodic checkpoints (a final one is still written)
   int keep = 2;          // periodic checkpoints kept (older ones deleted); >= 1
+  bool keep_best = false;  // also keep the checkpoint of the lowest validation loss (RunHooks)
 };
 
 struct LogConfig {

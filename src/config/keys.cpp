@@ -142,6 +142,10 @@ const std::vector<ConfigKey> kKeys = {
     KEY(checkpoint.every, at_least(0).with_note("(0 = only the final checkpoint)").quiet(),
         "write `model_<step>.bin` + `state_<step>.bin` every N steps; 0 = only at the end", kMay),
     KEY(checkpoint.keep, at_least(1).quiet(), "periodic checkpoints kept; older ones are deleted", kMay),
+    KEY(checkpoint.keep_best, any(),
+        "also keep the checkpoint with the lowest validation loss (among evaluations at checkpoint steps; its "
+        "eval record in log.jsonl says `\"best\": true`), like nanoGPT's save-on-improvement",
+        kMay),
 
     // ---- log ----
     KEY(log.every, at_least(1).quiet(), "console progress line every N steps (`log.jsonl` gets every step)", kMay),

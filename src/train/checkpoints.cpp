@@ -80,9 +80,9 @@ void save_checkpoint(const Config& cfg, Backend& be, const DataLoader& train_loa
   }
 }
 
-// Deletes all but the `keep` newest checkpoints; called only after checkpoint `protect` (the
-// newest) was written and verified.
-void prune_checkpoints(const std::string& dir, int keep, int64_t protect) {
+// Deletes all but the `keep` newest checkpoints and `also_keep` (-1: none); called only after
+// checkpoint `protect` (the newest) was written and verified.
+void prune_checkpoints(const std::string& dir, int keep, int64_t protect, int64_t also_keep) {
   std::vector<int64_t> steps;
   const std::regex re("state_([0-9]{8})\\.bin");
   for (const auto& e : fs::directory_iterator(dir)) {
@@ -93,7 +93,7 @@ void prune_checkpoints(const std::string& dir, int keep, int64_t protect) {
   std::sort(steps.begin(), steps.end());
   const int64_t n = static_cast<int64_t>(steps.size());
   for (int64_t i = 0; i + keep < n; ++i) {
-    if (steps[i] == protect) continue;
+    if (steps[i] == protect || steps[i] == also_keep) continue;
     std::error_code ec;
     fs::remove(state_path(dir, steps[i]), ec);
     fs::remove(model_path(dir, steps[i]), ec);

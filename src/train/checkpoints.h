@@ -43,7 +43,7 @@ std::vector<std::string> slot_names(const Config& cfg);
 void save_checkpoint(const Config& cfg, Backend& be, const DataLoader& train_loader, const std::string& dir,
                      int64_t step, bool write, const std::string& run_id);
 // Deletes all but the `keep` newest checkpoints; only after checkpoint `protect` was verified.
-void prune_checkpoints(const std::string& dir, int keep, int64_t protect);
+void prune_checkpoints(const std::string& dir, int keep, int64_t protect, int64_t also_keep = -1);
 // Loads checkpoint `step` of dir into the backend and the loader (UserError when it does not fit).
 void load_checkpoint(const Config& cfg, Backend& be, DataLoader& train_loader, const std::string& dir, int64_t step);
 

@@ -146,7 +146,17 @@ void RunHooks::evaluate(int64_t step) {
     be.average(&vl, 1);  // the mean over ranks of their sums
     vl = vl * opt.world / cfg.eval.batches;
     res.last_val_loss = vl;
-    log.write(json{{"type", "eval"}, {"step", step}, {"val_loss", vl}});
+    json rec{{"type", "eval"}, {"step", step}, {"val_loss", vl}};
+    // checkpoint.keep_best: the lowest loss among evaluations of a checkpointed model (the one of
+    // `step` is written at the end of the previous step, or at the end of the run).
+    const bool at_checkpoint = step > 0 && ((cfg.checkpoint.every > 0 && step % cfg.checkpoint.every == 0) ||
+                                            step == cfg.schedule.max_steps);
+    if (cfg.checkpoint.keep_best && at_checkpoint && (res.best_val_step < 0 || vl < res.best_val_loss)) {
+      res.best_val_step = step;
+      res.best_val_loss = vl;
+      rec["best"] = true;
+    }
+    log.write(rec);
     if (console()) {
       std::printf("step %lld: val loss %.4f\n", static_cast<long long>(step), vl);
       std::fflush(stdout);

@@ -47,6 +47,20 @@ using nlohmann::json;
 
 namespace {
 
+// checkpoint.keep_best on resume: the newest evaluation marked best up to the checkpoint resumed
+// from, in the earlier part's log.jsonl (an unreadable line is passed over).
+void restore_best(const std::string& log_path, int64_t start, TrainResult& res) {
+  std::ifstream f(log_path);
+  for (std::string line; std::getline(f, line);) {
+    const json r = json::parse(line, nullptr, false);
+    if (!r.is_object() || r.value("type", "") != "eval" || !r.value("best", false)) continue;
+    const int64_t s = r.value("step", int64_t(-1));
+    if (s < 0 || s > start) continue;
+    res.best_val_step = s;
+    res.best_val_loss = r.value("val_loss", 0.0);
+  }
+}
+
 std::string fmt_duration(double s) {
   char b[32];
   if (s < 60) std::snprintf(b, sizeof b, "%.0fs", s);
@@ -289,6 +303,7 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
   res.start_step = start;
 
   const std::string log_path = (fs::path(opt.out_dir) / "log.jsonl").string();
+  if (start > 0 && cfg.checkpoint.keep_best) restore_best(log_path, start, res);
   if (opt.start && main_rank && !opt.out_dir.empty()) opt.start->will_append(log_path);
   JsonlLog log(log_path, main_rank && !opt.out_dir.empty());
   // Console output (rank 0, unless quiet) ends for good when stdout fails (a closed pipe such as
@@ -366,7 +381,8 @@ TrainResult train(const Config& cfg, Backend& be, const TrainOptions& opt) {
         phase("a checkpoint");
         // Every rank takes part (sharded state is gathered); rank 0 writes, verifies, then prunes.
         save_checkpoint(cfg, be, train_loader, opt.out_dir, done, main_rank, opt.run_id);
-        if (main_rank) prune_checkpoints(opt.out_dir, cfg.checkpoint.keep, done);
+        if (main_rank)
+          prune_checkpoints(opt.out_dir, cfg.checkpoint.keep, done, cfg.checkpoint.keep_best ? res.best_val_step : -1);
         res.last_checkpoint = done;
         written = true;
       }

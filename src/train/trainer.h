@@ -67,6 +67,10 @@ struct TrainResult {
   bool stopped_by_signal = false;     // SIGINT / SIGTERM (on any rank) ended the run early
   int stop_signal = 0;                // the signal, when this rank received it (else 0)
   int64_t last_checkpoint = -1;       // newest checkpoint step written or resumed from (-1: none)
+  // The evaluation with the lowest validation loss at a checkpoint step (checkpoint.keep_best),
+  // this run's and, on resume, the earlier part's (from log.jsonl); -1 when none.
+  int64_t best_val_step = -1;
+  double best_val_loss = 0;
 };
 
 // Checks that out_dir can take a new run (refuses one that already holds a run unless resuming),
