@@ -3,14 +3,16 @@
 # demo corpus (233 State of the Union addresses, CC0, ~2M tokens), prepare it, train a small GPT-2
 # with Sophia-G (and with --compare also AdamW from the same initialisation), and draw the loss
 # curves. With a usable GPU (`sophiagpt info --gpu-usable`) it trains configs/demo_gpu.json (6
-# layers, 384 wide, bf16; about 2 minutes on an H100/H200), then prints a sample of the model's
-# text and the measured tokens/s and MFU; without one configs/demo.json on the CPU (several
-# minutes on 2 cores).
+# layers, 384 wide, bf16: the study's small model with its tuned Sophia-G recipe at 1.3 tokens per
+# parameter, docs/study.md; under a minute on an H100/H200), then prints a sample of the model's
+# text from the checkpoint with the lowest validation loss (it says which) and the measured
+# tokens/s and MFU; without one configs/demo.json on the CPU (several minutes on 2 cores).
 #
 #   scripts/demo.sh [--compare] [--device auto|cpu|cuda] [--config FILE] [--steps N] [--fresh]
 #                   [--no-setup] [--build-dir DIR] [--out DIR]
 #
-#   --compare       also train AdamW (same config, seed and init): twice the time
+#   --compare       also train AdamW (same model, data, seed and init; its own tuned values from
+#                   the config's companion CONFIG_adamw.json): twice the time
 #   --device        passed to `sophiagpt train` (default auto: the GPU if usable, else the CPU)
 #   --config        training config (default configs/demo_gpu.json with a usable GPU, else
 #                   configs/demo.json)
@@ -99,29 +101,38 @@ else
     --seed "$SPLIT_SEED" --overwrite
 fi
 
-# train NAME [--set ...]: trains into $OUT/NAME unless a finished run with the same settings is there.
+# train NAME CONFIG [--set ...]: trains into $OUT/NAME unless a finished run with the same settings
+# is there.
 train() {
-  local name=$1; shift
+  local name=$1 config=$2; shift 2
   local dir=$OUT/$name
   local sets=("--set" "data.train=$SHARDS/train_*.bin" "--set" "data.val=$SHARDS/val_*.bin" "$@")
   if [[ -n "$STEPS" ]]; then sets+=("--set" "schedule.max_steps=$STEPS" "--set" "schedule.lr_decay_iters=$STEPS"); fi
-  local key; key=$( { cat "$CONFIG"; printf '%s\n' "${sets[@]}" "$DEVICE"; } | sha256sum | cut -d' ' -f1)
+  local key; key=$( { cat "$config"; printf '%s\n' "${sets[@]}" "$DEVICE"; } | sha256sum | cut -d' ' -f1)
   if ((!FRESH)) && [[ -f "$dir/.demo-done" && "$(cat "$dir/.demo-done")" == "$key" ]]; then
     echo "$name: finished run with these settings already in $dir (--fresh to retrain)"
     return
   fi
   rm -rf "$dir"
   mkdir -p "$dir"
-  "$EXE" train --config "$CONFIG" --out-dir "$dir" --device "$DEVICE" "${sets[@]}"
+  "$EXE" train --config "$config" --out-dir "$dir" --device "$DEVICE" "${sets[@]}"
   echo "$key" > "$dir/.demo-done"
 }
 
 step 5/6 "train Sophia-G ($CONFIG, device $DEVICE)"
-train sophiag --set optimizer.name=sophiag
+train sophiag "$CONFIG" --set optimizer.name=sophiag
 logs=("$OUT/sophiag/log.jsonl=Sophia-G")
 if ((COMPARE)); then
-  step 5/6 "train AdamW from the same initialisation (same config and seed)"
-  train adamw --set optimizer.name=adamw
+  # AdamW with its own values (learning rate, betas, weight decay: configs/*_adamw.json beside the
+  # config, from the study's tuning), the same model, data, schedule and seed (same initialisation).
+  ADAMW_CONFIG=${CONFIG%.json}_adamw.json
+  if [[ -f $ADAMW_CONFIG ]]; then
+    step 5/6 "train AdamW ($ADAMW_CONFIG: its own tuned values; same model, data, seed and initialisation)"
+    train adamw "$ADAMW_CONFIG"
+  else
+    step 5/6 "train AdamW (no $ADAMW_CONFIG: only optimizer.name switched, so AdamW inherits Sophia-G's values)"
+    train adamw "$CONFIG" --set optimizer.name=adamw
+  fi
   logs+=("$OUT/adamw/log.jsonl=AdamW")
 fi
 
@@ -148,8 +159,30 @@ PY
 done
 if ((GPU)); then
   echo
-  echo "== sample from $OUT/sophiag (sophiagpt sample)"
-  "$EXE" sample --run "$OUT/sophiag" --prompt "My fellow citizens" --tokens 120 --seed 1 || echo "(sample failed)"
+  # The checkpoint with the lowest validation loss (checkpoint.keep_best marks its evaluation),
+  # else the newest: the small corpus is learnt by heart late in a run, so the best is earlier.
+  best=$(python3 - "$OUT/sophiag/log.jsonl" <<'PY'
+import json, sys
+best = None
+for l in open(sys.argv[1]):
+    try:
+        r = json.loads(l)
+    except ValueError:
+        continue
+    if isinstance(r, dict) and r.get("type") == "eval" and r.get("best"):
+        best = r
+if best:
+    print(best["step"], f"{best['val_loss']:.3f}")
+PY
+)
+  if [[ -n $best ]]; then
+    echo "== sample from $OUT/sophiag, step ${best% *}: the lowest validation loss (${best#* }) (sophiagpt sample)"
+    "$EXE" sample --run "$OUT/sophiag" --step "${best% *}" --prompt "My fellow citizens" --tokens 120 --seed 1 ||
+      echo "(sample failed)"
+  else
+    echo "== sample from $OUT/sophiag, its newest checkpoint (sophiagpt sample)"
+    "$EXE" sample --run "$OUT/sophiag" --prompt "My fellow citizens" --tokens 120 --seed 1 || echo "(sample failed)"
+  fi
   echo
   # Throughput of the run from its log: steps after the first 10 (warm-up), the mean step time.
   python3 - "$OUT/sophiag/log.jsonl" <<'PY'
