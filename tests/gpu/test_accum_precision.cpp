@@ -21,7 +21,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <regex>
 
 #include "config/config.h"
 #include "cuda/cuda_backend.h"
@@ -39,17 +38,6 @@ struct Measure {
   double win = 0;
 };
 
-int64_t newest_checkpoint(const std::string& dir) {
-  int64_t best = -1;
-  const std::regex re("state_([0-9]{8})\\.bin");
-  for (const auto& e : fs::directory_iterator(dir)) {
-    std::smatch m;
-    const std::string name = e.path().filename().string();
-    if (std::regex_match(name, m, re)) best = std::max<int64_t>(best, std::stoll(m[1]));
-  }
-  return best;
-}
-
 }  // namespace
 
 TEST(AccumPrecision, DISABLED_AtCheckpoint) {
@@ -58,7 +46,7 @@ TEST(AccumPrecision, DISABLED_AtCheckpoint) {
   std::string why;
   if (!cuda_usable(&why)) GTEST_SKIP() << why;
   const Config cfg = load_config((fs::path(run) / "config.json").string(), {});
-  const int64_t step = newest_checkpoint(run);
+  const int64_t step = find_resume_checkpoint(run).step;  // the newest checkpoint that verifies
   ASSERT_GT(step, 0) << "no checkpoint in " << run;
   const std::vector<float> master = read_model_file(model_path(run, step), cfg.model);
   const TrainState st = read_state_file(state_path(run, step));
