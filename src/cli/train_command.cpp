@@ -186,7 +186,11 @@ void check_host_memory(const Config& cfg, bool use_gpu) {
   const double L = cfg.model.n_layer, C = cfg.model.n_embd, NH = cfg.model.n_head, T = cfg.model.block_size;
   const double Vp = cfg.model.padded_vocab_size;
   double floats = 2 * P;  // the initial parameters and the copy the backend is built from
-  if (!use_gpu) floats += 4 * P + N * (L * (16 * C + NH * T + 4) + 16 * C + Vp + 3);
+  const double activations = N * (L * (16 * C + NH * T + 4) + 16 * C + Vp + 3);
+  if (!use_gpu) floats += 4 * P + activations;
+  // Sophia-H on the CPU: the model on dual numbers (two floats each) for its Hessian-vector
+  // products: dual parameters and gradients, the probe, and the activations twice over.
+  if (!use_gpu && cfg.optimizer.name == "sophiah") floats += 5 * P + 2 * activations;
   const double need = 4 * floats;
   std::ifstream f("/proc/meminfo");
   std::string key;
@@ -281,6 +285,9 @@ void run_train(const TrainArgs& a) {
       throw OutOfMemory("out of host memory while allocating the model's buffers: lower batch.micro_batch_size or "
                         "the model size");
     }
+    // An optimizer this backend does not implement (Sophia-H on the GPU) is refused before the
+    // run directory is written.
+    if (const std::string why = be->cannot_run(cfg.optimizer.name); !why.empty()) throw UserError(why);
     // The run directory is written only once the model fits; every rank checked it before.
     write_run_dir(cfg, opt, ckpt);
     comm->barrier();
