@@ -17,6 +17,11 @@
 //    the product chains ~40 such roundings per layer (twice test_backend.cpp's gradient, whose
 //    bf16 bound is 1e-1 per tensor), and tensors whose H u is a cancelling sum (wpe, LayerNorm
 //    biases) lose more relative accuracy than the whole.
+//  - Single tangent kernels (LayerNorm forward/backward, GELU, cross-entropy, the softmax helpers)
+//    against the CPU op on dual numbers in double (cpu/ops.h on cpu::Dual<double>, whose dual part
+//    is the exact tangent): elementwise |gpu - ref| <= 1e-3 |ref| + 1e-4 max|ref| (fp32 rounding of
+//    sums of at most a few hundred terms with cancellation, ~1e-6..1e-5 of the largest term; a
+//    wrong or missing term is O(1)). These localize a failure of the whole product to one op.
 //  - Probe fill: bit-exact in fp32 (the host function compiled for the device; the Gaussian
 //    branch's double log/sin/cos differ from glibc's by at most a few double ulps, which changes
 //    the rounded float with probability ~2^-28 per element: not seen on these sizes). bf16 probe:
@@ -39,12 +44,15 @@
 
 #include "common/philox.h"
 #include "cpu/cpu_backend.h"
+#include "cpu/dual.h"
 #include "cpu/hvp.h"
+#include "cpu/ops.h"
 #include "cuda/buffer.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/hvp_cuda.h"
 #include "cuda/optim_cuda.h"
 #include "cuda/optimizer.h"
+#include "cuda/tangent_cuda.h"
 #include "optim/optimizer.h"
 #include "optim/sophiah.h"
 #include "test_kernels_util.h"
@@ -188,6 +196,137 @@ TEST(GpuSophiaH, HvpBf16CloseToCpuDouble) {
     check_tensors(p, got, ref, 2e-1, Tol{0, 0}, false, "H u bf16");
     for (float x : got) ASSERT_TRUE(std::isfinite(x));
   }
+}
+
+using D = cpu::Dual<double>;
+
+std::vector<D> duals(const std::vector<float>& v, const std::vector<float>& d) {
+  std::vector<D> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = D(v[i], d[i]);
+  return r;
+}
+std::vector<float> values(const std::vector<D>& x) {
+  std::vector<float> r(x.size());
+  for (size_t i = 0; i < x.size(); ++i) r[i] = static_cast<float>(x[i].v);
+  return r;
+}
+std::vector<float> derivs(const std::vector<D>& x) {
+  std::vector<float> r(x.size());
+  for (size_t i = 0; i < x.size(); ++i) r[i] = static_cast<float>(x[i].d);
+  return r;
+}
+
+constexpr Tol kOpTol{1e-3, 1e-4};
+
+// LayerNorm forward tangent and backward with tangents; the backward's outputs start non-zero
+// (they accumulate). C = 53: the general (non-vectorized) paths; N = 300: several row chunks.
+TEST(GpuSophiaH, LayerNormTangentsMatchDualNumbers) {
+  SGPT_SKIP_WITHOUT_GPU();
+  SeededRng rng;
+  const int N = 300, C = 53;
+  const size_t NC = size_t(N) * C;
+  const auto x = rng.normal(NC), xt = rng.normal(NC), w = rng.normal(C, 0.2f, 1.0f), uw = rng.normal(C),
+             b = rng.normal(C, 0.1f), ub = rng.normal(C), dy = rng.normal(NC), dyt = rng.normal(NC),
+             dx0 = rng.normal(NC), dxt0 = rng.normal(NC), dwt0 = rng.normal(C), dbt0 = rng.normal(C);
+  // CPU on duals: x + eps xt, w + eps uw, b + eps ub, dy + eps dyt.
+  std::vector<D> X = duals(x, xt), W = duals(w, uw), Bb = duals(b, ub), DY = duals(dy, dyt);
+  std::vector<D> out(NC), mean(N), rstd(N);
+  cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), X.data(), W.data(), Bb.data(), N, C);
+  std::vector<D> DX = duals(dx0, dxt0), DW = duals(std::vector<float>(C, 0.0f), dwt0),
+                 DB = duals(std::vector<float>(C, 0.0f), dbt0);
+  cpu::layernorm_backward(DX.data(), DW.data(), DB.data(), DY.data(), X.data(), W.data(), mean.data(),
+                          rstd.data(), N, C);
+
+  auto dxv = to_device<float>(x), dxtv = to_device<float>(xt), dw = to_device<float>(w),
+       duw = to_device<float>(uw), db = to_device<float>(b), dub = to_device<float>(ub),
+       ddy = to_device<float>(dy), ddyt = to_device<float>(dyt);
+  DeviceBuffer<float> o(NC), ot(NC), m(N), r(N), rowstats(2 * size_t(N));
+  cuda::layernorm_forward(o.get(), m.get(), r.get(), dxv.get(), dw.get(), db.get(), N, C, nullptr);
+  cuda::layernorm_forward_tangent(ot.get(), dxv.get(), dxtv.get(), m.get(), r.get(), dw.get(), duw.get(),
+                                  dub.get(), N, C, nullptr);
+  auto gdx = to_device<float>(dx0), gdxt = to_device<float>(dxt0), gdwt = to_device<float>(dwt0),
+       gdbt = to_device<float>(dbt0);
+  cuda::Scratch scratch;
+  cuda::layernorm_backward_tangent(gdx.get(), gdxt.get(), gdwt.get(), gdbt.get(), ddy.get(), ddyt.get(),
+                                   dxv.get(), dxtv.get(), dw.get(), duw.get(), m.get(), r.get(),
+                                   rowstats.get(), N, C, scratch, nullptr);
+  expect_close(to_host(ot), derivs(out), kOpTol, "layernorm forward tangent");
+  expect_close(to_host(gdx), values(DX), kOpTol, "layernorm dinp");
+  expect_close(to_host(gdxt), derivs(DX), kOpTol, "layernorm dinp tangent");
+  expect_close(to_host(gdwt), derivs(DW), kOpTol, "layernorm dweight tangent");
+  expect_close(to_host(gdbt), derivs(DB), kOpTol, "layernorm dbias tangent");
+}
+
+TEST(GpuSophiaH, GeluTangentsMatchDualNumbers) {
+  SGPT_SKIP_WITHOUT_GPU();
+  SeededRng rng;
+  const size_t n = 1001;
+  const auto x = rng.normal(n, 2.0f), xt = rng.normal(n), dy = rng.normal(n), dyt = rng.normal(n),
+             d0 = rng.normal(n), dt0 = rng.normal(n);
+  std::vector<D> X = duals(x, xt), Y(n), DY = duals(dy, dyt), DX = duals(d0, dt0);
+  cpu::gelu_forward(Y.data(), X.data(), n);
+  cpu::gelu_backward(DX.data(), X.data(), DY.data(), n);
+  auto gx = to_device<float>(x), gxt = to_device<float>(xt), gdy = to_device<float>(dy),
+       gdyt = to_device<float>(dyt), gd = to_device<float>(d0), gdt = to_device<float>(dt0);
+  DeviceBuffer<float> yt(n);
+  cuda::gelu_forward_tangent(yt.get(), gx.get(), gxt.get(), n, nullptr);
+  cuda::gelu_backward_tangent(gd.get(), gdt.get(), gx.get(), gxt.get(), gdy.get(), gdyt.get(), n, nullptr);
+  expect_close(to_host(yt), derivs(Y), kOpTol, "gelu forward tangent");
+  expect_close(to_host(gd), values(DX), kOpTol, "gelu dinp");
+  expect_close(to_host(gdt), derivs(DX), kOpTol, "gelu dinp tangent");
+}
+
+TEST(GpuSophiaH, CrossEntropyTangentMatchesDualNumbers) {
+  SGPT_SKIP_WITHOUT_GPU();
+  SeededRng rng;
+  const int N = 7, V = 67, Vp = 72;
+  const auto z = rng.normal(size_t(N) * Vp, 2.0f), zt = rng.normal(size_t(N) * Vp);
+  const std::vector<int> tgt = rng.ints(N, 0, V);
+  const float dloss = 0.37f;
+  std::vector<D> Z = duals(z, zt), L(N), DZ(Z.size());
+  cpu::crossentropy_forward(L.data(), Z.data(), tgt.data(), N, V, Vp);
+  cpu::crossentropy_backward(DZ.data(), Z.data(), tgt.data(), D(dloss), N, V, Vp);
+  auto gz = to_device<float>(z), gzt = to_device<float>(zt);
+  auto gt = to_device_int(tgt);
+  DeviceBuffer<float> losses(N);
+  cuda::crossentropy_tangent(losses.get(), gz.get(), gzt.get(), gt.get(), dloss, N, V, Vp, nullptr);
+  expect_close(to_host(losses), values(L), kOpTol, "losses");
+  expect_close(to_host(gz), values(DZ), kOpTol, "dlogits");
+  expect_close(to_host(gzt), derivs(DZ), kOpTol, "dlogits tangent");
+}
+
+// The attention's softmax helpers on `mats` stacked T x T matrices, against the causal softmax,
+// its tangent and the softmax backward written out on dual numbers.
+TEST(GpuSophiaH, SoftmaxTangentsMatchDualNumbers) {
+  SGPT_SKIP_WITHOUT_GPU();
+  SeededRng rng;
+  const int mats = 3, T = 37;
+  const size_t n = size_t(mats) * T * T;
+  const auto s = rng.normal(n, 2.0f), st = rng.normal(n), dp = rng.normal(n), dpt = rng.normal(n);
+  std::vector<D> P(n), DS(n);
+  for (size_t row = 0; row < size_t(mats) * T; ++row) {
+    const int t = static_cast<int>(row % T);
+    const size_t o = row * T;
+    D mx = D(s[o]);
+    for (int j = 0; j <= t; ++j) mx = s[o + j] > mx.v ? D(s[o + j]) : mx;
+    D sum(0.0);
+    for (int j = 0; j <= t; ++j) sum += exp(D(s[o + j], st[o + j]) - mx);
+    D r(0.0);
+    for (int j = 0; j <= t; ++j) {
+      P[o + j] = exp(D(s[o + j], st[o + j]) - mx) / sum;
+      r += P[o + j] * D(dp[o + j], dpt[o + j]);
+    }
+    for (int j = 0; j <= t; ++j) DS[o + j] = P[o + j] * (D(dp[o + j], dpt[o + j]) - r);
+  }
+  auto gs = to_device<float>(s), gst = to_device<float>(st), gdp = to_device<float>(dp),
+       gdpt = to_device<float>(dpt);
+  cuda::causal_softmax(gs.get(), mats, T, nullptr);
+  cuda::softmax_tangent(gst.get(), gs.get(), mats, T, nullptr);
+  cuda::softmax_backward_tangent(gdp.get(), gdpt.get(), gs.get(), gst.get(), mats, T, nullptr);
+  expect_close(to_host(gs), values(P), kOpTol, "causal softmax");
+  expect_close(to_host(gst), derivs(P), kOpTol, "softmax tangent");
+  expect_close(to_host(gdp), values(DS), kOpTol, "softmax backward");
+  expect_close(to_host(gdpt), derivs(DS), kOpTol, "softmax backward tangent");
 }
 
 TEST(GpuSophiaH, ProbeFillMatchesHostBitForBit) {
