@@ -19,7 +19,7 @@ struct LionRule {
     p = __fadd_rn(p, __fmul_rn(c.neg_lr, sign_of(u)));                           // p = p - lr*sign(c)
     m = __fadd_rn(__fmul_rn(m, c.b2), __fmul_rn(c.one_minus_b2, g));            // m = b2*m + (1-b2)*g
   }
-  __device__ void measure(const float (&)[1], uint32_t&, double&, double&) const {}
+  __device__ void measure(const float (&)[1], uint32_t&, double&, double&, uint32_t&) const {}
 };
 
 class Lion final : public Optimizer {

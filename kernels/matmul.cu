@@ -1,6 +1,7 @@
 // Linear layers through cuBLASLt.
 //
 // Forward:  out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias[OC]          (row-major, PyTorch layout)
+//           (matmul_forward_accumulate: out += inp @ weight^T, beta = 1, no bias)
 // Backward: dinp[N,C]     += dout[N,OC] @ weight[OC,C]
 //           dweight[OC,C] += dout^T @ inp
 //           dbias[OC]     += sum_n dout[n,:]
@@ -194,6 +195,14 @@ void matmul_forward(MatmulContext& ctx, T* out, const T* inp, const T* weight, c
 }
 
 template <class T>
+void matmul_forward_accumulate(MatmulContext& ctx, T* out, const T* inp, const T* weight, int N,
+                               int C, int OC, cudaStream_t stream) {
+  if (N == 0 || OC == 0) return;
+  ctx.impl().matmul<T>(out, weight, inp, nullptr, OC, N, C, /*transa=*/true, /*transb=*/false, C,
+                       C, OC, 1.0f, stream);
+}
+
+template <class T>
 void matmul_backward(MatmulContext& ctx, T* dinp, T* dweight, T* dbias, const T* dout,
                      const T* inp, const T* weight, int N, int C, int OC, Scratch& scratch,
                      cudaStream_t stream, bool accumulate_dinp) {
@@ -237,6 +246,8 @@ void matmul_backward_dgelu(MatmulContext& ctx, bf16* dpre, bf16* dweight, bf16* 
 #define SGPT_INSTANTIATE(T)                                                                    \
   template void matmul_forward<T>(MatmulContext&, T*, const T*, const T*, const T*, int, int, int, \
                                   cudaStream_t);                                               \
+  template void matmul_forward_accumulate<T>(MatmulContext&, T*, const T*, const T*, int, int, \
+                                             int, cudaStream_t);                               \
   template void matmul_backward<T>(MatmulContext&, T*, T*, T*, const T*, const T*, const T*, int, \
                                    int, int, Scratch&, cudaStream_t, bool);
 SGPT_INSTANTIATE(float)

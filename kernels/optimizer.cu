@@ -53,7 +53,7 @@ struct SophiaRule {
   }
   // The win rate's count (|m| < rho*bs*h: the element was not clipped), sum |h|, sum h^2.
   __device__ __forceinline__ void measure(const float (&s)[2], uint32_t& unclipped, double& h_l1,
-                                          double& h_sq) const {
+                                          double& h_sq, uint32_t&) const {
     unclipped += fabsf(s[0]) < __fmul_rn(c.rho_bs, s[1]) ? 1u : 0u;
     const double h = static_cast<double>(s[1]);
     h_l1 = __dadd_rn(h_l1, fabs(h));
@@ -75,7 +75,7 @@ struct AdamWRule {
     const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), c.inv_sqrt_bc2), c.eps);  // sqrt(v/bc2) + eps
     p = __fadd_rn(p, __fdiv_rn(__fmul_rn(c.neg_step_size, m), denom));    // p = p - lr/bc1 * m / denom
   }
-  __device__ void measure(const float (&)[2], uint32_t&, double&, double&) const {}
+  __device__ void measure(const float (&)[2], uint32_t&, double&, double&, uint32_t&) const {}
 };
 
 // ------------------------------------------------------------------------------- fused kernels
@@ -184,13 +184,14 @@ void sophia_step(float* master, float* m, const float* h, const GradT* g, ParamT
 
 void read_sophia_metrics(ReduceScratch& metrics, size_t n, SophiaMetrics* out,
                          cudaStream_t stream) {
-  double r[3];
+  double r[4];
   CUDA_CHECK(cudaMemcpyAsync(r, metrics.results(), sizeof(r), cudaMemcpyDeviceToHost, stream));
   CUDA_CHECK(cudaStreamSynchronize(stream));
   out->unclipped += r[0];
   out->count += static_cast<double>(n);
   out->h_l1 += r[1];
   out->h_sq += r[2];
+  out->h_negative += r[3];  // Sophia-H's count of negative h (0 for Sophia-G)
 }
 
 template <class GradT>

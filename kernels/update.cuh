@@ -8,9 +8,10 @@
 //     static constexpr int kSlots = N;                 // its fp32 state slots, OptimizerKind order
 //     static constexpr bool writes(int slot);          // false: the slot is only read (Sophia's h)
 //     __device__ void operator()(float& p, float (&s)[N], float g, bool decayed) const;
-//     // Only for kernels launched with metrics (Sophia-G): the three sums of one element after
-//     // its update, as (count, sum a, sum b).
-//     __device__ void measure(const float (&s)[N], uint32_t& count, double& a, double& b) const;
+//     // Only for kernels launched with metrics (Sophia-G, Sophia-H): the four sums of one
+//     // element after its update, as (count, sum a, sum b, count2).
+//     __device__ void measure(const float (&s)[N], uint32_t& count, double& a, double& b,
+//                             uint32_t& count2) const;
 //   };
 //
 // With metrics the per-thread sums are reduced deterministically (kernels/norm.cuh: fixed block
@@ -53,7 +54,7 @@ __global__ void __launch_bounds__(kReduceThreads)
                   DecayRanges decay, uint64_t seed, uint32_t step, double* __restrict__ partials,
                   size_t partial_stride) {
   constexpr int N = Rule::kSlots;
-  uint32_t count = 0;
+  uint32_t count = 0, count2 = 0;
   double sum_a = 0.0, sum_b = 0.0;
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t q = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < grid.nchunks;
@@ -74,7 +75,7 @@ __global__ void __launch_bounds__(kReduceThreads)
 #pragma unroll
       for (int i = 0; i < N; ++i) sv[i][k] = s[i];
       if constexpr (kMetrics) {
-        if (k >= ch.kb && k < ch.ke) rule.measure(s, count, sum_a, sum_b);
+        if (k >= ch.kb && k < ch.ke) rule.measure(s, count, sum_a, sum_b, count2);
       }
     }
     store8(p, ch, pv);
@@ -87,10 +88,12 @@ __global__ void __launch_bounds__(kReduceThreads)
     const double s0 = block_sum(static_cast<double>(count));
     const double s1 = block_sum(sum_a);
     const double s2 = block_sum(sum_b);
+    const double s3 = block_sum(static_cast<double>(count2));
     if (threadIdx.x == 0) {
       partials[blockIdx.x] = s0;
       partials[partial_stride + blockIdx.x] = s1;
       partials[2 * partial_stride + blockIdx.x] = s2;
+      partials[3 * partial_stride + blockIdx.x] = s3;
     }
   }
 }
@@ -102,7 +105,7 @@ ParamT* weights_or_null(ParamT* w, const float* master) {
 }
 
 // Launches `rule` over [0, n) of the buffers (element i is global index key.index_base + i).
-// With `metrics` the three sums land in metrics->results()[0..3) (read_sophia_metrics).
+// With `metrics` the four sums land in metrics->results()[0..4) (read_sophia_metrics).
 template <class Rule, class GradT, class ParamT>
 void launch_update(const Rule& rule, float* master, Slots<Rule::kSlots> state, const GradT* g,
                    ParamT* weights_out, size_t n, const DecayRanges& decay,
@@ -113,7 +116,7 @@ void launch_update(const Rule& rule, float* master, Slots<Rule::kSlots> state, c
   for (int i = 0; i < Rule::kSlots; ++i) aligned = aligned && chunk_aligned(state.s[i], b);
   const ChunkGrid grid = make_chunk_grid(n, b, aligned);
   if (grid.nchunks == 0) {
-    if (metrics) CUDA_CHECK(cudaMemsetAsync(metrics->results(), 0, 3 * sizeof(double), stream));
+    if (metrics) CUDA_CHECK(cudaMemsetAsync(metrics->results(), 0, 4 * sizeof(double), stream));
     return;
   }
   const unsigned blocks = full_grid(grid.nchunks, kReduceThreads);
@@ -123,7 +126,7 @@ void launch_update(const Rule& rule, float* master, Slots<Rule::kSlots> state, c
         rule, master, state, g, w, grid, decay, key.seed, key.step, metrics->partials(),
         metrics->capacity());
     CUDA_LAUNCH_CHECK();
-    launch_reduce_finalize(*metrics, blocks, 3, stream);
+    launch_reduce_finalize(*metrics, blocks, 4, stream);
   } else {
     update_kernel<Rule, GradT, ParamT, false><<<blocks, kReduceThreads, 0, stream>>>(
         rule, master, state, g, w, grid, decay, key.seed, key.step, nullptr, 0);

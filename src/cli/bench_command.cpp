@@ -57,8 +57,8 @@ void add_bench_commands(CLI::App& app) {
   auto tr = std::make_shared<TrainBenchOptions>();
   CLI::App* train = bench->add_subcommand(
       "train",
-      "Warm training steps of GPT-2 on the GPU (the training loop's backend calls) for AdamW and "
-      "Sophia-G: tokens/s, ms/step, MFU, GPU memory");
+      "Warm training steps of GPT-2 on the GPU (the training loop's backend calls) for AdamW, "
+      "Sophia-G, Sophia-H and Lion: tokens/s, ms/step, MFU, GPU memory");
   train->add_option("--model", tr->model, "124M, 355M or 774M")->capture_default_str();
   train->add_option("--precision", tr->precision, "bf16 or fp32")->capture_default_str();
   train->add_option("--batch,--micro-batch", tr->batch,
@@ -70,8 +70,12 @@ void add_bench_commands(CLI::App& app) {
                     "Gradient accumulation over micro-steps in bf16: fp32 | bf16 | auto (fp32 when --accum > 1)")
       ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
       ->capture_default_str();
-  train->add_option("--k", tr->k, "Sophia-G hessian interval")->capture_default_str();
-  train->add_option("--fractions", tr->fractions, "GNB batch fractions (Sophia-G)")
+  train->add_option("--k", tr->k, "Sophia-G / Sophia-H hessian interval")->capture_default_str();
+  train->add_option("--fractions", tr->fractions,
+                    "Hessian estimator batch fractions (Sophia-G: GNB, Sophia-H: Hutchinson; "
+                    "Sophia-H's exact product keeps every layer's activations and tangents and the "
+                    "attention's T x T matrices for its sequences: use small fractions, the recipes "
+                    "take 1 of 8)")
       ->delimiter(',')
       ->capture_default_str();
   train->add_option("--attention", tr->attentions,
@@ -79,7 +83,7 @@ void add_bench_commands(CLI::App& app) {
                     "configuration; all interleaved)")
       ->delimiter(',')
       ->capture_default_str();
-  train->add_option("--optimizers", tr->optimizers, "adamw, sophiag, lion")
+  train->add_option("--optimizers", tr->optimizers, "adamw, sophiag, sophiah, lion")
       ->delimiter(',')
       ->capture_default_str();
   train->add_option("--steps", tr->steps, "Timed steps per configuration (rounded up to a "

@@ -285,8 +285,8 @@ void run_train(const TrainArgs& a) {
       throw OutOfMemory("out of host memory while allocating the model's buffers: lower batch.micro_batch_size or "
                         "the model size");
     }
-    // An optimizer this backend does not implement (Sophia-H on the GPU) is refused before the
-    // run directory is written.
+    // An optimizer this backend does not implement (Backend::cannot_run; every backend runs every
+    // optimizer today) is refused before the run directory is written.
     if (const std::string why = be->cannot_run(cfg.optimizer.name); !why.empty()) throw UserError(why);
     // The run directory is written only once the model fits; every rank checked it before.
     write_run_dir(cfg, opt, ckpt);

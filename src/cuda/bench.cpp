@@ -245,7 +245,9 @@ void run_optimizer_bench(const OptimizerBenchOptions& o) {
 // The training loop's sequence of backend calls (src/train/trainer.cpp), without eval, logging and
 // checkpoints: zero_grad; accum x train_micro; grad_sum_squares (+ scale_grad when clipping);
 // optimizer step; for Sophia-G on steps with step % k == k-1 also zero_grad, accum x gnb_micro on
-// fraction*B sequences, grad_sum_squares (+ clip), hessian_ema. The device is synchronized after
+// fraction*B sequences, grad_sum_squares (+ clip), hessian_ema; for Sophia-H on those steps
+// zero_grad, accum x hvp_micro on fraction*B sequences (the exact Hessian-vector product),
+// grad_sum_squares, hutchinson_ema. The device is synchronized after
 // every step (the loop synchronizes through its loss and norm reads anyway), so per-step host
 // times are exact.
 class TokenSource {
@@ -283,7 +285,7 @@ class TokenSource {
 
 struct TrainBenchResult {
   std::string name, attention;
-  std::string optimizer;  // adamw, sophiag, lion
+  std::string optimizer;  // adamw, sophiag, sophiah, lion
   double fraction = 0;
   double mean_ms = 0, plain_ms = 0, gnb_ms = 0;  // all steps; steps without / with a GNB pass
   int steps = 0, gnb_steps = 0;
@@ -300,8 +302,8 @@ size_t device_used_bytes() {
   return total_b - free_b;
 }
 
-// One configuration of the benchmark (AdamW, Lion, or Sophia-G with one GNB batch fraction) and
-// the times of its steps.
+// One configuration of the benchmark (AdamW, Lion, or Sophia-G / Sophia-H with one estimator
+// batch fraction) and the times of its steps.
 struct TrainBenchConfig {
   std::string name;
   std::string optimizer = "adamw";
@@ -353,18 +355,18 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
     p.grad_scale = 1.0f / o.accum;
     p.opt.name = c.optimizer;
     p.opt.lr = c.optimizer == "lion" ? 6e-5 : 6e-4;
-    const bool sophia = c.optimizer == "sophiag";
+    const bool sophia = c.optimizer == "sophiag" || c.optimizer == "sophiah";
     p.opt.beta1 = sophia ? 0.965 : (c.optimizer == "lion" ? 0.95 : 0.9);
     p.opt.beta2 = sophia ? 0.99 : (c.optimizer == "lion" ? 0.98 : 0.95);
-    p.opt.rho = 0.04;
+    p.opt.rho = c.optimizer == "sophiah" ? 0.01 : 0.04;
     p.opt.weight_decay = 0.1;
-    p.opt.eps = 1e-8;
+    p.opt.eps = c.optimizer == "sophiah" ? 1e-12 : 1e-8;
     p.opt.grad_clip = 1.0;
     p.bs = tokens;
     p.k = k;
     p.Bh = std::max(1, static_cast<int>(std::floor(c.fraction * B)));
     p.seed = 1337;
-    if (sophia) p.estimator = make_hessian_estimator("gnb");
+    if (sophia) p.estimator = make_hessian_estimator(c.optimizer == "sophiag" ? "gnb" : "hutchinson");
     plans.push_back(p);
   }
   auto step = [&](TrainBenchConfig& c, const StepPlan& plan) {
@@ -543,19 +545,19 @@ void run_train_bench(const TrainBenchOptions& opts) {
         c.optimizer = opt;
         c.attention = a;
         cfgs.push_back(c);
-      } else if (opt == "sophiag") {
+      } else if (opt == "sophiag" || opt == "sophiah") {
         for (double f : o.fractions) {
           TrainBenchConfig c;
           char b[64];
-          std::snprintf(b, sizeof b, "sophiag k=%d frac=%.2g", o.k, f);
+          std::snprintf(b, sizeof b, "%s k=%d frac=%.2g", opt.c_str(), o.k, f);
           c.name = b;
           c.attention = a;
-          c.optimizer = "sophiag";
+          c.optimizer = opt;
           c.fraction = f;
           cfgs.push_back(c);
         }
       } else {
-        throw UserError("bench train: unknown optimizer '" + opt + "' (adamw, sophiag, lion)");
+        throw UserError("bench train: unknown optimizer '" + opt + "' (adamw, sophiag, sophiah, lion)");
       }
     }
   }
@@ -587,7 +589,9 @@ void run_train_bench(const TrainBenchOptions& opts) {
                 r.name.c_str(), r.attention.c_str(), r.steps, r.gnb_steps, r.mean_ms, r.plain_ms,
                 gnb, tps, mfu, r.mem_gib, r.used_gib, vs, bound);
   }
-  std::printf("\nSophia bound = AdamW ms/step x (1 + fraction/k) x 1.01. GPU memory = peak of "
+  std::printf("\nGNB = the step's Hessian estimator pass (Sophia-G: GNB, Sophia-H: Hutchinson; "
+              "Sophia-H's exact Hessian-vector product costs several times a GNB pass, so it has no "
+              "bound). Sophia bound (Sophia-G) = AdamW ms/step x (1 + fraction/k) x 1.01. GPU memory = peak of "
               "(total - free) from cudaMemGetInfo after each step, minus the level before the "
               "backend was created (weights, master, grads, optimizer state, activations, "
               "scratch, cuBLASLt workspace; one backend serves every configuration, so its optimizer "

@@ -21,8 +21,8 @@ struct TrainBenchOptions {
   int batch = 64;           // micro-batch sequences
   int seq = 1024;           // T
   int accum = 1;            // micro-steps per optimizer step
-  int k = 10;               // Sophia-G hessian interval
-  std::vector<double> fractions = {1.0, 0.5};  // GNB batch fractions
+  int k = 10;               // Sophia-G / Sophia-H hessian interval
+  std::vector<double> fractions = {1.0, 0.5};  // estimator batch fractions (GNB, Hutchinson)
   std::vector<std::string> optimizers = {"adamw", "sophiag"};
   std::vector<std::string> attentions = {"auto"};  // "auto", "own", "cudnn" (interleaved)
   int steps = 20;           // timed steps per configuration (rounded up to a multiple of k)

@@ -5,7 +5,8 @@
 // rounding, or rounded to nearest by set("params")), the gradient buffer in T, and the optimizer
 // state m, h (Sophia) / v (AdamW) in fp32, allocated on first use and zero-initialised. The model
 // (activations, kernels) is Gpt2Cuda<W>; the optimizer, norm and cast kernels are those of
-// cuda/optim_cuda.h, each one launch over the whole flat buffer.
+// cuda/optim_cuda.h, each one launch over the whole flat buffer. Sophia-H's Hessian-vector
+// products run on cuda::HvpCuda<W> (cuda/hvp_cuda.h), made at the first hvp_micro.
 //
 // Stochastic rounding of the bf16 weights is keyed by (rounding seed, optimizer step counter of
 // this backend) and the global flat index, so two identical runs produce identical bits, with any
@@ -42,6 +43,7 @@
 #include "cuda/buffer.h"
 #include "cuda/check.h"
 #include "cuda/gpt2_cuda.h"
+#include "cuda/hvp_cuda.h"
 #include "cuda/nccl_comm.h"
 #include "cuda/optim_cuda.h"
 #include "cuda/optimizer.h"
@@ -135,7 +137,8 @@ class CudaBackend final : public Backend {
   void set_attention(AttentionImpl attention) override { model_.set_attention(attention); }
   void set_recompute(int level) override { model_.set_recompute(level); }
   std::vector<std::pair<std::string, size_t>> memory_breakdown() const override {
-    return model_.memory_breakdown({{"params fp32 master", master_.bytes()}, {"params working (bf16)", weights_.bytes()}, {"grads", grads_.bytes()}, {"grads fp32 accumulation", acc_.bytes()}, {"optimizer m", slot_bytes("m")}, {"optimizer h", slot_bytes("h")}, {"optimizer v", slot_bytes("v")}});
+    return model_.memory_breakdown({{"params fp32 master", master_.bytes()}, {"params working (bf16)", weights_.bytes()}, {"grads", grads_.bytes()}, {"grads fp32 accumulation", acc_.bytes()}, {"optimizer m", slot_bytes("m")}, {"optimizer h", slot_bytes("h")}, {"optimizer v", slot_bytes("v")},
+                                    {"Sophia-H probe u", probe_.bytes()}, {"Sophia-H Hessian-vector product (activations, tangents, attention matrices)", hvp_ ? hvp_->device_bytes() : 0}});
   }
   const ModelConfig& model() const override { return cfg_; }
   const ParamLayout& layout() const override { return layout_; }
@@ -278,7 +281,7 @@ class CudaBackend final : public Backend {
     std::vector<float*> slots;
     for (const std::string& name : kind.slots) slots.push_back(ensure(state(name)).get());
     if (cnt_ == 0) {  // a rank that owns nothing still advances its rounding counter
-      if (metrics) SGPT_CUDA_CHECK(cudaMemsetAsync(reduce_.results(), 0, 3 * sizeof(double), stream_));
+      if (metrics) SGPT_CUDA_CHECK(cudaMemsetAsync(reduce_.results(), 0, 4 * sizeof(double), stream_));
       next_key();
     } else {
       cuda::UpdateTarget t;
@@ -297,22 +300,52 @@ class CudaBackend final : public Backend {
       opt->update(s, slots.data(), t, metrics ? &reduce_ : nullptr);
     }
     if (metrics) {
-      if (sharded_) nccl_->allreduce_dev(reduce_.results(), 3, CommType::kDouble, stream_);
+      if (sharded_) nccl_->allreduce_dev(reduce_.results(), 4, CommType::kDouble, stream_);
       cuda::read_sophia_metrics(reduce_, layout_.total, metrics, stream_);
     }
     gather_weights();
   }
 
-  std::string cannot_run(const std::string& optimizer) const override {
-    if (optimizer == "sophiah")
-      return "Sophia-H (optimizer.name \"sophiah\") has no GPU implementation yet: train it with "
-             "device \"cpu\"";
-    return "";
-  }
-
   void hessian_ema(const HessianConsts& c) override {
     float* h = ensure(state("h")).get();
     with_grad([&](auto* g) { cuda::hessian_ema(h, g + lo_, cnt_, c, stream_); });
+  }
+
+  // Sophia-H's Hutchinson pass (src/train/hutchinson.cpp): grad_scale * H u into the gradient
+  // buffer, exact (cuda::HvpCuda: forward mode over the reverse pass), u over the whole model on
+  // every rank (the probe is keyed by global index), drawn once per (seed, step, distribution).
+  // The product runs on this micro-batch's B sequences with their real targets; its buffers are
+  // sized for the largest B seen. In bf16 the probe is rounded to bf16 for the product (the EMA
+  // below recomputes it in fp32). The whole gradient buffer is reduced by reduce_grad() (no
+  // per-layer overlap for this pass).
+  float hvp_micro(const int* inp, const int* tgt, int B, int T, float grad_scale, uint64_t seed,
+                  uint32_t step, bool rademacher) override {
+    check_T(T);
+    if (!hvp_ || hvp_B_ < B) {
+      hvp_.reset();
+      hvp_ = std::make_unique<cuda::HvpCuda<W>>(cfg_, B, T_, stream_);
+      hvp_B_ = B;
+    }
+    if (!probe_valid_ || probe_seed_ != seed || probe_step_ != step || probe_rademacher_ != rademacher) {
+      probe_.resize(layout_.total);
+      cuda::hutchinson_probe_fill(probe_.get(), layout_.total, seed, step, 0, rademacher, stream_);
+      probe_valid_ = true;
+      probe_seed_ = seed;
+      probe_step_ = step;
+      probe_rademacher_ = rademacher;
+    }
+    // As backward(): with fp32 accumulation the product goes into the zeroed W buffer first and
+    // is then added into the fp32 one.
+    if (acc32_) SGPT_CUDA_CHECK(cudaMemsetAsync(grads_.get(), 0, grads_.bytes(), stream_));
+    const float loss = hvp_->accumulate(weights(), probe_.get(), inp, tgt, B, grad_scale, grads_.get());
+    if (acc32_) cuda::accumulate_float(grads_.get(), acc_.get(), layout_.total, stream_);
+    return loss;
+  }
+  void hutchinson_ema(const HessianConsts& c, uint64_t seed, uint32_t step, bool rademacher) override {
+    float* h = ensure(state("h")).get();
+    with_grad([&](auto* g) {
+      cuda::hutchinson_ema(h, g + lo_, cnt_, c, seed, step, lo_, rademacher, stream_);
+    });
   }
 
   double device_memory_mib() override {
@@ -560,6 +593,13 @@ class CudaBackend final : public Backend {
   cudaStream_t comm_stream_ = nullptr;
   cudaEvent_t ev_compute_ = nullptr, ev_comm_ = nullptr;
   DeviceBuffer<double> avg_;
+  // Sophia-H: the Hessian-vector product (made at the first hvp_micro) and the step's probe.
+  std::unique_ptr<cuda::HvpCuda<W>> hvp_;
+  int hvp_B_ = 0;
+  DeviceBuffer<W> probe_;
+  bool probe_valid_ = false, probe_rademacher_ = false;
+  uint64_t probe_seed_ = 0;
+  uint32_t probe_step_ = 0;
   bool reduce_in_backward_ = false;  // the next backward is the last micro-step's
   bool reduced_ = false;             // its layers went to the communication stream
 };

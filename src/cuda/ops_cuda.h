@@ -97,6 +97,10 @@ class MatmulContext {
 template <class T>
 void matmul_forward(MatmulContext& ctx, T* out, const T* inp, const T* weight, const T* bias,
                     int N, int C, int OC, cudaStream_t stream);
+// out[N,OC] += inp[N,C] @ weight[OC,C]^T (no bias; the tangent of a Linear layer, cuda/hvp_cuda.h).
+template <class T>
+void matmul_forward_accumulate(MatmulContext& ctx, T* out, const T* inp, const T* weight, int N,
+                               int C, int OC, cudaStream_t stream);
 // dinp += dout @ weight; dweight += dout^T @ inp; dbias += column sums of dout (deterministic).
 // `accumulate_dinp = false` overwrites dinp instead (used by the backend for fresh buffers).
 template <class T>

@@ -1,6 +1,7 @@
 // GPU optimizer, reduction and cast kernels over the flat parameter buffer (docs/design.md section 3).
 // Plain C++ declarations: usable from .cpp (host compiler) and .cu files. Implementations:
 //   kernels/optimizer.cu  sophia_step, hessian_ema, adamw_step (+ the unfused benchmark baseline)
+//   kernels/hutchinson.cu hutchinson_probe_fill, hutchinson_ema (Sophia-H's estimator)
 //   kernels/norm.cu       grad_sum_squares, scale_grad, the deterministic second reduction pass
 //   kernels/cast.cu       cast_rn, stochastic_round, to_float, accumulate_float, fill_uniform
 // Each function pairs with the CPU reference of the same name in src/optim/update_rules.h, which is its
@@ -68,7 +69,7 @@ struct RoundingKey {
 // into it are at results()[0 .. kValues) (device memory).
 class ReduceScratch {
  public:
-  static constexpr int kValues = 3;  // values reduced per launch, at most
+  static constexpr int kValues = 4;  // values reduced per launch, at most
   ReduceScratch();
   ~ReduceScratch();
   ReduceScratch(const ReduceScratch&) = delete;
@@ -101,14 +102,28 @@ void sophia_step(float* master, float* m, const float* h, const GradT* g, ParamT
                  size_t n, const DecayRanges& decay, const SophiaConsts& c, const RoundingKey& key,
                  ReduceScratch* metrics, cudaStream_t stream);
 
-// Synchronizes `stream` and adds the last sophia_step's sums over n elements into `out`
-// (unclipped, count += n, h_l1, h_sq), the way cpu::sophia_update accumulates them.
+// Synchronizes `stream` and adds the last sophia_step's (or Sophia-H step's) sums over n elements
+// into `out` (unclipped, count += n, h_l1, h_sq, h_negative), the way cpu::sophia_update /
+// cpu::sophiah_update accumulate them.
 void read_sophia_metrics(ReduceScratch& metrics, size_t n, SophiaMetrics* out,
                          cudaStream_t stream);
 
 // Hessian EMA (cpu::hessian_ema): h = h*b2 + ((1-b2)*g)*g.
 template <class GradT>
 void hessian_ema(float* h, const GradT* g, size_t n, const HessianConsts& c, cudaStream_t stream);
+
+// ---------------------------------------------------------------- kernels/hutchinson.cu
+// Sophia-H's probe: u[i] = hutchinson_probe(seed, step, index_base + i, rademacher) (src/common/
+// philox.h), rounded to T (float or bf16). See kernels/hutchinson.cu for how the Gaussian branch's
+// double math relates to the CPU's.
+template <class T>
+void hutchinson_probe_fill(T* u, size_t n, uint64_t seed, uint32_t step, size_t index_base,
+                           bool rademacher, cudaStream_t stream);
+// The Hutchinson EMA (cpu::hutchinson_ema): h = h*b2 + ((1-b2)*u)*hu, u the probe of global index
+// index_base + i (recomputed). GradT: float or bf16 (widened exactly).
+template <class GradT>
+void hutchinson_ema(float* h, const GradT* hu, size_t n, const HessianConsts& c, uint64_t seed,
+                    uint32_t step, size_t index_base, bool rademacher, cudaStream_t stream);
 
 // AdamW (cpu::adamw_update): p = p*decay (decayed only) ; m = m*b1 + (1-b1)*g ;
 // v = v*b2 + ((1-b2)*g)*g ; p = p + (neg_step_size*m) / (sqrt(v)*inv_sqrt_bc2 + eps) ;

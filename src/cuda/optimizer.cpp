@@ -6,6 +6,7 @@ namespace sgpt::cuda {
 std::unique_ptr<Optimizer> make_sophiag_cuda();  // kernels/optimizer.cu
 std::unique_ptr<Optimizer> make_adamw_cuda();    // kernels/optimizer.cu
 std::unique_ptr<Optimizer> make_lion_cuda();     // kernels/lion.cu
+std::unique_ptr<Optimizer> make_sophiah_cuda();  // kernels/sophiah.cu
 
 std::unique_ptr<Optimizer> make_optimizer(const std::string& name) {
   using Make = std::unique_ptr<Optimizer> (*)();
@@ -13,6 +14,7 @@ std::unique_ptr<Optimizer> make_optimizer(const std::string& name) {
       {"sophiag", make_sophiag_cuda},
       {"adamw", make_adamw_cuda},
       {"lion", make_lion_cuda},
+      {"sophiah", make_sophiah_cuda},
   };
   for (const auto& [n, make] : table)
     if (name == n) return make();

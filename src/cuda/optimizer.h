@@ -1,5 +1,6 @@
 // The optimizers on the GPU (src/optim/optimizer.h): each is a cuda::Optimizer, defined beside
-// its fused kernel (kernels/optimizer.cu: Sophia-G, AdamW; kernels/lion.cu: Lion), and listed in
+// its fused kernel (kernels/optimizer.cu: Sophia-G, AdamW; kernels/lion.cu: Lion;
+// kernels/sophiah.cu: Sophia-H), and listed in
 // make_optimizer's table (src/cuda/optimizer.cpp). Plain C++ (usable from .cpp and .cu files).
 #pragma once
 #include <cuda_bf16.h>
@@ -50,8 +51,8 @@ class Optimizer {
  public:
   virtual ~Optimizer() = default;
   // One update of t's elements; state[i]: slot i of the kind (this rank's range). `metrics`
-  // (Sophia's clipping sums, read with read_sophia_metrics): filled when non-null; optimizers
-  // without metrics zero them.
+  // (Sophia-G's / Sophia-H's clipping sums, read with read_sophia_metrics): filled when non-null;
+  // optimizers without metrics zero them.
   virtual void update(const OptimizerStep& s, float* const* state, const UpdateTarget& t,
                       ReduceScratch* metrics) const = 0;
 };
