@@ -113,6 +113,33 @@ void add_bench_commands(CLI::App& app) {
       throw UserError("bench train: --batch, --seq, --accum, --k and --warmup must be >= 1");
     bench_train(*tr);
   });
+
+  // ---- bench sample ----
+  auto sa = std::make_shared<SampleBenchOptions>();
+  CLI::App* sample = bench->add_subcommand(
+      "sample",
+      "Decoding speed from random weights (docs/sampling.md): the GPU decoder before graphs "
+      "(eager, host logits), with graphs, and the batch decoder in fp32/bf16 at several batch "
+      "sizes: tokens/s");
+  sample->add_option("--models", sa->models, "Models among 124M, demo (configs/demo_gpu.json: 6 x 384)")
+      ->delimiter(',')
+      ->capture_default_str();
+  sample->add_option("--batches", sa->batches, "Batch sizes of the batch decoder")
+      ->delimiter(',')
+      ->capture_default_str();
+  sample->add_option("--precisions", sa->precisions, "Batch decoder precisions among fp32, bf16")
+      ->delimiter(',')
+      ->capture_default_str();
+  sample->add_option("--tokens", sa->tokens, "Tokens generated per sequence")->capture_default_str();
+  sample->add_option("--prompt", sa->prompt, "Random prompt tokens per sequence")->capture_default_str();
+  sample->add_option("--top-k", sa->top_k, "Top-k cut of the sampling (0: none, every logit to the host)")
+      ->capture_default_str();
+  sample->add_option("--reps", sa->reps, "Timed runs per row (the median is reported)")->capture_default_str();
+  sample->add_flag("!--no-baseline", sa->baseline, "Skip the eager row (the path before graphs)");
+  sample->callback([sa] {
+    if (!cuda_built()) no_cuda();
+    bench_sample(*sa);
+  });
 }
 
 }  // namespace sgpt

@@ -411,12 +411,86 @@ struct SampleArgs {
   int top_k = 40;
   double top_p = 1.0;
   std::string seed = "1";  // parsed by parse_seed: CLI11 would wrap "-1" to 2^64 - 1
+  int batch = 1;                  // sequences decoded together
+  std::string prompt_file;        // one prompt per line (empty lines skipped)
+  std::string precision = "fp32"; // weights and KV cache of the batch decoder: fp32 | bf16
+  bool prompt_given = false;      // --prompt was on the command line
 };
+
+// The flags of `sample` that choose the batch decoder, checked before anything is loaded:
+// UserError naming the flag for a bad value.
+void check_sample_batch_args(const SampleArgs& a) {
+  if (a.batch < 1)
+    throw UserError("--batch must be >= 1 (the number of sequences decoded together), not " + std::to_string(a.batch));
+  if (a.precision != "fp32" && a.precision != "bf16")
+    throw UserError("--precision must be fp32 or bf16, not '" + a.precision + "'");
+  if (!a.prompt_file.empty() && a.prompt_given)
+    throw UserError("--prompt and --prompt-file exclude each other: give the prompts in the file");
+}
+
+// The prompts of --prompt-file: one per line (without its newline), empty lines skipped.
+std::vector<std::string> read_prompt_file(const std::string& path) {
+  check_input_file(path, "--prompt-file");
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw UserError("--prompt-file " + path + ": cannot be read");
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(f, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) out.push_back(line);
+  }
+  if (f.bad()) throw UserError("--prompt-file " + path + ": read error");
+  if (out.empty()) throw UserError("--prompt-file " + path + " holds no prompt (one per line, empty lines skipped)");
+  return out;
+}
+
+// `sample --batch N`, `--prompt-file` or `--precision bf16`: the batch decoder (sample/batch.h).
+// The prompts (the file's, else N copies of --prompt) are decoded in groups of `--batch`; prompt
+// i (0-based) draws with seed + i. Each sample is printed when its group is done.
+void run_sample_batch(const SampleArgs& a, const Config& cfg, const std::vector<float>& params, const Tokenizer& tok,
+                      const SamplingOptions& so, bool use_gpu) {
+  const std::vector<std::string> texts =
+      a.prompt_file.empty() ? std::vector<std::string>(static_cast<size_t>(a.batch), a.prompt) : read_prompt_file(a.prompt_file);
+  std::vector<std::vector<int>> ids(texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    ids[i] = tok.encode(texts[i], /*allow_special=*/true);
+    if (ids[i].empty()) ids[i].push_back(kEndOfText);
+    for (int id : ids[i])
+      if (id >= cfg.model.vocab_size)
+        throw UserError((a.prompt_file.empty() ? std::string("--prompt") : "--prompt-file prompt " + std::to_string(i)) +
+                        " encodes to token " + std::to_string(id) + ", outside the model's vocabulary");
+  }
+  const int P = static_cast<int>(texts.size()), slots = std::min(a.batch, P);
+  std::unique_ptr<BatchDecoder> dec = make_batch_decoder(cfg.model, slots, use_gpu, a.precision == "bf16");
+  dec->set_params(params.data());
+  const auto t0 = std::chrono::steady_clock::now();
+  int slides = 0;
+  for (int first = 0; first < P; first += slots) {
+    const int m = std::min(slots, P - first);
+    std::vector<std::vector<int>> group(ids.begin() + first, ids.begin() + first + m);
+    std::vector<uint64_t> seeds(m);
+    for (int i = 0; i < m; ++i) seeds[i] = so.seed + static_cast<uint64_t>(first + i);
+    const std::vector<std::vector<int>> out = generate_batch(*dec, group, a.tokens, so, seeds);
+    for (int i = 0; i < m; ++i) {
+      slides += dec->slides(i);
+      std::printf("--- sample %d (seed %llu) ---\n", first + i, static_cast<unsigned long long>(seeds[i]));
+      const std::string text = texts[first + i] + tok.decode(out[i]);
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fputs("\n", stdout);
+    }
+    std::fflush(stdout);
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const long long total = static_cast<long long>(a.tokens) * P;
+  std::fprintf(stderr, "%lld tokens in %.3f s: %.1f tokens/s (%s; %d prompt(s) in batches of %d, %d slide(s))\n", total, s,
+               s > 0 ? total / s : 0.0, dec->name().c_str(), P, slots, slides);
+}
 
 
 // Autoregressive sampling with the KV-cache decoder (docs/sampling.md): on the GPU when one is
 // usable (--device auto), else on the CPU; the tokens are drawn on the host by sample/sampling.h.
 void run_sample(const SampleArgs& a) {
+  check_sample_batch_args(a);
   auto [cfg, params] = load_trained(a.m);
   if (a.tokens < 1) throw UserError("--tokens must be >= 1 (the number of tokens to generate), not " + std::to_string(a.tokens));
   SamplingOptions so;
@@ -426,12 +500,17 @@ void run_sample(const SampleArgs& a) {
   so.seed = parse_seed(a.seed, "--seed");
   validate_sampling_options(so, "--");
   const Tokenizer tok = Tokenizer::load(find_vocab_dir(a.vocab));
-  std::vector<int> ids = tok.encode(a.prompt, /*allow_special=*/true);
-  if (ids.empty()) ids.push_back(kEndOfText);
-  for (int id : ids)
-    if (id >= cfg.model.vocab_size)
-      throw UserError("--prompt encodes to token " + std::to_string(id) + ", outside the model's vocabulary");
-  // The decoders are fp32 whatever precision the model was trained in.
+  const bool batched = a.batch > 1 || !a.prompt_file.empty() || a.precision == "bf16";
+  std::vector<int> ids;
+  if (!batched) {
+    ids = tok.encode(a.prompt, /*allow_special=*/true);
+    if (ids.empty()) ids.push_back(kEndOfText);
+    for (int id : ids)
+      if (id >= cfg.model.vocab_size)
+        throw UserError("--prompt encodes to token " + std::to_string(id) + ", outside the model's vocabulary");
+  }
+  // The decoders are fp32 whatever precision the model was trained in (the batch decoder: bf16 on
+  // request).
   bool use_gpu = false;
   if (a.device != "cpu") {
     select_gpu(0);
@@ -440,6 +519,9 @@ void run_sample(const SampleArgs& a) {
     if (!use_gpu && a.device == "cuda") throw UserError("--device cuda was asked for but no GPU is usable: " + why);
     if (!use_gpu) std::fprintf(stderr, "note: no usable GPU (%s); sampling on the CPU\n", why.c_str());
   }
+  if (!use_gpu && a.precision == "bf16")
+    throw UserError("--precision bf16 needs the GPU (the CPU decoder is fp32 only)");
+  if (batched) return run_sample_batch(a, cfg, params, tok, so, use_gpu);
   std::unique_ptr<Decoder> dec = make_decoder(cfg.model, use_gpu);
   dec->set_params(params.data());
   std::fputs(a.prompt.c_str(), stdout);
@@ -542,7 +624,19 @@ void add_train_commands(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
       ->capture_default_str();
   s->add_option("--vocab", sargs->vocab, "Folder holding encoder.json and vocab.bpe (default: data/cache/gpt2)");
-  s->callback([sargs] { run_sample(*sargs); });
+  s->add_option("--batch", sargs->batch,
+                "Sequences decoded together by the batch decoder (> 1: N samples of --prompt, seeds seed..seed+N-1; "
+                "with --prompt-file: prompts per group)")
+      ->capture_default_str();
+  s->add_option("--prompt-file", sargs->prompt_file,
+                "One prompt per line (empty lines skipped), decoded by the batch decoder; prompt i uses seed + i");
+  s->add_option("--precision", sargs->precision,
+                "fp32 | bf16: weights and KV cache of the batch decoder (bf16: GPU only)")
+      ->capture_default_str();
+  s->callback([sargs, s] {
+    sargs->prompt_given = s->get_option("--prompt")->count() > 0;
+    run_sample(*sargs);
+  });
 
   auto eargs = std::make_shared<EvalArgs>();
   CLI::App* e = app.add_subcommand("eval", "Validation loss (or HellaSwag accuracy) of a trained model");

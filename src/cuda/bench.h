@@ -37,9 +37,22 @@ struct TrainBenchOptions {
                             // llm.c's GPT-2: with), for like-for-like comparisons
 };
 
-// `bench optimizer` and `bench train`: run the benchmark and print its tables on stdout. UserError
-// for an option out of range or no usable device.
+// `bench sample` (src/cuda/bench_sample.cpp): decoding speed from random weights.
+struct SampleBenchOptions {
+  std::vector<std::string> models = {"124M", "demo"};  // GPT-2 124M; demo = configs/demo_gpu.json's 6 x 384
+  std::vector<int> batches = {1, 8};                   // sequences decoded together
+  std::vector<std::string> precisions = {"fp32", "bf16"};  // of the batch decoder
+  int tokens = 256;     // generated per sequence (prefill included in the time, as `sample`)
+  int prompt = 16;      // prompt tokens per sequence
+  int top_k = 40;       // sampling cut (0: none: every logit to the host)
+  int reps = 3;         // timed runs per row after one untimed run (the median is reported)
+  bool baseline = true; // also the GPU decoder without graphs, sampling from host logits (the path before graphs)
+};
+
+// `bench optimizer`, `bench train` and `bench sample`: run the benchmark and print its tables on
+// stdout. UserError for an option out of range or no usable device.
 void bench_optimizer(const OptimizerBenchOptions& o);
 void bench_train(const TrainBenchOptions& o);
+void bench_sample(const SampleBenchOptions& o);
 
 }  // namespace sgpt

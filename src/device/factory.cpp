@@ -7,6 +7,7 @@
 #include "cpu/cpu_backend.h"
 #include "cpu/decode_cpu.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/decode_batch.h"
 #include "cuda/decode_cuda.h"
 #include "cuda/entry.h"
 
@@ -39,6 +40,12 @@ std::unique_ptr<Decoder> make_decoder(const ModelConfig& cfg, bool use_gpu) {
   if (use_gpu) dec = make_cuda_decoder(cfg);
   if (!dec) dec = make_cpu_decoder(cfg);
   return dec;
+}
+
+std::unique_ptr<BatchDecoder> make_batch_decoder(const ModelConfig& cfg, int slots, bool use_gpu, bool bf16) {
+  if (use_gpu) return make_cuda_batch_decoder(cfg, slots, CudaBatchOptions{.bf16 = bf16});
+  if (bf16) throw UserError("--precision bf16 needs the GPU: the CPU decoder is fp32 only");
+  return make_cpu_batch_decoder(cfg, slots);
 }
 
 bool nccl_built() { return cuda::nccl_built(); }

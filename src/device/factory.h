@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "dist/comm.h"
 #include "model/gpt2.h"
+#include "sample/batch.h"
 #include "sample/decoder.h"
 
 namespace sgpt {
@@ -38,6 +39,10 @@ std::unique_ptr<Backend> make_backend(const Config& cfg, bool use_gpu, int B,
 
 // The KV-cache decoder (sample/decoder.h, fp32): the GPU's when use_gpu, else the CPU's.
 std::unique_ptr<Decoder> make_decoder(const ModelConfig& cfg, bool use_gpu);
+
+// The batch decoder of `slots` sequences (sample/batch.h): the GPU's (weights and KV cache in
+// bf16 when bf16, else fp32) when use_gpu, else the fp32 CPU one (bf16 on the CPU: UserError).
+std::unique_ptr<BatchDecoder> make_batch_decoder(const ModelConfig& cfg, int slots, bool use_gpu, bool bf16);
 
 // NCCL, the communicator of data parallel training on GPUs: whether this build has it (a CUDA
 // build where CMake found NCCL); rank 0's unique id, to hand to every rank; the communicator of

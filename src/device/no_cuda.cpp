@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "cuda/bench.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/decode_batch.h"
 #include "cuda/decode_cuda.h"
 #include "cuda/entry.h"
 
@@ -37,10 +38,20 @@ std::unique_ptr<Backend> make_cuda_backend(const ModelConfig&, int, int, Precisi
 
 std::unique_ptr<Decoder> make_cuda_decoder(const ModelConfig&) { throw UserError(kNoCuda); }
 
+std::unique_ptr<Decoder> make_cuda_decoder(const ModelConfig&, const CudaDecoderOptions&) {
+  throw UserError(kNoCuda);
+}
+
+std::unique_ptr<BatchDecoder> make_cuda_batch_decoder(const ModelConfig&, int, const CudaBatchOptions&) {
+  throw UserError(kNoCuda);
+}
+
 // The command line says it first (src/cli/bench_command.cpp, in the same words).
 void bench_optimizer(const OptimizerBenchOptions&) { throw UserError(kBenchNoCuda); }
 
 void bench_train(const TrainBenchOptions&) { throw UserError(kBenchNoCuda); }
+
+void bench_sample(const SampleBenchOptions&) { throw UserError(kBenchNoCuda); }
 
 namespace cuda {
 

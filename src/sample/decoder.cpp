@@ -24,6 +24,20 @@ void Decoder::reset() {
 
 const float* Decoder::step(int token) { return prefill(std::span<const int>(&token, 1)); }
 
+void Decoder::set_top_output(int k) {
+  if (k < 0 || k > cfg_.vocab_size)
+    throw std::invalid_argument("Decoder::set_top_output: k = " + std::to_string(k) + " outside [0, " +
+                                std::to_string(cfg_.vocab_size) + "]");
+  top_k_out_ = k;
+  top_.clear();
+}
+
+const float* Decoder::output() {
+  if (top_k_out_ == 0) return logits_.data();
+  if (!selects_top()) top_ = top_candidates(logits_.data(), cfg_.vocab_size, top_k_out_);
+  return nullptr;
+}
+
 const float* Decoder::prefill(std::span<const int> tokens) {
   if (!have_params_) throw std::logic_error("Decoder: set_params() was not called");
   if (tokens.empty()) throw std::invalid_argument("Decoder::prefill: no tokens");
@@ -35,7 +49,7 @@ const float* Decoder::prefill(std::span<const int> tokens) {
   if (len + n <= T) {
     forward(tokens.data(), n, len);
     window_.insert(window_.end(), tokens.begin(), tokens.end());
-    return logits_.data();
+    return output();
   }
   // Slide: keep the last W tokens of (window, tokens) and prefill them from position 0.
   const int W = std::min(T, std::max({T / 2, 1, n}));
@@ -48,7 +62,7 @@ const float* Decoder::prefill(std::span<const int> tokens) {
   ++slides_;
   forward(kept.data(), W, 0);
   window_ = std::move(kept);
-  return logits_.data();
+  return output();
 }
 
 std::vector<int> generate(Decoder& d, std::span<const int> prompt, int n, const SamplingOptions& opt,
@@ -56,10 +70,18 @@ std::vector<int> generate(Decoder& d, std::span<const int> prompt, int n, const 
   std::vector<int> out;
   if (n <= 0) return out;
   out.reserve(n);
+  const int V = d.config().vocab_size, k = candidates_needed(opt, V);
+  struct Restore {  // the caller's output mode, also when a step throws
+    Decoder& d;
+    int k;
+    ~Restore() { d.set_top_output(k); }
+  } restore{d, d.top_output()};
+  d.set_top_output(k);
   d.reset();
   const float* logits = d.prefill(prompt);
   for (int i = 0; i < n; ++i) {
-    const int t = sample_token(logits, d.config().vocab_size, opt, static_cast<uint32_t>(i));
+    const int t = k > 0 ? sample_token_top(d.top().data(), k, V, opt, static_cast<uint32_t>(i))
+                        : sample_token(logits, V, opt, static_cast<uint32_t>(i));
     out.push_back(t);
     if (on_token) on_token(t);
     if (i + 1 < n) logits = d.step(t);

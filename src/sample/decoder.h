@@ -51,6 +51,15 @@ class Decoder {
   // Appends one token and returns its logits (vocab_size floats, valid until the next call).
   const float* step(int token);
 
+  // Top-candidate output (sample/sampling.h): with k >= 1 (at most vocab_size), prefill and step
+  // return nullptr instead of the logits and top() holds the first k candidates of the last
+  // token's logits (sample_token_top draws from them); 0 (the default) returns to logits. The
+  // GPU decoders select on the device and copy only the k candidates to the host; the others
+  // select on the host from their logits.
+  void set_top_output(int k);
+  int top_output() const { return top_k_out_; }
+  const std::vector<Candidate>& top() const { return top_; }
+
   // The cached tokens: window()[i] sits at position i.
   const std::vector<int>& window() const { return window_; }
   int length() const { return static_cast<int>(window_.size()); }
@@ -64,10 +73,16 @@ class Decoder {
   virtual void forward(const int* tokens, int n, int pos0) = 0;
   // Called by reset() (the cached keys and values become meaningless; most decoders need not act).
   virtual void on_reset() {}
+  // What prefill/step return after forward(): the logits, or nullptr with top_ filled.
+  const float* output();
+  // Whether forward() fills top_ itself when top_output() > 0 (else the base selects from logits_).
+  virtual bool selects_top() const { return false; }
 
   ModelConfig cfg_;
   ParamLayout layout_;
   std::vector<float> logits_;  // [vocab_size]
+  std::vector<Candidate> top_;  // [top_output()] with top-candidate output
+  int top_k_out_ = 0;
   bool have_params_ = false;
 
  private:
@@ -78,6 +93,9 @@ class Decoder {
 // Autoregressive generation: reset, prefill the prompt (at least one token), then n tokens, token
 // i drawn by sample_token(logits, vocab_size, opt, draw = i) from the logits of the token before
 // it. on_token (optional) sees each token as it is drawn. Returns the n generated tokens.
+// With a top-k cut (candidates_needed(opt, V) > 0) it asks the decoder for the top candidates
+// only and draws with sample_token_top (the same tokens); the decoder's output mode is restored
+// on return.
 std::vector<int> generate(Decoder& d, std::span<const int> prompt, int n, const SamplingOptions& opt,
                           const std::function<void(int)>& on_token = {});
 

@@ -17,6 +17,11 @@
 // sorted (same distribution, no O(V log V) sort per token).
 // When no logit is finite (or the largest is +inf) the distribution is the single first
 // candidate: a broken model still yields tokens instead of a crash.
+// Greedy decoding is --top-k 1 (any temperature): the largest logit, the smaller id on ties.
+//
+// With a top-k cut (1 <= k < V) only the k first candidates enter steps 3-5, so a decoder may
+// select them itself (the GPU decoders do, on the device: only k candidates then travel to the
+// host) and sample_token_top() draws the same token from them as sample_token() from all logits.
 #pragma once
 #include <cstdint>
 #include <utility>
@@ -43,5 +48,23 @@ int sample_token(const float* logits, int V, const SamplingOptions& o, uint32_t 
 
 // The uniform in [0, 1) that draw number `draw` of seed `seed` uses.
 double sampling_uniform(uint64_t seed, uint32_t draw);
+
+// One candidate of step 1: its token id and its ordering key (the logit, NaN as -infinity).
+struct Candidate {
+  int id;
+  float key;
+};
+
+// How many first candidates sample_token needs for these options over V logits: top_k when
+// 1 <= top_k < V, else 0 (every logit is needed: no top-k cut).
+int candidates_needed(const SamplingOptions& o, int V);
+
+// The first k candidates of step 1 (1 <= k <= V), in order.
+std::vector<Candidate> top_candidates(const float* logits, int V, int k);
+
+// sample_token from the first k = candidates_needed(o, V) > 0 candidates (top_candidates or a
+// decoder's own selection of them): the same token as sample_token(logits, V, o, draw). A key of
+// -0 may stand for +0 (they compare equal). std::invalid_argument when k does not match.
+int sample_token_top(const Candidate* top, int k, int V, const SamplingOptions& o, uint32_t draw);
 
 }  // namespace sgpt

@@ -525,8 +525,32 @@ std::vector<Row> sample_rows() {
        .phrases = {"{RUN}/model_00000004.bin", "fails its checksum"}, .same = {"{RUN}"}},
       {.name = "device_cuda_without_gpu", .cmd = "sample --device cuda --run {RUN} -n 2", .code = 2,
        .phrases = {"no GPU is usable"}, .flags = kNoGpu},
+      // The batch decoder's flags (docs/sampling.md, "Batches").
+      {.name = "batch_zero", .cmd = r + "-n 2 --batch 0", .code = 2, .phrases = {"--batch must be >= 1"}},
+      {.name = "batch_negative", .cmd = r + "-n 2 --batch -3", .code = 2, .phrases = {"--batch must be >= 1"}},
+      {.name = "batch_not_a_number", .cmd = r + "-n 2 --batch many", .code = 104, .phrases = {"--batch"}},
+      {.name = "precision_unknown", .cmd = r + "-n 2 --precision fp16", .code = 2,
+       .phrases = {"--precision must be fp32 or bf16", "fp16"}},
+      {.name = "precision_bf16_on_the_cpu", .cmd = r + "-n 2 --precision bf16", .code = 2,
+       .phrases = {"--precision bf16 needs the GPU"}},
+      {.name = "prompt_file_missing", .cmd = r + "-n 2 --prompt-file {W}/nope.txt", .code = 2,
+       .phrases = {"--prompt-file", "{W}/nope.txt"}},
+      {.name = "prompt_file_is_a_directory", .cmd = r + "-n 2 --prompt-file {TXT}", .code = 2,
+       .phrases = {"--prompt-file", kDirNotFile}, .same = {"{TXT}"}},
+      {.name = "prompt_file_empty", .cmd = r + "-n 2 --prompt-file {TXT}/empty.txt", .code = 2,
+       .phrases = {"--prompt-file", "{TXT}/empty.txt", "holds no prompt"}},
+      {.name = "prompt_file_and_prompt", .cmd = r + "-n 2 --prompt-file {TXT}/prompts.txt --prompt '!'", .code = 2,
+       .phrases = {"--prompt and --prompt-file exclude each other"}},
+      {.name = "prompt_file_outside_the_vocabulary", .cmd = r + "-n 2 --prompt-file {TXT}/bigprompt.txt", .code = 2,
+       .phrases = {"--prompt-file prompt", "outside the model's vocabulary"}},
+      {.name = "batch_of_one_prompt", .cmd = r + "-n 2 --batch 3 --prompt '!'", .code = 0,
+       .phrases = {"--- sample 0 (seed 1) ---", "--- sample 2 (seed 3) ---", "6 tokens in", "batches of 3"},
+       .same = {"{RUN}"}},
+      {.name = "prompt_file_in_batches", .cmd = r + "-n 2 --batch 1 --seed 5 --prompt-file {TXT}/prompts.txt", .code = 0,
+       .phrases = {"--- sample 0 (seed 5) ---", "--- sample 1 (seed 6) ---", "4 tokens in", "2 prompt(s) in batches of 1"},
+       .same = {"{RUN}", "{TXT}"}},
       {.name = "unknown_option", .cmd = r + "--frob", .code = 109, .phrases = {"--frob"}},
-      {.name = "help", .cmd = "sample --help", .code = 0, .phrases = {"Usage:", "--top-p"}},
+      {.name = "help", .cmd = "sample --help", .code = 0, .phrases = {"Usage:", "--top-p", "--batch", "--prompt-file", "--precision"}},
   };
 }
 
@@ -1021,6 +1045,8 @@ void build_master(const fs::path& m) {
               "{\"text\": \"Four score and seven years ago.\"}\n");
   write_bytes(m / "text/random.txt", random_bytes(3000, 7));
   write_bytes(m / "text/empty.txt", "");
+  write_bytes(m / "text/prompts.txt", "!\n\n#\r\n");  // two prompts (tokens 0 and 2) for sample --prompt-file
+  write_bytes(m / "text/bigprompt.txt", "!\nHello\n");  // "Hello" is outside the tiny model's vocabulary
   write_bytes(m / "text/empty.jsonl", "");
   write_bytes(m / "text/nofield.jsonl", "{\"body\": \"x\"}\n{\"body\": \"y\"}\n");
   write_bytes(m / "text/textnum.jsonl", "{\"text\": 5}\n");

@@ -23,6 +23,7 @@
 #include "common/error.h"
 #include "config/config.h"
 #include "cpu/decode_cpu.h"
+#include "sample/batch.h"
 #include "cpu/gpt2_cpu.h"
 #include "sample/sampling.h"
 #include "data/loader.h"
@@ -234,6 +235,95 @@ TEST(Decode, GenerateMatchesASlowReferenceLoop) {
   EXPECT_EQ(got, want);
   o.seed = 78;
   EXPECT_NE(generate(*d, prompt, 30, o), got);
+}
+
+// Top-candidate output: prefill and step return nullptr and top() holds the first k candidates
+// of the logits they would have returned.
+TEST(Decode, TopOutputHoldsTheFirstCandidates) {
+  const ModelConfig c = odd_config(true, true);
+  const std::vector<float> params = random_params(c, 5);
+  auto a = make_cpu_decoder(c), b = make_cpu_decoder(c);
+  a->set_params(params.data());
+  b->set_params(params.data());
+  b->set_top_output(7);
+  const std::vector<int> prompt{1, 2, 3};
+  const float* l = a->prefill(prompt);
+  EXPECT_EQ(b->prefill(prompt), nullptr);
+  for (int i = 0; i < 20; ++i) {  // past block_size 16: slides too
+    const std::vector<Candidate> want = top_candidates(l, c.vocab_size, 7);
+    ASSERT_EQ(b->top().size(), want.size());
+    for (size_t j = 0; j < want.size(); ++j) {
+      EXPECT_EQ(b->top()[j].id, want[j].id);
+      EXPECT_EQ(b->top()[j].key, want[j].key);
+    }
+    l = a->step(i % c.vocab_size);
+    EXPECT_EQ(b->step(i % c.vocab_size), nullptr);
+  }
+  EXPECT_THROW(b->set_top_output(-1), std::invalid_argument);
+  EXPECT_THROW(b->set_top_output(c.vocab_size + 1), std::invalid_argument);
+  // generate() restores the caller's mode.
+  b->set_top_output(0);
+  generate(*b, prompt, 3, SamplingOptions{.temperature = 1.0, .top_k = 5, .top_p = 1.0, .seed = 1});
+  EXPECT_EQ(b->top_output(), 0);
+  EXPECT_NE(b->prefill(prompt), nullptr);
+}
+
+// ---- the batch decoder (sample/batch.h): the slots' bookkeeping and generate_batch ----
+
+// Each prompt of a batch gets the tokens of generate() alone with its seed, whatever the other
+// slots do: prompts of different lengths (one longer than the block), enough tokens for several
+// slides, fewer prompts than slots, with and without a top-k cut.
+TEST(BatchDecode, CpuBatchEqualsDecodingEachPromptAlone) {
+  const ModelConfig c = odd_config(true, true);  // block 16
+  const std::vector<float> params = random_params(c, 31);
+  auto one = make_cpu_decoder(c);
+  one->set_params(params.data());
+  std::mt19937 rng(4);
+  std::vector<std::vector<int>> prompts = {{1}, {}, {5, 6, 7, 8, 9}};
+  for (int i = 0; i < 20; ++i) prompts[1].push_back(static_cast<int>(rng() % c.vocab_size));
+  for (const SamplingOptions& o : {SamplingOptions{.temperature = 0.9, .top_k = 20, .top_p = 0.95, .seed = 10},
+                                   SamplingOptions{.temperature = 1.3, .top_k = 0, .top_p = 1.0, .seed = 20},
+                                   SamplingOptions{.temperature = 1.0, .top_k = 1, .top_p = 1.0, .seed = 30}}) {
+    for (int slots : {3, 4}) {
+      auto batch = make_cpu_batch_decoder(c, slots);
+      batch->set_params(params.data());
+      const std::vector<uint64_t> seeds{o.seed, o.seed + 1, o.seed + 2};
+      std::vector<std::vector<int>> streamed(prompts.size());
+      const auto got = generate_batch(*batch, prompts, 40, o, seeds,
+                                      [&](int i, int t) { streamed.at(i).push_back(t); });
+      ASSERT_EQ(got.size(), prompts.size());
+      EXPECT_EQ(got, streamed);
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        SamplingOptions oi = o;
+        oi.seed = seeds[i];
+        EXPECT_EQ(got[i], generate(*one, prompts[i], 40, oi)) << "prompt " << i << ", " << slots << " slots";
+        EXPECT_GE(batch->slides(static_cast<int>(i)), 2);
+      }
+      EXPECT_EQ(batch->top_output(), 0);  // restored
+    }
+  }
+}
+
+TEST(BatchDecode, BadInputs) {
+  const ModelConfig c = odd_config(false, false);
+  EXPECT_THROW(make_cpu_batch_decoder(c, 0), std::invalid_argument);
+  auto b = make_cpu_batch_decoder(c, 2);
+  EXPECT_THROW(b->start(0, std::vector<int>{1}), std::logic_error);  // no set_params yet
+  const std::vector<float> params = random_params(c, 2);
+  b->set_params(params.data());
+  EXPECT_THROW(b->start(2, std::vector<int>{1}), std::out_of_range);
+  EXPECT_THROW(b->start(0, std::vector<int>{}), std::invalid_argument);
+  EXPECT_THROW(b->start(0, std::vector<int>{c.vocab_size}), std::out_of_range);
+  b->start(0, std::vector<int>{1, 2});
+  EXPECT_THROW(b->step(std::vector<int>{1}), std::invalid_argument);  // one token per slot
+  EXPECT_THROW(b->step(std::vector<int>{c.vocab_size, -1}), std::out_of_range);
+  b->step(std::vector<int>{3, -1});  // slot 1 idle
+  EXPECT_EQ(b->window(0), (std::vector<int>{1, 2, 3}));
+  EXPECT_TRUE(b->window(1).empty());
+  const std::vector<uint64_t> seeds{1, 2, 3};
+  EXPECT_THROW(generate_batch(*b, {{1}, {2}, {3}}, 2, SamplingOptions{}, seeds), std::invalid_argument);
+  EXPECT_THROW(generate_batch(*b, {{1}, {2}}, 2, SamplingOptions{}, std::span<const uint64_t>(seeds.data(), 1)),
+               std::invalid_argument);
 }
 
 // ---- samples during training (config sample.*, src/train/trainer.cpp) ----

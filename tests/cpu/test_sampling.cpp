@@ -197,3 +197,66 @@ TEST(Sampling, OptionsAreValidated) {
   EXPECT_NE(msg(opts(1.0, 0, 0.0), "--").find("--top-p"), std::string::npos);
   EXPECT_NE(msg(opts(1.0, 0, 1.5), "sample.").find("sample.top_p"), std::string::npos);
 }
+
+// ---- sampling from the top candidates (sample_token_top: what the GPU decoders use) ----
+
+// Logits with ties, -0 beside +0, NaN, -inf and repeated values: the order of step 1 must hold
+// for all of them.
+static std::vector<float> awkward_logits(int V, uint32_t seed) {
+  std::vector<float> l = random_logits(V, seed);
+  std::mt19937 rng(seed + 100);
+  for (int i = 0; i < V; i += 7) l[i] = l[(i * 13 + 5) % V];  // ties
+  for (int i = 3; i < V; i += 11) l[i] = (i % 2) ? 0.0f : -0.0f;
+  l[V / 2] = NAN;
+  l[V / 3] = -INFINITY;
+  return l;
+}
+
+TEST(Sampling, TopCandidatesGiveTheSameTokens) {
+  const int V = 500;
+  for (uint32_t s = 0; s < 6; ++s) {
+    const std::vector<float> l = awkward_logits(V, s);
+    for (int k : {1, 2, 40, 64, 499}) {
+      const std::vector<Candidate> top = top_candidates(l.data(), V, k);
+      ASSERT_EQ(static_cast<int>(top.size()), k);
+      for (int i = 1; i < k; ++i)  // decreasing keys, smaller id first on ties
+        EXPECT_TRUE(top[i - 1].key > top[i].key || (top[i - 1].key == top[i].key && top[i - 1].id < top[i].id));
+      for (double temp : {0.5, 1.0, 3.0})
+        for (double p : {1.0, 0.9, 0.3}) {
+          const SamplingOptions o = opts(temp, k, p, 1000 + s);
+          ASSERT_EQ(candidates_needed(o, V), k);
+          for (uint32_t draw = 0; draw < 20; ++draw)
+            EXPECT_EQ(sample_token_top(top.data(), k, V, o, draw), sample_token(l.data(), V, o, draw))
+                << "k " << k << " temperature " << temp << " p " << p << " draw " << draw;
+        }
+    }
+  }
+}
+
+TEST(Sampling, TopCandidatesOfNonFiniteLogits) {
+  const int V = 50;
+  std::vector<float> nan(V, NAN), ninf(V, -INFINITY), pinf = random_logits(V, 3);
+  pinf[17] = INFINITY;
+  pinf[30] = INFINITY;
+  for (const auto* l : {&nan, &ninf, &pinf}) {
+    const SamplingOptions o = opts(1.0, 5, 1.0, 9);
+    const std::vector<Candidate> top = top_candidates(l->data(), V, 5);
+    for (uint32_t draw = 0; draw < 5; ++draw)
+      EXPECT_EQ(sample_token_top(top.data(), 5, V, o, draw), sample_token(l->data(), V, o, draw));
+  }
+  EXPECT_EQ(top_candidates(pinf.data(), V, 1)[0].id, 17);
+  EXPECT_EQ(top_candidates(nan.data(), V, 1)[0].id, 0);
+}
+
+TEST(Sampling, CandidatesNeeded) {
+  EXPECT_EQ(candidates_needed(opts(1.0, 0, 1.0), 100), 0);    // no cut: every logit
+  EXPECT_EQ(candidates_needed(opts(1.0, 0, 0.9), 100), 0);    // nucleus over everything
+  EXPECT_EQ(candidates_needed(opts(1.0, 100, 1.0), 100), 0);  // k >= V: no cut
+  EXPECT_EQ(candidates_needed(opts(1.0, 40, 0.9), 100), 40);
+  EXPECT_EQ(candidates_needed(opts(1.0, 1, 1.0), 100), 1);
+  const std::vector<float> l = random_logits(100, 1);
+  const std::vector<Candidate> top = top_candidates(l.data(), 100, 10);
+  EXPECT_THROW(sample_token_top(top.data(), 10, 100, opts(1.0, 20, 1.0), 0), std::invalid_argument);
+  EXPECT_THROW(top_candidates(l.data(), 100, 0), std::invalid_argument);
+  EXPECT_THROW(top_candidates(l.data(), 100, 101), std::invalid_argument);
+}

@@ -1,0 +1,62 @@
+// Launchers of kernels/decode_batch.cu, the kernels of the batch decoder (cuda/decode_batch.h).
+//
+// Every kernel computes each row with arithmetic that does not depend on the other rows or on
+// their number (no cross-row reduction, no algorithm chosen by shape), so a sequence's logits are
+// the same alone or in any batch. Weights and the KV cache are stored as W (float or bf16);
+// activations and every accumulation are fp32.
+//
+// Rows. A call runs n rows; row r holds token tokens[r] of sequence slot[r] at position pos[r]
+// (device arrays). A row with pos[r] < 0 is idle: it stores nothing in a cache and its
+// attention output is zero (its other outputs are meaningless and unused).
+// The caches: kcache/vcache point at layer l of slot 0 ([block_size, C] rows); slot s's layer l
+// starts slot_stride elements further per slot.
+// All launches are asynchronous on `stream` and checked. Includable by g++ (cuda_bf16.h only).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+namespace sgpt::cuda {
+
+// x[r, :] = wte[tokens[r], :] + wpe[pos[r], :] (fp32 sum), 0 for an idle row.
+template <class W>
+void batch_embed(float* x, const int* tokens, const int* pos, const W* wte, const W* wpe, int n,
+                 int C, cudaStream_t stream);
+
+// What a Linear layer does after its dot products (out[r, o] = dot(in[r, :], w[o, :]) in fp32,
+// per lane in a fixed order then a fixed warp butterfly):
+//   v = dot + bias[o] (when bias), v = gelu(v) (tanh form, as kernels/gelu.cu) when gelu,
+//   v = residual[r, o] + v when residual; out[r, o] = v;
+//   with kcache: columns C..2C-1 of a row that is not idle also go to kcache (column o - C) and
+//   columns 2C..3C-1 to vcache, at row pos[r] of slot slot[r] (rounded to W).
+template <class W>
+struct LinearEpilogue {
+  const float* bias = nullptr;
+  bool gelu = false;
+  const float* residual = nullptr;  // [n, OC]; may not alias out
+  W* kcache = nullptr;
+  W* vcache = nullptr;
+  const int* slot = nullptr;
+  const int* pos = nullptr;
+  size_t slot_stride = 0;
+  int C = 0;
+};
+
+// out[n, OC] = in[n, K] @ w[OC, K]^T, then the epilogue. One warp per output column, up to 8 rows
+// per pass.
+template <class W>
+void batch_linear(float* out, const float* in, const W* w, int n, int K, int OC,
+                  const LinearEpilogue<W>& ep, cudaStream_t stream);
+
+// out[r, h*hs:(h+1)*hs] = softmax_{t <= pos[r]}(scale * q . k_t) @ v_t, q from qkv[r, 0:C], keys
+// and values from slot slot[r]'s cache (already holding row pos[r]). max_len bounds pos[r] + 1.
+template <class W>
+void batch_attention(float* out, const float* qkv, const W* kcache, const W* vcache, const int* slot,
+                     const int* pos, size_t slot_stride, int n, int C, int NH, float scale,
+                     int max_len, cudaStream_t stream);
+
+// dst[i] = bf16(src[i]) (round to nearest even), i < n.
+void batch_to_bf16(__nv_bfloat16* dst, const float* src, size_t n, cudaStream_t stream);
+
+}  // namespace sgpt::cuda

@@ -1,0 +1,359 @@
+// The fast decoding paths (docs/sampling.md, "Speed"): the CUDA graph of a step of the GPU
+// decoder (cuda/decode_cuda.h), the candidates selected on the device, and the batch decoder
+// (cuda/decode_batch.h) in fp32 and bf16.
+//
+// What must be bit for bit equal, and why:
+//   - graph replay vs eager steps of the GPU decoder: the same kernels with the same arguments
+//     (only the position is read from device memory), so the same logits, over slides too; hence
+//     the same greedy (--top-k 1) tokens as the decoder before graphs, which is the eager path;
+//   - the device's top candidates vs top_candidates() on the host over the same logits (the
+//     selection only compares; no arithmetic);
+//   - the GPU decoder's attention with interleaved scores vs one position at a time, and its
+//     fused residual + LayerNorm vs the two launches (the changes to the kernels of the default
+//     path must not change its logits);
+//   - a prompt in a batch vs the same prompt in a batch decoder of one slot: every kernel of the
+//     batch decoder computes a row independently of the others.
+// What is compared with a tolerance:
+//   - the batch decoder in fp32 vs the CPU decoder: 1e-4 (as tests/gpu/test_decode.cpp; its own
+//     Linear kernels order the sums differently from cuBLASLt and the CPU);
+//   - the batch decoder in bf16 vs the CPU decoder run with the same weights rounded to bf16:
+//     within 6e-2 of max|logit| plus 6e-2 relative. The weights then agree exactly; what remains
+//     is the KV cache stored in bf16 (each key and value off by up to 2^-9 relative) and fp32
+//     reordering. How large such rounding is here was measured on the CPU: rounding the weights
+//     alone to bf16 moves these random models' logits by at most 1.0e-2 (small model) and 2.0e-2
+//     (wider model) of max|logit| over 25 seeds and 37..133 positions; the cache's rounding is of
+//     the same kind, so 6e-2 leaves about 3x, while a wrong cache row or head moves them by O(1).
+//   - the batch decoder in bf16 vs the fp32 CPU decoder (weights not rounded): both effects
+//     together, bound 1.5e-1 of max|logit| plus 1.5e-1 relative.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "cpu/decode_cpu.h"
+#include "cuda/decode_batch.h"
+#include "cuda/decode_cuda.h"
+#include "cuda/ops_cuda.h"
+#include "model/gpt2.h"
+#include "sample/batch.h"
+#include "sample/sampling.h"
+#include "test_kernels_util.h"
+#include "test_model.h"
+
+namespace sgpt::test {
+namespace {
+
+// Random parameters as in test_decode.cpp (attention far from uniform, biases and LayerNorm
+// parameters matter); the padded vocabulary rows stay zero.
+std::vector<float> random_params(const ModelConfig& c, uint64_t seed) {
+  const ParamLayout L = ParamLayout::make(c);
+  std::vector<float> p(L.total);
+  Rng rng(seed);
+  for (int t = 0; t < kNumParamTensors; ++t) {
+    const bool ln_w = t == kLn1w || t == kLn2w || t == kLnfw;
+    const float sd = ln_w ? 0.2f : (t == kWte || t == kWpe) ? 0.5f : 0.15f;
+    const std::vector<float> r = rng.normal(L.size[t], sd, ln_w ? 1.0f : 0.0f);
+    std::copy(r.begin(), r.end(), p.begin() + L.offset[t]);
+  }
+  for (size_t i = size_t(c.vocab_size) * c.n_embd; i < size_t(c.padded_vocab_size) * c.n_embd; ++i)
+    p[L.offset[kWte] + i] = 0.0f;
+  return p;
+}
+
+// The parameters the bf16 batch decoder computes with: its matrices rounded to bf16.
+std::vector<float> bf16_matrices(const ModelConfig& c, std::vector<float> p) {
+  const ParamLayout L = ParamLayout::make(c);
+  for (int t : {kWte, kWpe, kQkvw, kAttprojw, kFcw, kFcprojw}) {
+    std::vector<float> v(p.begin() + L.offset[t], p.begin() + L.offset[t] + L.size[t]);
+    v = as_stored<bf16>(v);
+    std::copy(v.begin(), v.end(), p.begin() + L.offset[t]);
+  }
+  return p;
+}
+
+std::vector<float> as_vec(const float* l, int V) { return std::vector<float>(l, l + V); }
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// 2 layers of width 72 (3 heads), block 16, vocabulary 123; and a wider one with a longer block.
+ModelConfig small_config() { return sgpt_test::model_config(2, 3, 72, 16, 123, 0, true, true); }
+ModelConfig wider_config() { return sgpt_test::model_config(3, 4, 128, 64, 700, 768, false, true); }
+
+// ---- the GPU decoder: graphs ----
+
+TEST(DecodeGraph, GraphLogitsEqualEagerOverManyStepsAndSlides) {
+  SGPT_SKIP_WITHOUT_GPU();
+  for (const ModelConfig& c : {small_config(), wider_config()}) {
+    SeededRng rng(" block " + std::to_string(c.block_size));
+    const std::vector<float> params = random_params(c, rng.seed);
+    auto graph = make_cuda_decoder(c, CudaDecoderOptions{.graphs = true});
+    auto eager = make_cuda_decoder(c, CudaDecoderOptions{.graphs = false});
+    graph->set_params(params.data());
+    eager->set_params(params.data());
+    const std::vector<int> prompt = rng.ints(5, 0, c.vocab_size);
+    ASSERT_TRUE(same_bits(as_vec(graph->prefill(prompt), c.vocab_size), as_vec(eager->prefill(prompt), c.vocab_size)));
+    const int steps = 3 * c.block_size + 7;  // several slides
+    const std::vector<int> toks = rng.ints(steps, 0, c.vocab_size);
+    for (int i = 0; i < steps; ++i) {
+      const std::vector<float> g = as_vec(graph->step(toks[i]), c.vocab_size);
+      const std::vector<float> e = as_vec(eager->step(toks[i]), c.vocab_size);
+      ASSERT_EQ(graph->window(), eager->window()) << "step " << i;
+      ASSERT_TRUE(same_bits(g, e)) << "step " << i << " (window " << graph->length() << ")";
+    }
+    EXPECT_GE(graph->slides(), 2);
+    // The graph was captured and replayed (a failed capture falls back to eager steps).
+    EXPECT_EQ(graph->name().find("capture failed"), std::string::npos) << graph->name();
+    // Top-candidate output from the same graph decoder: the device's selection equals the host's
+    // over the eager logits.
+    for (int k : {1, 7, 40, 64}) {
+      if (k >= c.vocab_size) continue;
+      graph->set_top_output(k);
+      graph->reset();
+      eager->reset();
+      ASSERT_EQ(graph->prefill(prompt), nullptr);
+      const float* l = eager->prefill(prompt);
+      for (int i = 0; i < c.block_size + 3; ++i) {
+        const std::vector<Candidate> want = top_candidates(l, c.vocab_size, k);
+        ASSERT_EQ(graph->top().size(), want.size());
+        for (int j = 0; j < k; ++j) {
+          ASSERT_EQ(graph->top()[j].id, want[j].id) << "k " << k << " step " << i << " candidate " << j;
+          ASSERT_EQ(graph->top()[j].key, want[j].key) << "k " << k << " step " << i << " candidate " << j;
+        }
+        ASSERT_EQ(graph->step(toks[i]), nullptr);
+        l = eager->step(toks[i]);
+      }
+      graph->set_top_output(0);
+    }
+  }
+}
+
+// Greedy decoding (--top-k 1) for a few hundred tokens: the graph path with the device's argmax
+// gives the tokens of the eager path (the decoder before graphs) with host sampling.
+TEST(DecodeGraph, GreedyTokensEqualTheEagerPath) {
+  SGPT_SKIP_WITHOUT_GPU();
+  for (const ModelConfig& c : {small_config(), wider_config()}) {
+    SeededRng rng(" block " + std::to_string(c.block_size));
+    const std::vector<float> params = random_params(c, rng.seed);
+    auto graph = make_cuda_decoder(c, CudaDecoderOptions{.graphs = true});
+    auto eager = make_cuda_decoder(c, CudaDecoderOptions{.graphs = false});
+    graph->set_params(params.data());
+    eager->set_params(params.data());
+    const std::vector<int> prompt = rng.ints(3, 0, c.vocab_size);
+    SamplingOptions greedy;
+    greedy.top_k = 1;
+    const std::vector<int> got = generate(*graph, prompt, 300, greedy);
+    // The eager path drawing from full logits on the host, as before graphs.
+    std::vector<int> want;
+    const float* l = eager->prefill(prompt);
+    for (int i = 0; i < 300; ++i) {
+      want.push_back(sample_token(l, c.vocab_size, greedy, static_cast<uint32_t>(i)));
+      if (i + 1 < 300) l = eager->step(want.back());
+    }
+    EXPECT_EQ(got, want);
+    // And sampling with a top-k cut: the same tokens too.
+    SamplingOptions o;
+    o.temperature = 0.9;
+    o.top_k = 20;
+    o.top_p = 0.95;
+    o.seed = 5;
+    EXPECT_EQ(generate(*graph, prompt, 200, o), generate(*eager, prompt, 200, o));
+  }
+}
+
+// ---- the GPU decoder's attention kernel: interleaved scores, the same bits ----
+
+// decode_attention scores 4 positions per warp at once; the per-position arithmetic must be the
+// loop's before the interleaving, bit for bit (so the logits of the default path stay those of
+// the decoder before graphs), for every length (groups of 4 x 8 positions and the remainder).
+TEST(DecodeKernels, InterleavedScoresGiveTheSameBits) {
+  SGPT_SKIP_WITHOUT_GPU();
+  SeededRng rng;
+  struct Shape {
+    int C, NH, T;
+  };
+  for (const Shape sh : {Shape{72, 3, 16}, Shape{768, 12, 1024}, Shape{128, 2, 300}}) {
+    const int C = sh.C, T = sh.T;
+    const DeviceBuffer<float> kc = to_device<float>(rng.normal(size_t(T) * C, 1.0f));
+    const DeviceBuffer<float> vc = to_device<float>(rng.normal(size_t(T) * C, 1.0f));
+    for (const int pos0 : {0, 1, 7, 31, 32, 33, 63, T / 2, T - 5, T - 1}) {
+      for (const int n : {1, 5}) {
+        if (pos0 + n > T) continue;
+        const DeviceBuffer<float> qkv = to_device<float>(rng.normal(size_t(n) * 3 * C, 1.0f));
+        DeviceBuffer<float> a(size_t(n) * C), b(size_t(n) * C);
+        const float scale = 0.125f;
+        cuda::decode_attention(a.get(), qkv.get(), kc.get(), vc.get(), n, pos0, C, sh.NH, scale, T, nullptr, nullptr, true);
+        cuda::decode_attention(b.get(), qkv.get(), kc.get(), vc.get(), n, pos0, C, sh.NH, scale, T, nullptr, nullptr, false);
+        ASSERT_TRUE(same_bits(a.download(), b.download())) << "C " << C << " pos0 " << pos0 << " n " << n;
+      }
+    }
+  }
+}
+
+// The GPU decoder fuses each residual with the LayerNorm after it; the fused launcher must give
+// the bits of the two launches it replaced, for the decoder's shapes (one row, a prefill's rows).
+TEST(DecodeKernels, FusedResidualLayerNormGivesTheSameBits) {
+  SGPT_SKIP_WITHOUT_GPU();
+  SeededRng rng;
+  for (const int C : {72, 128, 384, 768, 1024}) {
+    for (const int n : {1, 3, 16}) {
+      const DeviceBuffer<float> a = to_device<float>(rng.normal(size_t(n) * C, 1.0f));
+      const DeviceBuffer<float> b = to_device<float>(rng.normal(size_t(n) * C, 0.5f));
+      const DeviceBuffer<float> w = to_device<float>(rng.normal(C, 0.2f, 1.0f));
+      const DeviceBuffer<float> bias = to_device<float>(rng.normal(C, 0.2f));
+      DeviceBuffer<float> res1(size_t(n) * C), out1(size_t(n) * C), res2(size_t(n) * C), out2(size_t(n) * C);
+      DeviceBuffer<float> mean(n), rstd(n);
+      for (const float* bp : {static_cast<const float*>(bias.get()), static_cast<const float*>(nullptr)}) {
+        cuda::residual_forward<float>(res1.get(), a.get(), b.get(), size_t(n) * C, nullptr);
+        cuda::layernorm_forward<float>(out1.get(), mean.get(), rstd.get(), res1.get(), w.get(), bp, n, C, nullptr);
+        cuda::residual_layernorm_forward<float>(res2.get(), out2.get(), mean.get(), rstd.get(), a.get(), b.get(),
+                                                w.get(), bp, n, C, nullptr);
+        ASSERT_TRUE(same_bits(res1.download(), res2.download())) << "C " << C << " n " << n;
+        ASSERT_TRUE(same_bits(out1.download(), out2.download())) << "C " << C << " n " << n;
+      }
+    }
+  }
+}
+
+// ---- the batch decoder ----
+
+class BatchGpu : public ::testing::TestWithParam<bool> {};  // bf16?
+
+// One slot against the CPU decoder over a prompt, steps and slides.
+TEST_P(BatchGpu, LogitsCloseToTheCpuDecoder) {
+  SGPT_SKIP_WITHOUT_GPU();
+  const bool bf16 = GetParam();
+  for (const ModelConfig& c : {small_config(), wider_config()}) {
+    SeededRng rng(std::string(bf16 ? " bf16" : " fp32") + " block " + std::to_string(c.block_size));
+    const std::vector<float> params = random_params(c, rng.seed);
+    auto gpu = make_cuda_batch_decoder(c, 1, CudaBatchOptions{.bf16 = bf16});
+    gpu->set_params(params.data());
+    auto cpu = make_cpu_decoder(c);
+    const std::vector<float> ref_params = bf16 ? bf16_matrices(c, params) : params;
+    cpu->set_params(ref_params.data());
+    auto cpu32 = make_cpu_decoder(c);
+    cpu32->set_params(params.data());
+    const Tol tol = bf16 ? Tol{6e-2, 6e-2} : Tol{1e-4, 1e-4};
+    const std::vector<int> prompt = rng.ints(6, 0, c.vocab_size);
+    gpu->start(0, prompt);
+    expect_close(as_vec(gpu->logits(0), c.vocab_size), as_vec(cpu->prefill(prompt), c.vocab_size), tol, "prefill");
+    cpu32->prefill(prompt);
+    const int steps = 2 * c.block_size + 5;
+    const std::vector<int> toks = rng.ints(steps, 0, c.vocab_size);
+    for (int i = 0; i < steps; ++i) {
+      gpu->step(std::vector<int>{toks[i]});
+      const std::vector<float> g = as_vec(gpu->logits(0), c.vocab_size);
+      ASSERT_EQ(gpu->window(0), cpu->window());
+      expect_close(g, as_vec(cpu->step(toks[i]), c.vocab_size), tol, "step " + std::to_string(i));
+      const std::vector<float> r32 = as_vec(cpu32->step(toks[i]), c.vocab_size);
+      if (bf16) {
+        expect_close(g, r32, Tol{1.5e-1, 1.5e-1}, "step " + std::to_string(i) + " vs fp32 weights");
+      }
+      if (HasFailure()) return;
+    }
+    EXPECT_GE(gpu->slides(0), 2);
+  }
+}
+
+// A slot's logits are the same bits whatever the other slots hold, with and without graphs: a
+// prompt in slot 1 of 3 (the others busy with other prompts, one of them idle at times) against
+// the same prompt in a decoder of one slot.
+TEST_P(BatchGpu, SlotLogitsEqualDecodingAlone) {
+  SGPT_SKIP_WITHOUT_GPU();
+  const bool bf16 = GetParam();
+  const ModelConfig c = wider_config();
+  SeededRng rng(bf16 ? " bf16" : " fp32");
+  const std::vector<float> params = random_params(c, rng.seed);
+  for (bool graphs : {true, false}) {
+    auto batch = make_cuda_batch_decoder(c, 3, CudaBatchOptions{.bf16 = bf16, .graphs = graphs});
+    auto alone = make_cuda_batch_decoder(c, 1, CudaBatchOptions{.bf16 = bf16, .graphs = true});
+    batch->set_params(params.data());
+    alone->set_params(params.data());
+    const std::vector<int> prompt = rng.ints(9, 0, c.vocab_size);
+    batch->start(0, rng.ints(30, 0, c.vocab_size));
+    batch->start(1, prompt);
+    batch->start(2, rng.ints(2, 0, c.vocab_size));
+    alone->start(0, prompt);
+    ASSERT_TRUE(same_bits(as_vec(batch->logits(1), c.vocab_size), as_vec(alone->logits(0), c.vocab_size)));
+    const int steps = 2 * c.block_size + 11;
+    for (int i = 0; i < steps; ++i) {
+      const std::vector<int> t = rng.ints(3, 0, c.vocab_size);
+      std::vector<int> step = t;
+      if (i % 5 == 2) step[2] = -1;  // slot 2 idle this step
+      batch->step(step);
+      alone->step(std::vector<int>{t[1]});
+      ASSERT_EQ(batch->window(1), alone->window(0)) << "step " << i;
+      ASSERT_TRUE(same_bits(as_vec(batch->logits(1), c.vocab_size), as_vec(alone->logits(0), c.vocab_size)))
+          << "step " << i << (graphs ? " (graphs)" : " (eager)");
+    }
+    EXPECT_GE(batch->slides(0), 2);
+    EXPECT_EQ(batch->name().find("capture failed"), std::string::npos) << batch->name();
+    EXPECT_EQ(alone->name().find("capture failed"), std::string::npos) << alone->name();
+  }
+}
+
+// generate_batch: each prompt's tokens equal generate_batch of that prompt alone with its seed
+// (the seed scheme of the command line: prompt i draws with seed + i), sampling with a top-k cut
+// (selected on the device) and without one (all logits to the host).
+TEST_P(BatchGpu, BatchTokensEqualDecodingEachPromptAlone) {
+  SGPT_SKIP_WITHOUT_GPU();
+  const bool bf16 = GetParam();
+  const ModelConfig c = wider_config();
+  SeededRng rng(bf16 ? " bf16" : " fp32");
+  const std::vector<float> params = random_params(c, rng.seed);
+  auto batch = make_cuda_batch_decoder(c, 4, CudaBatchOptions{.bf16 = bf16});
+  auto alone = make_cuda_batch_decoder(c, 1, CudaBatchOptions{.bf16 = bf16});
+  batch->set_params(params.data());
+  alone->set_params(params.data());
+  const std::vector<std::vector<int>> prompts = {rng.ints(1, 0, c.vocab_size), rng.ints(70, 0, c.vocab_size),
+                                                 rng.ints(12, 0, c.vocab_size), rng.ints(33, 0, c.vocab_size)};
+  for (const SamplingOptions& o : {SamplingOptions{.temperature = 0.8, .top_k = 40, .top_p = 0.95, .seed = 3},
+                                   SamplingOptions{.temperature = 1.0, .top_k = 0, .top_p = 1.0, .seed = 4},
+                                   SamplingOptions{.temperature = 1.0, .top_k = 1, .top_p = 1.0, .seed = 5}}) {
+    std::vector<uint64_t> seeds;
+    for (size_t i = 0; i < prompts.size(); ++i) seeds.push_back(o.seed + i);
+    const auto got = generate_batch(*batch, prompts, 150, o, seeds);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const auto want = generate_batch(*alone, {prompts[i]}, 150, o, std::span<const uint64_t>(&seeds[i], 1));
+      EXPECT_EQ(got[i], want[0]) << "prompt " << i << ", top_k " << o.top_k;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, BatchGpu, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "bf16" : "fp32"; });
+
+// GPT-2 small's shape: the batch decoder in fp32 samples the CPU's first tokens (top 40, as the
+// smoke test of test_decode.cpp), and bf16 runs; tokens/s printed, not checked.
+TEST(BatchGpuSmoke, Gpt2Small) {
+  SGPT_SKIP_WITHOUT_GPU();
+  ModelConfig c;
+  const std::vector<float> params = sgpt_test::initial_params(c, 1234);
+  auto cpu = make_cpu_decoder(c);
+  cpu->set_params(params.data());
+  SamplingOptions o;
+  o.top_k = 40;
+  o.seed = 42;
+  const std::vector<int> prompt{50256, 464, 3290, 318};
+  const std::vector<int> want = generate(*cpu, prompt, 16, o);
+  for (bool bf16 : {false, true}) {
+    auto gpu = make_cuda_batch_decoder(c, 8, CudaBatchOptions{.bf16 = bf16});
+    gpu->set_params(params.data());
+    const std::vector<uint64_t> seeds(8, 42);
+    const std::vector<std::vector<int>> prompts(8, prompt);
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto got = generate_batch(*gpu, prompts, 200, o, seeds);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (int i = 1; i < 8; ++i) EXPECT_EQ(got[i], got[0]);  // the same prompt and seed in every slot
+    if (!bf16) {
+      EXPECT_EQ(std::vector<int>(got[0].begin(), got[0].begin() + 16), want);
+    }
+    std::printf("124M batch of 8: 1600 tokens in %.3f s = %.0f tokens/s (%s)\n", s, 1600 / s, gpu->name().c_str());
+  }
+}
+
+}  // namespace
+}  // namespace sgpt::test
