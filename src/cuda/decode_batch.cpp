@@ -160,20 +160,7 @@ class CudaBatchDecoder final : public BatchDecoder {
   }
 
   void capture_step() {
-    cudaStream_t s = stream_.s;
-    graph_.clear();
-    SGPT_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    try {
-      record_step();
-    } catch (...) {
-      cudaGraph_t g = nullptr;
-      cudaStreamEndCapture(s, &g);  // not checked: the first error is the one to report
-      if (g) cudaGraphDestroy(g);
-      cudaGetLastError();
-      throw;
-    }
-    SGPT_CUDA_CHECK(cudaStreamEndCapture(s, &graph_.graph));
-    SGPT_CUDA_CHECK(cudaGraphInstantiate(&graph_.exec, graph_.graph, 0));
+    graph_.capture(stream_.s, [&] { record_step(); });
     graph_.top_k = top_output();
   }
 

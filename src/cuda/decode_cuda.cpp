@@ -176,21 +176,11 @@ class CudaDecoder final : public Decoder {
   // Captures one step (the token and position from step_in_) into graph_.
   void capture_step() {
     cudaStream_t s = stream_.s;
-    graph_.clear();
-    SGPT_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-    try {
+    graph_.capture(s, [&] {
       SGPT_CUDA_CHECK(cudaMemcpyAsync(step_io_dev_.get(), step_in_.get(), 2 * sizeof(int),
                                       cudaMemcpyHostToDevice, s));
       run(step_io_dev_.get(), 1, 0, step_io_dev_.get() + 1);
-    } catch (...) {
-      cudaGraph_t g = nullptr;
-      cudaStreamEndCapture(s, &g);  // not checked: the first error is the one to report
-      if (g) cudaGraphDestroy(g);
-      cudaGetLastError();
-      throw;
-    }
-    SGPT_CUDA_CHECK(cudaStreamEndCapture(s, &graph_.graph));
-    SGPT_CUDA_CHECK(cudaGraphInstantiate(&graph_.exec, graph_.graph, 0));
+    });
     graph_.top_k = top_output();
   }
 

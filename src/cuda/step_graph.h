@@ -50,6 +50,24 @@ struct StepGraph {
     graph = nullptr;
     top_k = -1;
   }
+  // Records `record()` (the launches of one step on `stream`) as this graph and instantiates it.
+  // Where recording throws, the capture is ended and dropped and the exception passes on.
+  template <class F>
+  void capture(cudaStream_t stream, F&& record) {
+    clear();
+    SGPT_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      record();
+    } catch (...) {
+      cudaGraph_t g = nullptr;
+      cudaStreamEndCapture(stream, &g);  // not checked: the first error is the one to report
+      if (g) cudaGraphDestroy(g);
+      cudaGetLastError();
+      throw;
+    }
+    SGPT_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    SGPT_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  }
 };
 
 }  // namespace sgpt::cuda
