@@ -311,8 +311,9 @@ class SophiaG final : public Optimizer {
   void update(const OptimizerStep& s, float* const* state, const UpdateTarget& t,
               ReduceScratch* metrics) const override {
     const OptimizerConfig& o = *s.cfg;
-    launch_update(SophiaRule{SophiaConsts::make(s.lr, o.beta1, o.rho, s.bs, o.weight_decay)},
-                  state, t, metrics);
+    const double rho = o.rho * hessian_correction(s);  // h / (1 - beta2^n) when corrected
+    launch_update(SophiaRule{SophiaConsts::make(s.lr, o.beta1, rho, s.bs, o.weight_decay)}, state,
+                  t, metrics);
   }
 };
 class AdamW final : public Optimizer {

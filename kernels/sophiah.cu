@@ -47,7 +47,8 @@ class SophiaH final : public Optimizer {
   void update(const OptimizerStep& s, float* const* state, const UpdateTarget& t,
               ReduceScratch* metrics) const override {
     const OptimizerConfig& o = *s.cfg;
-    launch_update(SophiaHRule{SophiaHConsts::make(s.lr, o.beta1, o.rho, o.eps, o.weight_decay)},
+    const double gamma = o.rho * hessian_correction(s);  // h / (1 - beta2^n) when corrected
+    launch_update(SophiaHRule{SophiaHConsts::make(s.lr, o.beta1, gamma, o.eps, o.weight_decay)},
                   state, t, metrics);
   }
 };

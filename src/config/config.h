@@ -28,6 +28,9 @@ struct OptimizerConfig {
   double bs = 0;                   // Sophia-G: tokens per optimizer step; 0 = derive from batch
   int hessian_interval = 10;       // k: estimator pass after every step with step % k == k-1
   std::string hessian_probe = "gaussian";  // Sophia-H: "gaussian" | "rademacher"
+  // Sophia: h read by the update divided by 1 - beta2^n (n: estimator passes so far), as Adam
+  // corrects its second moment; off in the paper and the official code.
+  bool hessian_bias_correction = false;
   double hessian_batch_fraction = 1.0;
   double grad_clip = 1.0;          // 0 disables
   // Divergence guard: a step whose loss or gradient norm is not finite is skipped (no update);

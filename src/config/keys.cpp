@@ -86,6 +86,10 @@ const std::vector<ConfigKey> kKeys = {
         kMay),
     KEY(optimizer.hessian_probe, one_of({"gaussian", "rademacher"}),
         "Sophia-H: the distribution of the Hutchinson probe u (the paper's is Gaussian)", kMay),
+    KEY(optimizer.hessian_bias_correction, any(),
+        "Sophia-G and Sophia-H: the update reads h / (1 - beta2^n), n = floor(step / k) estimator "
+        "passes so far, as Adam corrects its second moment (the paper and the official code: false)",
+        kMay),
     KEY(optimizer.hessian_batch_fraction, in(0, 1, "(]").quiet(),
         "fraction of each micro-batch's sequences the GNB pass uses (the paper uses 0.5); times "
         "`batch.micro_batch_size` it must give at least one sequence (Sophia-G)",

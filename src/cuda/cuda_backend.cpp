@@ -122,6 +122,9 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    // The Hessian-vector product works on stream_ (its destructor synchronizes it and destroys a
+    // cuBLAS handle bound to it): it goes before the stream does.
+    hvp_.reset();
     cudaStreamDestroy(stream_);
     if (comm_stream_) {
       cudaStreamSynchronize(comm_stream_);

@@ -1,5 +1,6 @@
 #include "optim/optimizer.h"
 
+#include <cmath>
 #include <stdexcept>
 
 namespace sgpt {
@@ -44,6 +45,14 @@ const std::vector<OptimizerKind>& optimizer_kinds() {
 }
 
 const OptimizerKind& optimizer_kind(const std::string& name) { return entry(name).kind; }
+
+double hessian_correction(const OptimizerStep& s) {
+  const OptimizerConfig& o = *s.cfg;
+  if (!o.hessian_bias_correction) return 1.0;
+  const int64_t n = (s.t - 1) / o.hessian_interval;
+  if (n < 1) return 1.0;
+  return 1.0 / (1.0 - std::pow(o.beta2, static_cast<double>(n)));
+}
 
 std::unique_ptr<CpuOptimizer> make_cpu_optimizer(const std::string& name) {
   return entry(name).make_cpu();

@@ -29,6 +29,13 @@ struct OptimizerStep {
   double bs = 0;                         // Sophia: tokens per step (rho * bs scales h)
 };
 
+// Sophia's optional bias correction of h (`optimizer.hessian_bias_correction`): the factor
+// 1 / (1 - beta2^n) the update applies to h (folded into rho, so the kernels are unchanged), with
+// n = floor((t - 1) / k) the estimator passes that ran before update t (one after every update
+// whose 0-based step is k-1 mod k). 1 when the option is off and before the first pass. A skipped
+// step (the divergence guard) is still counted, so after one n may be one too high.
+double hessian_correction(const OptimizerStep& s);
+
 // An optimizer's name, the state slots it keeps (in this order in checkpoints and in the
 // `state` arrays below) and the Hessian estimator that keeps its slot "h" up to date between
 // steps (src/train/step.h; "" for optimizers that read no Hessian estimate).

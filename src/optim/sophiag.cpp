@@ -9,7 +9,8 @@ class SophiaG final : public CpuOptimizer {
   void update(const OptimizerStep& s, float* p, float* const* state, const float* g, size_t n,
               bool decayed, SophiaMetrics* metrics) const override {
     const OptimizerConfig& o = *s.cfg;
-    const SophiaConsts c = SophiaConsts::make(s.lr, o.beta1, o.rho, s.bs, o.weight_decay);
+    const double rho = o.rho * hessian_correction(s);
+    const SophiaConsts c = SophiaConsts::make(s.lr, o.beta1, rho, s.bs, o.weight_decay);
     cpu::sophia_update(p, state[0], state[1], g, n, c, decayed, metrics);
   }
 };

@@ -59,8 +59,9 @@ class SophiaH final : public CpuOptimizer {
   void update(const OptimizerStep& s, float* p, float* const* state, const float* g, size_t n,
               bool decayed, SophiaMetrics* metrics) const override {
     const OptimizerConfig& o = *s.cfg;
+    const double gamma = o.rho * hessian_correction(s);
     cpu::sophiah_update(p, state[0], state[1], g, n,
-                        SophiaHConsts::make(s.lr, o.beta1, o.rho, o.eps, o.weight_decay), decayed,
+                        SophiaHConsts::make(s.lr, o.beta1, gamma, o.eps, o.weight_decay), decayed,
                         metrics);
   }
 };

@@ -6,6 +6,7 @@
 #include <limits>
 #include <vector>
 
+#include "optim/optimizer.h"
 #include "optim/update_rules.h"
 #include "model/gpt2.h"
 
@@ -160,4 +161,52 @@ TEST(Schedule, WarmupCosineFloor) {
   EXPECT_DOUBLE_EQ(lr_at(5000, lr, mn, 100, 1100), mn);
   // Monotone non-increasing after warmup.
   for (int s = 100; s < 1200; ++s) EXPECT_LE(lr_at(s + 1, lr, mn, 100, 1100), lr_at(s, lr, mn, 100, 1100) + 1e-18);
+}
+
+// Sophia's optional bias correction of h (optimizer.hessian_bias_correction). beta2 0.99, k 10:
+// the estimator has run n = floor((t-1)/10) times before update t, and h is divided by
+// 1 - 0.99^n: n = 1 gives 1/0.01 = 100, n = 2 gives 1/(1 - 0.9801) = 1/0.0199 = 50.2512562814...
+TEST(HessianBiasCorrection, FactorCountsThePassesBeforeTheUpdate) {
+  OptimizerConfig o;
+  o.beta2 = 0.99;
+  o.hessian_interval = 10;
+  o.hessian_bias_correction = true;
+  const auto factor = [&](int64_t t) { return hessian_correction(OptimizerStep{&o, 1e-3, t, 100}); };
+  EXPECT_EQ(factor(1), 1.0);   // n = 0: h is still 0, nothing to correct
+  EXPECT_EQ(factor(10), 1.0);  // update 10 (step 9) comes before the first pass
+  EXPECT_NEAR(factor(11), 100.0, 1e-9);
+  EXPECT_NEAR(factor(20), 100.0, 1e-9);
+  EXPECT_NEAR(factor(21), 50.25125628140704, 1e-9);
+  o.hessian_bias_correction = false;
+  EXPECT_EQ(factor(21), 1.0);
+}
+
+// The CPU Sophia-G and Sophia-H with the correction on are their rules with rho (gamma) times the
+// factor: at t = 11 (n = 1, factor 100) rho 0.05 acts as rho 5.
+TEST(HessianBiasCorrection, UpdatesReadTheCorrectedH) {
+  OptimizerConfig o;
+  o.beta1 = 0.9;
+  o.beta2 = 0.99;
+  o.rho = 0.05;
+  o.eps = 1e-12;
+  o.weight_decay = 0.0;
+  o.hessian_interval = 10;
+  o.hessian_bias_correction = true;
+  const OptimizerStep s{&o, 0.1, 11, 100};
+  // Sophia-G, bs 100: d = h*rho*bs*100 + 1e-15 = 0.001*500 = 0.5; m = 0.1*1 = 0.1; r = 0.2;
+  // p = 1 - 0.1*0.2 = 0.98 (uncorrected: d = 0.005, r = min(20, 1) = 1, p = 0.9).
+  {
+    float p = 1.0f, m = 0.0f, h = 0.001f, g = 1.0f;
+    float* state[2] = {&m, &h};
+    make_cpu_optimizer("sophiag")->update(s, &p, state, &g, 1, false, nullptr);
+    expect_close(p, 0.98);
+  }
+  // Sophia-H, h 0.1: d = max(gamma*100*h, eps) = 5*0.1 = 0.5; m = 0.1; r = 0.2; p = 0.98
+  // (uncorrected: d = 0.005, r = min(20, 1) = 1, p = 0.9).
+  {
+    float p = 1.0f, m = 0.0f, h = 0.1f, g = 1.0f;
+    float* state[2] = {&m, &h};
+    make_cpu_optimizer("sophiah")->update(s, &p, state, &g, 1, false, nullptr);
+    expect_close(p, 0.98);
+  }
 }
