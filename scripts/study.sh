@@ -64,7 +64,13 @@ plots)
   plot="" pts=(7 6 5 4 9 8 11 10) i=0
   for s in $series; do
     opt=${s%_*} rho=${s#*_}
-    label=$([[ $opt == adamw ]] && echo "AdamW" || echo "Sophia-G rho $rho")
+    case $opt in  # study_table.py's optimizer: name, "+hbc" for h bias-corrected
+      adamw) label="AdamW" ;;
+      sophiag) label="Sophia-G rho $rho" ;;
+      sophiag+hbc) label="Sophia-G, h bias-corrected, rho $rho" ;;
+      sophiah) label="Sophia-H" ;;
+      *) label=$opt ;;
+    esac
     # a point type per series (filled, open, ...), so series that meet stay told apart
     plot+="${plot:+, }'$dat' using (strcol(1) eq '$opt' && \$2 == $rho ? \$3 : 1/0):4 with linespoints lw 2 pt ${pts[i++ % 8]} ps 1.3 title '$label'"
   done

@@ -9,7 +9,9 @@ usage: scripts/study_table.py [--runs DIR]            markdown tables on stdout
                                           loss at those steps too
 
 A run directory holds config.json and log.jsonl (sophiagpt train) and `done` once it finished.
-A setting is (optimizer, lr, rho, warmup); its seeds are runs that differ only in `seed`.
+A setting is (optimizer, lr, rho, warmup); its seeds are runs that differ only in `seed`. The
+optimizer is its name with "+hbc" for h bias-corrected (optimizer.hessian_bias_correction), a variant
+of its own: it never joins the plain optimizer's sweep, best setting or AdamW pairing.
 The sweep uses seed 1337; the best setting of each optimizer (lowest final validation loss among
 finished runs) gets two more seeds and a warmup variant in the second phase, once runs on both sides
 of its learning rate were worse (until then --next extends the sweep by one learning rate).
@@ -57,8 +59,9 @@ def load(d):
     B = cfg["batch"]["micro_batch_size"]
     f = o.get("hessian_batch_fraction", 1.0)
     f_eff = max(1, math.floor(f * B)) / B
+    opt = o["name"] + ("+hbc" if o.get("hessian_bias_correction") else "")
     return {
-        "name": os.path.basename(d), "opt": o["name"], "lr": o["lr"],
+        "name": os.path.basename(d), "opt": opt, "lr": o["lr"],
         "rho": o["rho"] if o["name"] == "sophiag" else None,
         "warmup": cfg["schedule"]["warmup_iters"], "seed": cfg["seed"], "done": done,
         "final": final, "evals": ev, "tokens": cfg["batch"]["total_batch_tokens"],
@@ -69,6 +72,13 @@ def load(d):
         "model": f"{cfg['model']['n_layer']} x {cfg['model']['n_embd']}, "
                  f"{max_steps * cfg['batch']['total_batch_tokens'] / 1e6:.1f}M tokens",
     }
+
+
+def label(opt):
+    """AdamW, Sophia-G, Sophia-H, Lion; "+hbc": h bias-corrected."""
+    name, _, variant = opt.partition("+")
+    base = {"adamw": "AdamW", "sophiag": "Sophia-G", "sophiah": "Sophia-H", "lion": "Lion"}.get(name, name)
+    return base + (" (h bias-corrected)" if variant == "hbc" else "")
 
 
 def setting(r):
@@ -167,7 +177,7 @@ def main():
         for o, b in sorted(best.items()):
             for r in runs:
                 if setting(r) == setting(b):
-                    print(f"{os.path.join(runs_dir, r['name'])}={'AdamW' if o == 'adamw' else 'Sophia-G'} "
+                    print(f"{os.path.join(runs_dir, r['name'])}={label(o)} "
                           f"lr {r['lr']:g}{' rho ' + str(r['rho']) if r['rho'] else ''} seed {r['seed']}")
         return
 
@@ -176,7 +186,7 @@ def main():
         for o, r in sorted(best.items()):
             # the best run's own resolved config (any model size or recipe), its setting spelled out
             cfg = os.path.join(runs_dir, r["name"], "config.json")
-            rho = f" optimizer.rho={r['rho']}" if o == "sophiag" else ""
+            rho = f" optimizer.rho={r['rho']}" if r["rho"] is not None else ""
             lrs, end = sweep_edge(base, r)
             if end:
                 # not bracketed yet: one more learning rate beyond the edge, at the sweep's own step

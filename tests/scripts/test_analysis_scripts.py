@@ -37,13 +37,14 @@ plot = load_module(PLOT, "plot")
 
 
 def make_run(runs, name, opt, lr, seed, evals, rho=0.05, warmup=100, micro_batch=8, fraction=1.0,
-             skips=0, gnb=(), done=True, max_steps=200, tokens=1000):
+             skips=0, gnb=(), done=True, max_steps=200, tokens=1000, hbc=False):
     """A run directory as `sophiagpt train` leaves it: config.json, log.jsonl, and `done`."""
     d = os.path.join(runs, name)
     os.makedirs(d)
     o = {"name": opt, "lr": lr, "min_lr": lr / 10}
     if opt == "sophiag":
-        o.update(rho=rho, hessian_interval=10, hessian_batch_fraction=fraction)
+        o.update(rho=rho, hessian_interval=10, hessian_batch_fraction=fraction,
+                 hessian_bias_correction=hbc)
     cfg = {"optimizer": o, "schedule": {"max_steps": max_steps, "warmup_iters": warmup},
            "batch": {"micro_batch_size": micro_batch, "total_batch_tokens": tokens}, "seed": seed,
            "model": {"n_layer": 2, "n_embd": 32, "vocab_size": 64, "block_size": 16, "bias": False}}
@@ -210,6 +211,41 @@ class StudyTable(unittest.TestCase):
             f"sophiag_lr5e-05 {s} optimizer.lr=5e-05 optimizer.min_lr=5e-06 optimizer.rho=0.05",
         ])
         self.assertIn("# sophiag: lr 0.0001 is the lowest learning rate tried; the sweep goes on first", out)
+
+
+class StudyTableVariants(unittest.TestCase):
+    """A bias-corrected Sophia-G run (optimizer.hessian_bias_correction) is a variant of its own:
+    with the lowest loss of all, it still must not become plain Sophia-G's best setting, enter its
+    AdamW pairing, or join its sweep in the plot data."""
+
+    def test_bias_corrected_runs_are_their_own_optimizer(self):
+        tmp = tempfile.mkdtemp(prefix="sgpt_scripts_")
+        try:
+            R = os.path.join(tmp, "runs")
+            make_run(R, "adamw_lr1e-3", "adamw", 1e-3, 1337, [(0, 10.0), (100, 6.0), (200, 4.0)])
+            make_run(R, "sophiag_lr1e-4", "sophiag", 1e-4, 1337, [(0, 10.0), (100, 7.0), (200, 4.5)])
+            make_run(R, "sophiag_hbc_lr1e-4", "sophiag", 1e-4, 1337, [(0, 10.0), (100, 5.0), (200, 3.5)],
+                     hbc=True)
+            code, out, err = run_script(STUDY_TABLE, "--runs", R)
+            self.assertEqual(code, 0, err)
+            rows = {}
+            for line in out.splitlines():
+                cells = [c.strip() for c in line.strip().strip("|").split("|")]
+                rows.setdefault(cells[0], cells)
+            # the best-setting rows: plain Sophia-G keeps its own 4.5; the variant has its own row
+            self.assertEqual(rows["sophiag"][5], "4.5000")
+            self.assertEqual(rows["sophiag+hbc"][5], "3.5000")
+            # the pairing compares AdamW with plain Sophia-G only (mean finals 4.0 and 4.5)
+            self.assertIn("AdamW 4.0000, Sophia-G 4.5000", out)
+            dat = os.path.join(tmp, "sweep.dat")
+            code, out, err = run_script(STUDY_TABLE, "--runs", R, "--sweep-dat", dat)
+            self.assertEqual(code, 0, err)
+            with open(dat) as f:
+                lines = [l for l in f.read().splitlines() if not l.startswith("#")]
+            self.assertEqual(lines, ["adamw 0 0.001 4.0", "sophiag 0.05 0.0001 4.5",
+                                     "sophiag+hbc 0.05 0.0001 3.5"])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class Plot(unittest.TestCase):
