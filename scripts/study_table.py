@@ -7,6 +7,8 @@ usage: scripts/study_table.py [--runs DIR]            markdown tables on stdout
        scripts/study_table.py [--runs DIR] --best-dirs        the best settings' runs, for plot.py
        scripts/study_table.py [--runs DIR] --evals 100,300    the runs table with the validation
                                           loss at those steps too
+       scripts/study_table.py [--runs DIR] --only PREFIX      only the runs whose folder name starts
+                                          with PREFIX (e.g. h5_: one horizon of a folder of several)
 
 A run directory holds config.json and log.jsonl (sophiagpt train) and `done` once it finished.
 A setting is (optimizer, lr, rho, warmup); its seeds are runs that differ only in `seed`. The
@@ -23,7 +25,10 @@ Measures (docs/study.md says how to read them):
                 interpolation between evaluations); ratio = mean T_AdamW(L*) / mean T_Sophia(L*),
                 with the range over every (AdamW seed, Sophia seed) pair. > 1: Sophia-G needs fewer
                 tokens. Note: a point inside a cosine schedule is not the end of a shorter run.
-  compute ratio the same with FLOPs: Sophia-G's tokens count (1 + f_eff / k) times (the GNB pass).
+  compute ratio the same with FLOPs: Sophia-G's tokens count (1 + f_eff / k) times (the GNB pass),
+                Sophia-H's (1 + (8/3) f_eff / k) times (its Hessian-vector product costs about 8/3
+                of a forward and backward's matmul FLOPs, src/cuda/hvp_cuda.h).
+Sophia-H, where it ran, gets the same tokens and compute section against AdamW as Sophia-G.
 """
 import json
 import math
@@ -36,6 +41,7 @@ from runlog import read_log_records  # scripts/runlog.py, beside this file
 
 PHASE2_SEEDS = (1338, 1339)
 BASE_SEED = 1337
+HVP_COST = 8 / 3  # a Hessian-vector product's matmul FLOPs over a forward and backward's
 
 
 def load(d):
@@ -67,7 +73,8 @@ def load(d):
         "final": final, "evals": ev, "tokens": cfg["batch"]["total_batch_tokens"],
         "max_steps": max_steps, "diverged": bad or (done and final is None),
         "skips": skips, "gnb": gnb,
-        "flop_factor": 1 + f_eff / o["hessian_interval"] if o["name"] == "sophiag" else 1.0,
+        "flop_factor": 1 + f_eff / o["hessian_interval"] if o["name"] == "sophiag" else
+                       1 + HVP_COST * f_eff / o["hessian_interval"] if o["name"] == "sophiah" else 1.0,
         "line": None,
         "model": f"{cfg['model']['n_layer']} x {cfg['model']['n_embd']}, "
                  f"{max_steps * cfg['batch']['total_batch_tokens'] / 1e6:.1f}M tokens",
@@ -128,9 +135,33 @@ def option(args, name):
     return args[i]
 
 
+def pairing(A, S, name, title, passes):
+    """Tokens and compute for AdamW's best setting (runs A) and another optimizer's (runs S, `name`)
+    to reach the same loss L*, the highest final loss among them."""
+    la = statistics.mean(r["final"] for r in A)
+    ls = statistics.mean(r["final"] for r in S)
+    target = max(r["final"] for r in A + S)
+    print(f"\n## Tokens and compute to the same loss{title}\n\nL* = {target:.4f} (the highest final loss of these "
+          f"runs, so every run reaches it; mean final losses: AdamW {la:.4f}, {name} {ls:.4f}; difference "
+          f"{name} - AdamW = {ls - la:+.4f})\n")
+    ta = [tokens_to(r, target) for r in A]
+    ts = [tokens_to(r, target) for r in S]
+    if not all(t is not None for t in ta + ts):
+        print("some run never reached L* (see the runs table)")
+        return
+    ratios = [a / s for a in ta for s in ts]
+    fa, fs_ = A[0]["flop_factor"], S[0]["flop_factor"]
+    cratios = [a * fa / (s * fs_) for a in ta for s in ts]
+    print(f"| measure | mean | range over seed pairs |\n|---|---|---|")
+    print(f"| tokens to L*: AdamW / {name} | {statistics.mean(ta) / statistics.mean(ts):.3f} | "
+          f"{min(ratios):.3f} - {max(ratios):.3f} |")
+    print(f"| compute to L* ({passes} counted, x{fs_:.3f} for {name}) | "
+          f"{statistics.mean(ta) * fa / (statistics.mean(ts) * fs_):.3f} | {min(cratios):.3f} - {max(cratios):.3f} |")
+
+
 def main():
     args = sys.argv[1:]
-    known = {"--runs", "--sweep-dat", "--evals", "--next", "--best-dirs"}
+    known = {"--runs", "--sweep-dat", "--evals", "--next", "--best-dirs", "--only"}
     for a in args:
         if a.startswith("--") and a not in known:
             die(f"unknown option '{a}' (see the usage at the top of this file)")
@@ -143,8 +174,11 @@ def main():
     runs_dir = option(args, "--runs") or "runs/study"
     if not os.path.isdir(runs_dir):
         die(f"--runs: no run folder '{runs_dir}'")
+    only = option(args, "--only") or ""
     runs = [r for r in (load(os.path.join(runs_dir, n)) for n in sorted(os.listdir(runs_dir))
-                        if os.path.isdir(os.path.join(runs_dir, n))) if r]
+                        if os.path.isdir(os.path.join(runs_dir, n)) and n.startswith(only)) if r]
+    if not runs:
+        die(f"no run in '{runs_dir}'" + (f" whose name starts with '{only}'" if only else ""))
     base = [r for r in runs if r["seed"] == BASE_SEED]
     best = {}
     for r in base:
@@ -237,27 +271,9 @@ def main():
             print(f"\nAt the edge of its sweep: {o} lr {b['lr']:g} is the {end} of {len(lrs)} learning rate(s) "
                   f"tried; {more} one may be better.")
 
-    if "adamw" in groups and "sophiag" in groups and groups["adamw"] and groups["sophiag"]:
-        A, S = groups["adamw"], groups["sophiag"]
-        la = statistics.mean(r["final"] for r in A)
-        ls = statistics.mean(r["final"] for r in S)
-        target = max(r["final"] for r in A + S)
-        print(f"\n## Tokens and compute to the same loss\n\nL* = {target:.4f} (the highest final loss of these "
-              f"runs, so every run reaches it; mean final losses: AdamW {la:.4f}, Sophia-G {ls:.4f}; difference "
-              f"Sophia-G - AdamW = {ls - la:+.4f})\n")
-        ta = [tokens_to(r, target) for r in A]
-        ts = [tokens_to(r, target) for r in S]
-        if all(t is not None for t in ta + ts):
-            ratios = [a / s for a in ta for s in ts]
-            fa, fs_ = A[0]["flop_factor"], S[0]["flop_factor"]
-            cratios = [a * fa / (s * fs_) for a in ta for s in ts]
-            print(f"| measure | mean | range over seed pairs |\n|---|---|---|")
-            print(f"| tokens to L*: AdamW / Sophia-G | {statistics.mean(ta) / statistics.mean(ts):.3f} | "
-                  f"{min(ratios):.3f} - {max(ratios):.3f} |")
-            print(f"| compute to L* (GNB counted, x{fs_:.3f} for Sophia-G) | "
-                  f"{statistics.mean(ta) * fa / (statistics.mean(ts) * fs_):.3f} | {min(cratios):.3f} - {max(cratios):.3f} |")
-        else:
-            print("some run never reached L* (see the runs table)")
+    for o, title, passes in (("sophiag", "", "GNB"), ("sophiah", ": Sophia-H", "Hutchinson passes")):
+        if groups.get("adamw") and groups.get(o):
+            pairing(groups["adamw"], groups[o], label(o), title, passes)
 
     div = [r for r in runs if r["diverged"]]
     print(f"\n## Divergences\n\n{len(div)} run(s)" + (":" if div else "."))
@@ -272,9 +288,9 @@ def main():
         if g:
             n = len(g)
             print("| part of training | GNB passes | mean win rate | mean h_l1 | mean GNB grad norm |\n|---|---|---|---|---|")
-            for lo, hi, label in ((0, n // 5, "first 20%"), (2 * n // 5, 3 * n // 5, "middle 20%"), (n - n // 5, n, "last 20%")):
+            for lo, hi, part_name in ((0, n // 5, "first 20%"), (2 * n // 5, 3 * n // 5, "middle 20%"), (n - n // 5, n, "last 20%")):
                 part = g[lo:hi] or g[lo:lo + 1]
-                print(f"| {label} | {len(part)} | {statistics.mean(x['win_rate'] for x in part):.4f} | "
+                print(f"| {part_name} | {len(part)} | {statistics.mean(x['win_rate'] for x in part):.4f} | "
                       f"{statistics.mean(x['h_l1'] for x in part):.4g} | "
                       f"{statistics.mean(x['gnb_grad_norm'] for x in part):.4g} |")
 

@@ -45,6 +45,8 @@ def make_run(runs, name, opt, lr, seed, evals, rho=0.05, warmup=100, micro_batch
     if opt == "sophiag":
         o.update(rho=rho, hessian_interval=10, hessian_batch_fraction=fraction,
                  hessian_bias_correction=hbc)
+    if opt == "sophiah":
+        o.update(hessian_interval=10, hessian_batch_fraction=fraction)
     cfg = {"optimizer": o, "schedule": {"max_steps": max_steps, "warmup_iters": warmup},
            "batch": {"micro_batch_size": micro_batch, "total_batch_tokens": tokens}, "seed": seed,
            "model": {"n_layer": 2, "n_embd": 32, "vocab_size": 64, "block_size": 16, "bias": False}}
@@ -246,6 +248,46 @@ class StudyTableVariants(unittest.TestCase):
                                      "sophiag+hbc 0.05 0.0001 3.5"])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class StudyTableSophiaH(unittest.TestCase):
+    """Sophia-H gets its own tokens and compute section against AdamW, its Hutchinson passes counted
+    at 8/3 of a forward and backward; --only keeps one horizon of a folder."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="sgpt_scripts_")
+        self.runs = os.path.join(self.tmp, "runs")
+        R = self.runs
+        make_run(R, "h5_adamw_lr1e-3", "adamw", 1e-3, 1337, [(0, 10.0), (100, 6.0), (200, 4.0)])
+        # micro-batch 4, fraction 0.5: 2 of 4 sequences per pass, f_eff = 0.5
+        make_run(R, "h5_sophiah_lr1e-4", "sophiah", 1e-4, 1337, [(0, 10.0), (100, 7.0), (200, 4.5)],
+                 micro_batch=4, fraction=0.5)
+        make_run(R, "h1_adamw_lr1e-3", "adamw", 1e-3, 1337, [(0, 10.0), (100, 8.0), (200, 7.0)])
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_tokens_and_compute_to_sophia_h_loss(self):
+        code, out, err = run_script(STUDY_TABLE, "--runs", self.runs, "--only", "h5_")
+        self.assertEqual(code, 0, err)
+        # L* = 4.5 (Sophia-H's final). AdamW: 100 + 100 * (6 - 4.5) / (6 - 4) = 175 -> 175,000 tokens;
+        # Sophia-H reaches 4.5 at step 200 -> 200,000; ratio 0.875. Compute: Sophia-H's tokens count
+        # 1 + (8/3) * 0.5 / 10 = 1.1333 times: 0.875 / 1.1333 = 0.772.
+        self.assertIn("## Tokens and compute to the same loss: Sophia-H", out)
+        self.assertIn("L* = 4.5000", out)
+        self.assertIn("| tokens to L*: AdamW / Sophia-H | 0.875 | 0.875 - 0.875 |", out)
+        self.assertIn("| compute to L* (Hutchinson passes counted, x1.133 for Sophia-H) | 0.772 | 0.772 - 0.772 |", out)
+        # no Sophia-G here, so no Sophia-G section
+        self.assertNotIn("AdamW / Sophia-G", out)
+
+    def test_only_keeps_the_runs_whose_name_starts_with_the_prefix(self):
+        code, out, err = run_script(STUDY_TABLE, "--runs", self.runs, "--only", "h5_")
+        self.assertEqual(code, 0, err)
+        self.assertIn("## Runs (2 in", out)
+        self.assertNotIn("h1_adamw_lr1e-3", out)
+        code, out, err = run_script(STUDY_TABLE, "--runs", self.runs, "--only", "h20_")
+        self.assertNotEqual(code, 0)
+        self.assertIn("h20_", err)
 
 
 class Plot(unittest.TestCase):
