@@ -17,6 +17,11 @@
 #       starts from the best run's own DIR/NAME/config.json, so it works for any model size. An
 #       optimizer whose best learning rate is the highest or lowest it tried gets one more learning
 #       rate beyond it instead (run that, then `next` again).
+#   scripts/study.sh keep DEST [--runs DIR] [--every N]
+#       Copies each finished run of DIR not yet in DEST into DEST/NAME as the study keeps them
+#       (docs/study/runs*): config.json, `done`, and log.jsonl with every N-th train record (default
+#       20) and every other record whole (scripts/study_keep.py). Run it before the host's folders
+#       are lost; then commit DEST.
 #   scripts/study.sh table [--runs DIR]
 #       The results table (scripts/study_table.py), markdown on stdout.
 #   scripts/study.sh plots OUT_DIR [--runs DIR]
@@ -45,6 +50,10 @@ next)
   out=$1; shift
   [[ ${1:-} == --runs ]] && RUNS=$2
   python3 scripts/study_table.py --runs "$RUNS" --next >"$out"
+  exit $?
+  ;;
+keep)
+  python3 scripts/study_keep.py "$@"
   exit $?
   ;;
 table)

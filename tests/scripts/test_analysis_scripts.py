@@ -20,6 +20,7 @@ import unittest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STUDY_TABLE = os.path.join(ROOT, "scripts", "study_table.py")
 PLOT = os.path.join(ROOT, "scripts", "plot.py")
+STUDY_SH = os.path.join(ROOT, "scripts", "study.sh")
 
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))  # the scripts import scripts/runlog.py
@@ -288,6 +289,72 @@ class StudyTableSophiaH(unittest.TestCase):
         code, out, err = run_script(STUDY_TABLE, "--runs", self.runs, "--only", "h20_")
         self.assertNotEqual(code, 0)
         self.assertIn("h20_", err)
+
+
+class StudyKeep(unittest.TestCase):
+    """`scripts/study.sh keep`: finished runs only, every 20th train record and every other record,
+    the program's path shortened to its name, each run kept once."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="sgpt_scripts_")
+        self.runs = os.path.join(self.tmp, "runs")
+        self.dest = os.path.join(self.tmp, "kept")
+        for name, done in (("a_done", True), ("b_unfinished", False)):
+            d = os.path.join(self.runs, name)
+            os.makedirs(d)
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump({"seed": 1337}, f)
+            with open(os.path.join(d, "log.jsonl"), "w") as f:
+                f.write(json.dumps({"type": "machine", "step": -1,
+                                    "command_line": "/far/away/bin/sophiagpt train --config c.json -q"}) + "\n")
+                for step in range(46):
+                    f.write(json.dumps({"type": "train", "step": step, "loss": 5.0}) + "\n")
+                    if step == 39:
+                        f.write(json.dumps({"type": "hutchinson", "step": 39, "win_rate": 0.1}) + "\n")
+                    if step in (0, 40):
+                        f.write(json.dumps({"type": "eval", "step": step, "val_loss": 4.0 if step else 9.0}) + "\n")
+                f.write('{"type": "train", "st')  # torn: killed while writing
+            if done:
+                open(os.path.join(d, "done"), "w").close()
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def keep(self, *extra):
+        r = subprocess.run(["bash", STUDY_SH, "keep", self.dest, "--runs", self.runs, *extra],
+                           capture_output=True, text=True)
+        return r.returncode, r.stdout, r.stderr
+
+    def test_keeps_finished_runs_thinned(self):
+        code, out, err = self.keep()
+        self.assertEqual(code, 0, err)
+        self.assertEqual(sorted(os.listdir(self.dest)), ["a_done"])  # the unfinished run stays out
+        d = os.path.join(self.dest, "a_done")
+        self.assertTrue(os.path.isfile(os.path.join(d, "done")))
+        with open(os.path.join(d, "config.json")) as f:
+            self.assertEqual(json.load(f), {"seed": 1337})
+        with open(os.path.join(d, "log.jsonl")) as f:
+            recs = [json.loads(l) for l in f]
+        # machine; train 0, eval 0; train 20; hutchinson 39; train 40, eval 40 (the torn line dropped)
+        self.assertEqual([(r["type"], r["step"]) for r in recs],
+                         [("machine", -1), ("train", 0), ("eval", 0), ("train", 20), ("hutchinson", 39),
+                          ("train", 40), ("eval", 40)])
+        self.assertEqual(recs[0]["command_line"], "sophiagpt train --config c.json -q")
+        self.assertIn("kept a_done: 7 records, final val_loss 4.0", out)
+        # a second call keeps nothing more
+        code, out, err = self.keep()
+        self.assertEqual(code, 0, err)
+        self.assertIn("0 run(s) kept", out)
+
+    def test_every_is_checked(self):
+        code, out, err = self.keep("--every", "0")
+        self.assertEqual(code, 2)
+        self.assertIn("--every", err)
+        code, out, err = self.keep("--every", "10")
+        self.assertEqual(code, 0, err)
+        with open(os.path.join(self.dest, "a_done", "log.jsonl")) as f:
+            steps = [json.loads(l)["step"] for l in f if '"train"' in l]
+        self.assertEqual(steps, [0, 10, 20, 30, 40])
 
 
 class Plot(unittest.TestCase):
