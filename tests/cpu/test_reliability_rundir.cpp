@@ -213,7 +213,7 @@ TEST(ReliabilityRunDir, ResumeRefusesAChangedModelOrOptimizerNamingTheKey) {
   const fs::path run = d / "run";
   ASSERT_EQ(cli(train(d, run, "-q")).code, 0);
   const auto before = snapshot(run);
-  for (const std::string& set : {"model.n_layer=3", "optimizer.name=\"adamw\"", "seed=5"}) {
+  for (const std::string set : {"model.n_layer=3", "optimizer.name=\"adamw\"", "seed=5"}) {
     const Res r = cli(train(d, run, "-q --resume --set " + set));
     EXPECT_EQ(r.code, 2) << set << ": " << r.out;
     EXPECT_TRUE(has(r.out, "config key '" + set.substr(0, set.find('=')) + "'") && has(r.out, "cannot change on resume"))
