@@ -9,7 +9,9 @@ DEST/NAME/log.jsonl: the train records of every N-th step (default 20) and every
 (evaluations, Hessian passes, the machine record, ...) whole, in order. In the machine record the
 program's path in `command_line` becomes its file name (`/some/dir/sophiagpt train ...` ->
 `sophiagpt train ...`): where the binary lay on the training host says nothing about the run.
-Prints one line per run kept, with its final evaluation; exit 1 when DIR holds no run.
+Prints one line per run kept, with its final evaluation. Exit status: 0; 1 when DIR is missing
+or a finished run in it lacks its log.jsonl or config.json (named; the other runs are still kept);
+2 for a bad command line.
 """
 import json
 import os
@@ -39,23 +41,30 @@ def thin(lines, every):
     return out
 
 
+def take(args, name):
+    """Removes `name VALUE` from args and returns VALUE (None when absent, "" when VALUE is missing)."""
+    if name not in args:
+        return None
+    i = args.index(name)
+    value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else ""
+    del args[i:i + (2 if value else 1)]
+    return value
+
+
 def main(argv):
     args = list(argv)
-    runs, every = "runs/study", 20
-    if "--runs" in args:
-        i = args.index("--runs")
-        runs = args[i + 1]
-        del args[i:i + 2]
-    if "--every" in args:
-        i = args.index("--every")
-        try:
-            every = int(args[i + 1])
-        except (IndexError, ValueError):
-            every = 0
-        if every < 1:
-            print("study_keep: --every needs a whole number of steps >= 1", file=sys.stderr)
-            return 2
-        del args[i:i + 2]
+    runs, every = take(args, "--runs"), take(args, "--every")
+    if runs == "":
+        print("study_keep: --runs needs a folder", file=sys.stderr)
+        return 2
+    runs = runs or "runs/study"
+    try:
+        every = 20 if every is None else int(every)
+    except ValueError:
+        every = 0
+    if every < 1:
+        print("study_keep: --every needs a whole number of steps >= 1", file=sys.stderr)
+        return 2
     if len(args) != 1 or args[0].startswith("--"):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
@@ -63,10 +72,15 @@ def main(argv):
     if not os.path.isdir(runs):
         print(f"study_keep: --runs: no run folder '{runs}'", file=sys.stderr)
         return 1
-    kept = 0
+    kept, damaged = 0, 0
     for name in sorted(os.listdir(runs)):
         src = os.path.join(runs, name)
         if not os.path.isfile(os.path.join(src, "done")) or os.path.isfile(os.path.join(dest, name, "done")):
+            continue
+        missing = [f for f in ("log.jsonl", "config.json") if not os.path.isfile(os.path.join(src, f))]
+        if missing:
+            print(f"study_keep: {src}: finished but without {' and '.join(missing)}; not kept", file=sys.stderr)
+            damaged += 1
             continue
         d = os.path.join(dest, name)
         os.makedirs(d, exist_ok=True)
@@ -83,7 +97,7 @@ def main(argv):
         print(f"kept {name}: {len(lines)} records, final val_loss {val if val is not None else '-'}")
         kept += 1
     print(f"study_keep: {kept} run(s) kept in {dest}")
-    return 0
+    return 1 if damaged else 0
 
 
 if __name__ == "__main__":

@@ -346,6 +346,17 @@ class StudyKeep(unittest.TestCase):
         self.assertEqual(code, 0, err)
         self.assertIn("0 run(s) kept", out)
 
+    def test_bad_command_lines_and_damaged_runs_are_named(self):
+        r = subprocess.run(["bash", STUDY_SH, "keep", self.dest, "--runs"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--runs", r.stderr)
+        os.remove(os.path.join(self.runs, "a_done", "config.json"))
+        code, out, err = self.keep()
+        self.assertEqual(code, 1)
+        self.assertIn("a_done", err)
+        self.assertIn("config.json", err)
+        self.assertFalse(os.path.exists(os.path.join(self.dest, "a_done", "done")))
+
     def test_every_is_checked(self):
         code, out, err = self.keep("--every", "0")
         self.assertEqual(code, 2)
