@@ -132,6 +132,10 @@ class Backend {
   // Switches the attention implementation between steps (benchmarks interleave them on one
   // backend). The CPU backend has one implementation and ignores it.
   virtual void set_attention(AttentionImpl) {}
+  // Sophia-H's Hessian-vector product: the fused tensor-core attention where it applies (bf16,
+  // head size 64; the default) or the materialized fp32 products (benchmarks compare the two).
+  // The CPU backend has one implementation and ignores it.
+  virtual void set_hvp_fused_attention(bool on) { (void)on; }
 
   // Activation recompute (config key `recompute`, docs/config.md): 0 keeps every activation for
   // the backward, 1 recomputes the GELU outputs in the backward, 2 also the LayerNorm outputs;

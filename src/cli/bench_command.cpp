@@ -83,6 +83,13 @@ void add_bench_commands(CLI::App& app) {
                     "configuration; all interleaved)")
       ->delimiter(',')
       ->capture_default_str();
+  train->add_option("--hvp-attention", tr->hvp_attentions,
+                    "Sophia-H's Hessian-vector product attention among fused (tensor-core "
+                    "kernels, bf16 with head size 64) and materialized (fp32 T x T products); "
+                    "each gives its own Sophia-H rows")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"fused", "materialized"}))
+      ->capture_default_str();
   train->add_option("--optimizers", tr->optimizers, "adamw, sophiag, sophiah, lion")
       ->delimiter(',')
       ->capture_default_str();

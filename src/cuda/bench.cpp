@@ -309,6 +309,7 @@ struct TrainBenchConfig {
   std::string optimizer = "adamw";
   std::string attention = "auto";
   double fraction = 1.0;
+  bool hvp_fused = true;  // Sophia-H: the fused attention of the Hessian-vector product
   int64_t step = 0;  // its own step counter: a GNB pass on step % k == k-1
   double total = 0, plain = 0, gnbt = 0;
   int nplain = 0, ngnb = 0;
@@ -385,6 +386,7 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
     for (size_t ci = 0; ci < cfgs.size(); ++ci) {
       TrainBenchConfig& c = cfgs[ci];
       be->set_attention(attention_impl_from_name(c.attention));
+      be->set_hvp_fused_attention(c.hvp_fused);
       for (int i = 0; i < k; ++i) {
         const auto t0 = clock::now();
         const bool gnb = step(c, plans[ci]);
@@ -546,16 +548,23 @@ void run_train_bench(const TrainBenchOptions& opts) {
         c.attention = a;
         cfgs.push_back(c);
       } else if (opt == "sophiag" || opt == "sophiah") {
-        for (double f : o.fractions) {
-          TrainBenchConfig c;
-          char b[64];
-          std::snprintf(b, sizeof b, "%s k=%d frac=%.2g", opt.c_str(), o.k, f);
-          c.name = b;
-          c.attention = a;
-          c.optimizer = opt;
-          c.fraction = f;
-          cfgs.push_back(c);
-        }
+        const std::vector<std::string> hvps =
+            opt == "sophiah" ? o.hvp_attentions : std::vector<std::string>{"fused"};
+        for (double f : o.fractions)
+          for (const auto& hv : hvps) {
+            if (hv != "fused" && hv != "materialized")
+              throw UserError("bench train: unknown --hvp-attention '" + hv + "' (fused, materialized)");
+            TrainBenchConfig c;
+            char b[96];
+            std::snprintf(b, sizeof b, "%s k=%d frac=%.2g%s", opt.c_str(), o.k, f,
+                          hvps.size() > 1 ? (" hvp " + hv).c_str() : "");
+            c.name = b;
+            c.attention = a;
+            c.optimizer = opt;
+            c.fraction = f;
+            c.hvp_fused = hv == "fused";
+            cfgs.push_back(c);
+          }
       } else {
         throw UserError("bench train: unknown optimizer '" + opt + "' (adamw, sophiag, sophiah, lion)");
       }

@@ -25,6 +25,8 @@ struct TrainBenchOptions {
   std::vector<double> fractions = {1.0, 0.5};  // estimator batch fractions (GNB, Hutchinson)
   std::vector<std::string> optimizers = {"adamw", "sophiag"};
   std::vector<std::string> attentions = {"auto"};  // "auto", "own", "cudnn" (interleaved)
+  // Sophia-H's Hessian-vector product attention: "fused", "materialized" (each a Sophia-H row)
+  std::vector<std::string> hvp_attentions = {"fused"};
   int steps = 20;           // timed steps per configuration (rounded up to a multiple of k)
   int warmup = 3;           // untimed steps (the last one runs a GNB pass for Sophia-G)
   double peak_tflops = 0;   // for MFU; 0 = from the GPU's name (detect_peak_tflops)

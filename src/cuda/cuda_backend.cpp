@@ -124,7 +124,7 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(stream_);
     // The Hessian-vector product works on stream_ (its destructor synchronizes it and destroys a
     // cuBLAS handle bound to it): it goes before the stream does.
-    hvp_.reset();
+    for (auto& h : hvp_) h.reset();
     cudaStreamDestroy(stream_);
     if (comm_stream_) {
       cudaStreamSynchronize(comm_stream_);
@@ -138,10 +138,11 @@ class CudaBackend final : public Backend {
     return std::string(kFp32 ? "cuda-fp32" : "cuda-bf16") + ", attention " + model_.attention_name();
   }
   void set_attention(AttentionImpl attention) override { model_.set_attention(attention); }
+  void set_hvp_fused_attention(bool on) override { hvp_path_ = on ? 0 : 1; }
   void set_recompute(int level) override { model_.set_recompute(level); }
   std::vector<std::pair<std::string, size_t>> memory_breakdown() const override {
     return model_.memory_breakdown({{"params fp32 master", master_.bytes()}, {"params working (bf16)", weights_.bytes()}, {"grads", grads_.bytes()}, {"grads fp32 accumulation", acc_.bytes()}, {"optimizer m", slot_bytes("m")}, {"optimizer h", slot_bytes("h")}, {"optimizer v", slot_bytes("v")},
-                                    {"Sophia-H probe u", probe_.bytes()}, {"Sophia-H Hessian-vector product (activations, tangents, attention matrices)", hvp_ ? hvp_->device_bytes() : 0}});
+                                    {"Sophia-H probe u", probe_.bytes()}, {"Sophia-H Hessian-vector product (activations, tangents, attention)", (hvp_[0] ? hvp_[0]->device_bytes() : 0) + (hvp_[1] ? hvp_[1]->device_bytes() : 0)}});
   }
   const ModelConfig& model() const override { return cfg_; }
   const ParamLayout& layout() const override { return layout_; }
@@ -324,10 +325,13 @@ class CudaBackend final : public Backend {
   float hvp_micro(const int* inp, const int* tgt, int B, int T, float grad_scale, uint64_t seed,
                   uint32_t step, bool rademacher) override {
     check_T(T);
-    if (!hvp_ || hvp_B_ < B) {
-      hvp_.reset();
-      hvp_ = std::make_unique<cuda::HvpCuda<W>>(cfg_, B, T_, stream_);
-      hvp_B_ = B;
+    auto& hvp = hvp_[hvp_path_];
+    if (!hvp || hvp_B_[hvp_path_] < B) {
+      hvp.reset();
+      hvp = std::make_unique<cuda::HvpCuda<W>>(
+          cfg_, B, T_, stream_,
+          hvp_path_ == 0 ? cuda::HvpAttention::kAuto : cuda::HvpAttention::kMaterialized);
+      hvp_B_[hvp_path_] = B;
     }
     if (!probe_valid_ || probe_seed_ != seed || probe_step_ != step || probe_rademacher_ != rademacher) {
       probe_.resize(layout_.total);
@@ -340,7 +344,7 @@ class CudaBackend final : public Backend {
     // As backward(): with fp32 accumulation the product goes into the zeroed W buffer first and
     // is then added into the fp32 one.
     if (acc32_) SGPT_CUDA_CHECK(cudaMemsetAsync(grads_.get(), 0, grads_.bytes(), stream_));
-    const float loss = hvp_->accumulate(weights(), probe_.get(), inp, tgt, B, grad_scale, grads_.get());
+    const float loss = hvp->accumulate(weights(), probe_.get(), inp, tgt, B, grad_scale, grads_.get());
     if (acc32_) cuda::accumulate_float(grads_.get(), acc_.get(), layout_.total, stream_);
     return loss;
   }
@@ -597,8 +601,10 @@ class CudaBackend final : public Backend {
   cudaEvent_t ev_compute_ = nullptr, ev_comm_ = nullptr;
   DeviceBuffer<double> avg_;
   // Sophia-H: the Hessian-vector product (made at the first hvp_micro) and the step's probe.
-  std::unique_ptr<cuda::HvpCuda<W>> hvp_;
-  int hvp_B_ = 0;
+  // [0]: HvpAttention::kAuto (the default), [1]: kMaterialized (set_hvp_fused_attention(false)).
+  std::unique_ptr<cuda::HvpCuda<W>> hvp_[2];
+  int hvp_B_[2] = {0, 0};
+  int hvp_path_ = 0;
   DeviceBuffer<W> probe_;
   bool probe_valid_ = false, probe_rademacher_ = false;
   uint64_t probe_seed_ = 0;

@@ -6,6 +6,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "cuda/check.h"
 #include "cuda/tangent_cuda.h"
@@ -20,12 +21,15 @@ void HvpCuda<T>::alloc(DeviceBuffer<P>& b, size_t n) {
 }
 
 template <class T>
-HvpCuda<T>::HvpCuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream)
+HvpCuda<T>::HvpCuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream,
+                    HvpAttention attention)
     : cfg_(cfg), layout_(ParamLayout::make(cfg)), max_B_(max_B), T_(T_), stream_(stream) {
   if (max_B < 1 || T_ < 1 || T_ > cfg.block_size)
     throw std::invalid_argument("HvpCuda: need max_B >= 1 and 1 <= T <= block_size");
   if (cfg.n_head < 1 || cfg.n_embd % cfg.n_head != 0)
     throw std::invalid_argument("HvpCuda: n_embd must be a multiple of n_head");
+  fused_ = std::is_same_v<T, bf16> && attention == HvpAttention::kAuto &&
+           flash_tangent_usable(cfg.n_embd, cfg.n_head);
   CUBLAS_CHECK(cublasCreate(&blas_));
   try {
     CUBLAS_CHECK(cublasSetStream(blas_, stream_));
@@ -56,11 +60,18 @@ HvpCuda<T>::HvpCuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stre
     for (DeviceBuffer<T>* b : {&dgelu_, &dgelu_t_, &dfch_, &dfch_t_}) alloc(*b, N * 4 * C);
     alloc(dqkv_, N * 3 * C);
     alloc(dqkv_t_, N * 3 * C);
-    for (DeviceBuffer<float>* b : {&hq_, &hk_, &hv_, &hqt_, &hkt_, &hvt_, &hdy_, &hdyt_, &hdq_,
-                                   &hdk_, &hdv_, &hdqt_, &hdkt_, &hdvt_})
-      alloc(*b, N * C);
-    for (DeviceBuffer<float>* b : {&P_, &Pt_, &dP_, &dPt_})
-      alloc(*b, static_cast<size_t>(max_B) * NH * TT);
+    if (fused_) {
+      alloc(flse_, L * N * NH);
+      alloc(fc_, L * N * NH);
+      alloc(fD_, N * NH);
+      alloc(fDt_, N * NH);
+    } else {
+      for (DeviceBuffer<float>* b : {&hq_, &hk_, &hv_, &hqt_, &hkt_, &hvt_, &hdy_, &hdyt_, &hdq_,
+                                     &hdk_, &hdv_, &hdqt_, &hdkt_, &hdvt_})
+        alloc(*b, N * C);
+      for (DeviceBuffer<float>* b : {&P_, &Pt_, &dP_, &dPt_})
+        alloc(*b, static_cast<size_t>(max_B) * NH * TT);
+    }
     alloc(rowstats_, 2 * N);
     alloc(losses_, N);
     alloc(mean_loss_, 1);
@@ -129,9 +140,17 @@ void HvpCuda<T>::attention_probs(const T* qkv, const T* qkv_t, int B, float scal
 }
 
 template <class T>
-void HvpCuda<T>::attention_forward(T* y, T* y_t, const T* qkv, const T* qkv_t, int B,
+void HvpCuda<T>::attention_forward(T* y, T* y_t, const T* qkv, const T* qkv_t, int B, int l,
                                    float scale) {
   const int C = cfg_.n_embd, NH = cfg_.n_head, hs = C / NH, Tn = T_, BH = B * NH;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (fused_) {
+      const size_t at = static_cast<size_t>(l) * N_ * NH;
+      flash_tangent_forward(y, y_t, flse_.get() + at, fc_.get() + at, qkv, qkv_t, B, Tn, C, NH,
+                            scale, stream_);
+      return;
+    }
+  }
   const long long sH = static_cast<long long>(Tn) * hs, sS = static_cast<long long>(Tn) * Tn;
   attention_probs(qkv, qkv_t, B, scale);
   float* Y = hdq_.get();
@@ -147,9 +166,20 @@ void HvpCuda<T>::attention_forward(T* y, T* y_t, const T* qkv, const T* qkv_t, i
 }
 
 template <class T>
-void HvpCuda<T>::attention_backward(T* dqkv, T* dqkv_t, const T* dy, const T* dy_t,
-                                    const T* qkv, const T* qkv_t, int B, float scale) {
+void HvpCuda<T>::attention_backward(T* dqkv, T* dqkv_t, const T* dy, const T* dy_t, const T* y,
+                                    const T* y_t, const T* qkv, const T* qkv_t, int B, int l,
+                                    float scale) {
   const int C = cfg_.n_embd, NH = cfg_.n_head, hs = C / NH, Tn = T_, BH = B * NH;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (fused_) {
+      const size_t at = static_cast<size_t>(l) * N_ * NH;
+      flash_tangent_backward(dqkv, dqkv_t, dy, dy_t, y, y_t, qkv, qkv_t, flse_.get() + at,
+                             fc_.get() + at, fD_.get(), fDt_.get(), B, Tn, C, NH, scale, stream_);
+      return;
+    }
+  }
+  (void)y;
+  (void)y_t;
   const long long sH = static_cast<long long>(Tn) * hs, sS = static_cast<long long>(Tn) * Tn;
   attention_probs(qkv, qkv_t, B, scale);  // recomputed: P, Ṗ, q, k, v and tangents
   split_heads(hdy_.get(), dy, B, Tn, C, NH, stream_);
@@ -219,7 +249,7 @@ float HvpCuda<T>::accumulate(const T* params, const T* u, const int* inp_host,
                               N, C, stream_);
     linear_forward(qkv, qkvt, ln1, ln1t, tensor(params, kQkvw, l), tensor(params, kQkvb, l),
                    tensor(u, kQkvw, l), tensor(u, kQkvb, l), N, C, 3 * C);
-    attention_forward(atty, attyt, qkv, qkvt, B, scale_of(l));
+    attention_forward(atty, attyt, qkv, qkvt, B, l, scale_of(l));
     linear_forward(proj_.get(), projt_.get(), atty, attyt, tensor(params, kAttprojw, l),
                    tensor(params, kAttprojb, l), tensor(u, kAttprojw, l), tensor(u, kAttprojb, l),
                    N, C, C);
@@ -289,7 +319,8 @@ float HvpCuda<T>::accumulate(const T* params, const T* u, const int* inp_host,
                     act(attyt_, l, C), tensor(params, kAttprojw, l), tensor(u, kAttprojw, l), N, C,
                     C);
     attention_backward(dqkv_.get(), dqkv_t_.get(), datty_.get(), datty_t_.get(),
-                       act(qkv_, l, 3 * C), act(qkvt_, l, 3 * C), B, scale_of(l));
+                       act(atty_, l, C), act(attyt_, l, C), act(qkv_, l, 3 * C),
+                       act(qkvt_, l, 3 * C), B, l, scale_of(l));
     linear_backward(dln_.get(), dln_t_.get(), tensor(hu, kQkvw, l), tensor(hu, kQkvb, l),
                     dqkv_.get(), dqkv_t_.get(), act(ln1_, l, C), act(ln1t_, l, C),
                     tensor(params, kQkvw, l), tensor(u, kQkvw, l), N, C, 3 * C);

@@ -20,13 +20,19 @@
 //     ḋQ = scale (ḋS K + dS K̇), ḋK = scale (ḋS^T Q + dS^T Q̇)
 //   P and Ṗ are recomputed in the backward from the saved qkv and its tangent (no T x T tensor
 //   is kept per layer).
+//   Fused (HvpAttention::kAuto with T = bf16 and head size 64, the GPT-2 models): the same
+//   formulas in flash-attention kernels on the tensor cores (kernels/flash_tangent.cu), which
+//   keep no T x T matrix in memory, save each layer's log-sum-exp and c = rowsum(P Ṡ) in the
+//   forward and recompute P, Ṗ from them in the backward; P, Ṗ, dS and ḋS enter the second
+//   products as bf16 operands (fp32 accumulation).
 // The primal parameter gradients are never formed (only their tangents are wanted).
 //
 // Memory, N = max_B * T rows: the primal and tangent activations of every layer (2 x 16C per
 // row per layer: ln1, qkv, atty, res2, ln2, fch, gelu, the residual stream) and of the final
 // LayerNorm, the logits and their tangent ([N, Vp] each, overwritten in place by dlogits and its
 // tangent: the only two buffers of that size), backward signals and tangents (2 x 10C per row),
-// the attention's fp32 head-major copies (14 x C per row) and four fp32 [max_B, NH, T, T] matrices.
+// the attention's fp32 head-major copies (14 x C per row) and four fp32 [max_B, NH, T, T] matrices
+// (fused: instead 2 fp32 values per layer, head and row, and 2 per head and row of scratch).
 // Cost per call: about 8/3 of the matmul flops of a training step's forward + backward on the same
 // batch (each Linear runs 3 products forward and 5 backward instead of 1 and 2), plus the
 // materialized attention (O(T^2) memory and work per head, recomputed in the backward). Sophia-H
@@ -45,11 +51,16 @@
 
 namespace sgpt::cuda {
 
+// The attention's path: kAuto takes the fused kernels where they apply (bf16, head size 64) and
+// the materialized fp32 products elsewhere; kMaterialized always the latter (tests, benchmarks).
+enum class HvpAttention { kAuto, kMaterialized };
+
 template <class T>
 class HvpCuda {
  public:
   // Buffers for up to max_B sequences of T_ tokens (allocated here); all work on `stream`.
-  HvpCuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream);
+  HvpCuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream,
+          HvpAttention attention = HvpAttention::kAuto);
   ~HvpCuda();
   HvpCuda(const HvpCuda&) = delete;
   HvpCuda& operator=(const HvpCuda&) = delete;
@@ -61,6 +72,7 @@ class HvpCuda {
                    float scale, T* hu);
 
   size_t device_bytes() const { return bytes_; }  // what the constructor allocated
+  bool fused_attention() const { return fused_; }  // the attention runs kernels/flash_tangent.cu
 
  private:
   template <class P>
@@ -88,13 +100,15 @@ class HvpCuda {
                        const T* x_t, const T* W, const T* uW, int N, int C, int OC);
   // P, Ṗ of layer l's qkv (and q, k, v and their tangents in head-major fp32).
   void attention_probs(const T* qkv, const T* qkv_t, int B, float scale);
-  void attention_forward(T* y, T* y_t, const T* qkv, const T* qkv_t, int B, float scale);
-  void attention_backward(T* dqkv, T* dqkv_t, const T* dy, const T* dy_t, const T* qkv,
-                          const T* qkv_t, int B, float scale);
+  // Layer l's attention (l selects the fused path's saved row statistics).
+  void attention_forward(T* y, T* y_t, const T* qkv, const T* qkv_t, int B, int l, float scale);
+  void attention_backward(T* dqkv, T* dqkv_t, const T* dy, const T* dy_t, const T* y,
+                          const T* y_t, const T* qkv, const T* qkv_t, int B, int l, float scale);
 
   ModelConfig cfg_;
   ParamLayout layout_;
   int max_B_, T_;
+  bool fused_ = false;
   size_t N_;  // max_B * T rows
   cudaStream_t stream_;
   cublasHandle_t blas_ = nullptr;
@@ -117,6 +131,8 @@ class HvpCuda {
   // (the forward's y and tangent use dq, dk); the T x T matrices.
   DeviceBuffer<float> hq_, hk_, hv_, hqt_, hkt_, hvt_, hdy_, hdyt_, hdq_, hdk_, hdv_, hdqt_, hdkt_,
       hdvt_, P_, Pt_, dP_, dPt_;
+  // Fused attention: per layer lse and c [L, max_B, NH, T]; D and Ḋ scratch [max_B, NH, T].
+  DeviceBuffer<float> flse_, fc_, fD_, fDt_;
   DeviceBuffer<float> rowstats_, losses_, mean_loss_;
 };
 

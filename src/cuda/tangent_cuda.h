@@ -16,6 +16,7 @@
 #include <cstddef>
 
 #include "cuda/buffer.h"
+#include "cuda/ops_cuda.h"
 
 namespace sgpt::cuda {
 
@@ -81,5 +82,23 @@ void softmax_tangent(float* s_t, const float* p, int mats, int T_, cudaStream_t 
 // r_t = sum_{j<=t} (p_t,j dp_j + p_j dp_t,j); both 0 beyond t.
 void softmax_backward_tangent(float* dp, float* dp_t, const float* p, const float* p_t, int mats,
                               int T_, cudaStream_t stream);
+
+// ---- attention tangents on the tensor cores, bf16, head size 64 (kernels/flash_tangent.cu) ----
+// The fused counterpart of the materialized helpers above for HvpCuda<bf16>: no T x T matrix.
+// Usable when the head size is 64 and C a multiple of 8 (tensors 16-byte aligned, as every
+// per-layer slice of HvpCuda's buffers is).
+bool flash_tangent_usable(int C, int NH);
+// y, ẏ [B,T,C] (overwritten) from qkv and its tangent [B,T,3C]; lse (natural log) and c = the row
+// sums of P Ṡ, [B,NH,T] fp32 each, saved for the backward.
+void flash_tangent_forward(bf16* out, bf16* out_t, float* lse, float* cst, const bf16* inp,
+                           const bf16* inp_t, int B, int T_, int C, int NH, float scale,
+                           cudaStream_t stream);
+// dqkv and its tangent [B,T,3C] (overwritten) from dy, ḋy [B,T,C], the forward's y, ẏ, qkv, q̇kv,
+// lse and c. D, Dt: [B,NH,T] fp32 scratch (the row dot products, computed here).
+void flash_tangent_backward(bf16* dinp, bf16* dinp_t, const bf16* dout, const bf16* dout_t,
+                            const bf16* out, const bf16* out_t, const bf16* inp,
+                            const bf16* inp_t, const float* lse, const float* cst, float* D,
+                            float* Dt, int B, int T_, int C, int NH, float scale,
+                            cudaStream_t stream);
 
 }  // namespace sgpt::cuda

@@ -84,6 +84,7 @@ ModelConfig odd_config(bool bias) { return sgpt_test::model_config(2, 3, 48, 13,
 constexpr int kT = 13, kB = 3;
 
 struct Problem {
+  int B = kB, T = kT;
   ModelConfig cfg;
   ParamLayout layout;
   std::vector<float> params, u;
@@ -91,10 +92,8 @@ struct Problem {
 };
 
 // Initial weights plus N(0, 0.1) noise (every op well away from linear; biases and LayerNorm
-// parameters random), a Gaussian probe u, random tokens and targets.
-Problem make_problem(bool bias, Rng& rng, uint64_t seed) {
-  Problem p;
-  p.cfg = odd_config(bias);
+// parameters random), a Gaussian probe u, random tokens and targets, for p.cfg, p.B, p.T.
+Problem fill_problem(Problem p, Rng& rng, uint64_t seed) {
   p.layout = ParamLayout::make(p.cfg);
   p.params = test_params(p.cfg, seed, /*randomize_norms_and_biases=*/true);
   const std::vector<float> noise = rng.normal(p.layout.total, 0.1f);
@@ -104,32 +103,41 @@ Problem make_problem(bool bias, Rng& rng, uint64_t seed) {
     for (int c = 0; c < p.cfg.n_embd; ++c) p.params[p.layout.offset[kWte] + r * p.cfg.n_embd + c] = 0.0f;
   p.u.resize(p.layout.total);
   for (size_t i = 0; i < p.layout.total; ++i) p.u[i] = hutchinson_probe(seed, 3, i, false);
-  p.inp = rng.ints(size_t(kB) * kT, 0, p.cfg.vocab_size);
-  p.tgt = rng.ints(size_t(kB) * kT, 0, p.cfg.vocab_size);
+  p.inp = rng.ints(size_t(p.B) * p.T, 0, p.cfg.vocab_size);
+  p.tgt = rng.ints(size_t(p.B) * p.T, 0, p.cfg.vocab_size);
   return p;
+}
+
+Problem make_problem(bool bias, Rng& rng, uint64_t seed) {
+  Problem p;
+  p.cfg = odd_config(bias);
+  return fill_problem(p, rng, seed);
 }
 
 // The CPU's product in double on the given (already rounded) weights and probe.
 std::vector<float> cpu_hvp(const Problem& p, const std::vector<float>& params,
                            const std::vector<float>& u, double* loss) {
-  cpu::HessianVectorProduct<double> hvp(p.cfg, kB, kT);
+  cpu::HessianVectorProduct<double> hvp(p.cfg, p.B, p.T);
   std::vector<double> pd(params.begin(), params.end()), ud(u.begin(), u.end()), hu(p.layout.total, 0.0);
-  *loss = hvp.accumulate(pd.data(), ud.data(), p.inp.data(), p.tgt.data(), kB, 1.0, hu.data());
+  *loss = hvp.accumulate(pd.data(), ud.data(), p.inp.data(), p.tgt.data(), p.B, 1.0, hu.data());
   return std::vector<float>(hu.begin(), hu.end());
 }
 
 template <class T>
 std::vector<float> gpu_hvp(const Problem& p, const std::vector<float>& params,
                            const std::vector<float>& u, float scale, float* loss,
-                           std::vector<float>* second = nullptr) {
+                           std::vector<float>* second = nullptr,
+                           cuda::HvpAttention attention = cuda::HvpAttention::kAuto,
+                           bool* fused = nullptr) {
   DeviceBuffer<T> dp = to_device<T>(params), du = to_device<T>(u);
   DeviceBuffer<T> hu(p.layout.total);
   SGPT_CUDA_CHECK(cudaMemset(hu.get(), 0, hu.bytes()));
-  cuda::HvpCuda<T> hvp(p.cfg, kB, kT, nullptr);
-  *loss = hvp.accumulate(dp.get(), du.get(), p.inp.data(), p.tgt.data(), kB, scale, hu.get());
+  cuda::HvpCuda<T> hvp(p.cfg, p.B, p.T, nullptr, attention);
+  if (fused) *fused = hvp.fused_attention();
+  *loss = hvp.accumulate(dp.get(), du.get(), p.inp.data(), p.tgt.data(), p.B, scale, hu.get());
   std::vector<float> first = to_host(hu);
   if (second) {  // a second call accumulates: hu += 0.5 * H u
-    hvp.accumulate(dp.get(), du.get(), p.inp.data(), p.tgt.data(), kB, 0.5f * scale, hu.get());
+    hvp.accumulate(dp.get(), du.get(), p.inp.data(), p.tgt.data(), p.B, 0.5f * scale, hu.get());
     *second = to_host(hu);
   }
   return first;
@@ -195,6 +203,39 @@ TEST(GpuSophiaH, HvpBf16CloseToCpuDouble) {
     EXPECT_LE(whole, 5e-2);
     check_tensors(p, got, ref, 2e-1, Tol{0, 0}, false, "H u bf16");
     for (float x : got) ASSERT_TRUE(std::isfinite(x));
+  }
+}
+
+// The whole product with the fused attention (HvpAttention::kAuto on a model of head size 64:
+// 2 layers, 2 heads of 64, T = 80 (two 64-row tiles, the second partial), B = 2) against the CPU's
+// double product, with the bf16 bounds above; the materialized bf16 path on the same problem
+// must meet them too (printed beside it for comparison).
+TEST(GpuSophiaH, HvpBf16FusedAttentionCloseToCpuDouble) {
+  SGPT_SKIP_WITHOUT_GPU();
+  for (bool bias : {false, true}) {
+    SeededRng rng(bias ? " bias" : " no bias");
+    Problem p;
+    p.B = 2;
+    p.T = 80;
+    p.cfg = sgpt_test::model_config(2, 2, 128, 80, 67, 72, bias);
+    p = fill_problem(p, rng, rng.seed);
+    const std::vector<float> pb = as_stored<bf16>(p.params), ub = as_stored<bf16>(p.u);
+    double lref = 0;
+    const std::vector<float> ref = cpu_hvp(p, pb, ub, &lref);
+    for (auto path : {cuda::HvpAttention::kAuto, cuda::HvpAttention::kMaterialized}) {
+      const bool want_fused = path == cuda::HvpAttention::kAuto;
+      float loss = 0;
+      bool fused = !want_fused;
+      const std::vector<float> got = gpu_hvp<bf16>(p, pb, ub, 1.0f, &loss, nullptr, path, &fused);
+      ASSERT_EQ(fused, want_fused);
+      const double whole = normwise(got.data(), ref.data(), ref.size());
+      std::printf("  bf16 %s: loss cpu %.6f gpu %.6f, whole-vector normwise rel err %.3g\n",
+                  fused ? "fused" : "materialized", lref, loss, whole);
+      EXPECT_NEAR(loss, lref, 2e-2 * std::fabs(lref));
+      EXPECT_LE(whole, 5e-2);
+      check_tensors(p, got, ref, 2e-1, Tol{0, 0}, false, fused ? "H u bf16 fused" : "H u bf16");
+      for (float x : got) ASSERT_TRUE(std::isfinite(x));
+    }
   }
 }
 
@@ -327,6 +368,56 @@ TEST(GpuSophiaH, SoftmaxTangentsMatchDualNumbers) {
   expect_close(to_host(gst), derivs(P), kOpTol, "softmax tangent");
   expect_close(to_host(gdp), values(DS), kOpTol, "softmax backward");
   expect_close(to_host(gdpt), derivs(DS), kOpTol, "softmax backward tangent");
+}
+
+// The fused attention tangents (kernels/flash_tangent.cu: bf16, head size 64) against the CPU's
+// attention on dual numbers in double, whose dual parts are the exact tangents: y and ẏ from qkv
+// and its tangent; dqkv and its tangent from dy, ḋy (and the GPU's own y, ẏ, as HvpCuda feeds
+// them). Inputs rounded to bf16 first, so the reference sees exactly the GPU's operands.
+// Tolerances: y and dqkv as the tensor-core attention's bf16 test (test_kernels_attention.cpp:
+// rtol 1e-2, atol 4e-3 x max|ref|: one bf16 rounding of each output, P and dS rounded to bf16 as
+// mma operands, D from the bf16-stored y); their tangents twice that (rtol 2e-2, atol 8e-3): each
+// is a sum of two or three such products with bf16-rounded operands (P Ṡ, Ṗ, ḋS), ẏ subtracts
+// c y from the accumulated sum, and Ḋ takes the rounding of the stored ẏ as D does that of y. A
+// missing or wrong term is an O(1) relative error in the outputs it feeds.
+void check_flash_tangent(int B, int T_, int C, int NH, float scale) {
+  SeededRng rng(" B=" + std::to_string(B) + " T=" + std::to_string(T_) + " C=" + std::to_string(C) +
+                " NH=" + std::to_string(NH));
+  ASSERT_TRUE(cuda::flash_tangent_usable(C, NH));
+  const size_t N = size_t(B) * T_;
+  const auto inp = as_stored<bf16>(rng.normal(N * 3 * C)), inp_t = as_stored<bf16>(rng.normal(N * 3 * C));
+  const auto dy = as_stored<bf16>(rng.normal(N * C)), dy_t = as_stored<bf16>(rng.normal(N * C));
+  std::vector<D> X = duals(inp, inp_t), Y(N * C), att(size_t(B) * NH * T_ * T_);
+  cpu::attention_forward(Y.data(), att.data(), X.data(), B, T_, C, NH, D(scale, 0.0));
+  std::vector<D> DY = duals(dy, dy_t), DX(N * 3 * C, D(0.0, 0.0));
+  cpu::attention_backward(DX.data(), DY.data(), X.data(), att.data(), B, T_, C, NH, D(scale, 0.0));
+
+  auto d_inp = to_device<bf16>(inp), d_inpt = to_device<bf16>(inp_t);
+  auto d_dy = to_device<bf16>(dy), d_dyt = to_device<bf16>(dy_t);
+  DeviceBuffer<bf16> y(N * C), yt(N * C), dx(N * 3 * C), dxt(N * 3 * C);
+  DeviceBuffer<float> lse(size_t(B) * NH * T_), cst(size_t(B) * NH * T_), Dd(size_t(B) * NH * T_),
+      Dtd(size_t(B) * NH * T_);
+  for (auto* b : {&y, &yt, &dx, &dxt}) poison(*b);  // every element must be written
+  cuda::flash_tangent_forward(y.get(), yt.get(), lse.get(), cst.get(), d_inp.get(), d_inpt.get(), B,
+                              T_, C, NH, scale, nullptr);
+  cuda::flash_tangent_backward(dx.get(), dxt.get(), d_dy.get(), d_dyt.get(), y.get(), yt.get(),
+                               d_inp.get(), d_inpt.get(), lse.get(), cst.get(), Dd.get(), Dtd.get(),
+                               B, T_, C, NH, scale, nullptr);
+  SGPT_CUDA_CHECK(cudaDeviceSynchronize());
+  const Tol primal{1e-2, 4e-3}, tangent{2e-2, 8e-3};
+  expect_close(to_host(y), values(Y), primal, "fused attention y");
+  expect_close(to_host(yt), derivs(Y), tangent, "fused attention y tangent");
+  expect_close(to_host(dx), values(DX), primal, "fused attention dqkv");
+  expect_close(to_host(dxt), derivs(DX), tangent, "fused attention dqkv tangent");
+}
+
+TEST(GpuSophiaH, FusedAttentionTangentsMatchDualNumbers) {
+  SGPT_SKIP_WITHOUT_GPU();
+  check_flash_tangent(2, 77, 128, 2, 1.0f / std::sqrt(64.0f) / 2);  // 2 tiles, the last partial; layer scale
+  check_flash_tangent(1, 64, 64, 1, 1.0f / std::sqrt(64.0f));       // exactly one tile
+  check_flash_tangent(3, 1, 128, 2, 0.3f);                          // T = 1
+  check_flash_tangent(1, 200, 192, 3, 1.0f / std::sqrt(64.0f));     // 4 tiles, last 8 rows
+  check_flash_tangent(1, 130, 768, 12, 1.0f / std::sqrt(64.0f) / 12);  // GPT-2 124M heads
 }
 
 TEST(GpuSophiaH, ProbeFillMatchesHostBitForBit) {
