@@ -24,8 +24,11 @@
 //   forward: a block = 64 queries of one (b, h); streams the key tiles up to its diagonal with
 //     K, K̇, V, V̇ double-buffered; S and Ṡ by 3 products per 16 x 8 tile, online softmax (running
 //     max m, sums l of P and a of P Ṡ, rescaled together), then O += P V and Ȯ += (P Ṡ) V + P V̇
-//     with the probabilities rounded to bf16 as mma operands (l and a summed in fp32 from the
-//     unrounded values). At the end Y = O / l, c = a / l, Ẏ = Ȯ / l - c Y (fp32, then bf16).
+//     with P and P Ṡ rounded to bf16 as mma operands; l is summed in fp32 from the unrounded P
+//     (as FlashAttention-2), a from the rounded P Ṡ that Ȯ uses. At the end Y = O / l, c = a / l,
+//     Ẏ = Ȯ / l - c Y (fp32, then bf16). Summing a from the unrounded values instead left the
+//     rounding of P Ṡ uncancelled in Ẏ: with one key (every sequence's first position) Ẏ = V̇
+//     exactly, and it came out 1% of max|Ẏ| off.
 //   rowdot: D and Ḋ, one warp per (b, t, h).
 //   dK/dV: a block = 64 keys; streams query tiles from its diagonal on (Q, Q̇, dO, ḋO
 //     double-buffered); per 16-query chunk it recomputes S^T, Ṡ^T, dP^T, ḋP^T (6 products), forms
@@ -169,7 +172,10 @@ __global__ void __launch_bounds__(kThreads)
       for (int e = 0; e < 4; ++e) {
         const float p = exp2f(s[nt][e] - mx[e < 2 ? 0 : 1]);
         s[nt][e] = p;
-        st[nt][e] *= p;  // P Ṡ
+        // P Ṡ, rounded here to the bf16 value the product below uses, so that a (and c = a / l)
+        // sums exactly the weights that enter Ȯ: then Ẏ = Ȯ / l - c Y cancels to the rounding
+        // of the terms' deviations from Y (one key: exactly V̇), not to that of the terms.
+        st[nt][e] = __bfloat162float(__float2bfloat16(st[nt][e] * p));
       }
       l[0] += s[nt][0] + s[nt][1];
       l[1] += s[nt][2] + s[nt][3];
