@@ -15,7 +15,8 @@ set label "AdamW better" at 1.0,0.02 tc rgb "gray40"
 # Wen et al.: a band over 20-160 tokens per parameter (block 4 of the data file).
 set object 1 rect from 20,-0.004 to 160,0.015 fc rgb "#1f77b4" fs transparent solid 0.3 noborder
 f = "docs/study/horizon_gap.dat"
-plot f index 0 using 1:2:3:4 with yerrorlines lw 2 pt 7 ps 1.3 lc rgb "#d62728" title "ours: small GPT-2, 3 seeds (range)", \
+plot f index 0 using 1:2:3:4 with yerrorlines lw 2 pt 7 ps 1.3 lc rgb "#d62728" title "ours: small GPT-2, Sophia-G, 3 seeds (range)", \
+     f index 5 using 1:2:3:4 with yerrorlines lw 2 dt 3 pt 6 ps 1.3 lc rgb "#8c564b" title "ours: small GPT-2, Sophia-H, 3 seeds (range)", \
      NaN with boxes fs transparent solid 0.3 noborder lc rgb "#1f77b4" title "Wen et al. 2025: 130M-520M, tuned, -0.004..+0.015", \
      f index 1 using 1:2 with points pt 5 ps 1.6 lc rgb "#2ca02c" title "paper: 125M Sophia-G, 100K steps", \
      f index 3 using 1:2 with points pt 9 ps 1.8 lc rgb "#9467bd" title "paper: 770M Sophia-H, 100K steps", \
