@@ -17,6 +17,10 @@
 //    the product chains ~40 such roundings per layer (twice test_backend.cpp's gradient, whose
 //    bf16 bound is 1e-1 per tensor), and tensors whose H u is a cancelling sum (wpe, LayerNorm
 //    biases) lose more relative accuracy than the whole.
+//  - The same bf16 bounds for the product with the fused attention kernels (a model of head size
+//    64, HvpAttention::kAuto) and, on that model, for the materialized path.
+//  - The fused attention tangents (kernels/flash_tangent.cu) against the CPU's attention on dual
+//    numbers: see check_flash_tangent below.
 //  - Single tangent kernels (LayerNorm forward/backward, GELU, cross-entropy, the softmax helpers)
 //    against the CPU op on dual numbers in double (cpu/ops.h on cpu::Dual<double>, whose dual part
 //    is the exact tangent): elementwise |gpu - ref| <= 1e-3 |ref| + 1e-4 max|ref| (fp32 rounding of
