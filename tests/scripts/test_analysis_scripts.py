@@ -1,5 +1,5 @@
-"""Tests of the analysis scripts the study's numbers come from (scripts/study_table.py) and of the
-loss-curve plotter (scripts/plot.py). Run by ctest as `scripts_tests`:
+"""Tests of the analysis scripts the study's numbers come from (scripts/study_table.py), of the
+loss-curve plotter (scripts/plot.py) and of the kernel-profile summary (scripts/dev/ncu_summary.py). Run by ctest as `scripts_tests`:
     python3 -m unittest discover -s tests/scripts -v
 
 Every expected value below is worked out by hand in the comment next to it (or is a published
@@ -453,6 +453,75 @@ class TornLastLine(unittest.TestCase):
             r = study_table.load(self.run)
         self.assertEqual(r["evals"][-1], (300, 3.5))
         self.assertIn("line 7", err.getvalue())  # 6 complete lines, then the torn one
+
+
+NCU_SUMMARY = os.path.join(ROOT, "scripts", "dev", "ncu_summary.py")
+ncu_summary = load_module(NCU_SUMMARY, "ncu_summary")
+
+# What `ncu --csv --print-units base --metrics gpu__time_duration.sum --log-file F` writes: its own
+# ==PROF== lines, then one row per kernel launch (columns trimmed to those the script reads, plus
+# two it ignores). Three launches of a (two in nanoseconds, one in microseconds), one of b, and a
+# row of another metric that must not count.
+NCU_CSV = """==PROF== Connected to process 123 (/x/sophiagpt)
+==PROF== Disconnected from process 123
+"ID","Process ID","Kernel Name","Metric Name","Metric Unit","Metric Value"
+"0","123","void sgpt::cuda::a_kernel<float>(float *, int)","gpu__time_duration.sum","nsecond","1,500"
+"1","123","b_kernel(int)","gpu__time_duration.sum","nsecond","4000"
+"2","123","void sgpt::cuda::a_kernel<float>(float *, int)","gpu__time_duration.sum","usecond","2.5"
+"3","123","void sgpt::cuda::a_kernel<float>(float *, int)","gpu__time_duration.sum","nsecond","500"
+"4","123","b_kernel(int)","dram__bytes.sum","byte","999999"
+"""
+
+
+class NcuSummary(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp)
+        self.csv = os.path.join(self.tmp, "k.csv")
+        with open(self.csv, "w") as f:
+            f.write(NCU_CSV)
+
+    def test_sums_by_kernel_name_across_units(self):
+        s = ncu_summary.summarize(ncu_summary.read_rows(NCU_CSV.splitlines()))
+        # a: 1,500 ns + 2.5 us + 500 ns = 1.5 + 2.5 + 0.5 = 4.5 us over 3 launches; b: 4,000 ns =
+        # 4.0 us once (its dram__bytes row is not a duration)
+        self.assertEqual(set(s), {"void sgpt::cuda::a_kernel<float>", "b_kernel"})
+        self.assertEqual(s["void sgpt::cuda::a_kernel<float>"][0], 3)
+        self.assertAlmostEqual(s["void sgpt::cuda::a_kernel<float>"][1], 4.5)
+        self.assertEqual(s["b_kernel"], [1, 4.0])
+
+    def test_table_longest_first_with_shares(self):
+        code, out, err = run_script(NCU_SUMMARY, self.csv)
+        self.assertEqual(code, 0, err)
+        lines = out.strip().splitlines()
+        # total 8.5 us: a 4.5 (52.9%, mean 1.50), b 4.0 (47.1%)
+        self.assertEqual(lines[2], "| void sgpt::cuda::a_kernel<float> | 3 | 4.5 | 1.50 | 52.9% |")
+        self.assertEqual(lines[3], "| b_kernel | 1 | 4.0 | 4.00 | 47.1% |")
+        self.assertEqual(lines[4], "| all kernels | 4 | 8.5 | | 100.0% |")
+        code, out, _ = run_script(NCU_SUMMARY, self.csv, "--top", "1")
+        self.assertEqual(code, 0)
+        self.assertNotIn("| b_kernel", out)
+        self.assertIn("| all kernels | 4 | 8.5 |", out)  # the total still covers every kernel
+
+    def test_errors(self):
+        empty = os.path.join(self.tmp, "empty.csv")
+        with open(empty, "w") as f:
+            f.write("==PROF== nothing profiled\n")
+        code, _, err = run_script(NCU_SUMMARY, empty)
+        self.assertEqual(code, 1)
+        self.assertIn("no gpu__time_duration.sum rows", err)
+        code, _, err = run_script(NCU_SUMMARY, os.path.join(self.tmp, "missing.csv"))
+        self.assertEqual(code, 1)
+        self.assertIn("missing.csv", err)
+        bad_unit = os.path.join(self.tmp, "unit.csv")
+        with open(bad_unit, "w") as f:
+            f.write(NCU_CSV.replace('"usecond"', '"cycle"'))
+        code, _, err = run_script(NCU_SUMMARY, bad_unit)
+        self.assertEqual(code, 1)
+        self.assertIn("unknown time unit 'cycle'", err)
+        for args in [(), ("--top",), (self.csv, "--top", "x"), (self.csv, "extra")]:
+            code, _, _ = run_script(NCU_SUMMARY, *args)
+            self.assertEqual(code, 2, args)
 
 
 if __name__ == "__main__":
