@@ -73,9 +73,9 @@ void add_bench_commands(CLI::App& app) {
   train->add_option("--k", tr->k, "Sophia-G / Sophia-H hessian interval")->capture_default_str();
   train->add_option("--fractions", tr->fractions,
                     "Hessian estimator batch fractions (Sophia-G: GNB, Sophia-H: Hutchinson; "
-                    "Sophia-H's exact product keeps every layer's activations and tangents and the "
-                    "attention's T x T matrices for its sequences: use small fractions, the recipes "
-                    "take 1 of 8)")
+                    "Sophia-H's exact product keeps every layer's activations and tangents for its "
+                    "sequences, and with --hvp-attention materialized the attention's T x T "
+                    "matrices: use small fractions, the recipes take 1 of 8)")
       ->delimiter(',')
       ->capture_default_str();
   train->add_option("--attention", tr->attentions,
