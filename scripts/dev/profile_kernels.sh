@@ -7,7 +7,7 @@
 #
 #   scripts/dev/profile_kernels.sh OUT [--skip N] [--count M] -- COMMAND [ARGS...]
 #
-# OUT.csv: ncu's rows; OUT.md: the summary table. --skip: launches not profiled first (warm-up);
+# OUT.csv: ncu's rows; OUT.md: the summary table (neither may exist yet: nothing is overwritten). --skip: launches not profiled first (warm-up);
 # --count: launches profiled after them (default 2000). Examples (the GPT-2 124M decoder at
 # batch 1 in bf16, a few tokens after the prompt; one 124M training step at micro-batch 64):
 #   scripts/dev/profile_kernels.sh /tmp/sample --skip 3000 --count 1500 -- build/sophiagpt bench sample \
@@ -28,6 +28,9 @@ while (($#)); do
   esac
 done
 (($#)) || die "no command given after --"
+for f in "$OUT.csv" "$OUT.md"; do
+  [[ ! -e $f ]] || die "$f exists already (give another OUT, or remove it): it is not overwritten"
+done
 command -v ncu > /dev/null || die "ncu (Nsight Compute) is not on the PATH"
 here=$(dirname "${BASH_SOURCE[0]}")
 # ncu's report goes to OUT.csv (--log-file); the command's own output stays on the terminal.

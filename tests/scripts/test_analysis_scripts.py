@@ -523,6 +523,19 @@ class NcuSummary(unittest.TestCase):
             code, _, _ = run_script(NCU_SUMMARY, *args)
             self.assertEqual(code, 2, args)
 
+    def test_profile_script_refuses_to_overwrite_and_bad_lines(self):
+        # Checked before ncu is looked for, so these run on a host without it.
+        script = os.path.join(ROOT, "scripts", "dev", "profile_kernels.sh")
+        out = os.path.join(self.tmp, "k")  # k.csv exists (setUp)
+        r = subprocess.run(["bash", script, out, "--", "true"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("k.csv exists already", r.stderr)
+        with open(self.csv) as f:
+            self.assertEqual(f.read(), NCU_CSV)  # untouched
+        for args in [[], [out + "2"], [out + "2", "--skip", "x", "--", "true"], [out + "2", "--bogus"]]:
+            r = subprocess.run(["bash", script, *args], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 2, args)
+
 
 if __name__ == "__main__":
     unittest.main()
