@@ -23,6 +23,14 @@
 #       still missing; once all are there, it rebuilds the payload, writes the shards into DEST
 #       (text form: `sophiagpt prepare`, same options) and checks their sha256.
 #       Exit 0: DEST complete; 1: pieces still missing; 2: an error (a damaged piece, ...).
+#   scripts/study_corpus.sh reshard SRC OUT --shard-tokens N
+#       The training tokens of SRC (a complete shard folder: DEST of unpack, or WORK/shards) cut
+#       into OUT/train_NNNNNN.bin of N tokens each (the last one shorter): the same bytes as
+#       prepare's training shards with --shard-tokens N over the same text (prepare cuts its token
+#       stream every N tokens), without needing the text. The validation shards are copied
+#       unchanged (the same validation set). For the data-order check
+#       (configs/study/PLAN.md): the loader shuffles the shards' order and the sequences inside a
+#       shard per pass, so more, smaller shards mix each pass more finely. OUT must hold no .bin.
 #   scripts/study_corpus.sh measure
 #       The candidate forms' sizes: xz text payload; xz -9 and zstd -19 --long of the shards.
 #
@@ -150,6 +158,65 @@ unpack)
   field payload_sha256 "$m" >"$dest/.complete"
   rm -rf "$inc/p" "$payload" "$inc"/"$NAME".[0-9]*
   echo "study_corpus: $dest complete: $(grep -c '^shard' "$m") shards verified"
+  ;;
+reshard)
+  src=${1:?usage: study_corpus.sh reshard SRC OUT --shard-tokens N}
+  out=${2:?usage: study_corpus.sh reshard SRC OUT --shard-tokens N}; shift 2
+  n=""
+  while (($#)); do
+    case $1 in
+      --shard-tokens) n=${2:-}; shift 2 ;;
+      *) die "reshard: unknown option $1" ;;
+    esac
+  done
+  [[ $n =~ ^[1-9][0-9]*$ ]] && ((n <= 2147483647)) || die "reshard: --shard-tokens must be in [1, 2^31-1]"
+  [[ -d $src ]] || die "$src: not a folder"
+  compgen -G "$src/train_*.bin" >/dev/null || die "$src: no train_*.bin"
+  ! compgen -G "$out/*.bin" >/dev/null || die "$out: holds .bin files already (nothing is overwritten)"
+  mkdir -p "$out"
+  python3 - "$src" "$out" "$n" <<'EOF' || die "reshard: failed (nothing written to $out)"
+import glob, os, shutil, struct, sys
+src, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+MAGIC, VERSION, HEADER = 20240520, 1, 1024
+written = []
+def header(count):
+    return struct.pack("<3i", MAGIC, VERSION, count) + bytes(HEADER - 12)
+def shard(path):  # the token bytes of an llm.c shard, its header checked
+    with open(path, "rb") as f:
+        h = f.read(HEADER)
+        if len(h) < HEADER: sys.exit(f"study_corpus: error: {path}: shorter than the llm.c header")
+        magic, version, count = struct.unpack("<3i", h[:12])
+        if magic != MAGIC or version != VERSION: sys.exit(f"study_corpus: error: {path}: not an llm.c shard")
+        body = f.read()
+        if len(body) != 2 * count: sys.exit(f"study_corpus: error: {path}: {len(body)} token bytes, header says {count} tokens")
+        return body
+try:
+    buf, k = bytearray(), 0
+    def flush(part):
+        global k
+        path = os.path.join(out, f"train_{k:06d}.bin")
+        with open(path + ".tmp", "wb") as f:
+            f.write(header(len(part) // 2)); f.write(part)
+        written.append(path); k += 1
+    for p in sorted(glob.glob(os.path.join(src, "train_*.bin"))):
+        buf += shard(p)
+        while len(buf) >= 2 * n:
+            flush(bytes(buf[:2 * n])); del buf[:2 * n]
+    if buf: flush(bytes(buf))
+    for p in sorted(glob.glob(os.path.join(src, "val_*.bin"))):
+        dst = os.path.join(out, os.path.basename(p))
+        shard(p)  # checked, then copied byte for byte
+        shutil.copyfile(p, dst + ".tmp")
+        written.append(dst)
+    for p in written: os.replace(p + ".tmp", p)
+    print(f"study_corpus: {out}: {k} training shards of at most {n} tokens, "
+          f"{len(written) - k} validation shard(s) copied")
+except BaseException:
+    for p in written:
+        for q in (p, p + ".tmp"):
+            if os.path.exists(q): os.remove(q)
+    raise
+EOF
   ;;
 measure)
   t=$(mktemp -d) && trap 'rm -rf "$t"' EXIT

@@ -4,11 +4,12 @@
 # reverse order, with a piece delivered twice, a damaged piece (detected, not kept, still listed as
 # missing) and unpack repeated once complete (nothing changes). Both forms (text: unpack runs
 # prepare; tokens: unpack decompresses), each checked byte for byte against the shards prepare wrote.
+# reshard checked byte for byte against prepare with --shard-tokens.
 #   tests/scripts/test_study_corpus.sh [SOPHIAGPT]      (ctest: study_corpus_test; needs
 #                                                        data/cache/gpt2 from scripts/fetch_assets.sh)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-export SOPHIAGPT=${1:-${SOPHIAGPT:-$ROOT/build/sophiagpt}}
+export SOPHIAGPT; SOPHIAGPT=$(realpath -m "${1:-${SOPHIAGPT:-$ROOT/build/sophiagpt}}")
 T=$(mktemp -d) && trap 'rm -rf "$T"' EXIT
 export STUDY_CORPUS_WORK=$T/work
 sc() { bash "$ROOT/scripts/study_corpus.sh" "$@"; }
@@ -66,6 +67,33 @@ roundtrip() {  # FORM PIECE_MIB
 }
 roundtrip text 0.4
 roundtrip tokens 0.001
+
+# reshard: the training shards are the bytes of prepare with --shard-tokens N over the same text
+# (N = 700: several shards, documents cut across them), the validation shards those of the source
+# (prepare would cut them too); bad uses refused.
+(cd "$T/work" && "$SOPHIAGPT" prepare --input eltec/eltec-eng-00.jsonl.xz $(printf -- '--input %s ' text/*.jsonl.xz) \
+  --output-dir "$T/direct" --val-fraction 0.01 --seed 1 --vocab "$ROOT/data/cache/gpt2" --shard-tokens 700 >/dev/null)
+sc reshard "$T/work/shards" "$T/resharded" --shard-tokens 700 >/dev/null
+want=$(cd "$T/direct" && ls -- train_*.bin; cd "$T/work/shards" && ls -- val_*.bin)
+got=$(cd "$T/resharded" && ls -- *.bin)
+(($(grep -c train_ <<<"$want") >= 3)) || fail "reshard test: want at least 3 training shards: $want"
+[[ $got == "$want" ]] || fail "reshard: files $(echo $got), want $(echo $want)"
+for s in $want; do
+  if [[ $s == train_* ]]; then ref=$T/direct/$s; else ref=$T/work/shards/$s; fi
+  cmp "$ref" "$T/resharded/$s" || fail "reshard: $s differs from $ref"
+done
+set +e
+out=$(sc reshard "$T/work/shards" "$T/resharded" --shard-tokens 700 2>&1); rc=$?
+[[ $rc == 2 && $out == *"holds .bin files already"* ]] || fail "reshard into a full folder: rc $rc: $out"
+out=$(sc reshard "$T/work/shards" "$T/r2" --shard-tokens 0 2>&1); rc=$?
+[[ $rc == 2 && $out == *"--shard-tokens must be"* ]] || fail "reshard --shard-tokens 0: rc $rc: $out"
+mkdir -p "$T/badsrc" && cp "$T/work/shards"/*.bin "$T/badsrc/"
+printf 'XXXX' | dd of="$T/badsrc/train_000000.bin" bs=1 seek=0 conv=notrunc status=none
+out=$(sc reshard "$T/badsrc" "$T/r3" --shard-tokens 700 2>&1); rc=$?
+[[ $rc == 2 && $out == *"not an llm.c shard"* ]] || fail "reshard of a bad shard: rc $rc: $out"
+! compgen -G "$T/r3/*" >/dev/null || fail "reshard of a bad shard left files: $(ls "$T/r3")"
+set -e
+echo "ok: reshard"
 
 rm -rf "$T/arrive" && mkdir "$T/arrive" && cp "$T/xfer_text/study-corpus.000" "$T/arrive/"
 set +e; out=$(sc unpack "$T/arrive" "$T/dest_new" 2>&1); rc=$?; set -e
