@@ -53,6 +53,7 @@ struct DataConfig {
   std::string train;        // glob of training token files
   std::string val;          // glob of validation token files (empty: no eval)
   std::string format = "llmc";  // "llmc" | "nanogpt"
+  std::string order = "shards";  // "shards" | "global" (llmc training order, data/loader.h)
 };
 
 struct EvalConfig {

@@ -122,6 +122,11 @@ const std::vector<ConfigKey> kKeys = {
         "`\"llmc\"` (shards with a 256-int32 header, docs/design.md section 4) or `\"nanogpt\"` (headerless "
         "uint16 `train.bin`/`val.bin`, sampled as random windows)",
         kFixed),
+    KEY(data.order, one_of({"shards", "global"}),
+        "llmc training order per pass over the data: `\"shards\"` (llm.c's: the files in a random order, each "
+        "read whole with its sequences in a random order) or `\"global\"` (one random order over the sequences "
+        "of all files, so every batch draws from the whole split; docs/data.md)",
+        kFixed),
 
     // ---- eval ----
     KEY(eval.every, at_least(0).with_note("(0 disables)").quiet(),

@@ -14,9 +14,18 @@
 namespace sgpt {
 namespace {
 constexpr uint32_t kFileOrderTweak = 0x1FFFFFFF;
+constexpr uint32_t kGlobalOrderTweak = 0x1FFFFFFE;
 constexpr uint32_t kWindowTweak = 0xFFFFFFFE;
 constexpr size_t kMaxOpenFiles = 64;  // descriptors kept open per loader
 }  // namespace
+
+const char* loader_order_name(LoaderOrder o) { return o == LoaderOrder::kGlobal ? "global" : "shards"; }
+
+LoaderOrder parse_loader_order(const std::string& s) {
+  if (s == "shards") return LoaderOrder::kShards;
+  if (s == "global") return LoaderOrder::kGlobal;
+  throw UserError("data order '" + s + "' is not one of \"shards\", \"global\"");
+}
 
 DataLoader::DataLoader(const LoaderOptions& opt) : opt_(opt) {
   if (opt_.B < 1 || opt_.T < 1)
@@ -43,6 +52,7 @@ DataLoader::DataLoader(const LoaderOptions& opt) : opt_(opt) {
     uint64_t c = 0;
     if (n >= need) c = opt_.format == TokenFormat::kLlmc ? (n - 1) / uint64_t(opt_.T) : n - uint64_t(opt_.T);
     count_.push_back(c);
+    index_prefix_.push_back(epoch_seqs_);
     epoch_seqs_ += c;
   }
   if (epoch_seqs_ == 0)
@@ -83,6 +93,15 @@ std::pair<size_t, uint64_t> DataLoader::locate(uint64_t s) {
     return {files_.size() - 1, 0};  // unreachable: w < epoch_seqs_
   }
   const uint64_t epoch = s / epoch_seqs_, i = s % epoch_seqs_;
+  if (opt_.shuffle && opt_.order == LoaderOrder::kGlobal) {
+    const uint64_t g = FeistelPermutation(epoch_seqs_, opt_.seed, uint32_t(epoch), kGlobalOrderTweak)(i);
+    // The file whose range [index_prefix_[k], index_prefix_[k] + count_[k]) holds g: the last k
+    // with index_prefix_[k] <= g (a file too short for a sequence shares its prefix with the next
+    // file, so it is never the last one; epoch_seqs_ > 0 puts g below some file's end).
+    const size_t k =
+        size_t(std::upper_bound(index_prefix_.begin(), index_prefix_.end(), g) - index_prefix_.begin()) - 1;
+    return {k, (g - index_prefix_[k]) * uint64_t(opt_.T)};
+  }
   prepare_epoch(epoch);
   // The position in order_ whose range [prefix_[pos], prefix_[pos+1]) holds i.
   const size_t pos = size_t(std::upper_bound(prefix_.begin(), prefix_.end(), i) - prefix_.begin()) - 1;
@@ -118,6 +137,7 @@ nlohmann::json DataLoader::state() const {
           {"T", opt_.T},
           {"seed", opt_.seed},
           {"shuffle", opt_.shuffle},
+          {"order", loader_order_name(opt_.order)},
           {"files", files_.size()},
           {"num_tokens", tokens_}};
 }
@@ -139,6 +159,11 @@ void DataLoader::restore(const nlohmann::json& st) {
   if (get_u64("seed") != opt_.seed) throw bad("seed differs");
   if (!st.contains("shuffle") || !st["shuffle"].is_boolean() || st["shuffle"].get<bool>() != opt_.shuffle)
     throw bad("shuffle setting differs");
+  // Checkpoints from before data.order existed were written with the shards order.
+  const std::string order = st.contains("order") && st["order"].is_string() ? st["order"].get<std::string>() : "shards";
+  if (st.contains("order") && !st["order"].is_string()) throw bad("invalid 'order'");
+  if (order != loader_order_name(opt_.order))
+    throw bad("data order differs (state: \"" + order + "\", config: \"" + loader_order_name(opt_.order) + "\")");
   if (get_u64("files") != files_.size()) throw bad("number of files differs");
   if (get_u64("num_tokens") != tokens_) throw bad("total token count differs");
   const uint64_t spb = get_u64("sequences_per_batch");

@@ -13,6 +13,12 @@
 // permutation Q_{e,k}; without shuffle both are the identity. Permutations are Feistel networks on
 // Philox (data/permutation.h), stream kDataSampler, key = seed:
 //   P_e:      tweak (e, 0x1FFFFFFF)          Q_{e,k}: tweak (e, k)     (k < 2^29 files)
+// So a file is read whole before the next one starts: with files in document order (prepare's
+// shards), each pass has one phase per file. Order kGlobal (config data.order = "global") instead
+// permutes all E sequences of the epoch at once: position i of epoch e is sequence G_e(i) of the
+// files taken in index order (file k holds numbers prefix_k .. prefix_k + n_k - 1), with
+//   G_e:      tweak (e, 0x1FFFFFFE)
+// so every batch draws from the whole split. Without shuffle, order is ignored (identity).
 // nanogpt (random windows, like the official trainer's get_batch). The W_k = N_k - T windows of
 // every file are numbered across files; sequence s starts at window floor(u * sum W_k) with
 // u = (v0 * 2^32 + v1) / 2^64 from philox(seed, s mod 2^32, s / 2^32, 0xFFFFFFFE, kDataSampler).
@@ -31,6 +37,12 @@
 
 namespace sgpt {
 
+// How an llmc epoch is shuffled (see above): kShards, files in a random order, each read whole in a
+// random order of its sequences (llm.c's order); kGlobal, one random order over all sequences.
+enum class LoaderOrder { kShards, kGlobal };
+const char* loader_order_name(LoaderOrder);         // "shards" | "global"
+LoaderOrder parse_loader_order(const std::string&);  // UserError naming the value otherwise
+
 struct LoaderOptions {
   std::string pattern;        // glob (or a single path) of token files
   TokenFormat format = TokenFormat::kLlmc;
@@ -38,6 +50,7 @@ struct LoaderOptions {
   int rank = 0, world = 1;    // process `rank` of `world` reads a disjoint slice of every global batch
   uint64_t seed = 0;
   bool shuffle = true;        // shard order + sequence positions (llmc); nanogpt is always random windows
+  LoaderOrder order = LoaderOrder::kShards;  // llmc with shuffle: per file (llm.c) or over all files
   int vocab_size = 50257;     // every token id must be < vocab_size
 };
 
@@ -62,6 +75,7 @@ class DataLoader {
   std::vector<std::string> paths_;
   std::vector<TokenFile> files_;
   std::vector<uint64_t> count_;    // per file: sequences (llmc) or windows (nanogpt)
+  std::vector<uint64_t> index_prefix_;  // llmc, kGlobal: sequences before file k, files in index order
   uint64_t epoch_seqs_ = 0;        // sum of count_
   uint64_t tokens_ = 0;
   uint64_t batch_ = 0;             // global batches consumed

@@ -89,6 +89,7 @@ LoaderOptions loader_options(const Config& cfg, int rank, int world) {
   LoaderOptions lo = common_loader_options(cfg, rank, world);
   lo.pattern = cfg.data.train;
   if (lo.pattern.empty()) throw UserError("config key 'data.train' is empty: name the training token files");
+  lo.order = parse_loader_order(cfg.data.order);  // validation keeps the shards order: the same eval batches
   return lo;
 }
 }  // namespace

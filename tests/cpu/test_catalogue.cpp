@@ -263,6 +263,7 @@ std::vector<Row> train_rows() {
       bad_value("range_batch_total_batch_tokens_not_a_multiple", "batch.total_batch_tokens=33",
                 "batch.total_batch_tokens"),
       bad_value("range_data_format", "data.format=csv", "data.format"),
+      bad_value("range_data_order", "data.order=random", "data.order"),
       bad_value("range_eval_every_negative", "eval.every=-1", "eval.every"),
       bad_value("range_eval_batches_0", "eval.batches=0", "eval.batches"),
       bad_value("range_eval_hellaswag_every_negative", "eval.hellaswag_every=-1", "eval.hellaswag_every"),

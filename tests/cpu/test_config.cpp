@@ -100,6 +100,7 @@ TEST(Config, OutOfRangeValuesAreErrors) {
   expect_error(with("batch", "total_batch_tokens", 100), {"batch.total_batch_tokens", "multiple", "32"});
   expect_error(with("schedule", "max_steps", 0), {"schedule.max_steps"});
   expect_error(with("data", "format", "parquet"), {"data.format"});
+  expect_error(with("data", "order", "random"), {"data.order", "global"});
   json j = tiny();
   j["precision"] = "fp8";
   expect_error(j, {"precision", "fp32"});

@@ -78,7 +78,8 @@ TEST(ConfigDoc, FixedOnResumeAsDocumented) {
     if (!may_change_on_resume(k.name)) fixed.insert(k.name);
   const std::set<std::string> want = {"model.n_layer", "model.n_head", "model.n_embd", "model.block_size",
                                       "model.vocab_size", "model.bias", "model.scale_attn_by_inverse_layer_idx",
-                                      "optimizer.name", "seed", "data.train", "data.format"};
+                                      "optimizer.name", "seed", "data.train", "data.format",
+                                      "data.order"};
   EXPECT_EQ(fixed, want);
   EXPECT_TRUE(may_change_on_resume("optimizer.lr"));
   EXPECT_TRUE(may_change_on_resume("not.a.key"));

@@ -174,6 +174,84 @@ TEST(DataLoader, ResetStateRestore) {
   EXPECT_NE(error_of([&] { other_T.restore(st); }).find("sequence length T differs"), std::string::npos);
 }
 
+// data.order = "global": one permutation over the sequences of all files per epoch. Every sequence
+// once per epoch, reshuffled per epoch, deterministic by seed; batches mix the files where the
+// shards order reads one file whole before the next; ranks split each global batch as with shards;
+// state/restore continues the same stream and refuses the other order (a state without "order",
+// as checkpoints before the key wrote, counts as the shards order).
+TEST(DataLoader, GlobalOrderMixesFilesInEveryBatch) {
+  TempDir d;
+  const int T = 4;
+  std::vector<int> sizes(20, 41);  // 20 files of 10 sequences: 200 per epoch
+  sizes[3] = 3;                    // a file too short for one sequence (an empty range)
+  const std::string pat = make_shards(d, sizes, 100);
+  std::multiset<int> want;
+  for (int f = 0; f < 20; ++f)
+    for (int j = 0; j < (sizes[size_t(f)] - 1) / T; ++j) want.insert(f * 100 + j * T);
+  auto global = [&](uint64_t seed, int B) {
+    LoaderOptions o = opts(pat, B, T, seed);
+    o.order = LoaderOrder::kGlobal;
+    return o;
+  };
+  DataLoader g(global(7, 10)), g_again(global(7, 10)), g_seed(global(8, 10)), shards(opts(pat, 10, T, 7));
+  ASSERT_EQ(g.sequences_per_epoch(), want.size());
+  const auto e0 = next_starts(g, 10, T, 19), e1 = next_starts(g, 10, T, 19);  // 190 = one epoch
+  EXPECT_EQ(std::multiset<int>(e0.begin(), e0.end()), want);
+  EXPECT_EQ(std::multiset<int>(e1.begin(), e1.end()), want);
+  EXPECT_NE(e0, e1) << "epoch 1 should be reshuffled";
+  EXPECT_EQ(next_starts(g_again, 10, T, 19), e0);
+  EXPECT_NE(next_starts(g_seed, 10, T, 19), e0);
+  const auto s0 = next_starts(shards, 10, T, 19);
+  EXPECT_EQ(std::multiset<int>(s0.begin(), s0.end()), want);
+  // Files per batch of 10: the shards order reads a file's 10 sequences together (1 or 2 files per
+  // batch); a random order over 19 files of 10 puts about 7.5 files in a batch of 10.
+  auto files_per_batch = [](const std::vector<int>& starts) {
+    double total = 0;
+    for (size_t b = 0; b + 10 <= starts.size(); b += 10) {
+      std::set<int> f;
+      for (size_t i = b; i < b + 10; ++i) f.insert(starts[i] / 100);
+      total += double(f.size());
+    }
+    return total / double(starts.size() / 10);
+  };
+  EXPECT_LE(files_per_batch(s0), 2.0);
+  EXPECT_GE(files_per_batch(e0), 5.0);
+
+  // Ranks: W processes with micro-batch B see what one process with micro-batch W*B sees.
+  const int B = 2, W = 5;
+  DataLoader single(global(3, B * W));
+  const auto all = next_starts(single, B * W, T, 25);
+  for (int r = 0; r < W; ++r) {
+    LoaderOptions o = global(3, B);
+    o.rank = r;
+    o.world = W;
+    DataLoader dl(o);
+    const auto mine = next_starts(dl, B, T, 25);
+    for (int k = 0; k < 25; ++k)
+      for (int b = 0; b < B; ++b)
+        ASSERT_EQ(mine[size_t(k * B + b)], all[size_t(k * B * W + r * B + b)]) << "batch " << k << " rank " << r;
+  }
+
+  // State and restore.
+  DataLoader a(global(5, 4));
+  next_starts(a, 4, T, 30);
+  const nlohmann::json st = nlohmann::json::parse(a.state().dump());
+  EXPECT_EQ(st.value("order", ""), "global");
+  const auto after = next_starts(a, 4, T, 40);
+  DataLoader b(global(5, 4));
+  b.restore(st);
+  EXPECT_EQ(next_starts(b, 4, T, 40), after);
+  DataLoader as_shards(opts(pat, 4, T, 5));
+  EXPECT_NE(error_of([&] { as_shards.restore(st); }).find("data order differs"), std::string::npos);
+  nlohmann::json old = nlohmann::json::parse(as_shards.state().dump());
+  old.erase("order");  // a checkpoint from before data.order: the shards order
+  EXPECT_EQ(error_of([&] { as_shards.restore(old); }), "(no error)");
+  DataLoader g2(global(5, 4));
+  EXPECT_NE(error_of([&] { g2.restore(old); }).find("data order differs"), std::string::npos);
+  EXPECT_EQ(parse_loader_order("global"), LoaderOrder::kGlobal);
+  EXPECT_NE(error_of([] { parse_loader_order("random"); }).find("'random'"), std::string::npos);
+}
+
 TEST(DataLoader, NanoGptRandomWindows) {
   TempDir d;
   const int N = 5000, T = 32;
