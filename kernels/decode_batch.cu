@@ -1,17 +1,23 @@
 // Kernels of the batch decoder (src/cuda/decode_batch_ops.h: rows, idle rows, the epilogue).
 //
-// batch_linear: block of 8 warps, warp w of block (x, y) computes output column 8x + w for rows
-// 8y .. 8y + 7. Lane l accumulates (fmaf, in order) the products of its elements of the
-// column's weight row (vectors of VEC elements at l*VEC + 32*VEC*j, j = 0, 1, ...) with the
-// same elements of each input row, then the 32 lanes are summed with the fixed butterfly of
-// warp_sum. VEC (4 floats / 8 bf16: 16-byte loads, or 1) depends only on K and the alignment of
-// the weights and inputs, not on the rows: a row's result is the same in any batch.
+// batch_linear: blocks of 8 warps; block (x, y) holds rows 8y .. 8y + 7 and its warp w computes
+// columns 8x + w, 8x + w + 8 gridDim.x, ... (one column per warp unless the grid, capped at what
+// the device holds at once, is smaller than OC / 8). Lane l accumulates (fmaf, in order) the
+// products of its elements of the column's weight row (vectors of VEC elements at l*VEC +
+// 32*VEC*j, j = 0, 1, ...) with the same elements of each input row, then the 32 lanes are summed
+// with the fixed butterfly of warp_sum. VEC (4 floats / 8 bf16: 16-byte loads, or 1) depends only
+// on K and the alignment of the weights and inputs, not on the rows: a row's result is the same in
+// any batch. Only the schedule is tuned: a lane loads its vectors in chunks of U (4 or 8, from K),
+// the next chunk's weights before the current chunk's products.
 // batch_attention: one block per (row, head), 8 warps; thread i scores positions i, i + 256, ...
 // (a whole dot product each, in order), block max, exp, block sum (as kernels/decode.cu), then
 // warp w sums p_t v_t over positions w, w + 8, ... for its lanes' channels and the 8 partials
 // are added in warp order. Shared memory: (max_len + 8 * hs + hs + 32) floats.
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "common.cuh"
 #include "cuda/decode_batch_ops.h"
@@ -65,56 +71,102 @@ __global__ void batch_embed_kernel(float* x, const int* tokens, const int* pos, 
   x[i] = p < 0 ? 0.0f : __fadd_rn(to_f(wte[size_t(tokens[r]) * C + c]), to_f(wpe[size_t(p) * C + c]));
 }
 
+// VEC weights as stored: one 16-byte load when VEC * sizeof(W) is 16.
 template <class W, int VEC>
+struct alignas(VEC * sizeof(W)) WPack {
+  W v[VEC];
+};
+
+// The weights of one chunk: vector u (u < U) at p + u * 32 * VEC when u * 32 * VEC < lim (lim:
+// the elements left in the row from p; may be <= 0).
+template <class W, int VEC, int U>
+__device__ __forceinline__ void load_chunk(WPack<W, VEC> (&wv)[U], const W* p, int lim) {
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+    if (u * 32 * VEC < lim) wv[u] = *reinterpret_cast<const WPack<W, VEC>*>(p + u * 32 * VEC);
+}
+
+// Warp w of block (x, y) computes columns o = 8x + w, 8x + w + 8 * gridDim.x, ... for rows
+// 8y .. 8y + 7. A column is read in chunks of U vectors per lane; the next chunk's weights (of the
+// same column, or of the warp's next column) are loaded before the current chunk's products, so
+// up to 2U loads per lane are in flight. Each lane's products, their order and the butterfly are
+// those of the kernel file's header, whatever U, the grid or the rows.
+template <class W, int VEC, int U>
 __global__ void __launch_bounds__(kLinWarps * 32)
     batch_linear_kernel(float* out, const float* in, const W* w, int n, int K, int OC,
                         LinearEpilogue<W> ep) {
+  constexpr int kStep = 32 * VEC;   // from one of a lane's vectors to its next
+  constexpr int kChunk = U * kStep;  // the elements of a row one chunk covers
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int o = blockIdx.x * kLinWarps + warp;
+  const int ostride = gridDim.x * kLinWarps;
+  int o = blockIdx.x * kLinWarps + warp;
   const int r0 = blockIdx.y * kLinRows;
   if (o >= OC) return;  // no block-wide synchronisation below
   const int nr = min(kLinRows, n - r0);
-  const W* wr = w + size_t(o) * K;
-  const float* x0 = in + size_t(r0) * K;
+  const int l0 = lane * VEC;  // the lane's first element of a chunk
+  const float* x0 = in + size_t(r0) * K + l0;
+  WPack<W, VEC> wv[U];
+  load_chunk<W, VEC, U>(wv, w + size_t(o) * K + l0, K - l0);
   float acc[kLinRows];
 #pragma unroll
   for (int r = 0; r < kLinRows; ++r) acc[r] = 0.0f;
-#pragma unroll 2
-  for (int i0 = lane * VEC; i0 < K; i0 += 32 * VEC) {
-    float wv[VEC];
-    load_vec<VEC>(wr + i0, wv);
+  int cb = 0;  // the current chunk's first element (the same for the whole warp)
+  while (true) {
+    WPack<W, VEC> cur[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) cur[u] = wv[u];
+    // The next chunk: of this column, else the first of the warp's next column.
+    int ncb = cb + kChunk, no = o;
+    if (ncb >= K) {
+      ncb = 0;
+      no += ostride;
+    }
+    if (no < OC) load_chunk<W, VEC, U>(wv, w + size_t(no) * K + ncb + l0, K - ncb - l0);
+    const int lim = K - cb - l0;
 #pragma unroll
     for (int r = 0; r < kLinRows; ++r) {
       if (r < nr) {
-        float xv[VEC];
-        load_vec<VEC>(x0 + size_t(r) * K + i0, xv);
+        const float* xr = x0 + size_t(r) * K + cb;
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) acc[r] = fmaf(wv[e], xv[e], acc[r]);
+        for (int u = 0; u < U; ++u) {
+          if (u * kStep < lim) {
+            float xv[VEC];
+            load_vec<VEC>(xr + u * kStep, xv);
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[r] = fmaf(to_f(cur[u].v[e]), xv[e], acc[r]);
+          }
+        }
       }
     }
-  }
+    if (ncb == 0) {  // column o is complete
 #pragma unroll
-  for (int r = 0; r < kLinRows; ++r) {
-    if (r >= nr) break;  // nr is the same for the whole warp
-    float v = warp_sum(acc[r]);
-    if (lane != 0) continue;
-    const int row = r0 + r;
-    if (ep.bias) v = __fadd_rn(v, ep.bias[o]);
-    if (ep.gelu) {
-      const float u = kGeluScaleB * (v + kGeluCubicB * v * v * v);
-      v = 0.5f * v * (1.0f + tanhf(u));
-    }
-    if (ep.residual) v = __fadd_rn(ep.residual[size_t(row) * OC + o], v);
-    out[size_t(row) * OC + o] = v;
-    if (ep.kcache && o >= ep.C) {
-      const int p = ep.pos[row];
-      if (p >= 0) {
-        const bool is_k = o < 2 * ep.C;
-        W* cache = is_k ? ep.kcache : ep.vcache;
-        const int c = is_k ? o - ep.C : o - 2 * ep.C;
-        cache[size_t(ep.slot[row]) * ep.slot_stride + size_t(p) * ep.C + c] = from_f<W>(v);
+      for (int r = 0; r < kLinRows; ++r) {
+        if (r >= nr) break;  // nr is the same for the whole warp
+        float v = warp_sum(acc[r]);
+        acc[r] = 0.0f;
+        if (lane != 0) continue;
+        const int row = r0 + r;
+        if (ep.bias) v = __fadd_rn(v, ep.bias[o]);
+        if (ep.gelu) {
+          const float u = kGeluScaleB * (v + kGeluCubicB * v * v * v);
+          v = 0.5f * v * (1.0f + tanhf(u));
+        }
+        if (ep.residual) v = __fadd_rn(ep.residual[size_t(row) * OC + o], v);
+        out[size_t(row) * OC + o] = v;
+        if (ep.kcache && o >= ep.C) {
+          const int p = ep.pos[row];
+          if (p >= 0) {
+            const bool is_k = o < 2 * ep.C;
+            W* cache = is_k ? ep.kcache : ep.vcache;
+            const int c = is_k ? o - ep.C : o - 2 * ep.C;
+            cache[size_t(ep.slot[row]) * ep.slot_stride + size_t(p) * ep.C + c] = from_f<W>(v);
+          }
+        }
       }
+      if (no >= OC) break;
     }
+    cb = ncb;
+    o = no;
   }
 }
 
@@ -197,17 +249,55 @@ void batch_embed(float* x, const int* tokens, const int* pos, const W* wte, cons
   SGPT_LAUNCH_CHECK();
 }
 
+// Blocks of `kernel` (256 threads, `smem` bytes of dynamic shared memory) the current device
+// holds at once over all its SMs; cached per device and kernel (a kernel is always asked with the
+// same smem).
+int resident_blocks(const void* kernel, size_t smem) {
+  int dev = 0;
+  SGPT_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mu;
+  static std::map<std::pair<int, const void*>, int> cache;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(dev, kernel);
+  if (const auto it = cache.find(key); it != cache.end()) return it->second;
+  int sms = 0, per_sm = 0;
+  SGPT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  SGPT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kLinWarps * 32,
+                                                                smem));
+  const int blocks = std::max(1, sms * per_sm);
+  cache.emplace(key, blocks);
+  return blocks;
+}
+
+template <class W, int VEC, int U>
+void launch_linear(float* out, const float* in, const W* w, int n, int K, int OC,
+                   const LinearEpilogue<W>& ep, cudaStream_t stream) {
+  const auto kernel = batch_linear_kernel<W, VEC, U>;
+  const unsigned row_blocks = ceil_div(size_t(n), kLinRows);
+  // As many blocks as the device holds at once (the warps then loop over the columns), at most
+  // one column per warp. Which warp computes a column does not change its arithmetic.
+  const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), 0);
+  const unsigned col_blocks = std::min<unsigned>(
+      ceil_div(size_t(OC), kLinWarps), std::max(1u, static_cast<unsigned>(resident) / row_blocks));
+  kernel<<<dim3(col_blocks, row_blocks), kLinWarps * 32, 0, stream>>>(out, in, w, n, K, OC, ep);
+  SGPT_LAUNCH_CHECK();
+}
+
 template <class W>
 void batch_linear(float* out, const float* in, const W* w, int n, int K, int OC,
                   const LinearEpilogue<W>& ep, cudaStream_t stream) {
   if (n <= 0 || OC <= 0) return;
   constexpr int kVec = 16 / sizeof(W);
-  const dim3 grid(ceil_div(size_t(OC), kLinWarps), ceil_div(size_t(n), kLinRows));
-  if (K % kVec == 0 && aligned16(w) && aligned16(in))
-    batch_linear_kernel<W, kVec><<<grid, kLinWarps * 32, 0, stream>>>(out, in, w, n, K, OC, ep);
-  else
-    batch_linear_kernel<W, 1><<<grid, kLinWarps * 32, 0, stream>>>(out, in, w, n, K, OC, ep);
-  SGPT_LAUNCH_CHECK();
+  if (K % kVec == 0 && aligned16(w) && aligned16(in)) {
+    // Chunks of 4 vectors per lane when that covers the row (K <= 128 kVec: the head and the
+    // C-wide inputs of 124M in bf16; fewer registers), else 8.
+    if (ceil_div(size_t(K), 32 * kVec) <= 4)
+      launch_linear<W, kVec, 4>(out, in, w, n, K, OC, ep, stream);
+    else
+      launch_linear<W, kVec, 8>(out, in, w, n, K, OC, ep, stream);
+  } else {
+    launch_linear<W, 1, 8>(out, in, w, n, K, OC, ep, stream);
+  }
 }
 
 template <class W>
