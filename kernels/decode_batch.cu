@@ -9,6 +9,11 @@
 // on K and the alignment of the weights and inputs, not on the rows: a row's result is the same in
 // any batch. Only the schedule is tuned: a lane loads its vectors in chunks of U (4 or 8, from K),
 // the next chunk's weights before the current chunk's products.
+// With a LayerNorm before it (LinearPrologue, where K is a multiple of 4 and at most 896): warp w
+// of a block first normalises row 8y + w into shared memory with the steps of layernorm_forward's
+// vectorized path (layernorm.cuh: lane l's vectors of 4 at (l + 32 i) 4, per-lane sums in order,
+// warp_sum, / K, the same for (x - mean)^2, 1 / sqrt(var / K + eps), ln_out), so the rows are the
+// bits layernorm_forward writes; one block barrier, then the products read the rows from there.
 // batch_attention: one block per (row, head), 8 warps; thread i scores positions i, i + 256, ...
 // (a whole dot product each, in order), block max, exp, block sum (as kernels/decode.cu), then
 // warp w sums p_t v_t over positions w, w + 8, ... for its lanes' channels and the 8 partials
@@ -21,19 +26,25 @@
 
 #include "common.cuh"
 #include "cuda/decode_batch_ops.h"
+#include "cuda/ops_cuda.h"
+#include "layernorm.cuh"
 
 namespace sgpt::cuda {
 namespace {
 
 constexpr int kLinWarps = 8;
 constexpr int kLinRows = 8;
+// The widest rows batch_linear normalises itself (layernorm_forward's vectorized path in fp32),
+// and the shared memory their 8 rows take.
+constexpr int kLinLnMaxK = kLnVecMaxChunks * 32 * Vec<float>::n;
+constexpr size_t kLinLnSmem = size_t(kLinRows) * kLinLnMaxK * sizeof(float);
 constexpr int kBAttnWarps = 8;
 constexpr float kGeluScaleB = 0.7978845608028654f;  // sqrt(2/pi), as kernels/gelu.cu
 constexpr float kGeluCubicB = 0.044715f;
 
-// VEC consecutive elements at p as floats.
+// VEC consecutive floats at p (16-byte loads when VEC is a multiple of 4).
 template <int VEC>
-__device__ __forceinline__ void load_vec(const float* p, float* v) {
+__device__ __forceinline__ void load_floats(const float* p, float* v) {
   if constexpr (VEC % 4 == 0) {
 #pragma unroll
     for (int j = 0; j < VEC; j += 4) {
@@ -46,18 +57,6 @@ __device__ __forceinline__ void load_vec(const float* p, float* v) {
   } else {
 #pragma unroll
     for (int e = 0; e < VEC; ++e) v[e] = p[e];
-  }
-}
-template <int VEC>
-__device__ __forceinline__ void load_vec(const __nv_bfloat16* p, float* v) {
-  if constexpr (VEC == 8) {
-    const uint4 a = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&a);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) v[e] = __bfloat162float(h[e]);
-  } else {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) v[e] = __bfloat162float(p[e]);
   }
 }
 
@@ -86,27 +85,72 @@ __device__ __forceinline__ void load_chunk(WPack<W, VEC> (&wv)[U], const W* p, i
     if (u * 32 * VEC < lim) wv[u] = *reinterpret_cast<const WPack<W, VEC>*>(p + u * 32 * VEC);
 }
 
+// Row x (C floats, 16-byte aligned, C a multiple of 4 and at most kLinLnMaxK) normalised into
+// dst by one warp, with the steps of layernorm_forward's vectorized path (layernorm.cuh) in their
+// order: the bits layernorm_forward<float> writes. The chunks past C take no part.
+__device__ __forceinline__ void layernorm_row(float* dst, const float* x, const float* weight,
+                                              const float* bias, int C, int lane) {
+  constexpr int V = Vec<float>::n;
+  float xv[kLnVecMaxChunks][V];
+  float s = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kLnVecMaxChunks; ++i) {
+    const int c0 = (lane + 32 * i) * V;
+    if (c0 < C) {
+      load_vec(xv[i], x + c0);
+      ln_vec_sum(s, xv[i]);
+    }
+  }
+  const float m = ln_mean(s, C);
+  float v = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kLnVecMaxChunks; ++i) {
+    const int c0 = (lane + 32 * i) * V;
+    if (c0 < C) ln_vec_sumsq(v, xv[i], m);
+  }
+  const float r = ln_rstd(v, C);
+#pragma unroll
+  for (int i = 0; i < kLnVecMaxChunks; ++i) {
+    const int c0 = (lane + 32 * i) * V;
+    if (c0 < C) {
+      float y[V];
+      ln_vec_out(y, xv[i], m, r, weight, bias, c0);
+      store_vec(dst + c0, y);
+    }
+  }
+}
+
 // Warp w of block (x, y) computes columns o = 8x + w, 8x + w + 8 * gridDim.x, ... for rows
 // 8y .. 8y + 7. A column is read in chunks of U vectors per lane; the next chunk's weights (of the
 // same column, or of the warp's next column) are loaded before the current chunk's products, so
 // up to 2U loads per lane are in flight. Each lane's products, their order and the butterfly are
 // those of the kernel file's header, whatever U, the grid or the rows.
+// With ln_w: warp w first normalises row 8y + w into shared memory (layernorm_row; dynamic shared
+// memory of min(8, n) rows of K floats), the block synchronises once, and the products read the
+// rows from there; the first chunk's weights are loaded before.
 template <class W, int VEC, int U>
 __global__ void __launch_bounds__(kLinWarps * 32)
     batch_linear_kernel(float* out, const float* in, const W* w, int n, int K, int OC,
-                        LinearEpilogue<W> ep) {
+                        const float* ln_w, const float* ln_b, LinearEpilogue<W> ep) {
+  extern __shared__ float4 lin_shared[];
   constexpr int kStep = 32 * VEC;   // from one of a lane's vectors to its next
   constexpr int kChunk = U * kStep;  // the elements of a row one chunk covers
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int ostride = gridDim.x * kLinWarps;
   int o = blockIdx.x * kLinWarps + warp;
   const int r0 = blockIdx.y * kLinRows;
-  if (o >= OC) return;  // no block-wide synchronisation below
   const int nr = min(kLinRows, n - r0);
   const int l0 = lane * VEC;  // the lane's first element of a chunk
-  const float* x0 = in + size_t(r0) * K + l0;
   WPack<W, VEC> wv[U];
-  load_chunk<W, VEC, U>(wv, w + size_t(o) * K + l0, K - l0);
+  if (o < OC) load_chunk<W, VEC, U>(wv, w + size_t(o) * K + l0, K - l0);
+  const float* x0 = in + size_t(r0) * K + l0;
+  if (ln_w) {  // the same for the whole block
+    float* rows = reinterpret_cast<float*>(lin_shared);
+    if (warp < nr) layernorm_row(rows + size_t(warp) * K, in + size_t(r0 + warp) * K, ln_w, ln_b, K, lane);
+    __syncthreads();
+    x0 = rows + l0;
+  }
+  if (o >= OC) return;  // no block-wide synchronisation below
   float acc[kLinRows];
 #pragma unroll
   for (int r = 0; r < kLinRows; ++r) acc[r] = 0.0f;
@@ -131,7 +175,7 @@ __global__ void __launch_bounds__(kLinWarps * 32)
         for (int u = 0; u < U; ++u) {
           if (u * kStep < lim) {
             float xv[VEC];
-            load_vec<VEC>(xr + u * kStep, xv);
+            load_floats<VEC>(xr + u * kStep, xv);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) acc[r] = fmaf(to_f(cur[u].v[e]), xv[e], acc[r]);
           }
@@ -271,32 +315,51 @@ int resident_blocks(const void* kernel, size_t smem) {
 
 template <class W, int VEC, int U>
 void launch_linear(float* out, const float* in, const W* w, int n, int K, int OC,
-                   const LinearEpilogue<W>& ep, cudaStream_t stream) {
+                   const float* ln_w, const float* ln_b, const LinearEpilogue<W>& ep,
+                   cudaStream_t stream) {
   const auto kernel = batch_linear_kernel<W, VEC, U>;
   const unsigned row_blocks = ceil_div(size_t(n), kLinRows);
   // As many blocks as the device holds at once (the warps then loop over the columns), at most
   // one column per warp. Which warp computes a column does not change its arithmetic.
-  const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), 0);
+  const int resident = resident_blocks(reinterpret_cast<const void*>(kernel), kLinLnSmem);
   const unsigned col_blocks = std::min<unsigned>(
       ceil_div(size_t(OC), kLinWarps), std::max(1u, static_cast<unsigned>(resident) / row_blocks));
-  kernel<<<dim3(col_blocks, row_blocks), kLinWarps * 32, 0, stream>>>(out, in, w, n, K, OC, ep);
+  const size_t smem = ln_w ? size_t(std::min(n, kLinRows)) * K * sizeof(float) : 0;
+  kernel<<<dim3(col_blocks, row_blocks), kLinWarps * 32, smem, stream>>>(out, in, w, n, K, OC,
+                                                                          ln_w, ln_b, ep);
   SGPT_LAUNCH_CHECK();
 }
 
 template <class W>
 void batch_linear(float* out, const float* in, const W* w, int n, int K, int OC,
-                  const LinearEpilogue<W>& ep, cudaStream_t stream) {
+                  const LinearPrologue& pro, const LinearEpilogue<W>& ep, cudaStream_t stream) {
   if (n <= 0 || OC <= 0) return;
+  const float* ln_w = nullptr;
+  const float* ln_b = nullptr;
+  if (pro.ln_weight) {
+    // Normalised in the blocks where layernorm_forward<float> would take its vectorized path
+    // (whose steps the blocks repeat); otherwise by layernorm_forward, into pro.ln_out.
+    constexpr int kLnV = Vec<float>::n;
+    if (K % kLnV == 0 && K <= kLinLnMaxK && aligned16(in) && aligned16(pro.ln_weight) &&
+        (pro.ln_bias == nullptr || aligned16(pro.ln_bias))) {
+      ln_w = pro.ln_weight;
+      ln_b = pro.ln_bias;
+    } else {
+      layernorm_forward<float>(pro.ln_out, pro.mean, pro.rstd, in, pro.ln_weight, pro.ln_bias, n,
+                               K, stream);
+      in = pro.ln_out;
+    }
+  }
   constexpr int kVec = 16 / sizeof(W);
   if (K % kVec == 0 && aligned16(w) && aligned16(in)) {
     // Chunks of 4 vectors per lane when that covers the row (K <= 128 kVec: the head and the
     // C-wide inputs of 124M in bf16; fewer registers), else 8.
     if (ceil_div(size_t(K), 32 * kVec) <= 4)
-      launch_linear<W, kVec, 4>(out, in, w, n, K, OC, ep, stream);
+      launch_linear<W, kVec, 4>(out, in, w, n, K, OC, ln_w, ln_b, ep, stream);
     else
-      launch_linear<W, kVec, 8>(out, in, w, n, K, OC, ep, stream);
+      launch_linear<W, kVec, 8>(out, in, w, n, K, OC, ln_w, ln_b, ep, stream);
   } else {
-    launch_linear<W, 1, 8>(out, in, w, n, K, OC, ep, stream);
+    launch_linear<W, 1, 8>(out, in, w, n, K, OC, ln_w, ln_b, ep, stream);
   }
 }
 
@@ -329,7 +392,7 @@ void batch_to_bf16(__nv_bfloat16* dst, const float* src, size_t n, cudaStream_t 
   template void batch_embed<W>(float*, const int*, const int*, const W*, const W*, int, int,       \
                                cudaStream_t);                                                      \
   template void batch_linear<W>(float*, const float*, const W*, int, int, int,                     \
-                                const LinearEpilogue<W>&, cudaStream_t);                           \
+                                const LinearPrologue&, const LinearEpilogue<W>&, cudaStream_t);    \
   template void batch_attention<W>(float*, const float*, const W*, const W*, const int*,           \
                                    const int*, size_t, int, int, int, float, int, cudaStream_t);
 SGPT_BATCH_INSTANTIATE(float)
