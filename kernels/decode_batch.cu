@@ -14,10 +14,18 @@
 // vectorized path (layernorm.cuh: lane l's vectors of 4 at (l + 32 i) 4, per-lane sums in order,
 // warp_sum, / K, the same for (x - mean)^2, 1 / sqrt(var / K + eps), ln_out), so the rows are the
 // bits layernorm_forward writes; one block barrier, then the products read the rows from there.
-// batch_attention: one block per (row, head), 8 warps; thread i scores positions i, i + 256, ...
-// (a whole dot product each, in order), block max, exp, block sum (as kernels/decode.cu), then
-// warp w sums p_t v_t over positions w, w + 8, ... for its lanes' channels and the 8 partials
-// are added in warp order. Shared memory: (max_len + 8 * hs + hs + 32) floats.
+// batch_attention: one block per (row, head), 8 warps. Lane l owns the head's channels 2l + 64j,
+// 2l + 64j + 1 (pairs: hs even, 4-byte bf16x2 / 8-byte float2 loads) or else l + 32j.
+//   1. scores: warp w takes positions w, w + 8, ..., 4 of them at once (their loads and
+//      butterflies interleaved); per position, each lane sums q_c k_c over its channels in order
+//      (fmaf), the lanes are added by warp_sum's butterfly, score = sum * scale;
+//   2. softmax: block max, exp(score - max) (expf), block sum, p = e * (1 / sum), as
+//      kernels/decode.cu;
+//   3. output: warp w sums fmaf(p_t, v_t, acc) over positions w, w + 8, ... in order for each of
+//      its lanes' channels (the values of its first 4 positions are loaded with the keys), and
+//      the 8 partials are added in warp order.
+// Every step depends on the row's own position, slot and query only. Shared memory: (max_len +
+// 8 * hs + 32) floats.
 #include <algorithm>
 #include <cstdint>
 #include <map>
@@ -39,6 +47,8 @@ constexpr int kLinRows = 8;
 constexpr int kLinLnMaxK = kLnVecMaxChunks * 32 * Vec<float>::n;
 constexpr size_t kLinLnSmem = size_t(kLinRows) * kLinLnMaxK * sizeof(float);
 constexpr int kBAttnWarps = 8;
+constexpr int kBAttnGroup = 4;  // positions a warp scores at once
+constexpr int kBAttnVPre = 4;   // positions per warp whose values are loaded with the keys
 constexpr float kGeluScaleB = 0.7978845608028654f;  // sqrt(2/pi), as kernels/gelu.cu
 constexpr float kGeluCubicB = 0.044715f;
 
@@ -214,12 +224,36 @@ __global__ void __launch_bounds__(kLinWarps * 32)
   }
 }
 
-template <class W>
+// VEC consecutive elements of W at p as floats (VEC = 2: one 4-byte bf16x2 or 8-byte float2 load).
+template <int VEC>
+__device__ __forceinline__ void load_pair(const float* p, float* v) {
+  if constexpr (VEC == 2) {
+    const float2 a = *reinterpret_cast<const float2*>(p);
+    v[0] = a.x;
+    v[1] = a.y;
+  } else {
+    v[0] = p[0];
+  }
+}
+template <int VEC>
+__device__ __forceinline__ void load_pair(const __nv_bfloat16* p, float* v) {
+  if constexpr (VEC == 2) {
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+    v[0] = a.x;
+    v[1] = a.y;
+  } else {
+    v[0] = __bfloat162float(p[0]);
+  }
+}
+
+// See the file's header. VEC: the channels of one load (2: pairs; 1: one channel).
+template <class W, int VEC>
 __global__ void __launch_bounds__(kBAttnWarps * 32)
     batch_attention_kernel(float* out, const float* qkv, const W* kcache, const W* vcache,
                            const int* slot, const int* pos, size_t slot_stride, int C, int NH,
                            float scale, int max_len) {
   extern __shared__ float smem[];
+  constexpr int kStep = 32 * VEC;  // from one of a lane's channel groups to its next
   const int r = blockIdx.x, h = blockIdx.y;
   const int hs = C / NH;
   float* o = out + size_t(r) * C + size_t(h) * hs;
@@ -230,27 +264,61 @@ __global__ void __launch_bounds__(kBAttnWarps * 32)
   }
   const int len = p + 1;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  float* s = smem;                      // [max_len] scores, then exp
-  float* part = smem + max_len;         // [kBAttnWarps, hs]
-  float* qs = part + kBAttnWarps * hs;  // [hs]
-  float* red = qs + hs;                 // [32]
+  const int l0 = lane * VEC;             // the lane's first channel
+  float* s = smem;                       // [max_len] scores, then exp
+  float* part = smem + max_len;          // [kBAttnWarps, hs]
+  float* red = part + kBAttnWarps * hs;  // [32]
   const size_t base = size_t(slot[r]) * slot_stride + size_t(h) * hs;
   const W* kc = kcache + base;
   const W* vc = vcache + base;
   const float* q = qkv + size_t(r) * 3 * C + size_t(h) * hs;
-  for (int i = threadIdx.x; i < hs; i += blockDim.x) qs[i] = q[i];
-  __syncthreads();
 
-  float mx = -INFINITY;
-  for (int t = threadIdx.x; t < len; t += blockDim.x) {
-    const W* k = kc + size_t(t) * C;
-    float d = 0.0f;
-    for (int i = 0; i < hs; ++i) d = fmaf(qs[i], to_f(k[i]), d);
-    const float sc = d * scale;
-    s[t] = sc;
-    mx = fmaxf(mx, sc);
+  // The values of the warp's first kBAttnVPre positions at the lane's first channels: they do not
+  // depend on the softmax, so they are loaded with the keys.
+  float vpre[kBAttnVPre][VEC];
+#pragma unroll
+  for (int j = 0; j < kBAttnVPre; ++j) {
+    const int t = warp + j * kBAttnWarps;
+    if (t < len && l0 < hs) load_pair<VEC>(vc + size_t(t) * C + l0, vpre[j]);
   }
-  mx = block_max(mx, red);
+
+  // Scores: kBAttnGroup positions per warp at once (t0, t0 + 8, ...), their butterflies
+  // interleaved.
+  float mx = -INFINITY;
+  for (int t0 = warp; t0 < len; t0 += kBAttnGroup * kBAttnWarps) {
+    float d[kBAttnGroup];
+#pragma unroll
+    for (int u = 0; u < kBAttnGroup; ++u) d[u] = 0.0f;
+    for (int i = l0; i < hs; i += kStep) {
+      float qv[VEC];
+      load_pair<VEC>(q + i, qv);
+#pragma unroll
+      for (int u = 0; u < kBAttnGroup; ++u) {
+        const int t = t0 + u * kBAttnWarps;
+        if (t < len) {
+          float kv[VEC];
+          load_pair<VEC>(kc + size_t(t) * C + i, kv);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) d[u] = fmaf(qv[e], kv[e], d[u]);
+        }
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+#pragma unroll
+      for (int u = 0; u < kBAttnGroup; ++u) d[u] += __shfl_xor_sync(0xffffffffu, d[u], off);
+    }
+#pragma unroll
+    for (int u = 0; u < kBAttnGroup; ++u) {
+      const int t = t0 + u * kBAttnWarps;
+      if (t < len) {
+        const float sc = d[u] * scale;
+        if (lane == 0) s[t] = sc;
+        mx = fmaxf(mx, sc);
+      }
+    }
+  }
+  mx = block_max(mx, red);  // its barriers also publish the s[] writes above
   float sum = 0.0f;
   for (int t = threadIdx.x; t < len; t += blockDim.x) {
     const float e = expf(s[t] - mx);
@@ -260,11 +328,32 @@ __global__ void __launch_bounds__(kBAttnWarps * 32)
   sum = block_sum(sum, red);  // its barriers also publish the s[] writes above
   const float inv = 1.0f / sum;
 
-  for (int i = lane; i < hs; i += 32) {
-    float acc = 0.0f;
-    for (int t = warp; t < len; t += kBAttnWarps)
-      acc = fmaf(s[t] * inv, to_f(vc[size_t(t) * C + i]), acc);
-    part[warp * hs + i] = acc;
+  // Output: warp w sums p_t v_t over its positions w, w + 8, ... in order, per channel.
+  for (int i = l0; i < hs; i += kStep) {
+    float acc[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] = 0.0f;
+    int t = warp;
+    if (i == l0) {
+#pragma unroll
+      for (int j = 0; j < kBAttnVPre; ++j, t += kBAttnWarps) {
+        if (t < len) {
+          const float pt = s[t] * inv;
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) acc[e] = fmaf(pt, vpre[j][e], acc[e]);
+        }
+      }
+    }
+#pragma unroll 4
+    for (; t < len; t += kBAttnWarps) {
+      const float pt = s[t] * inv;
+      float vv[VEC];
+      load_pair<VEC>(vc + size_t(t) * C + i, vv);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[e] = fmaf(pt, vv[e], acc[e]);
+    }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) part[warp * hs + i + e] = acc[e];
   }
   __syncthreads();
   for (int i = threadIdx.x; i < hs; i += blockDim.x) {
@@ -369,15 +458,20 @@ void batch_attention(float* out, const float* qkv, const W* kcache, const W* vca
                      int max_len, cudaStream_t stream) {
   if (n <= 0) return;
   const int hs = C / NH;
-  const size_t smem = (size_t(max_len) + size_t(kBAttnWarps) * hs + hs + 32) * sizeof(float);
+  const size_t smem = (size_t(max_len) + size_t(kBAttnWarps) * hs + 32) * sizeof(float);
+  const auto aligned = [](const void* ptr, size_t a) { return reinterpret_cast<uintptr_t>(ptr) % a == 0; };
+  // Pairs of channels per lane when every row of a head starts at an even element (hs, C and the
+  // slot stride even) and the pointers allow the 2-element loads; else one channel per load.
+  const bool pairs = hs % 2 == 0 && slot_stride % 2 == 0 && aligned(kcache, 2 * sizeof(W)) &&
+                     aligned(vcache, 2 * sizeof(W)) && aligned(qkv, 2 * sizeof(float));
+  const auto kernel = pairs ? batch_attention_kernel<W, 2> : batch_attention_kernel<W, 1>;
   if (smem > 48 * 1024) {  // beyond the default limit: opt in (fails cleanly past the device's)
-    SGPT_CUDA_CHECK(cudaFuncSetAttribute(batch_attention_kernel<W>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+    SGPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
   }
   const dim3 grid(n, NH);
-  batch_attention_kernel<W><<<grid, kBAttnWarps * 32, smem, stream>>>(
-      out, qkv, kcache, vcache, slot, pos, slot_stride, C, NH, scale, max_len);
+  kernel<<<grid, kBAttnWarps * 32, smem, stream>>>(out, qkv, kcache, vcache, slot, pos,
+                                                   slot_stride, C, NH, scale, max_len);
   SGPT_LAUNCH_CHECK();
 }
 

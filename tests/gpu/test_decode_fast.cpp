@@ -30,7 +30,10 @@
 //   - the batch decoder in bf16 vs the fp32 CPU decoder (weights not rounded): both effects
 //     together, bound 1.5e-1 of max|logit| plus 1.5e-1 relative;
 //   - the same bounds for widths and head sizes that take each path of the batch decoder's
-//     kernels (LayerNorm inside the Linear or before it, odd head sizes), several slots at once.
+//     kernels (LayerNorm inside the Linear or before it, odd head sizes), several slots at once;
+//   - the batch decoder's attention vs a double-precision reference: 1e-4 (its scores are summed
+//     by lanes over channels, then a warp butterfly: not the CPU's order); each of its rows the
+//     same bits alone as in a batch.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -376,6 +379,88 @@ TEST(BatchKernels, LinearEqualsItsArithmeticBitForBit) {
       check_linear_bits<bf16>(rng, sh.K, sh.n, sh.OC, ln);
       if (HasFatalFailure()) return;
     }
+  }
+}
+
+// ---- the batch decoder's attention ----
+
+// batch_attention against a double-precision softmax(q . k * scale) @ v over the cached positions
+// 0..pos (1e-4: fp32 sums in another order), idle rows exactly zero, and each row's output the
+// same bits when it runs alone: head sizes 64 (124M), 32, 30 (pairs of channels per lane), 45
+// (odd: one channel per lane) and 128; lengths 1 to the whole cache, across groups of 4 x 8
+// positions and the values loaded with the keys.
+template <class W>
+void check_attention(SeededRng& rng, int C, int NH, int T) {
+  const std::string what = std::string(std::is_same_v<W, float> ? "fp32" : "bf16") + " C " +
+                           std::to_string(C) + " heads " + std::to_string(NH) + " T " + std::to_string(T);
+  const int S = 3, hs = C / NH;
+  const std::vector<float> kc = as_stored<W>(rng.normal(size_t(S) * T * C, 1.0f));
+  const std::vector<float> vc = as_stored<W>(rng.normal(size_t(S) * T * C, 1.0f));
+  std::vector<int> pos;
+  for (int p : {0, 1, 7, 8, 31, 32, 33, 39, 63, T / 2, T - 2, T - 1})
+    if (p < T) pos.push_back(p);
+  pos.push_back(-1);  // an idle row
+  const int n = static_cast<int>(pos.size());
+  std::vector<int> slot(n);
+  for (int r = 0; r < n; ++r) slot[r] = (r * 2) % S;
+  const std::vector<float> qkv = rng.normal(size_t(n) * 3 * C, 1.0f);
+  const float scale = 0.3f;
+  const DeviceBuffer<W> dk = to_device<W>(kc), dv = to_device<W>(vc);
+  const DeviceBuffer<float> dqkv = to_device<float>(qkv);
+  const DeviceBuffer<int> dslot = to_device_int(slot), dpos = to_device_int(pos);
+  DeviceBuffer<float> out(size_t(n) * C);
+  poison(out);
+  cuda::batch_attention<W>(out.get(), dqkv.get(), dk.get(), dv.get(), dslot.get(), dpos.get(), size_t(T) * C, n,
+                           C, NH, scale, T, nullptr);
+  const std::vector<float> got = to_host(out);
+  std::vector<float> ref(size_t(n) * C, 0.0f);
+  for (int r = 0; r < n; ++r) {
+    if (pos[r] < 0) continue;
+    for (int h = 0; h < NH; ++h) {
+      const float* q = qkv.data() + size_t(r) * 3 * C + size_t(h) * hs;
+      const size_t base = size_t(slot[r]) * T * C + size_t(h) * hs;
+      std::vector<double> sc(pos[r] + 1);
+      double mx = -INFINITY, sum = 0.0;
+      for (int t = 0; t <= pos[r]; ++t) {
+        double d = 0.0;
+        for (int i = 0; i < hs; ++i) d += double(q[i]) * kc[base + size_t(t) * C + i];
+        sc[t] = d * scale;
+        mx = std::max(mx, sc[t]);
+      }
+      for (double& e : sc) sum += (e = std::exp(e - mx));
+      for (int i = 0; i < hs; ++i) {
+        double a = 0.0;
+        for (int t = 0; t <= pos[r]; ++t) a += sc[t] / sum * vc[base + size_t(t) * C + i];
+        ref[size_t(r) * C + size_t(h) * hs + i] = static_cast<float>(a);
+      }
+    }
+  }
+  expect_close(got, ref, Tol{1e-4, 1e-4}, what);
+  for (int r = 0; r < n; ++r) {
+    if (pos[r] >= 0) continue;
+    for (int c = 0; c < C; ++c) ASSERT_EQ(got[size_t(r) * C + c], 0.0f) << what << " idle row " << r;
+  }
+  for (int r = 0; r < n; ++r) {
+    DeviceBuffer<float> one(C);
+    cuda::batch_attention<W>(one.get(), dqkv.get() + size_t(r) * 3 * C, dk.get(), dv.get(), dslot.get() + r,
+                             dpos.get() + r, size_t(T) * C, 1, C, NH, scale, T, nullptr);
+    const std::vector<float> alone = to_host(one);
+    ASSERT_TRUE(same_bits(alone, std::vector<float>(got.begin() + size_t(r) * C, got.begin() + size_t(r + 1) * C)))
+        << what << " row " << r << " (position " << pos[r] << ") alone vs in the batch";
+  }
+}
+
+TEST(BatchKernels, AttentionCloseToTheReferenceAndIndependentOfTheOtherRows) {
+  SGPT_SKIP_WITHOUT_GPU();
+  SeededRng rng;
+  struct Shape {
+    int C, NH, T;
+  };
+  for (const Shape sh : {Shape{768, 12, 64}, Shape{96, 3, 40}, Shape{90, 3, 20}, Shape{90, 2, 33},
+                         Shape{128, 1, 300}, Shape{768, 12, 1024}}) {
+    check_attention<float>(rng, sh.C, sh.NH, sh.T);
+    check_attention<bf16>(rng, sh.C, sh.NH, sh.T);
+    if (HasFatalFailure()) return;
   }
 }
 
