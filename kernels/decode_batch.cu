@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kLinWarps * 32)
   const int r0 = blockIdx.y * kLinRows;
   const int nr = min(kLinRows, n - r0);
   const int l0 = lane * VEC;  // the lane's first element of a chunk
-  WPack<W, VEC> wv[U];
+  WPack<W, VEC> wv[U] = {};  // the vectors past the row keep finite values (their products are discarded)
   if (o < OC) load_chunk<W, VEC, U>(wv, w + size_t(o) * K + l0, K - l0);
   const float* x0 = in + size_t(r0) * K + l0;
   if (ln_w) {  // the same for the whole block
@@ -176,18 +176,25 @@ __global__ void __launch_bounds__(kLinWarps * 32)
       no += ostride;
     }
     if (no < OC) load_chunk<W, VEC, U>(wv, w + size_t(no) * K + ncb + l0, K - ncb - l0);
+    // The vectors past the row (u * kStep >= lim) take no part: their input loads read the row's
+    // first vector instead (no branch between the loads and the products, so the loads of a row
+    // are all issued first) and their products are discarded.
     const int lim = K - cb - l0;
 #pragma unroll
     for (int r = 0; r < kLinRows; ++r) {
       if (r < nr) {
-        const float* xr = x0 + size_t(r) * K + cb;
+        const float* xrow = x0 - l0 + size_t(r) * K;  // the row's first element
+        float xv[U][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          load_floats<VEC>(u * kStep < lim ? xrow + cb + l0 + u * kStep : xrow, xv[u]);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          if (u * kStep < lim) {
-            float xv[VEC];
-            load_floats<VEC>(xr + u * kStep, xv);
+          const bool valid = u * kStep < lim;
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) acc[r] = fmaf(to_f(cur[u].v[e]), xv[e], acc[r]);
+          for (int e = 0; e < VEC; ++e) {
+            const float a = fmaf(to_f(cur[u].v[e]), xv[u][e], acc[r]);
+            acc[r] = valid ? a : acc[r];
           }
         }
       }
