@@ -282,15 +282,17 @@ __global__ void __launch_bounds__(kBAttnWarps * 32)
 
   // The values of the warp's first kBAttnVPre positions at the lane's first channels: they do not
   // depend on the softmax, so they are loaded with the keys.
+  // (Positions past len and lanes past hs read position 0, channel 0 instead, unused: no branch
+  // between the loads.)
   float vpre[kBAttnVPre][VEC];
 #pragma unroll
   for (int j = 0; j < kBAttnVPre; ++j) {
     const int t = warp + j * kBAttnWarps;
-    if (t < len && l0 < hs) load_pair<VEC>(vc + size_t(t) * C + l0, vpre[j]);
+    load_pair<VEC>(vc + (t < len && l0 < hs ? size_t(t) * C + l0 : 0), vpre[j]);
   }
 
-  // Scores: kBAttnGroup positions per warp at once (t0, t0 + 8, ...), their butterflies
-  // interleaved.
+  // Scores: kBAttnGroup positions per warp at once (t0, t0 + 8, ...), their loads and butterflies
+  // interleaved; a position past len is computed on position t0's keys and dropped.
   float mx = -INFINITY;
   for (int t0 = warp; t0 < len; t0 += kBAttnGroup * kBAttnWarps) {
     float d[kBAttnGroup];
@@ -301,13 +303,11 @@ __global__ void __launch_bounds__(kBAttnWarps * 32)
       load_pair<VEC>(q + i, qv);
 #pragma unroll
       for (int u = 0; u < kBAttnGroup; ++u) {
-        const int t = t0 + u * kBAttnWarps;
-        if (t < len) {
-          float kv[VEC];
-          load_pair<VEC>(kc + size_t(t) * C + i, kv);
+        const int t = t0 + u * kBAttnWarps < len ? t0 + u * kBAttnWarps : t0;
+        float kv[VEC];
+        load_pair<VEC>(kc + size_t(t) * C + i, kv);
 #pragma unroll
-          for (int e = 0; e < VEC; ++e) d[u] = fmaf(qv[e], kv[e], d[u]);
-        }
+        for (int e = 0; e < VEC; ++e) d[u] = fmaf(qv[e], kv[e], d[u]);
       }
     }
 #pragma unroll
