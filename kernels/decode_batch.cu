@@ -151,12 +151,13 @@ __global__ void __launch_bounds__(kLinWarps * 32)
   const int r0 = blockIdx.y * kLinRows;
   const int nr = min(kLinRows, n - r0);
   const int l0 = lane * VEC;  // the lane's first element of a chunk
-  WPack<W, VEC> wv[U] = {};  // the vectors past the row keep finite values (their products are discarded)
+  WPack<W, VEC> wv[U] = {};  // vectors past the row: finite values (their products are dropped)
   if (o < OC) load_chunk<W, VEC, U>(wv, w + size_t(o) * K + l0, K - l0);
   const float* x0 = in + size_t(r0) * K + l0;
   if (ln_w) {  // the same for the whole block
     float* rows = reinterpret_cast<float*>(lin_shared);
-    if (warp < nr) layernorm_row(rows + size_t(warp) * K, in + size_t(r0 + warp) * K, ln_w, ln_b, K, lane);
+    if (warp < nr)
+      layernorm_row(rows + size_t(warp) * K, in + size_t(r0 + warp) * K, ln_w, ln_b, K, lane);
     __syncthreads();
     x0 = rows + l0;
   }
@@ -389,6 +390,8 @@ void batch_embed(float* x, const int* tokens, const int* pos, const W* wte, cons
   SGPT_LAUNCH_CHECK();
 }
 
+namespace {
+
 // Blocks of `kernel` (256 threads, `smem` bytes of dynamic shared memory) the current device
 // holds at once over all its SMs; cached per device and kernel (a kernel is always asked with the
 // same smem).
@@ -425,6 +428,8 @@ void launch_linear(float* out, const float* in, const W* w, int n, int K, int OC
                                                                           ln_w, ln_b, ep);
   SGPT_LAUNCH_CHECK();
 }
+
+}  // namespace
 
 template <class W>
 void batch_linear(float* out, const float* in, const W* w, int n, int K, int OC,
@@ -466,7 +471,9 @@ void batch_attention(float* out, const float* qkv, const W* kcache, const W* vca
   if (n <= 0) return;
   const int hs = C / NH;
   const size_t smem = (size_t(max_len) + size_t(kBAttnWarps) * hs + 32) * sizeof(float);
-  const auto aligned = [](const void* ptr, size_t a) { return reinterpret_cast<uintptr_t>(ptr) % a == 0; };
+  const auto aligned = [](const void* ptr, size_t a) {
+    return reinterpret_cast<uintptr_t>(ptr) % a == 0;
+  };
   // Pairs of channels per lane when every row of a head starts at an even element (hs, C and the
   // slot stride even) and the pointers allow the 2-element loads; else one channel per load.
   const bool pairs = hs % 2 == 0 && slot_stride % 2 == 0 && aligned(kcache, 2 * sizeof(W)) &&

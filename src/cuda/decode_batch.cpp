@@ -218,8 +218,9 @@ class CudaBatchDecoder final : public BatchDecoder {
     }
     const int hn = n - head_from;
     float* logits = logits_dev_.get() + static_cast<size_t>(out_slot) * V;
-    cuda::batch_linear<W>(logits, x_.get() + static_cast<size_t>(head_from) * C, mat(kWte), hn, C, V,
-                          prologue(vec(kLnfw), vec(kLnfb), lnf_.get()), cuda::LinearEpilogue<W>{}, s);
+    cuda::batch_linear<W>(logits, x_.get() + static_cast<size_t>(head_from) * C, mat(kWte), hn, C,
+                          V, prologue(vec(kLnfw), vec(kLnfb), lnf_.get()),
+                          cuda::LinearEpilogue<W>{}, s);
     if (device_select()) {
       const int k = top_output();
       unsigned long long* top = top_dev_.get() + static_cast<size_t>(out_slot) * k;

@@ -612,7 +612,8 @@ TEST_P(BatchGpu, WidthsOfEveryPathCloseToTheCpuDecoder) {
         if (t[b] < 0) continue;
         const std::vector<float> r = as_vec(cpu[b]->step(t[b]), c.vocab_size);
         ASSERT_EQ(gpu->window(b), cpu[b]->window()) << "step " << i << " slot " << b;
-        expect_close(as_vec(gpu->logits(b), c.vocab_size), r, tol, "step " + std::to_string(i) + " slot " + std::to_string(b));
+        expect_close(as_vec(gpu->logits(b), c.vocab_size), r, tol,
+                     "step " + std::to_string(i) + " slot " + std::to_string(b));
       }
       if (HasFailure()) return;
     }
