@@ -18,6 +18,8 @@
 // instead of a write and a re-read of res (vectorized path; other C run the two kernels).
 // The output is formed by ln_out (explicitly rounded operations) in every forward path and in
 // layernorm_recompute (activation recompute from the saved mean/rstd), so both give the same bits.
+// ln_out and the steps of the vectorized forward live in layernorm.cuh, shared with the batch
+// decoder's Linear (kernels/decode_batch.cu), which normalises its input rows the same way.
 // Backward, vectorized path (C a multiple of the 16-byte vector width V = 16 / sizeof(T) and
 // C <= 7 * 32 * V: 1792 channels in bf16, 896 in fp32), two kernels and a final sum:
 //   dinp: one warp per row; inp, dout and dinp of the row are loaded as 16-byte vectors (lane l
@@ -37,18 +39,9 @@
 
 #include "common.cuh"
 #include "cuda/ops_cuda.h"
+#include "layernorm.cuh"
 
 namespace sgpt::cuda {
-
-constexpr float kLnEps = 1e-5f;
-
-// One output of the forward, out_c = (x_c - mean) * rstd * weight_c (+ bias_c), with explicitly
-// rounded operations (no FMA contraction, in any kernel that uses it): every forward path and
-// layernorm_recompute go through it, so a recompute from the saved mean/rstd gives the same bits.
-__device__ __forceinline__ float ln_out(float x, float m, float r, float w, const float* b) {
-  const float y = __fmul_rn(__fmul_rn(__fsub_rn(x, m), r), w);
-  return b ? __fadd_rn(y, *b) : y;
-}
 
 template <class T>
 __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const T* inp,
@@ -151,33 +144,6 @@ __global__ void layernorm_backward_params_final(T* dweight, T* dbias, const floa
   if (dbias) dbias[c] = from_f<T>(to_f(dbias[c]) + b);
 }
 
-// ---- 16-byte vectors (the vectorized forward and backward) ----
-template <class T>
-struct Vec;  // 16 bytes of T
-template <>
-struct alignas(16) Vec<float> {  // alignas: one 16-byte load/store, not four 4-byte ones
-  static constexpr int n = 4;
-  float v[4];
-};
-template <>
-struct alignas(16) Vec<__nv_bfloat16> {
-  static constexpr int n = 8;
-  __nv_bfloat16 v[8];
-};
-template <class T>
-__device__ __forceinline__ void load_vec(float* dst, const T* src) {
-  Vec<T> x = *reinterpret_cast<const Vec<T>*>(src);
-#pragma unroll
-  for (int i = 0; i < Vec<T>::n; ++i) dst[i] = to_f(x.v[i]);
-}
-template <class T>
-__device__ __forceinline__ void store_vec(T* dst, const float* src) {
-  Vec<T> x;
-#pragma unroll
-  for (int i = 0; i < Vec<T>::n; ++i) x.v[i] = from_f<T>(src[i]);
-  *reinterpret_cast<Vec<T>*>(dst) = x;
-}
-
 constexpr int kLnBwdWarps = 8;
 constexpr int kLnFwdWarps = 8;
 
@@ -205,33 +171,23 @@ __global__ void __launch_bounds__(kLnFwdWarps * 32)
         for (int j = 0; j < V; ++j) xv[i][j] = to_f(from_f<T>(xv[i][j] + bv[j]));
         store_vec(res + base + c0, xv[i]);
       }
-#pragma unroll
-      for (int j = 0; j < V; ++j) s += xv[i][j];
+      ln_vec_sum(s, xv[i]);
     }
   }
-  const float m = warp_sum(s) / C;
+  const float m = ln_mean(s, C);
   float v = 0.0f;
 #pragma unroll
   for (int i = 0; i < NCH; ++i) {
     const int c0 = (lane + 32 * i) * V;
-    if (c0 < C) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float d = xv[i][j] - m;
-        v += d * d;
-      }
-    }
+    if (c0 < C) ln_vec_sumsq(v, xv[i], m);
   }
-  const float r = 1.0f / sqrtf(warp_sum(v) / C + kLnEps);
+  const float r = ln_rstd(v, C);
 #pragma unroll
   for (int i = 0; i < NCH; ++i) {
     const int c0 = (lane + 32 * i) * V;
     if (c0 < C) {
-      float wv[V], bv[V], y[V];
-      load_vec(wv, weight + c0);
-      if (bias) load_vec(bv, bias + c0);
-#pragma unroll
-      for (int j = 0; j < V; ++j) y[j] = ln_out(xv[i][j], m, r, wv[j], bias ? &bv[j] : nullptr);
+      float y[V];
+      ln_vec_out(y, xv[i], m, r, weight, bias, c0);
       store_vec(out + base + c0, y);
     }
   }
@@ -269,6 +225,7 @@ bool layernorm_forward_vec(T* out, float* mean, float* rstd, T* res, const T* a,
 #undef SGPT_LN_FWD_CASE
     default: return false;  // wider rows: the general path
   }
+  static_assert(kLnVecMaxChunks == 7, "one case per chunk count above");
   SGPT_LAUNCH_CHECK();
   return true;
 }

@@ -176,10 +176,19 @@ class CudaBatchDecoder final : public BatchDecoder {
     const int* pos = tok + 2 * n;
     const size_t slot_stride = static_cast<size_t>(L) * T * C;
     cuda::batch_embed<W>(x_.get(), tok, pos, mat(kWte), mat(kWpe), n, C, s);
+    // Each LayerNorm is part of the Linear that reads it (cuda::LinearPrologue): normalised in
+    // that Linear's blocks, or by layernorm_forward into ln_ / lnf_ for widths it does not take.
+    const auto prologue = [&](const float* weight, const float* bias, float* out) {
+      cuda::LinearPrologue p;
+      p.ln_weight = weight;
+      p.ln_bias = bias;
+      p.ln_out = out;
+      p.mean = mean_.get();
+      p.rstd = rstd_.get();
+      return p;
+    };
     for (int l = 0; l < L; ++l) {
       const size_t layer = static_cast<size_t>(l) * T * C;
-      cuda::layernorm_forward<float>(ln_.get(), mean_.get(), rstd_.get(), x_.get(), vec(kLn1w, l),
-                                     vec(kLn1b, l), n, C, s);
       cuda::LinearEpilogue<W> qkv_ep;
       qkv_ep.bias = vec(kQkvb, l);
       qkv_ep.kcache = kcache_.get() + layer;
@@ -188,31 +197,30 @@ class CudaBatchDecoder final : public BatchDecoder {
       qkv_ep.pos = pos;
       qkv_ep.slot_stride = slot_stride;
       qkv_ep.C = C;
-      cuda::batch_linear<W>(qkv_.get(), ln_.get(), mat(kQkvw, l), n, C, 3 * C, qkv_ep, s);
+      cuda::batch_linear<W>(qkv_.get(), x_.get(), mat(kQkvw, l), n, C, 3 * C,
+                            prologue(vec(kLn1w, l), vec(kLn1b, l), ln_.get()), qkv_ep, s);
       cuda::batch_attention<W>(atty_.get(), qkv_.get(), kcache_.get() + layer, vcache_.get() + layer,
                                slot, pos, slot_stride, n, C, NH,
                                static_cast<float>(attention_scale(cfg_, l)), T, s);
       cuda::LinearEpilogue<W> proj_ep;
       proj_ep.bias = vec(kAttprojb, l);
       proj_ep.residual = x_.get();
-      cuda::batch_linear<W>(res2_.get(), atty_.get(), mat(kAttprojw, l), n, C, C, proj_ep, s);
-      cuda::layernorm_forward<float>(ln_.get(), mean_.get(), rstd_.get(), res2_.get(), vec(kLn2w, l),
-                                     vec(kLn2b, l), n, C, s);
+      cuda::batch_linear<W>(res2_.get(), atty_.get(), mat(kAttprojw, l), n, C, C, {}, proj_ep, s);
       cuda::LinearEpilogue<W> fc_ep;
       fc_ep.bias = vec(kFcb, l);
       fc_ep.gelu = true;
-      cuda::batch_linear<W>(fch_.get(), ln_.get(), mat(kFcw, l), n, C, 4 * C, fc_ep, s);
+      cuda::batch_linear<W>(fch_.get(), res2_.get(), mat(kFcw, l), n, C, 4 * C,
+                            prologue(vec(kLn2w, l), vec(kLn2b, l), ln_.get()), fc_ep, s);
       cuda::LinearEpilogue<W> fcproj_ep;
       fcproj_ep.bias = vec(kFcprojb, l);
       fcproj_ep.residual = res2_.get();
-      cuda::batch_linear<W>(x_.get(), fch_.get(), mat(kFcprojw, l), n, 4 * C, C, fcproj_ep, s);
+      cuda::batch_linear<W>(x_.get(), fch_.get(), mat(kFcprojw, l), n, 4 * C, C, {}, fcproj_ep, s);
     }
     const int hn = n - head_from;
-    cuda::layernorm_forward<float>(lnf_.get(), mean_.get(), rstd_.get(),
-                                   x_.get() + static_cast<size_t>(head_from) * C, vec(kLnfw),
-                                   vec(kLnfb), hn, C, s);
     float* logits = logits_dev_.get() + static_cast<size_t>(out_slot) * V;
-    cuda::batch_linear<W>(logits, lnf_.get(), mat(kWte), hn, C, V, cuda::LinearEpilogue<W>{}, s);
+    cuda::batch_linear<W>(logits, x_.get() + static_cast<size_t>(head_from) * C, mat(kWte), hn, C,
+                          V, prologue(vec(kLnfw), vec(kLnfb), lnf_.get()),
+                          cuda::LinearEpilogue<W>{}, s);
     if (device_select()) {
       const int k = top_output();
       unsigned long long* top = top_dev_.get() + static_cast<size_t>(out_slot) * k;

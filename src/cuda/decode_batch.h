@@ -2,12 +2,14 @@
 // sequences, each with its own KV cache, advanced one token each per step by one launch sequence
 // replayed from a CUDA graph.
 //
-// Per layer and step (rows = slots; kernels/decode_batch.cu, cuda/decode_batch_ops.h):
-//   LayerNorm (kernels/layernorm.cu), the qkv Linear whose epilogue also stores each row's key
-//   and value in its slot's cache, attention of each row over its slot's cache, the output
-//   projection with the residual in its epilogue, LayerNorm, the fc Linear with GELU in its
-//   epilogue, the fc projection with the residual in its epilogue; then the final LayerNorm and
-//   the tied head for every row, and the first k candidates of each row selected on the device
+// Per layer and step (rows = slots; kernels/decode_batch.cu, cuda/decode_batch_ops.h), 5
+// launches: the qkv Linear, which first applies ln_1 to its rows (in its blocks, the bits of
+// layernorm_forward; a separate layernorm_forward for widths its vectorized path does not take)
+// and whose epilogue also stores each row's key and value in its slot's cache, attention of each
+// row over its slot's cache, the output projection with the residual in its epilogue, the fc
+// Linear with ln_2 before it and GELU in its epilogue, the fc projection with the residual in its
+// epilogue; then the tied head with the final LayerNorm before it for every row, and the first k
+// candidates of each row selected on the device
 //   (decode_select_top) when the sampling options cut at k, else all logits copied back. The
 //   step's graph begins with the copy of each row's token, slot and position from pinned host
 //   memory, so one graph serves every step. A slot's prompt and a slot's slide run the same

@@ -43,11 +43,26 @@ struct LinearEpilogue {
   int C = 0;
 };
 
-// out[n, OC] = in[n, K] @ w[OC, K]^T, then the epilogue. One warp per output column, up to 8 rows
-// per pass.
+// What a Linear layer does to its input rows before the dot products: with ln_weight, the
+// product reads LayerNorm(in[r, :]) (over K channels, eps 1e-5, ln_bias optional) instead of
+// in[r, :], the bits layernorm_forward<float> writes. The Linear's blocks normalise their rows
+// themselves where layernorm_forward would take its vectorized path (K a multiple of 4, K <= 896,
+// in and the LayerNorm parameters 16-byte aligned), with the same steps; otherwise
+// layernorm_forward runs first, into ln_out [n, K] (mean, rstd: [n]), and the product reads that.
+struct LinearPrologue {
+  const float* ln_weight = nullptr;
+  const float* ln_bias = nullptr;
+  float* ln_out = nullptr;  // 16-byte aligned
+  float* mean = nullptr;
+  float* rstd = nullptr;
+};
+
+// out[n, OC] = pro(in)[n, K] @ w[OC, K]^T, then the epilogue. One warp per output column (a
+// warp loops over several when the grid, capped at what the device holds at once, has fewer),
+// up to 8 rows per block.
 template <class W>
 void batch_linear(float* out, const float* in, const W* w, int n, int K, int OC,
-                  const LinearEpilogue<W>& ep, cudaStream_t stream);
+                  const LinearPrologue& pro, const LinearEpilogue<W>& ep, cudaStream_t stream);
 
 // out[r, h*hs:(h+1)*hs] = softmax_{t <= pos[r]}(scale * q . k_t) @ v_t, q from qkv[r, 0:C], keys
 // and values from slot slot[r]'s cache (already holding row pos[r]). max_len bounds pos[r] + 1.

@@ -12,7 +12,11 @@
 //     fused residual + LayerNorm vs the two launches (the changes to the kernels of the default
 //     path must not change its logits);
 //   - a prompt in a batch vs the same prompt in a batch decoder of one slot: every kernel of the
-//     batch decoder computes a row independently of the others.
+//     batch decoder computes a row independently of the others;
+//   - the batch decoder's Linear, with and without the LayerNorm it applies to its input rows, vs
+//     its arithmetic replayed on the host operation by operation (fmaf, the warp butterfly, IEEE
+//     adds, divisions and square roots round the same on both), and that LayerNorm vs the bits of
+//     layernorm_forward: the schedule of its loads and the grid must not change a bit.
 // What is compared with a tolerance:
 //   - the batch decoder in fp32 vs the CPU decoder: 1e-4 (as tests/gpu/test_decode.cpp; its own
 //     Linear kernels order the sums differently from cuBLASLt and the CPU);
@@ -24,16 +28,24 @@
 //     (wider model) of max|logit| over 25 seeds and 37..133 positions; the cache's rounding is of
 //     the same kind, so 6e-2 leaves about 3x, while a wrong cache row or head moves them by O(1).
 //   - the batch decoder in bf16 vs the fp32 CPU decoder (weights not rounded): both effects
-//     together, bound 1.5e-1 of max|logit| plus 1.5e-1 relative.
+//     together, bound 1.5e-1 of max|logit| plus 1.5e-1 relative;
+//   - the same bounds for widths and head sizes that take each path of the batch decoder's
+//     kernels (LayerNorm inside the Linear or before it, odd head sizes), several slots at once;
+//   - the batch decoder's attention vs a double-precision reference: 1e-4 (its scores are summed
+//     by lanes over channels, then a warp butterfly: not the CPU's order); each of its rows the
+//     same bits alone as in a batch.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "cpu/decode_cpu.h"
 #include "cuda/decode_batch.h"
+#include "cuda/decode_batch_ops.h"
 #include "cuda/decode_cuda.h"
 #include "cuda/ops_cuda.h"
 #include "model/gpt2.h"
@@ -218,6 +230,240 @@ TEST(DecodeKernels, FusedResidualLayerNormGivesTheSameBits) {
   }
 }
 
+// ---- the batch decoder's Linear: its arithmetic, bit for bit ----
+
+// Operations rounded one by one on the host (volatile: never contracted into an FMA), as the
+// device's explicitly rounded or uncontracted ones.
+float rn_add(float a, float b) {
+  volatile float r = a + b;
+  return r;
+}
+float rn_mul(float a, float b) {
+  volatile float r = a * b;
+  return r;
+}
+
+// warp_sum's butterfly over 32 lane values (common.cuh): lane l adds lane l ^ o's value, o = 16,
+// 8, 4, 2, 1; lane 0's result.
+float butterfly(std::array<float, 32> v) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const std::array<float, 32> u = v;
+    for (int l = 0; l < 32; ++l) v[l] = rn_add(u[l], u[l ^ o]);
+  }
+  return v[0];
+}
+
+// LayerNorm of one row with layernorm_forward<float>'s arithmetic: lanes hold vectors of 4 at
+// (l + 32 i) 4 (the vectorized path: C % 4 == 0 and C <= 896) or elements l, l + 32, ... (the
+// general path); per-lane sums in that order, the butterfly, / C; the same for (x - mean)^2 with
+// FMAs; rstd = 1 / sqrt(var / C + 1e-5); out = ((x - mean) rstd) w (+ b), each rounded.
+std::vector<float> layernorm_ref(const float* x, const float* w, const float* b, int C) {
+  const bool vec = C % 4 == 0 && C <= 7 * 32 * 4;
+  std::array<std::vector<int>, 32> lane;
+  for (int l = 0; l < 32; ++l) {
+    if (vec) {
+      for (int i = 0; (l + 32 * i) * 4 < C; ++i)
+        for (int j = 0; j < 4; ++j) lane[l].push_back((l + 32 * i) * 4 + j);
+    } else {
+      for (int c = l; c < C; c += 32) lane[l].push_back(c);
+    }
+  }
+  std::array<float, 32> s{};
+  for (int l = 0; l < 32; ++l)
+    for (int c : lane[l]) s[l] = rn_add(s[l], x[c]);
+  const float m = butterfly(s) / static_cast<float>(C);
+  std::array<float, 32> v{};
+  for (int l = 0; l < 32; ++l)
+    for (int c : lane[l]) {
+      const float d = x[c] - m;
+      v[l] = std::fmaf(d, d, v[l]);
+    }
+  const float r = 1.0f / std::sqrt(rn_add(butterfly(v) / static_cast<float>(C), 1e-5f));
+  std::vector<float> y(C);
+  for (int c = 0; c < C; ++c) {
+    y[c] = rn_mul(rn_mul(x[c] - m, r), w[c]);
+    if (b) y[c] = rn_add(y[c], b[c]);
+  }
+  return y;
+}
+
+// out[r, o] of batch_linear with a bias and a residual (kernels/decode_batch.cu's header): lane l
+// takes the elements l vec + 32 vec j + e in order (vec: 16 / sizeof(W) when K is a multiple of
+// it, else 1), fmaf(w, x, acc); the butterfly; + bias; residual +.
+std::vector<float> linear_ref(const std::vector<float>& in, const std::vector<float>& w, int n, int K,
+                              int OC, int vec, const std::vector<float>& bias,
+                              const std::vector<float>& residual) {
+  std::vector<float> out(size_t(n) * OC);
+  for (int r = 0; r < n; ++r) {
+    const float* x = in.data() + size_t(r) * K;
+    for (int o = 0; o < OC; ++o) {
+      const float* wr = w.data() + size_t(o) * K;
+      std::array<float, 32> acc{};
+      for (int l = 0; l < 32; ++l)
+        for (int i0 = l * vec; i0 < K; i0 += 32 * vec)
+          for (int e = 0; e < vec; ++e) acc[l] = std::fmaf(wr[i0 + e], x[i0 + e], acc[l]);
+      const float v = rn_add(butterfly(acc), bias[o]);
+      out[size_t(r) * OC + o] = rn_add(residual[size_t(r) * OC + o], v);
+    }
+  }
+  return out;
+}
+
+// batch_linear, with and without a LayerNorm before it (normalised in its blocks where the width
+// allows, by layernorm_forward otherwise), equals the arithmetic above bit for bit: the lanes'
+// chunked loads, the columns a warp loops over (OC beyond what the device holds at once) and the
+// rows of several blocks (n = 11) change nothing; and the LayerNorm it computes is the one
+// layernorm_forward writes.
+template <class W>
+void check_linear_bits(SeededRng& rng, int K, int n, int OC, int ln) {
+  const std::string what = std::string(std::is_same_v<W, float> ? "fp32" : "bf16") + " K " +
+                           std::to_string(K) + " n " + std::to_string(n) + " OC " +
+                           std::to_string(OC) + " layernorm " + std::to_string(ln);
+  const std::vector<float> x = rng.normal(size_t(n) * K, 1.0f, 0.3f);
+  const std::vector<float> wf = as_stored<W>(rng.normal(size_t(OC) * K, 0.1f));
+  const std::vector<float> bias = rng.normal(OC, 0.5f);
+  const std::vector<float> res = rng.normal(size_t(n) * OC, 1.0f);
+  const std::vector<float> lnw = rng.normal(K, 0.2f, 1.0f), lnb = rng.normal(K, 0.2f);
+  const DeviceBuffer<float> dx = to_device<float>(x), dbias = to_device<float>(bias);
+  const DeviceBuffer<float> dres = to_device<float>(res), dlnw = to_device<float>(lnw);
+  const DeviceBuffer<float> dlnb = to_device<float>(lnb);
+  const DeviceBuffer<W> dw = to_device<W>(wf);
+  DeviceBuffer<float> out(size_t(n) * OC), ln_out(size_t(n) * K), mean(n), rstd(n);
+  poison(out);
+  cuda::LinearPrologue pro;
+  if (ln > 0) {
+    pro.ln_weight = dlnw.get();
+    pro.ln_bias = ln == 1 ? dlnb.get() : nullptr;
+    pro.ln_out = ln_out.get();
+    pro.mean = mean.get();
+    pro.rstd = rstd.get();
+  }
+  cuda::LinearEpilogue<W> ep;
+  ep.bias = dbias.get();
+  ep.residual = dres.get();
+  cuda::batch_linear<W>(out.get(), dx.get(), dw.get(), n, K, OC, pro, ep, nullptr);
+  std::vector<float> in = x;
+  if (ln > 0) {
+    for (int r = 0; r < n; ++r) {
+      const std::vector<float> y = layernorm_ref(x.data() + size_t(r) * K, lnw.data(),
+                                                 ln == 1 ? lnb.data() : nullptr, K);
+      std::copy(y.begin(), y.end(), in.begin() + size_t(r) * K);
+    }
+    // The reference LayerNorm is layernorm_forward's, bit for bit.
+    DeviceBuffer<float> sep(size_t(n) * K);
+    cuda::layernorm_forward<float>(sep.get(), mean.get(), rstd.get(), dx.get(), dlnw.get(), pro.ln_bias, n, K,
+                                   nullptr);
+    ASSERT_TRUE(same_bits(to_host(sep), in)) << what << ": layernorm_forward vs its reference";
+  }
+  const int vec = K % (16 / int(sizeof(W))) == 0 ? 16 / int(sizeof(W)) : 1;
+  ASSERT_TRUE(same_bits(to_host(out), linear_ref(in, wf, n, K, OC, vec, bias, res))) << what;
+}
+
+TEST(BatchKernels, LinearEqualsItsArithmeticBitForBit) {
+  SGPT_SKIP_WITHOUT_GPU();
+  SeededRng rng;
+  struct Shape {
+    int K, n, OC;
+  };
+  // K: fused LayerNorm at 72, 84 (bf16: scalar weight loads), 96, 768 (124M) and 896 (the widest);
+  // layernorm_forward first at 90 (not a multiple of 4), 1000 and 3072 (wider than 896).
+  std::vector<Shape> shapes;
+  for (int K : {72, 84, 90, 96, 768, 896, 1000})
+    for (int n : {1, 3, 11}) shapes.push_back({K, n, 37});
+  for (int K : {96, 768}) shapes.push_back({K, 11, 5003});
+  shapes.push_back({90, 3, 5003});
+  shapes.push_back({3072, 3, 301});
+  for (const Shape& sh : shapes) {
+    for (int ln : {0, 1, 2}) {  // none, with a bias, without
+      check_linear_bits<float>(rng, sh.K, sh.n, sh.OC, ln);
+      check_linear_bits<bf16>(rng, sh.K, sh.n, sh.OC, ln);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+// ---- the batch decoder's attention ----
+
+// batch_attention against a double-precision softmax(q . k * scale) @ v over the cached positions
+// 0..pos (1e-4: fp32 sums in another order), idle rows exactly zero, and each row's output the
+// same bits when it runs alone: head sizes 64 (124M), 32, 30 (pairs of channels per lane), 45
+// (odd: one channel per lane) and 128; lengths 1 to the whole cache, across groups of 4 x 8
+// positions and the values loaded with the keys.
+template <class W>
+void check_attention(SeededRng& rng, int C, int NH, int T) {
+  const std::string what = std::string(std::is_same_v<W, float> ? "fp32" : "bf16") + " C " +
+                           std::to_string(C) + " heads " + std::to_string(NH) + " T " + std::to_string(T);
+  const int S = 3, hs = C / NH;
+  const std::vector<float> kc = as_stored<W>(rng.normal(size_t(S) * T * C, 1.0f));
+  const std::vector<float> vc = as_stored<W>(rng.normal(size_t(S) * T * C, 1.0f));
+  std::vector<int> pos;
+  for (int p : {0, 1, 7, 8, 31, 32, 33, 39, 63, T / 2, T - 2, T - 1})
+    if (p < T) pos.push_back(p);
+  pos.push_back(-1);  // an idle row
+  const int n = static_cast<int>(pos.size());
+  std::vector<int> slot(n);
+  for (int r = 0; r < n; ++r) slot[r] = (r * 2) % S;
+  const std::vector<float> qkv = rng.normal(size_t(n) * 3 * C, 1.0f);
+  const float scale = 0.3f;
+  const DeviceBuffer<W> dk = to_device<W>(kc), dv = to_device<W>(vc);
+  const DeviceBuffer<float> dqkv = to_device<float>(qkv);
+  const DeviceBuffer<int> dslot = to_device_int(slot), dpos = to_device_int(pos);
+  DeviceBuffer<float> out(size_t(n) * C);
+  poison(out);
+  cuda::batch_attention<W>(out.get(), dqkv.get(), dk.get(), dv.get(), dslot.get(), dpos.get(), size_t(T) * C, n,
+                           C, NH, scale, T, nullptr);
+  const std::vector<float> got = to_host(out);
+  std::vector<float> ref(size_t(n) * C, 0.0f);
+  for (int r = 0; r < n; ++r) {
+    if (pos[r] < 0) continue;
+    for (int h = 0; h < NH; ++h) {
+      const float* q = qkv.data() + size_t(r) * 3 * C + size_t(h) * hs;
+      const size_t base = size_t(slot[r]) * T * C + size_t(h) * hs;
+      std::vector<double> sc(pos[r] + 1);
+      double mx = -INFINITY, sum = 0.0;
+      for (int t = 0; t <= pos[r]; ++t) {
+        double d = 0.0;
+        for (int i = 0; i < hs; ++i) d += double(q[i]) * kc[base + size_t(t) * C + i];
+        sc[t] = d * scale;
+        mx = std::max(mx, sc[t]);
+      }
+      for (double& e : sc) sum += (e = std::exp(e - mx));
+      for (int i = 0; i < hs; ++i) {
+        double a = 0.0;
+        for (int t = 0; t <= pos[r]; ++t) a += sc[t] / sum * vc[base + size_t(t) * C + i];
+        ref[size_t(r) * C + size_t(h) * hs + i] = static_cast<float>(a);
+      }
+    }
+  }
+  expect_close(got, ref, Tol{1e-4, 1e-4}, what);
+  for (int r = 0; r < n; ++r) {
+    if (pos[r] >= 0) continue;
+    for (int c = 0; c < C; ++c) ASSERT_EQ(got[size_t(r) * C + c], 0.0f) << what << " idle row " << r;
+  }
+  for (int r = 0; r < n; ++r) {
+    DeviceBuffer<float> one(C);
+    cuda::batch_attention<W>(one.get(), dqkv.get() + size_t(r) * 3 * C, dk.get(), dv.get(), dslot.get() + r,
+                             dpos.get() + r, size_t(T) * C, 1, C, NH, scale, T, nullptr);
+    const std::vector<float> alone = to_host(one);
+    ASSERT_TRUE(same_bits(alone, std::vector<float>(got.begin() + size_t(r) * C, got.begin() + size_t(r + 1) * C)))
+        << what << " row " << r << " (position " << pos[r] << ") alone vs in the batch";
+  }
+}
+
+TEST(BatchKernels, AttentionCloseToTheReferenceAndIndependentOfTheOtherRows) {
+  SGPT_SKIP_WITHOUT_GPU();
+  SeededRng rng;
+  struct Shape {
+    int C, NH, T;
+  };
+  for (const Shape sh : {Shape{768, 12, 64}, Shape{96, 3, 40}, Shape{90, 3, 20}, Shape{90, 2, 33},
+                         Shape{128, 1, 300}, Shape{768, 12, 1024}}) {
+    check_attention<float>(rng, sh.C, sh.NH, sh.T);
+    check_attention<bf16>(rng, sh.C, sh.NH, sh.T);
+    if (HasFatalFailure()) return;
+  }
+}
+
 // ---- the batch decoder ----
 
 class BatchGpu : public ::testing::TestWithParam<bool> {};  // bf16?
@@ -321,6 +567,57 @@ TEST_P(BatchGpu, BatchTokensEqualDecodingEachPromptAlone) {
       const auto want = generate_batch(*alone, {prompts[i]}, 150, o, std::span<const uint64_t>(&seeds[i], 1));
       EXPECT_EQ(got[i], want[0]) << "prompt " << i << ", top_k " << o.top_k;
     }
+  }
+}
+
+// Widths that take each path of the batch decoder's kernels against the CPU decoder: each
+// LayerNorm inside its Linear (C = 96, 84: a multiple of 4 up to 896; 84 also takes the scalar
+// weight loads in bf16) or layernorm_forward first (C = 90: not a multiple of 4; 1000: wider than
+// 896); attention head sizes even (32, 28, 30) and odd (45, 125); with and without biases. Three
+// slots with prompts of 1, 6 and 13 tokens (several row blocks in a prefill), one slot idle at
+// times, each against its own CPU decoder over steps and a slide.
+TEST_P(BatchGpu, WidthsOfEveryPathCloseToTheCpuDecoder) {
+  SGPT_SKIP_WITHOUT_GPU();
+  const bool bf16 = GetParam();
+  struct Shape {
+    int C, NH;
+    bool bias;
+  };
+  for (const Shape sh : {Shape{96, 3, true}, Shape{96, 3, false}, Shape{84, 3, true}, Shape{90, 3, true},
+                         Shape{90, 2, false}, Shape{1000, 8, true}}) {
+    const ModelConfig c = sgpt_test::model_config(2, sh.NH, sh.C, 16, 123, 0, sh.bias, true);
+    SeededRng rng(std::string(bf16 ? " bf16" : " fp32") + " C " + std::to_string(sh.C) + " heads " +
+                  std::to_string(sh.NH) + (sh.bias ? " bias" : " no bias"));
+    const std::vector<float> params = random_params(c, rng.seed);
+    auto gpu = make_cuda_batch_decoder(c, 3, CudaBatchOptions{.bf16 = bf16});
+    gpu->set_params(params.data());
+    const std::vector<float> ref_params = bf16 ? bf16_matrices(c, params) : params;
+    const Tol tol = bf16 ? Tol{6e-2, 6e-2} : Tol{1e-4, 1e-4};
+    std::vector<std::unique_ptr<Decoder>> cpu;
+    const int lens[3] = {1, 6, 13};
+    for (int b = 0; b < 3; ++b) {
+      cpu.push_back(make_cpu_decoder(c));
+      cpu[b]->set_params(ref_params.data());
+      const std::vector<int> prompt = rng.ints(lens[b], 0, c.vocab_size);
+      gpu->start(b, prompt);
+      expect_close(as_vec(gpu->logits(b), c.vocab_size), as_vec(cpu[b]->prefill(prompt), c.vocab_size), tol,
+                   "prefill " + std::to_string(b));
+    }
+    const int steps = c.block_size + 7;
+    for (int i = 0; i < steps; ++i) {
+      std::vector<int> t = rng.ints(3, 0, c.vocab_size);
+      if (i % 4 == 1) t[1] = -1;  // slot 1 idle this step
+      gpu->step(t);
+      for (int b = 0; b < 3; ++b) {
+        if (t[b] < 0) continue;
+        const std::vector<float> r = as_vec(cpu[b]->step(t[b]), c.vocab_size);
+        ASSERT_EQ(gpu->window(b), cpu[b]->window()) << "step " << i << " slot " << b;
+        expect_close(as_vec(gpu->logits(b), c.vocab_size), r, tol,
+                     "step " + std::to_string(i) + " slot " + std::to_string(b));
+      }
+      if (HasFailure()) return;
+    }
+    for (int b = 0; b < 3; ++b) EXPECT_GE(gpu->slides(b), 1) << "slot " << b;
   }
 }
 
