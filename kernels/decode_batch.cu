@@ -111,23 +111,8 @@ __device__ __forceinline__ void layernorm_row(float* dst, const float* x, const 
       ln_vec_sum(s, xv[i]);
     }
   }
-  const float m = ln_mean(s, C);
-  float v = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kLnVecMaxChunks; ++i) {
-    const int c0 = (lane + 32 * i) * V;
-    if (c0 < C) ln_vec_sumsq(v, xv[i], m);
-  }
-  const float r = ln_rstd(v, C);
-#pragma unroll
-  for (int i = 0; i < kLnVecMaxChunks; ++i) {
-    const int c0 = (lane + 32 * i) * V;
-    if (c0 < C) {
-      float y[V];
-      ln_vec_out(y, xv[i], m, r, weight, bias, c0);
-      store_vec(dst + c0, y);
-    }
-  }
+  float m, r;
+  ln_vec_finish(dst, xv, s, weight, bias, C, lane, m, r);
 }
 
 // Warp w of block (x, y) computes columns o = 8x + w, 8x + w + 8 * gridDim.x, ... for rows

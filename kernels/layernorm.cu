@@ -174,23 +174,8 @@ __global__ void __launch_bounds__(kLnFwdWarps * 32)
       ln_vec_sum(s, xv[i]);
     }
   }
-  const float m = ln_mean(s, C);
-  float v = 0.0f;
-#pragma unroll
-  for (int i = 0; i < NCH; ++i) {
-    const int c0 = (lane + 32 * i) * V;
-    if (c0 < C) ln_vec_sumsq(v, xv[i], m);
-  }
-  const float r = ln_rstd(v, C);
-#pragma unroll
-  for (int i = 0; i < NCH; ++i) {
-    const int c0 = (lane + 32 * i) * V;
-    if (c0 < C) {
-      float y[V];
-      ln_vec_out(y, xv[i], m, r, weight, bias, c0);
-      store_vec(out + base + c0, y);
-    }
-  }
+  float m, r;
+  ln_vec_finish(out + base, xv, s, weight, bias, C, lane, m, r);
   if (lane == 0) {
     mean[row] = m;
     rstd[row] = r;

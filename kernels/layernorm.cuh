@@ -55,6 +55,7 @@ __device__ __forceinline__ void store_vec(T* dst, const float* src) {
 //   s = 0; for each of the lane's vectors in order: ln_vec_sum(s, x)     m = ln_mean(s, C)
 //   v = 0; for each of the lane's vectors in order: ln_vec_sumsq(v, x, m) r = ln_rstd(v, C)
 //   each vector's outputs: ln_vec_out(y, x, m, r, weight, bias, c0) (c0: its first channel)
+// ln_vec_finish runs every step after the first loop, so a user writes only its loads.
 constexpr int kLnVecMaxChunks = 7;
 
 template <int V>
@@ -83,6 +84,32 @@ __device__ __forceinline__ void ln_vec_out(float (&y)[V], const float (&x)[V], f
   if (bias) load_vec(bv, bias + c0);
 #pragma unroll
   for (int j = 0; j < V; ++j) y[j] = ln_out(x[j], m, r, wv[j], bias ? &bv[j] : nullptr);
+}
+
+// The steps after the loads, for a row whose vectors the lane holds in xv (those with
+// (lane + 32 i) V < C) and whose per-lane sum s the caller formed while loading them: m, the
+// second pass, r, and each held vector's outputs stored at out + c0.
+template <int NCH, int V, class O, class P>
+__device__ __forceinline__ void ln_vec_finish(O* out, const float (&xv)[NCH][V], float s,
+                                              const P* weight, const P* bias, int C, int lane,
+                                              float& m, float& r) {
+  m = ln_mean(s, C);
+  float v = 0.0f;
+#pragma unroll
+  for (int i = 0; i < NCH; ++i) {
+    const int c0 = (lane + 32 * i) * V;
+    if (c0 < C) ln_vec_sumsq(v, xv[i], m);
+  }
+  r = ln_rstd(v, C);
+#pragma unroll
+  for (int i = 0; i < NCH; ++i) {
+    const int c0 = (lane + 32 * i) * V;
+    if (c0 < C) {
+      float y[V];
+      ln_vec_out(y, xv[i], m, r, weight, bias, c0);
+      store_vec(out + c0, y);
+    }
+  }
 }
 
 }  // namespace sgpt::cuda
