@@ -28,9 +28,9 @@
 #       into OUT/train_NNNNNN.bin of N tokens each (the last one shorter): the same bytes as
 #       prepare's training shards with --shard-tokens N over the same text (prepare cuts its token
 #       stream every N tokens), without needing the text. The validation shards are copied
-#       unchanged (the same validation set). For the data-order check
-#       (configs/study/PLAN.md): the loader shuffles the shards' order and the sequences inside a
-#       shard per pass, so more, smaller shards mix each pass more finely. OUT must hold no .bin.
+#       unchanged (the same validation set). Smaller shards let a run train on a part of the
+#       split (a glob of some of them: the repetition check of configs/study/PLAN.md); they do not
+#       mix a pass better (docs/study.md, "The data order"). OUT must hold no .bin.
 #   scripts/study_corpus.sh measure
 #       The candidate forms' sizes: xz text payload; xz -9 and zstd -19 --long of the shards.
 #
