@@ -8,11 +8,20 @@
 // (TokenBuckets, a counting sort over the host copy of the tokens), then one thread per
 // (token, channel) adds that token's rows in ascending position order, starting from the current
 // gradient value - the same order as the CPU reference loop, so fp32 results match it exactly.
-// Threads of a block cover consecutive channels, so every global access is coalesced.
+// Threads of a block cover consecutive channels, so every global access is coalesced. The
+// blocks step over the buckets (their count is read on the device), so the launch's shape
+// depends only on the number of positions and a CUDA graph holding it serves every batch; which
+// block takes a bucket does not change its sum.
+#include <algorithm>
+
 #include "common.cuh"
 #include "cuda/ops_cuda.h"
 
 namespace sgpt::cuda {
+
+// Blocks of the wte backward along the buckets (each steps over buckets b, b + this, ...): enough
+// to fill any current GPU several times over.
+constexpr int kEncoderBackwardBlocks = 4096;
 
 template <class T>
 __global__ void encoder_forward_kernel(T* out, const int* inp, const T* wte, const T* wpe, int T_,
@@ -26,18 +35,21 @@ __global__ void encoder_forward_kernel(T* out, const int* inp, const T* wte, con
   out[i] = from_f<T>(to_f(wte[size_t(tok) * C + c]) + to_f(wpe[size_t(t) * C + c]));
 }
 
-// grid: (num_buckets, ceil(C / blockDim.x))
+// grid: (any, ceil(C / blockDim.x)); buckets: the count, then (token, first, count) triples.
 template <class T>
 __global__ void encoder_backward_wte_kernel(T* dwte, const T* dout, const int* positions,
                                             const int* buckets, int C) {
   const int c = blockIdx.y * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  const int tok = buckets[3 * blockIdx.x], first = buckets[3 * blockIdx.x + 1],
-            count = buckets[3 * blockIdx.x + 2];
-  T* dst = dwte + size_t(tok) * C + c;
-  float acc = to_f(*dst);
-  for (int i = first; i < first + count; ++i) acc += to_f(dout[size_t(positions[i]) * C + c]);
-  *dst = from_f<T>(acc);
+  const int nb = buckets[0];
+  for (int b = blockIdx.x; b < nb; b += gridDim.x) {
+    const int* bk = buckets + 1 + 3 * size_t(b);
+    const int tok = bk[0], first = bk[1], count = bk[2];
+    T* dst = dwte + size_t(tok) * C + c;
+    float acc = to_f(*dst);
+    for (int i = first; i < first + count; ++i) acc += to_f(dout[size_t(positions[i]) * C + c]);
+    *dst = from_f<T>(acc);
+  }
 }
 
 // one thread per (t, c)
@@ -63,9 +75,9 @@ void encoder_forward(T* out, const int* inp, const T* wte, const T* wpe, int B, 
 template <class T>
 void encoder_backward(T* dwte, T* dwpe, const T* dout, const DeviceTokenBuckets& buckets, int B,
                       int T_, int C, cudaStream_t stream) {
-  if (buckets.num_buckets > 0) {
+  if (buckets.num_positions > 0) {  // at most one bucket per position
     const int threads = C < 256 ? ((C + 31) / 32) * 32 : 256;
-    dim3 grid(buckets.num_buckets, ceil_div(C, threads));
+    dim3 grid(std::min(buckets.num_positions, kEncoderBackwardBlocks), ceil_div(C, threads));
     encoder_backward_wte_kernel<<<grid, threads, 0, stream>>>(dwte, dout, buckets.positions.get(),
                                                               buckets.buckets.get(), C);
     SGPT_LAUNCH_CHECK();

@@ -145,6 +145,14 @@ class Backend {
   virtual void set_recompute(int level) {
     if (level < 0 || level > 2) throw std::invalid_argument("recompute must be 0, 1 or 2");
   }
+  // CUDA graphs of the training micro-step (config key `cuda_graphs`, docs/config.md): the
+  // launches of train_micro's forward, loss and backward are captured once per shape and replayed,
+  // with the same kernels on the same buffers, so the bits are those of eager launches. The
+  // data-parallel last micro-step with overlapped reduction, the estimators' passes, evaluation
+  // and the optimizer stay eager. A backend without graphs ignores it.
+  virtual void set_cuda_graphs(bool on) { (void)on; }
+  // "off", "on, ..." or "off (capture failed: why)"; "" where the backend has no graphs.
+  virtual std::string cuda_graphs_status() const { return ""; }
   // Device memory this backend holds, one entry per allocation: (what, bytes as allocated). The
   // activations appear after the first step. Empty on the CPU.
   virtual std::vector<std::pair<std::string, size_t>> memory_breakdown() const { return {}; }

@@ -105,6 +105,8 @@ void add_bench_commands(CLI::App& app) {
                     "Activation recompute: 0 none, 1 GELU outputs, 2 also LayerNorm outputs "
                     "(config key `recompute`)")
       ->capture_default_str();
+  train->add_flag("--cuda-graphs", tr->cuda_graphs,
+                  "Replay each micro-step from a CUDA graph (config key `cuda_graphs`)");
   train->add_flag("--memory", tr->memory,
                   "Print the byte breakdown of every device allocation of the backend");
   train->add_option("--memory-budget-gib", tr->memory_budget_gib,

@@ -224,6 +224,14 @@ const std::vector<ConfigKey> kKeys = {
         "bit-identical at every level (tests/gpu/test_recompute.cpp). Saving at 124M, micro-batch 64 x 1024, "
         "bf16: 9 GiB (1), 11.25 GiB (2); docs/notebook/benchmarks.md \"Memory breakdown\". Ignored on the CPU",
         kMay),
+    KEY(cuda_graphs, any(),
+        "GPU: each training micro-step (forward, loss, backward) is captured once per batch shape as a CUDA "
+        "graph and replayed, instead of launching its few hundred kernels one by one; the same kernels on the "
+        "same buffers, so the bits are those of eager launches (tests/gpu/test_graphs.cpp). The optimizer, the "
+        "Hessian estimators' passes, evaluation and a data-parallel step's last micro-step (its reduction "
+        "overlaps the backward) stay eager. A capture that fails turns it off with a warning naming the reason on stderr. "
+        "Ignored on the CPU",
+        kMay),
     KEY(grad_accum_precision, one_of({"auto", "fp32", "bf16"}),
         "bf16 only: where gradients are summed over micro-steps: `\"fp32\"` (each micro-step's bf16 gradient "
         "added into an fp32 buffer, as PyTorch autocast with fp32 parameters does; +4 bytes per parameter) or "

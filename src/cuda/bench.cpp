@@ -334,6 +334,7 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
                            attention_impl_from_name(cfgs.front().attention));
     be->set_recompute(o.recompute);
     be->set_grad_accum_fp32(Config::grad_accum_fp32_for(o.grad_accum, o.accum));
+    be->set_cuda_graphs(o.cuda_graphs);
     for (const auto& a : o.attentions) {
       be->set_attention(attention_impl_from_name(a));
       std::printf("attention %s: %s\n", a.c_str(), be->name().c_str());
@@ -416,6 +417,7 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
     res.push_back(r);
   }
   if (breakdown) *breakdown = be->memory_breakdown();
+  if (o.cuda_graphs) std::printf("CUDA graphs: %s\n", be->cuda_graphs_status().c_str());
   return res;
 }
 
@@ -525,10 +527,10 @@ void run_train_bench(const TrainBenchOptions& opts) {
   const double flops_tok = training_flops_per_token(mc, layout.total, o.seq);
   const double tokens = double(o.batch) * o.seq * o.accum;
   std::printf("bench train: GPT-2 %s%s (%.1fM params), %s, micro-batch %d x %d, %d micro-step(s) = "
-              "%.0f tokens/step, %s tokens, recompute %d, on %s (%d SMs, %.1f GiB)\n",
+              "%.0f tokens/step, %s tokens, recompute %d, CUDA graphs %s, on %s (%d SMs, %.1f GiB)\n",
               o.model.c_str(), o.bias ? " with biases" : " without biases", N / 1e6,
               o.precision.c_str(), o.batch, o.seq, o.accum, tokens,
-              o.data.empty() ? "random" : o.data.c_str(), o.recompute, prop.name,
+              o.data.empty() ? "random" : o.data.c_str(), o.recompute, o.cuda_graphs ? "on" : "off", prop.name,
               prop.multiProcessorCount, prop.totalGlobalMem / double(1u << 30));
   if (peak > 0)
     std::printf("MFU = (6N + 12 L C T) x tokens / step time / %.0f TFLOP/s (%s); GNB passes and "

@@ -31,6 +31,7 @@ struct TrainBenchOptions {
   int warmup = 3;           // untimed steps (the last one runs a GNB pass for Sophia-G)
   double peak_tflops = 0;   // for MFU; 0 = from the GPU's name (detect_peak_tflops)
   int recompute = 0;        // activation recompute level (config key `recompute`)
+  bool cuda_graphs = false; // micro-steps replayed from CUDA graphs (config key `cuda_graphs`)
   std::string grad_accum = "auto";  // config key `grad_accum_precision`: auto = fp32 when accum > 1
   bool memory = false;      // print the device memory breakdown after the runs
   double memory_budget_gib = 0;  // > 0: first find the largest micro-batch fitting this budget

@@ -83,6 +83,7 @@ class Scratch {
     return buf_.get();
   }
   size_t bytes() const { return buf_.bytes(); }
+  const float* data() const { return buf_.get(); }  // the current allocation (nullptr: none yet)
 
  private:
   DeviceBuffer<float> buf_;

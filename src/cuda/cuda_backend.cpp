@@ -34,9 +34,13 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
+#include <set>
 #include <type_traits>
 #include <stdexcept>
 
@@ -47,6 +51,7 @@
 #include "cuda/nccl_comm.h"
 #include "cuda/optim_cuda.h"
 #include "cuda/optimizer.h"
+#include "cuda/step_graph.h"
 
 namespace sgpt {
 
@@ -137,9 +142,15 @@ class CudaBackend final : public Backend {
   std::string name() const override {
     return std::string(kFp32 ? "cuda-fp32" : "cuda-bf16") + ", attention " + model_.attention_name();
   }
-  void set_attention(AttentionImpl attention) override { model_.set_attention(attention); }
+  void set_attention(AttentionImpl attention) override {
+    drop_graphs();
+    model_.set_attention(attention);
+  }
   void set_hvp_fused_attention(bool on) override { hvp_path_ = on ? 0 : 1; }
-  void set_recompute(int level) override { model_.set_recompute(level); }
+  void set_recompute(int level) override {
+    drop_graphs();
+    model_.set_recompute(level);
+  }
   std::vector<std::pair<std::string, size_t>> memory_breakdown() const override {
     return model_.memory_breakdown({{"params fp32 master", master_.bytes()}, {"params working (bf16)", weights_.bytes()}, {"grads", grads_.bytes()}, {"grads fp32 accumulation", acc_.bytes()}, {"optimizer m", slot_bytes("m")}, {"optimizer h", slot_bytes("h")}, {"optimizer v", slot_bytes("v")},
                                     {"Sophia-H probe u", probe_.bytes()}, {"Sophia-H Hessian-vector product (activations, tangents, attention)", (hvp_[0] ? hvp_[0]->device_bytes() : 0) + (hvp_[1] ? hvp_[1]->device_bytes() : 0)}});
@@ -175,11 +186,30 @@ class CudaBackend final : public Backend {
 
   float train_micro(const int* inp, const int* tgt, int B, int T, float grad_scale) override {
     check_T(T);
-    model_.forward_logits(weights(), inp, B);
+    model_.stage_inputs(inp, B);
     model_.set_targets(tgt);
-    model_.loss(grad_scale, /*write_dlogits=*/true);
-    backward();
+    const auto launches = [&] {
+      model_.forward_launch(weights());
+      model_.loss(grad_scale, /*write_dlogits=*/true);
+      backward();
+    };
+    // The overlapped reduction of a data-parallel step's last micro-step hands layers to the
+    // communication stream from the host: that one stays eager.
+    if (graphs_ && !(reduce_in_backward_ && overlap_)) run_graphed(grad_scale, launches);
+    else launches();
     return model_.read_mean_loss();
+  }
+
+  void set_cuda_graphs(bool on) override {
+    graphs_ = on;
+    graph_error_.clear();
+    micro_graphs_.clear();
+    warm_keys_.clear();
+  }
+  std::string cuda_graphs_status() const override {
+    if (!graphs_) return graph_error_.empty() ? "off" : "off (capture failed: " + graph_error_ + ")";
+    return "on, " + std::to_string(micro_graphs_.size()) + " micro-step graph(s), " +
+           std::to_string(graph_launches_) + " replays";
   }
 
   float gnb_micro(const int* inp, int B, int T, float grad_scale, uint64_t seed, uint32_t step,
@@ -232,7 +262,8 @@ class CudaBackend final : public Backend {
     nlohmann::json j{{"device", p.name}, {"device_memory_mib", p.totalGlobalMem >> 20},
                      {"compute_capability", std::to_string(p.major) + "." + std::to_string(p.minor)},
                      {"cuda_driver", ver(driver)}, {"cuda_runtime", ver(runtime)},
-                     {"attention", model_.attention_name()}, {"world", dist_.world()}};
+                     {"attention", model_.attention_name()}, {"world", dist_.world()},
+                     {"cuda_graphs", graphs_ ? "on" : "off"}};
     if (cuda::CudnnAttention::built()) j["cudnn"] = cuda::CudnnAttention::runtime_version();
 #ifdef SGPT_WITH_NCCL
     j["nccl"] = NcclComm::version();
@@ -493,6 +524,59 @@ class CudaBackend final : public Backend {
   // The model's backward; on the last micro-step of a data-parallel step each finished layer is
   // handed to reduce_layer (overlap), unless SGPT_DIST_OVERLAP=0 (then reduce_grad() reduces the
   // whole buffer after the backward).
+  // ---- CUDA graphs of the training micro-step (set_cuda_graphs) ----
+  // A graph holds the launches of one micro-step's forward, loss and backward for one launch
+  // state: the model's (B, recompute, attention, every buffer address; Gpt2Cuda::launch_state)
+  // and the backend's (weights, gradients, fp32 accumulation, grad_scale). The token and target
+  // copies stay outside it (stage_inputs, set_targets, before the replay on the same stream).
+  // The first micro-step of a state runs eagerly (it allocates what it needs), the second is
+  // captured, later ones replay. A capture that fails turns graphs off with the reason and runs
+  // the micro-step eagerly.
+  std::vector<uintptr_t> graph_key(float grad_scale) const {
+    std::vector<uintptr_t> k = model_.launch_state();
+    uint32_t gs = 0;
+    static_assert(sizeof(gs) == sizeof(grad_scale));
+    std::memcpy(&gs, &grad_scale, sizeof(gs));
+    k.insert(k.end(), {reinterpret_cast<uintptr_t>(weights()), reinterpret_cast<uintptr_t>(grads_.get()),
+                       reinterpret_cast<uintptr_t>(acc_.get()), static_cast<uintptr_t>(acc32_),
+                       static_cast<uintptr_t>(gs)});
+    return k;
+  }
+
+  template <class F>
+  void run_graphed(float grad_scale, const F& launches) {
+    const std::vector<uintptr_t> key = graph_key(grad_scale);
+    auto it = micro_graphs_.find(key);
+    if (it == micro_graphs_.end() && warm_keys_.count(key) > 0) {
+      if (micro_graphs_.size() >= kMaxMicroGraphs) micro_graphs_.clear();
+      auto g = std::make_unique<cuda::StepGraph>();
+      try {
+        g->capture(stream_, launches);
+      } catch (const std::exception& e) {
+        graphs_ = false;
+        graph_error_ = e.what();
+        micro_graphs_.clear();
+        std::fprintf(stderr, "warning: cuda_graphs: capturing the micro-step failed (%s); it runs eagerly\n",
+                     graph_error_.c_str());
+        launches();
+        return;
+      }
+      it = micro_graphs_.emplace(key, std::move(g)).first;
+    }
+    if (it != micro_graphs_.end()) {
+      SGPT_CUDA_CHECK(cudaGraphLaunch(it->second->exec, stream_));
+      ++graph_launches_;
+      return;
+    }
+    launches();
+    warm_keys_.insert(graph_key(grad_scale));  // the state after its allocations
+  }
+
+  void drop_graphs() {
+    micro_graphs_.clear();
+    warm_keys_.clear();
+  }
+
   void backward() {
     if (acc32_) SGPT_CUDA_CHECK(cudaMemsetAsync(grads_.get(), 0, grads_.bytes(), stream_));
     if (!(reduce_in_backward_ && overlap_)) {
@@ -611,6 +695,13 @@ class CudaBackend final : public Backend {
   uint32_t probe_step_ = 0;
   bool reduce_in_backward_ = false;  // the next backward is the last micro-step's
   bool reduced_ = false;             // its layers went to the communication stream
+  // CUDA graphs of the micro-step (set_cuda_graphs; run_graphed).
+  static constexpr size_t kMaxMicroGraphs = 8;
+  bool graphs_ = false;
+  std::string graph_error_;
+  std::map<std::vector<uintptr_t>, std::unique_ptr<cuda::StepGraph>> micro_graphs_;
+  std::set<std::vector<uintptr_t>> warm_keys_;
+  uint64_t graph_launches_ = 0;
 };
 
 }  // namespace

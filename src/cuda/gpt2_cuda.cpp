@@ -255,8 +255,13 @@ void Gpt2Cuda<T>::fc_gelu(const T* params, int l, int N, bool recompute) {
 
 template <class T>
 void Gpt2Cuda<T>::forward_logits(const T* params, const int* inp_host, int B) {
+  stage_inputs(inp_host, B);
+  forward_launch(params);
+}
+
+template <class T>
+void Gpt2Cuda<T>::stage_inputs(const int* inp_host, int B) {
   if (B < 1 || B > max_B_) throw std::invalid_argument("Gpt2Cuda: B must be in [1, max_B]");
-  const int C = cfg_.n_embd, NH = cfg_.n_head, L = cfg_.n_layer, Vp = cfg_.padded_vocab_size;
   const int N = B * T_;
   for (int n = 0; n < N; ++n)
     if (inp_host[n] < 0 || inp_host[n] >= cfg_.vocab_size)
@@ -266,9 +271,35 @@ void Gpt2Cuda<T>::forward_logits(const T* params, const int* inp_host, int B) {
   cudnn_batch_ = use_cudnn_ && cudnn_ready(B);
   cudnn_ws_ptr_ = cudnn_batch_ ? cudnn_workspace(B) : nullptr;
   inp_.upload(inp_host, N, stream_);
-  buckets_host_.build(inp_host, N, Vp);  // for the encoder backward
+  buckets_host_.build(inp_host, N, cfg_.padded_vocab_size);  // for the encoder backward
   buckets_.upload(buckets_host_, stream_);
+}
 
+template <class T>
+std::vector<uintptr_t> Gpt2Cuda<T>::launch_state() const {
+  std::vector<uintptr_t> v{static_cast<uintptr_t>(B_), static_cast<uintptr_t>(recompute_),
+                           static_cast<uintptr_t>(cudnn_batch_),
+                           reinterpret_cast<uintptr_t>(cudnn_ws_ptr_),
+                           reinterpret_cast<uintptr_t>(scratch_.data()),
+                           reinterpret_cast<uintptr_t>(buckets_.positions.get()),
+                           reinterpret_cast<uintptr_t>(buckets_.buckets.get()),
+                           static_cast<uintptr_t>(buckets_.num_positions),
+                           reinterpret_cast<uintptr_t>(inp_.get()),
+                           reinterpret_cast<uintptr_t>(targets_.get()),
+                           reinterpret_cast<uintptr_t>(arena_.get())};
+  for (const DeviceBuffer<T>* b : {&encoded_, &ln1_, &qkv_, &atty_, &res2_, &ln2_, &fch_,
+                                   &fch_gelu_, &res3_, &lnf_, &dln_})
+    v.push_back(reinterpret_cast<uintptr_t>(b->get()));
+  for (const DeviceBuffer<float>* b : {&ln1_mean_, &ln1_rstd_, &ln2_mean_, &ln2_rstd_, &lnf_mean_,
+                                       &lnf_rstd_, &lse_, &losses_, &mean_loss_})
+    v.push_back(reinterpret_cast<uintptr_t>(b->get()));
+  return v;
+}
+
+template <class T>
+void Gpt2Cuda<T>::forward_launch(const T* params) {
+  const int B = B_, C = cfg_.n_embd, NH = cfg_.n_head, L = cfg_.n_layer;
+  const int Vp = cfg_.padded_vocab_size, N = B * T_;
   encoder_forward(encoded_.get(), inp_.get(), tensor(params, kWte), tensor(params, kWpe), B, T_, C,
                   stream_);
   for (int l = 0; l < L; ++l) {

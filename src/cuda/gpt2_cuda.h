@@ -78,8 +78,20 @@ class Gpt2Cuda {
   // "own" or "cuDNN <version>, forward engine <i>, backward engine <j>".
   std::string attention_name() const;
 
-  // Forward to logits [B*T, Vp]. inp_host: B*T token ids (host memory).
+  // Forward to logits [B*T, Vp]. inp_host: B*T token ids (host memory). It is stage_inputs
+  // followed by forward_launch.
   void forward_logits(const T* params, const int* inp_host, int B);
+  // The host side of a forward: checks the ids, allocates on first use, selects the attention for
+  // B and copies the tokens and the encoder backward's buckets to the device. Nothing it enqueues
+  // may sit in a CUDA graph (pageable copies): a captured micro-step starts after it.
+  void stage_inputs(const int* inp_host, int B);
+  // The launches of the forward for the staged batch (capturable: no copy from the host, no
+  // allocation once a forward of the same B has run).
+  void forward_launch(const T* params);
+  // Everything the launches of a forward, loss and backward read from this object: B, the
+  // recompute level, the attention choice and the addresses of every buffer. A CUDA graph of
+  // them stays valid while this is unchanged.
+  std::vector<uintptr_t> launch_state() const;
   // Targets for the loss: from the host, or sampled from the logits (GNB, cpu::sample_labels).
   void set_targets(const int* tgt_host);
   void sample_targets(uint64_t seed, uint32_t step, uint32_t seq0);

@@ -38,11 +38,16 @@ struct TokenBuckets {
   int num_buckets = 0;
   void build(const int* inp_host, int N, int vocab_rows);
 };
-// Device copy of TokenBuckets.
+// Device copy of TokenBuckets. `buckets` holds the bucket count first, then the triples, so the
+// backward's launch depends only on the number of positions, not on the tokens: a CUDA graph of
+// a training micro-step stays valid for every batch of the same shape.
 struct DeviceTokenBuckets {
   DeviceBuffer<int> positions, buckets;
-  int num_buckets = 0;
+  int num_positions = 0;
   void upload(const TokenBuckets& tb, cudaStream_t stream);
+
+ private:
+  std::vector<int> staged_;
 };
 // dwte[v,:] += sum of dout[n,:] over positions n with inp[n] == v (in ascending n);
 // dwpe[t,:] += sum over b of dout[b,t,:] (in ascending b). Deterministic.

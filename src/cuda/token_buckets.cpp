@@ -1,4 +1,5 @@
 // Host side of the deterministic encoder backward: group positions by token (counting sort).
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -32,11 +33,16 @@ void TokenBuckets::build(const int* inp_host, int N, int vocab_rows) {
 }
 
 void DeviceTokenBuckets::upload(const TokenBuckets& tb, cudaStream_t stream) {
+  // One host staging vector: the count, then the triples (an upload is one copy).
+  staged_.resize(1 + tb.buckets.size());
+  staged_[0] = tb.num_buckets;
+  std::copy(tb.buckets.begin(), tb.buckets.end(), staged_.begin() + 1);
   if (positions.size() < tb.positions.size()) positions.resize(tb.positions.size());
-  if (buckets.size() < tb.buckets.size()) buckets.resize(tb.buckets.size());
+  // Room for one bucket per position, so the pointer changes only when the positions grow.
+  if (buckets.size() < 1 + 3 * tb.positions.size()) buckets.resize(1 + 3 * tb.positions.size());
   if (!tb.positions.empty()) positions.upload(tb.positions.data(), tb.positions.size(), stream);
-  if (!tb.buckets.empty()) buckets.upload(tb.buckets.data(), tb.buckets.size(), stream);
-  num_buckets = tb.num_buckets;
+  buckets.upload(staged_.data(), staged_.size(), stream);
+  num_positions = static_cast<int>(tb.positions.size());
 }
 
 }  // namespace sgpt::cuda

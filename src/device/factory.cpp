@@ -27,6 +27,7 @@ std::unique_ptr<Backend> make_backend(const Config& cfg, bool use_gpu, int B, co
                                   cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32,
                                   params, attention_impl_from_name(cfg.attention), dist);
       be->set_recompute(cfg.recompute);  // before the first step allocates the activations
+      be->set_cuda_graphs(cfg.cuda_graphs);
       return be;
     } catch (const std::invalid_argument& e) {  // attention "cudnn" that cannot be used
       throw UserError(e.what());
