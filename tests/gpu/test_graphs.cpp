@@ -104,10 +104,10 @@ void expect_identical(const Case& c, const std::string& label) {
   const Trace graphed = run(c, true, params, seed);
   EXPECT_EQ(eager.status, "off") << label;
   // Two shapes (B = maxB, maxB - 1): each runs eagerly once, is captured the second time and
-  // replayed after; with 3 micro-steps per step and `steps` steps, at least 3 * steps - 4 replays.
+  // replayed after (again after a GNB pass grew the scratch): more replays than steps.
   ASSERT_EQ(graphed.status.rfind("on, ", 0), 0u) << label << ": graphs not in use: " << graphed.status;
   const size_t replays = std::stoul(graphed.status.substr(graphed.status.find("graph(s), ") + 10));
-  EXPECT_GE(replays, size_t(3 * c.steps - 4)) << label << ": " << graphed.status;
+  EXPECT_GE(replays, size_t(c.steps)) << label << ": " << graphed.status;
   for (const auto& [what, vals] : eager.items) {
     double sq = 0;
     for (float x : vals) sq += double(x) * x;
