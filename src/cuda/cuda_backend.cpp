@@ -521,9 +521,6 @@ class CudaBackend final : public Backend {
     return out;
   }
 
-  // The model's backward; on the last micro-step of a data-parallel step each finished layer is
-  // handed to reduce_layer (overlap), unless SGPT_DIST_OVERLAP=0 (then reduce_grad() reduces the
-  // whole buffer after the backward).
   // ---- CUDA graphs of the training micro-step (set_cuda_graphs) ----
   // A graph holds the launches of one micro-step's forward, loss and backward for one launch
   // state: the model's (B, recompute, attention, every buffer address; Gpt2Cuda::launch_state)
@@ -569,6 +566,7 @@ class CudaBackend final : public Backend {
       return;
     }
     launches();
+    if (warm_keys_.size() >= 4 * kMaxMicroGraphs) warm_keys_.clear();
     warm_keys_.insert(graph_key(grad_scale));  // the state after its allocations
   }
 
@@ -577,6 +575,9 @@ class CudaBackend final : public Backend {
     warm_keys_.clear();
   }
 
+  // The model's backward; on the last micro-step of a data-parallel step each finished layer is
+  // handed to reduce_layer (overlap), unless SGPT_DIST_OVERLAP=0 (then reduce_grad() reduces the
+  // whole buffer after the backward).
   void backward() {
     if (acc32_) SGPT_CUDA_CHECK(cudaMemsetAsync(grads_.get(), 0, grads_.bytes(), stream_));
     if (!(reduce_in_backward_ && overlap_)) {
