@@ -44,12 +44,8 @@ template <class T>
 void Gpt2Cuda<T>::release() {
   if (allocated_) SGPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
   allocated_ = false;
-  for (DeviceBuffer<T>* b : {&encoded_, &ln1_, &qkv_, &atty_, &res2_, &ln2_, &fch_, &fch_gelu_,
-                             &res3_, &lnf_, &dln_})
-    b->release();
-  for (DeviceBuffer<float>* b : {&ln1_mean_, &ln1_rstd_, &ln2_mean_, &ln2_rstd_, &lnf_mean_,
-                                 &lnf_rstd_, &lse_, &losses_, &mean_loss_})
-    b->release();
+  for (DeviceBuffer<T>* b : activations(*this)) b->release();
+  for (DeviceBuffer<float>* b : float_activations(*this)) b->release();
   inp_.release();
   targets_.release();
   arena_.release();
@@ -287,11 +283,8 @@ std::vector<uintptr_t> Gpt2Cuda<T>::launch_state() const {
                            reinterpret_cast<uintptr_t>(inp_.get()),
                            reinterpret_cast<uintptr_t>(targets_.get()),
                            reinterpret_cast<uintptr_t>(arena_.get())};
-  for (const DeviceBuffer<T>* b : {&encoded_, &ln1_, &qkv_, &atty_, &res2_, &ln2_, &fch_,
-                                   &fch_gelu_, &res3_, &lnf_, &dln_})
-    v.push_back(reinterpret_cast<uintptr_t>(b->get()));
-  for (const DeviceBuffer<float>* b : {&ln1_mean_, &ln1_rstd_, &ln2_mean_, &ln2_rstd_, &lnf_mean_,
-                                       &lnf_rstd_, &lse_, &losses_, &mean_loss_})
+  for (const DeviceBuffer<T>* b : activations(*this)) v.push_back(reinterpret_cast<uintptr_t>(b->get()));
+  for (const DeviceBuffer<float>* b : float_activations(*this))
     v.push_back(reinterpret_cast<uintptr_t>(b->get()));
   return v;
 }

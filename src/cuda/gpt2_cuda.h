@@ -33,6 +33,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -142,6 +143,18 @@ class Gpt2Cuda {
   }
   float attention_scale(int layer) const;
   float* lse(int l) const { return lse_.get() + static_cast<size_t>(l) * lse_stride_; }
+  // The per-position activation buffers in T and in fp32 (Self: this class, const or not): the
+  // one list that release() frees and launch_state() reports.
+  template <class Self>
+  static auto activations(Self& m) {
+    return std::array{&m.encoded_, &m.ln1_, &m.qkv_, &m.atty_, &m.res2_, &m.ln2_,
+                      &m.fch_,     &m.fch_gelu_, &m.res3_, &m.lnf_, &m.dln_};
+  }
+  template <class Self>
+  static auto float_activations(Self& m) {
+    return std::array{&m.ln1_mean_, &m.ln1_rstd_, &m.ln2_mean_, &m.ln2_rstd_, &m.lnf_mean_,
+                      &m.lnf_rstd_, &m.lse_,      &m.losses_,   &m.mean_loss_};
+  }
   void allocate();  // every activation buffer for max_B rows, at the current recompute level
   void release();
   // fch = ln2 @ Wfc^T + b and fch_gelu = gelu(fch) of layer l (the forward's; in the backward

@@ -29,13 +29,6 @@
 namespace sgpt::test {
 namespace {
 
-size_t bits_differ(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return std::max(a.size(), b.size());
-  size_t diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
-  return diff;
-}
-
 struct Trace {
   std::vector<std::pair<std::string, std::vector<float>>> items;
   std::string status;  // cuda_graphs_status() at the end
@@ -122,13 +115,6 @@ void expect_identical(const Case& c, const std::string& label) {
   std::printf("  %s: %s\n", label.c_str(), graphed.status.c_str());
 }
 
-ModelConfig odd_config(int n_embd, int n_head) {
-  return sgpt_test::model_config(3, n_head, n_embd, 40, 97, 128, /*bias=*/true);
-}
-
-const char* name(Precision p) { return p == Precision::kFp32 ? "fp32" : "bf16"; }
-const char* name(AttentionImpl a) { return a == AttentionImpl::kCudnn ? "cudnn" : "own"; }
-
 // C = 48, head size 16 (cuDNN-capable), T = 33, max_B = 3; and C = 36 (general LayerNorm paths).
 TEST(Graphs, MicroStepBitIdenticalToEager) {
   SGPT_SKIP_WITHOUT_GPU();
@@ -137,11 +123,11 @@ TEST(Graphs, MicroStepBitIdenticalToEager) {
     if (prec == Precision::kBf16 && cuda::CudnnAttention::built() && cuda::CudnnAttention::supports(48, 3))
       atts.push_back(AttentionImpl::kCudnn);
     for (AttentionImpl att : atts) {
-      const Case c{odd_config(48, 3), 3, 33, 5, prec, att};
-      expect_identical(c, std::string(name(prec)) + " C=48 " + name(att));
+      const Case c{odd_backend_config(48, 3), 3, 33, 5, prec, att};
+      expect_identical(c, std::string(precision_name(prec)) + " C=48 " + attention_label(att));
     }
   }
-  expect_identical(Case{odd_config(36, 3), 3, 33, 5, Precision::kBf16, AttentionImpl::kOwn},
+  expect_identical(Case{odd_backend_config(36, 3), 3, 33, 5, Precision::kBf16, AttentionImpl::kOwn},
                    "bf16 C=36 own");
 }
 
@@ -150,7 +136,7 @@ TEST(Graphs, WithFp32AccumulationAndRecompute) {
   const AttentionImpl att = cuda::CudnnAttention::built() && cuda::CudnnAttention::supports(48, 3)
                                 ? AttentionImpl::kCudnn
                                 : AttentionImpl::kOwn;
-  Case c{odd_config(48, 3), 3, 33, 4, Precision::kBf16, att, /*acc32=*/true};
+  Case c{odd_backend_config(48, 3), 3, 33, 4, Precision::kBf16, att, /*acc32=*/true};
   expect_identical(c, "bf16 fp32 accumulation");
   for (int r : {1, 2}) {
     c.acc32 = false;
@@ -169,7 +155,7 @@ TEST(Graphs, BitIdentical124M) {
 }
 
 TEST(Graphs, CpuBackendIgnoresThem) {
-  const ModelConfig cfg = odd_config(36, 3);
+  const ModelConfig cfg = odd_backend_config(36, 3);
   auto cpu = make_cpu_backend(cfg, 2, 8, test_params(cfg, 1, true));
   cpu->set_cuda_graphs(true);
   EXPECT_EQ(cpu->cuda_graphs_status(), "");

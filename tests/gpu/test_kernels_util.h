@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -190,5 +191,24 @@ float median_ms(Fn&& fn) {
   std::sort(ms.begin(), ms.end());
   return ms[2];
 }
+
+// Number of elements whose bits differ (NaN payloads included); vectors of different sizes differ
+// in all of the longer one's elements.
+template <class T>
+size_t bits_differ(const std::vector<T>& a, const std::vector<T>& b) {
+  if (a.size() != b.size()) return std::max(a.size(), b.size());
+  size_t diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff += std::memcmp(&a[i], &b[i], sizeof(T)) != 0;
+  return diff;
+}
+
+// The small model of the whole-backend comparisons (recompute, graphs): 3 layers, block 40,
+// vocabulary 97 (padded to 128), biases.
+inline ModelConfig odd_backend_config(int n_embd, int n_head) {
+  return sgpt_test::model_config(3, n_head, n_embd, 40, 97, 128, /*bias=*/true);
+}
+
+inline const char* precision_name(Precision p) { return p == Precision::kFp32 ? "fp32" : "bf16"; }
+inline const char* attention_label(AttentionImpl a) { return a == AttentionImpl::kCudnn ? "cudnn" : "own"; }
 
 }  // namespace sgpt::test

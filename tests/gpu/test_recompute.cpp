@@ -32,14 +32,6 @@
 namespace sgpt::test {
 namespace {
 
-// Number of elements whose bits differ (0: identical).
-size_t bits_differ(const std::vector<float>& a, const std::vector<float>& b) {
-  if (a.size() != b.size()) return std::max(a.size(), b.size());
-  size_t diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
-  return diff;
-}
-
 // With biases, non-zero biases and LayerNorm parameters: every term of every recompute matters.
 std::vector<float> init(const ModelConfig& cfg, uint64_t seed) { return test_params(cfg, seed, cfg.bias); }
 
@@ -145,11 +137,6 @@ std::vector<Trace> expect_identical(const Case& c, const std::string& label) {
   return t;
 }
 
-// 3 layers, block 40, vocabulary 97 (padded to 128), biases.
-ModelConfig odd_config(int n_embd, int n_head) {
-  return sgpt_test::model_config(3, n_head, n_embd, 40, 97, 128, /*bias=*/true);
-}
-
 std::vector<AttentionImpl> attentions(Precision prec) {
   std::vector<AttentionImpl> a = {AttentionImpl::kOwn};
   if (prec == Precision::kBf16 && cuda::CudnnAttention::built()) a.push_back(AttentionImpl::kCudnn);
@@ -173,9 +160,6 @@ class ScopedFusion {
   bool had_ = false;
 };
 
-const char* name(Precision p) { return p == Precision::kFp32 ? "fp32" : "bf16"; }
-const char* name(AttentionImpl a) { return a == AttentionImpl::kCudnn ? "cudnn" : "own"; }
-
 // C = 36, head size 12: not a multiple of the bf16 vector width (general LayerNorm kernels in
 // bf16), no cuDNN. C = 48, head size 16: cuDNN-capable. T = 33, max_B = 3: odd row counts.
 TEST(Recompute, BitIdenticalOddSizes) {
@@ -187,9 +171,9 @@ TEST(Recompute, BitIdenticalOddSizes) {
       for (const auto& [C, NH] : {std::pair{36, 3}, std::pair{48, 3}}) {
         for (AttentionImpl att : attentions(prec)) {
           if (att == AttentionImpl::kCudnn && !cuda::CudnnAttention::supports(C, NH)) continue;
-          const Case c{odd_config(C, NH), 3, 33, 4, prec, att};
-          expect_identical(c, std::string(name(prec)) + (fusion ? "" : " unfused") + " C=" +
-                                  std::to_string(C) + " " + name(att) + " attention");
+          const Case c{odd_backend_config(C, NH), 3, 33, 4, prec, att};
+          expect_identical(c, std::string(precision_name(prec)) + (fusion ? "" : " unfused") + " C=" +
+                                  std::to_string(C) + " " + attention_label(att) + " attention");
         }
       }
     }
@@ -206,7 +190,7 @@ TEST(Recompute, BitIdentical124MMicroStep) {
   for (Precision prec : {Precision::kFp32, Precision::kBf16}) {
     const AttentionImpl att = attentions(prec).back();  // cuDNN in bf16 where built
     const Case c{cfg, B, T, 0, prec, att};
-    const auto t = expect_identical(c, std::string("124M ") + name(prec) + " " + name(att));
+    const auto t = expect_identical(c, std::string("124M ") + precision_name(prec) + " " + attention_label(att));
     // Level 1 drops fch_gelu [L, N, 4C] (and, with the bf16 GELU epilogue, fch too); level 2 also
     // ln1 and ln2 [L, N, C]. Their one-layer buffers live in the arena, which the logits
     // [N, 50304] dominate here, so the totals differ by exactly those buffers.
@@ -223,7 +207,7 @@ TEST(Recompute, BitIdentical124MMicroStep) {
 
 TEST(Recompute, LevelOutOfRangeIsAnError) {
   SGPT_SKIP_WITHOUT_GPU();
-  const ModelConfig cfg = odd_config(36, 3);
+  const ModelConfig cfg = odd_backend_config(36, 3);
   auto be = make_cuda_backend(cfg, 2, 8, Precision::kFp32, init(cfg, 1));
   EXPECT_THROW(be->set_recompute(3), std::invalid_argument);
   EXPECT_THROW(be->set_recompute(-1), std::invalid_argument);
