@@ -26,6 +26,13 @@
 //      the 8 partials are added in warp order.
 // Every step depends on the row's own position, slot and query only. Shared memory: (max_len +
 // 8 * hs + 32) floats.
+// Dependent launches (decode_batch_ops.h): every kernel here first lets the next kernel on the
+// stream start (griddepcontrol.launch_dependents); batch_linear then loads its first chunk of
+// weights and, in lane 0, the bias of its first column, and batch_attention nothing, before
+// griddepcontrol.wait, which returns once the kernel before has completed and its writes are
+// visible (at once for a plain launch). Everything else comes after the wait. Both instructions
+// exist from sm_90; compiled for an older architecture the kernels have neither, and the host
+// launches them plainly.
 #include <algorithm>
 #include <cstdint>
 #include <map>
@@ -52,6 +59,27 @@ constexpr int kBAttnVPre = 4;   // positions per warp whose values are loaded wi
 constexpr float kGeluScaleB = 0.7978845608028654f;  // sqrt(2/pi), as kernels/gelu.cu
 constexpr float kGeluCubicB = 0.044715f;
 
+// Whether this compilation has the dependent-launch instructions (the host reads it back through
+// dependent_launch_compiled_kernel's PTX version instead: kDependentLaunchPtx).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define SGPT_DEPENDENT_LAUNCH 1
+#endif
+constexpr int kDependentLaunchPtx = 90;
+
+// Lets the next kernel on the stream start (its blocks run up to their own wait).
+__device__ __forceinline__ void let_next_start() {
+#ifdef SGPT_DEPENDENT_LAUNCH
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Returns once the kernel before on the stream has completed and its writes are visible (at once
+// when this kernel was launched plainly).
+__device__ __forceinline__ void wait_for_previous() {
+#ifdef SGPT_DEPENDENT_LAUNCH
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // VEC consecutive floats at p (16-byte loads when VEC is a multiple of 4).
 template <int VEC>
 __device__ __forceinline__ void load_floats(const float* p, float* v) {
@@ -73,6 +101,8 @@ __device__ __forceinline__ void load_floats(const float* p, float* v) {
 template <class W>
 __global__ void batch_embed_kernel(float* x, const int* tokens, const int* pos, const W* wte,
                                    const W* wpe, int n, int C) {
+  let_next_start();
+  wait_for_previous();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= size_t(n) * C) return;
   const int r = static_cast<int>(i / C), c = static_cast<int>(i % C);
@@ -123,21 +153,32 @@ __device__ __forceinline__ void layernorm_row(float* dst, const float* x, const 
 // With ln_w: warp w first normalises row 8y + w into shared memory (layernorm_row; dynamic shared
 // memory of min(8, n) rows of K floats), the block synchronises once, and the products read the
 // rows from there; the first chunk's weights are loaded before.
+// Before wait_for_previous(): the first chunk's weights and lane 0's bias of the first column
+// (constants); the first column's residuals are loaded right after it, ahead of the products.
 template <class W, int VEC, int U>
 __global__ void __launch_bounds__(kLinWarps * 32)
     batch_linear_kernel(float* out, const float* in, const W* w, int n, int K, int OC,
                         const float* ln_w, const float* ln_b, LinearEpilogue<W> ep) {
   extern __shared__ float4 lin_shared[];
+  let_next_start();
   constexpr int kStep = 32 * VEC;   // from one of a lane's vectors to its next
   constexpr int kChunk = U * kStep;  // the elements of a row one chunk covers
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int ostride = gridDim.x * kLinWarps;
   int o = blockIdx.x * kLinWarps + warp;
+  const int o_first = o;
   const int r0 = blockIdx.y * kLinRows;
   const int nr = min(kLinRows, n - r0);
   const int l0 = lane * VEC;  // the lane's first element of a chunk
   WPack<W, VEC> wv[U] = {};  // vectors past the row: finite values (their products are dropped)
   if (o < OC) load_chunk<W, VEC, U>(wv, w + size_t(o) * K + l0, K - l0);
+  const bool first_lane = lane == 0 && o < OC;
+  const float bias_first = first_lane && ep.bias ? ep.bias[o] : 0.0f;
+  wait_for_previous();
+  float res_first[kLinRows];  // lane 0: the first column's residuals
+#pragma unroll
+  for (int r = 0; r < kLinRows; ++r)
+    res_first[r] = first_lane && ep.residual && r < nr ? ep.residual[size_t(r0 + r) * OC + o] : 0.0f;
   const float* x0 = in + size_t(r0) * K + l0;
   if (ln_w) {  // the same for the whole block
     float* rows = reinterpret_cast<float*>(lin_shared);
@@ -193,12 +234,13 @@ __global__ void __launch_bounds__(kLinWarps * 32)
         acc[r] = 0.0f;
         if (lane != 0) continue;
         const int row = r0 + r;
-        if (ep.bias) v = __fadd_rn(v, ep.bias[o]);
+        const bool first = o == o_first;
+        if (ep.bias) v = __fadd_rn(v, first ? bias_first : ep.bias[o]);
         if (ep.gelu) {
           const float u = kGeluScaleB * (v + kGeluCubicB * v * v * v);
           v = 0.5f * v * (1.0f + tanhf(u));
         }
-        if (ep.residual) v = __fadd_rn(ep.residual[size_t(row) * OC + o], v);
+        if (ep.residual) v = __fadd_rn(first ? res_first[r] : ep.residual[size_t(row) * OC + o], v);
         out[size_t(row) * OC + o] = v;
         if (ep.kcache && o >= ep.C) {
           const int p = ep.pos[row];
@@ -246,6 +288,8 @@ __global__ void __launch_bounds__(kBAttnWarps * 32)
                            const int* slot, const int* pos, size_t slot_stride, int C, int NH,
                            float scale, int max_len) {
   extern __shared__ float smem[];
+  let_next_start();
+  wait_for_previous();
   constexpr int kStep = 32 * VEC;  // from one of a lane's channel groups to its next
   const int r = blockIdx.x, h = blockIdx.y;
   const int hs = C / NH;
@@ -364,7 +408,48 @@ __global__ void to_bf16_kernel(__nv_bfloat16* dst, const float* src, size_t n) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// Whether the current device runs this build's kernels with the dependent-launch instructions:
+// compute capability 9.0 or later, and the kernels compiled for such an architecture (not JIT-
+// compiled from an older PTX, which has no griddepcontrol). Cached per device.
+bool dependent_launch_works() {
+  int dev = 0;
+  SGPT_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mu;
+  static std::map<int, bool> cache;
+  const std::lock_guard<std::mutex> lock(mu);
+  if (const auto it = cache.find(dev); it != cache.end()) return it->second;
+  int major = 0;
+  SGPT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  cudaFuncAttributes a{};
+  SGPT_CUDA_CHECK(
+      cudaFuncGetAttributes(&a, reinterpret_cast<const void*>(batch_embed_kernel<float>)));
+  const bool works = major >= 9 && a.ptxVersion >= kDependentLaunchPtx;
+  cache.emplace(dev, works);
+  return works;
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a dependent launch when asked and possible.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+            bool dependent, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1]{};
+  if (dependent && dependent_launch_works()) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  SGPT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
 }  // namespace
+
+bool batch_dependent_launch_active() { return dependent_launch_works(); }
 
 template <class W>
 void batch_embed(float* x, const int* tokens, const int* pos, const W* wte, const W* wpe, int n,
@@ -400,7 +485,7 @@ int resident_blocks(const void* kernel, size_t smem) {
 template <class W, int VEC, int U>
 void launch_linear(float* out, const float* in, const W* w, int n, int K, int OC,
                    const float* ln_w, const float* ln_b, const LinearEpilogue<W>& ep,
-                   cudaStream_t stream) {
+                   cudaStream_t stream, bool dependent) {
   const auto kernel = batch_linear_kernel<W, VEC, U>;
   const unsigned row_blocks = ceil_div(size_t(n), kLinRows);
   // As many blocks as the device holds at once (the warps then loop over the columns), at most
@@ -409,16 +494,16 @@ void launch_linear(float* out, const float* in, const W* w, int n, int K, int OC
   const unsigned col_blocks = std::min<unsigned>(
       ceil_div(size_t(OC), kLinWarps), std::max(1u, static_cast<unsigned>(resident) / row_blocks));
   const size_t smem = ln_w ? size_t(std::min(n, kLinRows)) * K * sizeof(float) : 0;
-  kernel<<<dim3(col_blocks, row_blocks), kLinWarps * 32, smem, stream>>>(out, in, w, n, K, OC,
-                                                                          ln_w, ln_b, ep);
-  SGPT_LAUNCH_CHECK();
+  launch(kernel, dim3(col_blocks, row_blocks), dim3(kLinWarps * 32), smem, stream, dependent, out, in,
+         w, n, K, OC, ln_w, ln_b, ep);
 }
 
 }  // namespace
 
 template <class W>
 void batch_linear(float* out, const float* in, const W* w, int n, int K, int OC,
-                  const LinearPrologue& pro, const LinearEpilogue<W>& ep, cudaStream_t stream) {
+                  const LinearPrologue& pro, const LinearEpilogue<W>& ep, cudaStream_t stream,
+                  bool dependent) {
   if (n <= 0 || OC <= 0) return;
   const float* ln_w = nullptr;
   const float* ln_b = nullptr;
@@ -441,18 +526,18 @@ void batch_linear(float* out, const float* in, const W* w, int n, int K, int OC,
     // Chunks of 4 vectors per lane when that covers the row (K <= 128 kVec: the head and the
     // C-wide inputs of 124M in bf16; fewer registers), else 8.
     if (ceil_div(size_t(K), 32 * kVec) <= 4)
-      launch_linear<W, kVec, 4>(out, in, w, n, K, OC, ln_w, ln_b, ep, stream);
+      launch_linear<W, kVec, 4>(out, in, w, n, K, OC, ln_w, ln_b, ep, stream, dependent);
     else
-      launch_linear<W, kVec, 8>(out, in, w, n, K, OC, ln_w, ln_b, ep, stream);
+      launch_linear<W, kVec, 8>(out, in, w, n, K, OC, ln_w, ln_b, ep, stream, dependent);
   } else {
-    launch_linear<W, 1, 8>(out, in, w, n, K, OC, ln_w, ln_b, ep, stream);
+    launch_linear<W, 1, 8>(out, in, w, n, K, OC, ln_w, ln_b, ep, stream, dependent);
   }
 }
 
 template <class W>
 void batch_attention(float* out, const float* qkv, const W* kcache, const W* vcache, const int* slot,
                      const int* pos, size_t slot_stride, int n, int C, int NH, float scale,
-                     int max_len, cudaStream_t stream) {
+                     int max_len, cudaStream_t stream, bool dependent) {
   if (n <= 0) return;
   const int hs = C / NH;
   const size_t smem = (size_t(max_len) + size_t(kBAttnWarps) * hs + 32) * sizeof(float);
@@ -468,10 +553,8 @@ void batch_attention(float* out, const float* qkv, const W* kcache, const W* vca
     SGPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem)));
   }
-  const dim3 grid(n, NH);
-  kernel<<<grid, kBAttnWarps * 32, smem, stream>>>(out, qkv, kcache, vcache, slot, pos,
-                                                   slot_stride, C, NH, scale, max_len);
-  SGPT_LAUNCH_CHECK();
+  launch(kernel, dim3(n, NH), dim3(kBAttnWarps * 32), smem, stream, dependent, out, qkv, kcache,
+         vcache, slot, pos, slot_stride, C, NH, scale, max_len);
 }
 
 void batch_to_bf16(__nv_bfloat16* dst, const float* src, size_t n, cudaStream_t stream) {
@@ -485,9 +568,11 @@ void batch_to_bf16(__nv_bfloat16* dst, const float* src, size_t n, cudaStream_t 
   template void batch_embed<W>(float*, const int*, const int*, const W*, const W*, int, int,       \
                                cudaStream_t);                                                      \
   template void batch_linear<W>(float*, const float*, const W*, int, int, int,                     \
-                                const LinearPrologue&, const LinearEpilogue<W>&, cudaStream_t);    \
+                                const LinearPrologue&, const LinearEpilogue<W>&, cudaStream_t,     \
+                                bool);                                                             \
   template void batch_attention<W>(float*, const float*, const W*, const W*, const int*,           \
-                                   const int*, size_t, int, int, int, float, int, cudaStream_t);
+                                   const int*, size_t, int, int, int, float, int, cudaStream_t,    \
+                                   bool);
 SGPT_BATCH_INSTANTIATE(float)
 SGPT_BATCH_INSTANTIATE(__nv_bfloat16)
 #undef SGPT_BATCH_INSTANTIATE

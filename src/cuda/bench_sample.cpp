@@ -6,7 +6,9 @@
 //                        scores make it somewhat faster than a build from before them);
 //   graphs               the GPU decoder (the default of `sample`): steps replayed from a CUDA
 //                        graph, the top candidates selected on the device;
-//   batch fp32|bf16 xN   the batch decoder (cuda/decode_batch.h) with N sequences.
+//   batch fp32|bf16 xN   the batch decoder (cuda/decode_batch.h) with N sequences; ", dependent"
+//                        when its launches overlap (programmatic dependent launch: the default
+//                        where the GPU and the build allow; --plain-launches turns it off).
 // Each sequence: a random prompt of --prompt tokens, then --tokens tokens (top-k --top-k, seed i
 // for sequence i); the time covers the whole generation, prefill included, as `sample` reports it.
 // tokens/s = sequences x --tokens / time, the median of --reps runs after an untimed one.
@@ -25,6 +27,7 @@
 #include "cuda/check.h"
 #include "cuda/cuda_backend.h"
 #include "cuda/decode_batch.h"
+#include "cuda/decode_batch_ops.h"
 #include "cuda/decode_cuda.h"
 #include "model/gpt2.h"
 #include "sample/batch.h"
@@ -129,13 +132,16 @@ void bench_sample(const SampleBenchOptions& o) {
     }
     for (const std::string& prec : o.precisions) {
       for (int b : o.batches) {
-        auto d = make_cuda_batch_decoder(c, b, CudaBatchOptions{.bf16 = prec == "bf16"});
+        auto d = make_cuda_batch_decoder(
+            c, b, CudaBatchOptions{.bf16 = prec == "bf16", .dependent_launches = o.dependent_launches});
         d->set_params(params.data());
         const std::vector<std::vector<int>> group(prompts.begin(), prompts.begin() + b);
         std::vector<uint64_t> seeds(b);
         for (int i = 0; i < b; ++i) seeds[i] = static_cast<uint64_t>(i);
         const double s = median_seconds([&] { generate_batch(*d, group, o.tokens, so, seeds); }, o.reps);
-        print_row(name, "batch " + prec + " x" + std::to_string(b), b, o.tokens, s, base_tps);
+        const bool dep = o.dependent_launches && cuda::batch_dependent_launch_active();
+        print_row(name, "batch " + prec + " x" + std::to_string(b) + (dep ? ", dependent" : ""), b,
+                  o.tokens, s, base_tps);
       }
     }
   }

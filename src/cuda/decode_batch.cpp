@@ -60,6 +60,9 @@ class CudaBatchDecoder final : public BatchDecoder {
     std::string what = std::string("cuda batch ") + (opt_.bf16 ? "bf16" : "fp32") + ", " +
                        std::to_string(slots_) + (slots_ == 1 ? " slot" : " slots") +
                        (opt_.graphs ? ", graphs" : "") +
+                       (opt_.dependent_launches && cuda::batch_dependent_launch_active()
+                            ? ", dependent launches"
+                            : "") +
                        (graph_error_.empty() ? "" : ", graph capture failed (" + graph_error_ + ")");
     int dev = 0;
     cudaDeviceProp p{};
@@ -175,6 +178,7 @@ class CudaBatchDecoder final : public BatchDecoder {
     const int* slot = tok + n;
     const int* pos = tok + 2 * n;
     const size_t slot_stride = static_cast<size_t>(L) * T * C;
+    const bool dep = opt_.dependent_launches;  // every launch below follows one of run()'s kernels
     cuda::batch_embed<W>(x_.get(), tok, pos, mat(kWte), mat(kWpe), n, C, s);
     // Each LayerNorm is part of the Linear that reads it (cuda::LinearPrologue): normalised in
     // that Linear's blocks, or by layernorm_forward into ln_ / lnf_ for widths it does not take.
@@ -198,29 +202,29 @@ class CudaBatchDecoder final : public BatchDecoder {
       qkv_ep.slot_stride = slot_stride;
       qkv_ep.C = C;
       cuda::batch_linear<W>(qkv_.get(), x_.get(), mat(kQkvw, l), n, C, 3 * C,
-                            prologue(vec(kLn1w, l), vec(kLn1b, l), ln_.get()), qkv_ep, s);
+                            prologue(vec(kLn1w, l), vec(kLn1b, l), ln_.get()), qkv_ep, s, dep);
       cuda::batch_attention<W>(atty_.get(), qkv_.get(), kcache_.get() + layer, vcache_.get() + layer,
                                slot, pos, slot_stride, n, C, NH,
-                               static_cast<float>(attention_scale(cfg_, l)), T, s);
+                               static_cast<float>(attention_scale(cfg_, l)), T, s, dep);
       cuda::LinearEpilogue<W> proj_ep;
       proj_ep.bias = vec(kAttprojb, l);
       proj_ep.residual = x_.get();
-      cuda::batch_linear<W>(res2_.get(), atty_.get(), mat(kAttprojw, l), n, C, C, {}, proj_ep, s);
+      cuda::batch_linear<W>(res2_.get(), atty_.get(), mat(kAttprojw, l), n, C, C, {}, proj_ep, s, dep);
       cuda::LinearEpilogue<W> fc_ep;
       fc_ep.bias = vec(kFcb, l);
       fc_ep.gelu = true;
       cuda::batch_linear<W>(fch_.get(), res2_.get(), mat(kFcw, l), n, C, 4 * C,
-                            prologue(vec(kLn2w, l), vec(kLn2b, l), ln_.get()), fc_ep, s);
+                            prologue(vec(kLn2w, l), vec(kLn2b, l), ln_.get()), fc_ep, s, dep);
       cuda::LinearEpilogue<W> fcproj_ep;
       fcproj_ep.bias = vec(kFcprojb, l);
       fcproj_ep.residual = res2_.get();
-      cuda::batch_linear<W>(x_.get(), fch_.get(), mat(kFcprojw, l), n, 4 * C, C, {}, fcproj_ep, s);
+      cuda::batch_linear<W>(x_.get(), fch_.get(), mat(kFcprojw, l), n, 4 * C, C, {}, fcproj_ep, s, dep);
     }
     const int hn = n - head_from;
     float* logits = logits_dev_.get() + static_cast<size_t>(out_slot) * V;
     cuda::batch_linear<W>(logits, x_.get() + static_cast<size_t>(head_from) * C, mat(kWte), hn, C,
                           V, prologue(vec(kLnfw), vec(kLnfb), lnf_.get()),
-                          cuda::LinearEpilogue<W>{}, s);
+                          cuda::LinearEpilogue<W>{}, s, dep);
     if (device_select()) {
       const int k = top_output();
       unsigned long long* top = top_dev_.get() + static_cast<size_t>(out_slot) * k;

@@ -32,6 +32,10 @@ namespace sgpt {
 struct CudaBatchOptions {
   bool bf16 = false;   // weights and KV cache in bf16
   bool graphs = true;  // replay each step from a CUDA graph (false: eager launches)
+  // Hopper's programmatic dependent launch (cuda/decode_batch_ops.h): each kernel after the
+  // embedding loads its first weights while the kernel before it still runs. The same bits; plain
+  // launches where the device or the build cannot.
+  bool dependent_launches = true;
 };
 
 // A GPU batch decoder of `slots` slots on the current device. std::runtime_error when CUDA fails.

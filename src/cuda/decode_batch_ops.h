@@ -11,6 +11,18 @@
 // The caches: kcache/vcache point at layer l of slot 0 ([block_size, C] rows); slot s's layer l
 // starts slot_stride elements further per slot.
 // All launches are asynchronous on `stream` and checked. Includable by g++ (cuda_bf16.h only).
+//
+// Dependent launches (`dependent`, Hopper's programmatic dependent launch): batch_linear and
+// batch_attention may start while the kernel before them on the stream still runs. Their blocks
+// first read only what no kernel writes (a Linear's first weights and bias), then wait until the
+// kernel before them has completed and its writes are visible, and only then read activations,
+// caches or rows and write anything; every kernel here lets the next one start as soon as all its
+// blocks run. So the results are the same bits as with plain launches; the overlap hides the
+// launch and the weights' memory latency behind the kernel before. Only the batch decoder's
+// launch sequence asks for it (each launch there follows a kernel of this file, or one launched
+// plainly, which the wait also covers). Where the device or the compiled kernels cannot (below
+// compute capability 9.0, or kernels compiled for an older architecture and JIT-compiled from
+// its PTX), launches are plain; batch_dependent_launch_active() says which.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -62,14 +74,19 @@ struct LinearPrologue {
 // up to 8 rows per block.
 template <class W>
 void batch_linear(float* out, const float* in, const W* w, int n, int K, int OC,
-                  const LinearPrologue& pro, const LinearEpilogue<W>& ep, cudaStream_t stream);
+                  const LinearPrologue& pro, const LinearEpilogue<W>& ep, cudaStream_t stream,
+                  bool dependent = false);
 
 // out[r, h*hs:(h+1)*hs] = softmax_{t <= pos[r]}(scale * q . k_t) @ v_t, q from qkv[r, 0:C], keys
 // and values from slot slot[r]'s cache (already holding row pos[r]). max_len bounds pos[r] + 1.
 template <class W>
 void batch_attention(float* out, const float* qkv, const W* kcache, const W* vcache, const int* slot,
                      const int* pos, size_t slot_stride, int n, int C, int NH, float scale,
-                     int max_len, cudaStream_t stream);
+                     int max_len, cudaStream_t stream, bool dependent = false);
+
+// Whether `dependent` launches overlap on the current device with this build's kernels (else
+// they are plain launches).
+bool batch_dependent_launch_active();
 
 // dst[i] = bf16(src[i]) (round to nearest even), i < n.
 void batch_to_bf16(__nv_bfloat16* dst, const float* src, size_t n, cudaStream_t stream);

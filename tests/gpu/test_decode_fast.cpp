@@ -36,7 +36,10 @@
 //     same bits alone as in a batch.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
+#include <cctype>
+#include <string>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -618,6 +621,89 @@ TEST_P(BatchGpu, WidthsOfEveryPathCloseToTheCpuDecoder) {
       if (HasFailure()) return;
     }
     for (int b = 0; b < 3; ++b) EXPECT_GE(gpu->slides(b), 1) << "slot " << b;
+  }
+}
+
+// Whether the batch decoder's launches should overlap on this device with this build: compute
+// capability 9.0 or later, and the code the driver runs for it compiled for 9.0 or later (machine
+// code of the device's major version, else the newest PTX it can JIT-compile). -1 when the
+// build's list does not say (`native`, `all`).
+int expect_dependent_launches() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return -1;
+  const int cc = major * 10 + minor;
+  int sass = -1, ptx = -1;  // the best machine code and the best PTX for this device
+  std::string archs = SGPT_TEST_CUDA_ARCHS;
+  size_t b = 0;
+  while (b <= archs.size()) {
+    const size_t e = std::min(archs.find(',', b), archs.size());
+    const std::string a = archs.substr(b, e - b);
+    b = e + 1;
+    size_t digits = 0;
+    while (digits < a.size() && std::isdigit(static_cast<unsigned char>(a[digits]))) ++digits;
+    if (digits == 0) return -1;  // native, all, all-major
+    const int v = std::stoi(a.substr(0, digits));
+    const std::string suffix = a.substr(digits);
+    const bool has_sass = suffix != "-virtual", has_ptx = suffix != "-real";
+    if (has_sass && v / 10 == major && v <= cc) sass = std::max(sass, v);
+    if (has_ptx && v <= cc) ptx = std::max(ptx, v);
+  }
+  const int runs = sass >= 0 ? sass : ptx;
+  return major >= 9 && runs >= 90 ? 1 : 0;
+}
+
+// Dependent launches (programmatic dependent launch: each kernel loads its first weights while the
+// one before still runs) give the bits of plain launches, with and without graphs, over a prefill
+// of several row blocks, steps with a slot idle at times, and slides; and they are on where this
+// build and device allow them.
+TEST_P(BatchGpu, DependentLaunchesGiveThePlainLaunchesBits) {
+  SGPT_SKIP_WITHOUT_GPU();
+  const bool bf16 = GetParam();
+  const int expect = expect_dependent_launches();
+  std::printf("dependent launches: %s (expected: %s; built for %s)\n",
+              cuda::batch_dependent_launch_active() ? "on" : "off",
+              expect < 0 ? "unknown" : expect ? "on" : "off", SGPT_TEST_CUDA_ARCHS);
+  if (expect >= 0) ASSERT_EQ(cuda::batch_dependent_launch_active(), expect == 1);
+  for (const ModelConfig& c : {wider_config(), sgpt_test::model_config(4, 12, 768, 40, 900, 0, true, true)}) {
+    SeededRng rng(std::string(bf16 ? " bf16" : " fp32") + " C " + std::to_string(c.n_embd));
+    const std::vector<float> params = random_params(c, rng.seed);
+    for (bool graphs : {true, false}) {
+      auto dep = make_cuda_batch_decoder(c, 3, CudaBatchOptions{.bf16 = bf16, .graphs = graphs});
+      auto plain = make_cuda_batch_decoder(
+          c, 3, CudaBatchOptions{.bf16 = bf16, .graphs = graphs, .dependent_launches = false});
+      EXPECT_EQ(dep->name().find("dependent launches") != std::string::npos,
+                cuda::batch_dependent_launch_active())
+          << dep->name();
+      EXPECT_EQ(plain->name().find("dependent"), std::string::npos) << plain->name();
+      dep->set_params(params.data());
+      plain->set_params(params.data());
+      const std::string what = std::string(graphs ? "graphs" : "eager") + " C " + std::to_string(c.n_embd);
+      const int lens[3] = {13, 1, 30};
+      for (int s = 0; s < 3; ++s) {
+        const std::vector<int> prompt = rng.ints(lens[s], 0, c.vocab_size);
+        dep->start(s, prompt);
+        plain->start(s, prompt);
+        ASSERT_TRUE(same_bits(as_vec(dep->logits(s), c.vocab_size), as_vec(plain->logits(s), c.vocab_size)))
+            << what << " prefill of slot " << s;
+      }
+      const int steps = c.block_size + 9;
+      for (int i = 0; i < steps; ++i) {
+        std::vector<int> t = rng.ints(3, 0, c.vocab_size);
+        if (i % 6 == 4) t[0] = -1;  // slot 0 idle this step
+        dep->step(t);
+        plain->step(t);
+        for (int s = 0; s < 3; ++s) {
+          if (t[s] < 0) continue;
+          ASSERT_TRUE(same_bits(as_vec(dep->logits(s), c.vocab_size), as_vec(plain->logits(s), c.vocab_size)))
+              << what << " step " << i << " slot " << s;
+        }
+      }
+      EXPECT_GE(dep->slides(2), 1);
+      EXPECT_EQ(dep->name().find("capture failed"), std::string::npos) << dep->name();
+    }
   }
 }
 
