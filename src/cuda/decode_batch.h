@@ -34,8 +34,9 @@ struct CudaBatchOptions {
   bool graphs = true;  // replay each step from a CUDA graph (false: eager launches)
   // Hopper's programmatic dependent launch (cuda/decode_batch_ops.h): each kernel after the
   // embedding loads its first weights while the kernel before it still runs. The same bits; plain
-  // launches where the device or the build cannot.
-  bool dependent_launches = true;
+  // launches where the device or the build cannot. Off by default until it has been measured and
+  // tested on a GPU (docs/sampling.md); `bench sample --dependent-launches` turns it on.
+  bool dependent_launches = false;
 };
 
 // A GPU batch decoder of `slots` slots on the current device. std::runtime_error when CUDA fails.

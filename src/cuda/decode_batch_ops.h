@@ -19,8 +19,8 @@
 // caches or rows and write anything; every kernel here lets the next one start as soon as all its
 // blocks run. So the results are the same bits as with plain launches; the overlap hides the
 // launch and the weights' memory latency behind the kernel before. Only the batch decoder's
-// launch sequence asks for it (each launch there follows a kernel of this file, or one launched
-// plainly, which the wait also covers). Where the device or the compiled kernels cannot (below
+// launch sequence asks for it, when CudaBatchOptions::dependent_launches is set (each launch there
+// follows a kernel of this file, or one launched plainly, which the wait also covers). Where the device or the compiled kernels cannot (below
 // compute capability 9.0, or kernels compiled for an older architecture and JIT-compiled from
 // its PTX), launches are plain; batch_dependent_launch_active() says which.
 #pragma once

@@ -671,9 +671,9 @@ TEST_P(BatchGpu, DependentLaunchesGiveThePlainLaunchesBits) {
     SeededRng rng(std::string(bf16 ? " bf16" : " fp32") + " C " + std::to_string(c.n_embd));
     const std::vector<float> params = random_params(c, rng.seed);
     for (bool graphs : {true, false}) {
-      auto dep = make_cuda_batch_decoder(c, 3, CudaBatchOptions{.bf16 = bf16, .graphs = graphs});
-      auto plain = make_cuda_batch_decoder(
-          c, 3, CudaBatchOptions{.bf16 = bf16, .graphs = graphs, .dependent_launches = false});
+      auto dep = make_cuda_batch_decoder(
+          c, 3, CudaBatchOptions{.bf16 = bf16, .graphs = graphs, .dependent_launches = true});
+      auto plain = make_cuda_batch_decoder(c, 3, CudaBatchOptions{.bf16 = bf16, .graphs = graphs});
       EXPECT_EQ(dep->name().find("dependent launches") != std::string::npos,
                 cuda::batch_dependent_launch_active())
           << dep->name();
