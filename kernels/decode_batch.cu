@@ -59,8 +59,9 @@ constexpr int kBAttnVPre = 4;   // positions per warp whose values are loaded wi
 constexpr float kGeluScaleB = 0.7978845608028654f;  // sqrt(2/pi), as kernels/gelu.cu
 constexpr float kGeluCubicB = 0.044715f;
 
-// Whether this compilation has the dependent-launch instructions (the host reads it back through
-// dependent_launch_compiled_kernel's PTX version instead: kDependentLaunchPtx).
+// Whether this compilation has the dependent-launch instructions. The host cannot see the macro:
+// it compares the PTX version of a compiled kernel with kDependentLaunchPtx
+// (dependent_launch_works).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define SGPT_DEPENDENT_LAUNCH 1
 #endif
@@ -444,7 +445,11 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaS
     cfg.attrs = attr;
     cfg.numAttrs = 1;
   }
-  SGPT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // reported here, not again by the next launch check
+    SGPT_CUDA_CHECK(e);
+  }
 }
 
 }  // namespace

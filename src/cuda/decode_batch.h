@@ -33,7 +33,8 @@ struct CudaBatchOptions {
   bool bf16 = false;   // weights and KV cache in bf16
   bool graphs = true;  // replay each step from a CUDA graph (false: eager launches)
   // Hopper's programmatic dependent launch (cuda/decode_batch_ops.h): each kernel after the
-  // embedding loads its first weights while the kernel before it still runs. The same bits; plain
+  // embedding starts while the kernel before it still runs (a Linear loads its first weights,
+  // then waits for that kernel; attention only waits). The same bits; plain
   // launches where the device or the build cannot. Off by default until it has been measured and
   // tested on a GPU (docs/sampling.md); `bench sample --dependent-launches` turns it on.
   bool dependent_launches = false;

@@ -20,9 +20,11 @@
 // blocks run. So the results are the same bits as with plain launches; the overlap hides the
 // launch and the weights' memory latency behind the kernel before. Only the batch decoder's
 // launch sequence asks for it, when CudaBatchOptions::dependent_launches is set (each launch there
-// follows a kernel of this file, or one launched plainly, which the wait also covers). Where the device or the compiled kernels cannot (below
-// compute capability 9.0, or kernels compiled for an older architecture and JIT-compiled from
-// its PTX), launches are plain; batch_dependent_launch_active() says which.
+// follows a kernel of this file, or one launched plainly, which the wait also covers). Where the
+// device or the compiled kernels cannot (below compute capability 9.0, or kernels compiled for an
+// older architecture and JIT-compiled from its PTX), launches are plain;
+// batch_dependent_launch_active() says which. Every block of these kernels reaches the wait
+// before it may return: an early return above it would let the next kernel run ahead.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>

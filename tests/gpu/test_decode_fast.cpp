@@ -54,6 +54,7 @@
 #include "model/gpt2.h"
 #include "sample/batch.h"
 #include "sample/sampling.h"
+#include "slow_copy.h"
 #include "test_kernels_util.h"
 #include "test_model.h"
 
@@ -385,6 +386,86 @@ TEST(BatchKernels, LinearEqualsItsArithmeticBitForBit) {
   }
 }
 
+// A dependent launch of batch_linear (with and without its LayerNorm; 16-byte and scalar weight
+// loads) and of batch_attention reads its input only after the kernel before it has written it:
+// that kernel (slow_copy) lets them start at once and writes their input some 100 us later, after
+// the input was poisoned. Their outputs equal plain launches' on the finished input, bit for bit.
+// Where dependent launches are not active (batch_dependent_launch_active()) this runs plain launches.
+template <class W>
+void check_dependent_waits(SeededRng& rng, cudaStream_t s, int K, int ln) {
+  const std::string what = std::string(std::is_same_v<W, float> ? "fp32" : "bf16") + " K " +
+                           std::to_string(K) + " layernorm " + std::to_string(ln);
+  const int n = 3, OC = 2 * K + 5;
+  constexpr long long kSpin = 200000;  // clock cycles: about 100 us
+  const std::vector<float> x = rng.normal(size_t(n) * K, 1.0f, 0.3f);
+  const std::vector<float> wf = as_stored<W>(rng.normal(size_t(OC) * K, 0.1f));
+  const std::vector<float> bias = rng.normal(OC, 0.5f), res = rng.normal(size_t(n) * OC, 1.0f);
+  const std::vector<float> lnw = rng.normal(K, 0.2f, 1.0f), lnb = rng.normal(K, 0.2f);
+  const DeviceBuffer<float> src = to_device<float>(x), dbias = to_device<float>(bias);
+  const DeviceBuffer<float> dres = to_device<float>(res), dlnw = to_device<float>(lnw);
+  const DeviceBuffer<float> dlnb = to_device<float>(lnb);
+  const DeviceBuffer<W> dw = to_device<W>(wf);
+  DeviceBuffer<float> in(size_t(n) * K), want(size_t(n) * OC), got(size_t(n) * OC);
+  DeviceBuffer<float> ln_out(size_t(n) * K), mean(n), rstd(n);
+  cuda::LinearPrologue pro;
+  if (ln) {
+    pro.ln_weight = dlnw.get();
+    pro.ln_bias = dlnb.get();
+    pro.ln_out = ln_out.get();
+    pro.mean = mean.get();
+    pro.rstd = rstd.get();
+  }
+  cuda::LinearEpilogue<W> ep;
+  ep.bias = dbias.get();
+  ep.residual = dres.get();
+  cuda::batch_linear<W>(want.get(), src.get(), dw.get(), n, K, OC, pro, ep, s);
+  poison(in);
+  poison(got);
+  SGPT_CUDA_CHECK(cudaDeviceSynchronize());
+  slow_copy(in.get(), src.get(), size_t(n) * K, kSpin, s);
+  cuda::batch_linear<W>(got.get(), in.get(), dw.get(), n, K, OC, pro, ep, s, /*dependent=*/true);
+  SGPT_CUDA_CHECK(cudaStreamSynchronize(s));
+  ASSERT_TRUE(same_bits(to_host(got), to_host(want))) << what << ": dependent Linear";
+
+  // Attention over a cache of T positions, its queries written by the slow copy.
+  const int NH = 4, C = 4 * 16, T = 40;
+  const std::vector<float> kc = as_stored<W>(rng.normal(size_t(T) * C, 1.0f));
+  const std::vector<float> vc = as_stored<W>(rng.normal(size_t(T) * C, 1.0f));
+  const std::vector<float> qkv = rng.normal(size_t(n) * 3 * C, 1.0f);
+  const std::vector<int> pos{0, 17, T - 1}, slot{0, 0, 0};
+  const DeviceBuffer<W> dk = to_device<W>(kc), dv = to_device<W>(vc);
+  const DeviceBuffer<float> qsrc = to_device<float>(qkv);
+  const DeviceBuffer<int> dslot = to_device_int(slot), dpos = to_device_int(pos);
+  DeviceBuffer<float> q(qkv.size()), awant(size_t(n) * C), agot(size_t(n) * C);
+  cuda::batch_attention<W>(awant.get(), qsrc.get(), dk.get(), dv.get(), dslot.get(), dpos.get(),
+                           size_t(T) * C, n, C, NH, 0.25f, T, s);
+  poison(q);
+  poison(agot);
+  SGPT_CUDA_CHECK(cudaDeviceSynchronize());
+  slow_copy(q.get(), qsrc.get(), qkv.size(), kSpin, s);
+  cuda::batch_attention<W>(agot.get(), q.get(), dk.get(), dv.get(), dslot.get(), dpos.get(),
+                           size_t(T) * C, n, C, NH, 0.25f, T, s, /*dependent=*/true);
+  SGPT_CUDA_CHECK(cudaStreamSynchronize(s));
+  ASSERT_TRUE(same_bits(to_host(agot), to_host(awant))) << what << ": dependent attention";
+}
+
+TEST(BatchKernels, DependentLaunchesWaitForTheKernelBefore) {
+  SGPT_SKIP_WITHOUT_GPU();
+  std::printf("dependent launches: %s\n", cuda::batch_dependent_launch_active() ? "on" : "off");
+  SeededRng rng;
+  cudaStream_t s = nullptr;
+  SGPT_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (int K : {768, 84}) {
+    for (int ln : {0, 1}) {
+      check_dependent_waits<float>(rng, s, K, ln);
+      check_dependent_waits<bf16>(rng, s, K, ln);
+      if (HasFatalFailure()) break;
+    }
+    if (HasFatalFailure()) break;
+  }
+  SGPT_CUDA_CHECK(cudaStreamDestroy(s));
+}
+
 // ---- the batch decoder's attention ----
 
 // batch_attention against a double-precision softmax(q . k * scale) @ v over the cached positions
@@ -642,11 +723,15 @@ int expect_dependent_launches() {
     const size_t e = std::min(archs.find(',', b), archs.size());
     const std::string a = archs.substr(b, e - b);
     b = e + 1;
+    if (a == "native") return major >= 9 ? 1 : 0;  // this GPU's own architecture
     size_t digits = 0;
     while (digits < a.size() && std::isdigit(static_cast<unsigned char>(a[digits]))) ++digits;
-    if (digits == 0) return -1;  // native, all, all-major
+    if (digits == 0) return -1;  // all, all-major
     const int v = std::stoi(a.substr(0, digits));
-    const std::string suffix = a.substr(digits);
+    std::string suffix = a.substr(digits);
+    const bool specific = !suffix.empty() && suffix[0] == 'a';  // 90a: that GPU alone
+    if (!suffix.empty() && (suffix[0] == 'a' || suffix[0] == 'f')) suffix.erase(0, 1);
+    if (specific && v != cc) continue;
     const bool has_sass = suffix != "-virtual", has_ptx = suffix != "-real";
     if (has_sass && v / 10 == major && v <= cc) sass = std::max(sass, v);
     if (has_ptx && v <= cc) ptx = std::max(ptx, v);
@@ -667,7 +752,10 @@ TEST_P(BatchGpu, DependentLaunchesGiveThePlainLaunchesBits) {
               cuda::batch_dependent_launch_active() ? "on" : "off",
               expect < 0 ? "unknown" : expect ? "on" : "off", SGPT_TEST_CUDA_ARCHS);
   if (expect >= 0) ASSERT_EQ(cuda::batch_dependent_launch_active(), expect == 1);
-  for (const ModelConfig& c : {wider_config(), sgpt_test::model_config(4, 12, 768, 40, 900, 0, true, true)}) {
+  // C = 128 (LayerNorms inside the Linears), 768 (the 124M width, 3072-wide fc projection) and 90
+  // (layernorm_forward before each Linear, scalar loads, odd head size).
+  for (const ModelConfig& c : {wider_config(), sgpt_test::model_config(4, 12, 768, 40, 900, 0, true, true),
+                               sgpt_test::model_config(2, 2, 90, 24, 300, 0, true, true)}) {
     SeededRng rng(std::string(bf16 ? " bf16" : " fp32") + " C " + std::to_string(c.n_embd));
     const std::vector<float> params = random_params(c, rng.seed);
     for (bool graphs : {true, false}) {
