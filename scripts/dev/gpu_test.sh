@@ -8,7 +8,10 @@
 #                              GPU host) and gpu-pack/slim.tar.xz (without the test binaries).
 #                              NCCL, cuBLAS, cuDNN and MPI are not packed: the GPU host's own are
 #                              used. Configure $BUILD_DIR with -DSGPT_LIBARCHIVE=OFF for a pack
-#                              without libarchive and ICU.
+#                              without libarchive and ICU. $SGPT_PACK_ARCHS (default 90) sets the
+#                              CUDA architectures: 80-virtual for the JIT fallback check (compute_80
+#                              PTX alone; docs/gpu.md, "Which GPUs"), e.g.
+#                              BUILD_DIR=build-ptx80 SGPT_PACK_ARCHS=80-virtual SGPT_PACK_DIR=gpu-pack-ptx80
 #   scripts/dev/gpu_test.sh run    on the GPU host, in a checkout holding gpu-pack/ (unpacked from
 #                              gpu-pack/gpu.tar.xz if gpu-pack/gpu is absent; scripts/dev/gpu_env.sh):
 #                              all GPU tests, the PyTorch check (scripts/dev/check_torch.sh, when
@@ -27,7 +30,7 @@ case "$mode" in
 pack)
   set -e
   b=${BUILD_DIR:-build-gpu}
-  cmake -S . -B "$b" -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
+  cmake -S . -B "$b" -DCMAKE_CUDA_ARCHITECTURES="${SGPT_PACK_ARCHS:-90}" >/dev/null
   cmake --build "$b" -j"$(nproc)" --target gpu_tests cpu_tests sophiagpt sophiagpt_faults sophiagpt_mpi
   p=${SGPT_PACK_DIR:-gpu-pack}
   rm -rf "$p/gpu" "$p"/gpu.tar.* "$p/slim.tar.xz" && mkdir -p "$p/gpu/lib"
