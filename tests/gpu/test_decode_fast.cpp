@@ -318,34 +318,50 @@ std::vector<float> linear_ref(const std::vector<float>& in, const std::vector<fl
 // chunked loads, the columns a warp loops over (OC beyond what the device holds at once) and the
 // rows of several blocks (n = 11) change nothing; and the LayerNorm it computes is the one
 // layernorm_forward writes.
+// A Linear's random operands on the host and the device: n rows of K inputs, OC columns of
+// weights as stored in W, a bias, a residual, LayerNorm parameters; the prologue (ln: 0 none, 1 a
+// LayerNorm with its bias, 2 without) and the epilogue (bias and residual) that read them.
+template <class W>
+struct LinearCase {
+  int K, n, OC;
+  std::vector<float> x, wf, bias, res, lnw, lnb;
+  DeviceBuffer<float> dx, dbias, dres, dlnw, dlnb;
+  DeviceBuffer<W> dw;
+  DeviceBuffer<float> ln_out, mean, rstd;
+  cuda::LinearPrologue pro;
+  cuda::LinearEpilogue<W> ep;
+
+  LinearCase(SeededRng& rng, int K_, int n_, int OC_, int ln)
+      : K(K_), n(n_), OC(OC_), x(rng.normal(size_t(n) * K, 1.0f, 0.3f)),
+        wf(as_stored<W>(rng.normal(size_t(OC) * K, 0.1f))), bias(rng.normal(OC, 0.5f)),
+        res(rng.normal(size_t(n) * OC, 1.0f)), lnw(rng.normal(K, 0.2f, 1.0f)), lnb(rng.normal(K, 0.2f)),
+        dx(to_device<float>(x)), dbias(to_device<float>(bias)), dres(to_device<float>(res)),
+        dlnw(to_device<float>(lnw)), dlnb(to_device<float>(lnb)), dw(to_device<W>(wf)),
+        ln_out(size_t(n) * K), mean(n), rstd(n) {
+    if (ln > 0) {
+      pro.ln_weight = dlnw.get();
+      pro.ln_bias = ln == 1 ? dlnb.get() : nullptr;
+      pro.ln_out = ln_out.get();
+      pro.mean = mean.get();
+      pro.rstd = rstd.get();
+    }
+    ep.bias = dbias.get();
+    ep.residual = dres.get();
+  }
+};
+
 template <class W>
 void check_linear_bits(SeededRng& rng, int K, int n, int OC, int ln) {
   const std::string what = std::string(std::is_same_v<W, float> ? "fp32" : "bf16") + " K " +
                            std::to_string(K) + " n " + std::to_string(n) + " OC " +
                            std::to_string(OC) + " layernorm " + std::to_string(ln);
-  const std::vector<float> x = rng.normal(size_t(n) * K, 1.0f, 0.3f);
-  const std::vector<float> wf = as_stored<W>(rng.normal(size_t(OC) * K, 0.1f));
-  const std::vector<float> bias = rng.normal(OC, 0.5f);
-  const std::vector<float> res = rng.normal(size_t(n) * OC, 1.0f);
-  const std::vector<float> lnw = rng.normal(K, 0.2f, 1.0f), lnb = rng.normal(K, 0.2f);
-  const DeviceBuffer<float> dx = to_device<float>(x), dbias = to_device<float>(bias);
-  const DeviceBuffer<float> dres = to_device<float>(res), dlnw = to_device<float>(lnw);
-  const DeviceBuffer<float> dlnb = to_device<float>(lnb);
-  const DeviceBuffer<W> dw = to_device<W>(wf);
-  DeviceBuffer<float> out(size_t(n) * OC), ln_out(size_t(n) * K), mean(n), rstd(n);
+  LinearCase<W> c(rng, K, n, OC, ln);
+  const std::vector<float>& x = c.x;
+  const std::vector<float>& lnw = c.lnw;
+  const std::vector<float>& lnb = c.lnb;
+  DeviceBuffer<float> out(size_t(n) * OC);
   poison(out);
-  cuda::LinearPrologue pro;
-  if (ln > 0) {
-    pro.ln_weight = dlnw.get();
-    pro.ln_bias = ln == 1 ? dlnb.get() : nullptr;
-    pro.ln_out = ln_out.get();
-    pro.mean = mean.get();
-    pro.rstd = rstd.get();
-  }
-  cuda::LinearEpilogue<W> ep;
-  ep.bias = dbias.get();
-  ep.residual = dres.get();
-  cuda::batch_linear<W>(out.get(), dx.get(), dw.get(), n, K, OC, pro, ep, nullptr);
+  cuda::batch_linear<W>(out.get(), c.dx.get(), c.dw.get(), n, K, OC, c.pro, c.ep, nullptr);
   std::vector<float> in = x;
   if (ln > 0) {
     for (int r = 0; r < n; ++r) {
@@ -355,12 +371,12 @@ void check_linear_bits(SeededRng& rng, int K, int n, int OC, int ln) {
     }
     // The reference LayerNorm is layernorm_forward's, bit for bit.
     DeviceBuffer<float> sep(size_t(n) * K);
-    cuda::layernorm_forward<float>(sep.get(), mean.get(), rstd.get(), dx.get(), dlnw.get(), pro.ln_bias, n, K,
-                                   nullptr);
+    cuda::layernorm_forward<float>(sep.get(), c.mean.get(), c.rstd.get(), c.dx.get(), c.dlnw.get(),
+                                   c.pro.ln_bias, n, K, nullptr);
     ASSERT_TRUE(same_bits(to_host(sep), in)) << what << ": layernorm_forward vs its reference";
   }
   const int vec = K % (16 / int(sizeof(W))) == 0 ? 16 / int(sizeof(W)) : 1;
-  ASSERT_TRUE(same_bits(to_host(out), linear_ref(in, wf, n, K, OC, vec, bias, res))) << what;
+  ASSERT_TRUE(same_bits(to_host(out), linear_ref(in, c.wf, n, K, OC, vec, c.bias, c.res))) << what;
 }
 
 TEST(BatchKernels, LinearEqualsItsArithmeticBitForBit) {
@@ -397,33 +413,14 @@ void check_dependent_waits(SeededRng& rng, cudaStream_t s, int K, int ln) {
                            std::to_string(K) + " layernorm " + std::to_string(ln);
   const int n = 3, OC = 2 * K + 5;
   constexpr long long kSpin = 200000;  // clock cycles: about 100 us
-  const std::vector<float> x = rng.normal(size_t(n) * K, 1.0f, 0.3f);
-  const std::vector<float> wf = as_stored<W>(rng.normal(size_t(OC) * K, 0.1f));
-  const std::vector<float> bias = rng.normal(OC, 0.5f), res = rng.normal(size_t(n) * OC, 1.0f);
-  const std::vector<float> lnw = rng.normal(K, 0.2f, 1.0f), lnb = rng.normal(K, 0.2f);
-  const DeviceBuffer<float> src = to_device<float>(x), dbias = to_device<float>(bias);
-  const DeviceBuffer<float> dres = to_device<float>(res), dlnw = to_device<float>(lnw);
-  const DeviceBuffer<float> dlnb = to_device<float>(lnb);
-  const DeviceBuffer<W> dw = to_device<W>(wf);
+  const LinearCase<W> c(rng, K, n, OC, ln);
   DeviceBuffer<float> in(size_t(n) * K), want(size_t(n) * OC), got(size_t(n) * OC);
-  DeviceBuffer<float> ln_out(size_t(n) * K), mean(n), rstd(n);
-  cuda::LinearPrologue pro;
-  if (ln) {
-    pro.ln_weight = dlnw.get();
-    pro.ln_bias = dlnb.get();
-    pro.ln_out = ln_out.get();
-    pro.mean = mean.get();
-    pro.rstd = rstd.get();
-  }
-  cuda::LinearEpilogue<W> ep;
-  ep.bias = dbias.get();
-  ep.residual = dres.get();
-  cuda::batch_linear<W>(want.get(), src.get(), dw.get(), n, K, OC, pro, ep, s);
+  cuda::batch_linear<W>(want.get(), c.dx.get(), c.dw.get(), n, K, OC, c.pro, c.ep, s);
   poison(in);
   poison(got);
   SGPT_CUDA_CHECK(cudaDeviceSynchronize());
-  slow_copy(in.get(), src.get(), size_t(n) * K, kSpin, s);
-  cuda::batch_linear<W>(got.get(), in.get(), dw.get(), n, K, OC, pro, ep, s, /*dependent=*/true);
+  slow_copy(in.get(), c.dx.get(), size_t(n) * K, kSpin, s);
+  cuda::batch_linear<W>(got.get(), in.get(), c.dw.get(), n, K, OC, c.pro, c.ep, s, /*dependent=*/true);
   SGPT_CUDA_CHECK(cudaStreamSynchronize(s));
   ASSERT_TRUE(same_bits(to_host(got), to_host(want))) << what << ": dependent Linear";
 
