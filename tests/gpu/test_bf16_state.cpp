@@ -30,6 +30,7 @@
 #include "test_scratch.h"
 
 using namespace sgpt;
+using sgpt::test::same_bits;
 namespace fs = std::filesystem;
 
 namespace {
@@ -62,10 +63,6 @@ int64_t prepare(const Config& c, const TrainOptions& o) {
   const int64_t step = check_run_dir(o);
   write_run_dir(c, o, step);
   return step;
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 }  // namespace

@@ -91,10 +91,6 @@ std::vector<float> bf16_matrices(const ModelConfig& c, std::vector<float> p) {
 
 std::vector<float> as_vec(const float* l, int V) { return std::vector<float>(l, l + V); }
 
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
 // 2 layers of width 72 (3 heads), block 16, vocabulary 123; and a wider one with a longer block.
 ModelConfig small_config() { return sgpt_test::model_config(2, 3, 72, 16, 123, 0, true, true); }
 ModelConfig wider_config() { return sgpt_test::model_config(3, 4, 128, 64, 700, 768, false, true); }

@@ -202,6 +202,22 @@ size_t bits_differ(const std::vector<T>& a, const std::vector<T>& b) {
   return diff;
 }
 
+// Whether two vectors hold the same bits, element for element.
+template <class T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// Index of the first element whose bits differ; the shorter size where one vector is a prefix of
+// the other (so a.size() where they are equal).
+template <class T>
+size_t first_difference(const std::vector<T>& a, const std::vector<T>& b) {
+  const size_t n = std::min(a.size(), b.size());
+  for (size_t i = 0; i < n; ++i)
+    if (std::memcmp(&a[i], &b[i], sizeof(T)) != 0) return i;
+  return n;
+}
+
 // The small model of the whole-backend comparisons (recompute, graphs): 3 layers, block 40,
 // vocabulary 97 (padded to 128), biases.
 inline ModelConfig odd_backend_config(int n_embd, int n_head) {

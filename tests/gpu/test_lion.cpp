@@ -21,18 +21,10 @@
 using namespace sgpt;
 using bf16 = __nv_bfloat16;
 using sgpt::cuda::DeviceBuffer;
+using sgpt::test::first_difference;
+using sgpt::test::same_bits;
 
 namespace {
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-size_t first_difference(const std::vector<float>& a, const std::vector<float>& b) {
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) return i;
-  return a.size();
-}
 
 // Runs Lion on n elements with global base `base`: fp32 gradient; weights none (fp32) or bf16.
 void check(size_t n, size_t base, bool bf16_weights, uint64_t seed) {

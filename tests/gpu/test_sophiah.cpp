@@ -65,15 +65,6 @@
 namespace sgpt::test {
 namespace {
 
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-size_t first_difference(const std::vector<float>& a, const std::vector<float>& b) {
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
-    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) return i;
-  return std::min(a.size(), b.size());
-}
-
 double normwise(const float* a, const float* ref, size_t n) {
   double num = 0, den = 0;
   for (size_t i = 0; i < n; ++i) {
