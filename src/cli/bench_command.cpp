@@ -145,9 +145,10 @@ void add_bench_commands(CLI::App& app) {
       ->capture_default_str();
   sample->add_option("--reps", sa->reps, "Timed runs per row (the median is reported)")->capture_default_str();
   sample->add_flag("!--no-baseline", sa->baseline, "Skip the eager row (the path before graphs)");
-  sample->add_flag("--dependent-launches", sa->dependent_launches,
-                   "The batch decoder with programmatic dependent launches (Hopper and later: each "
-                   "kernel starts loading its weights while the one before still runs)");
+  sample->add_flag("!--plain-launches", sa->dependent_launches,
+                   "The batch decoder without programmatic dependent launches (by default, on "
+                   "Hopper and later, each kernel starts loading its weights while the one before "
+                   "still runs)");
   sample->callback([sa] {
     if (!cuda_built()) no_cuda();
     bench_sample(*sa);

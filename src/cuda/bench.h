@@ -50,7 +50,7 @@ struct SampleBenchOptions {
   int top_k = 40;       // sampling cut (0: none: every logit to the host)
   int reps = 3;         // timed runs per row after one untimed run (the median is reported)
   bool baseline = true; // also the GPU decoder without graphs, sampling from host logits (the path before graphs)
-  bool dependent_launches = false;  // the batch decoder's (CudaBatchOptions); false: plain launches
+  bool dependent_launches = true;  // the batch decoder's (CudaBatchOptions); false: plain launches
 };
 
 // `bench optimizer`, `bench train` and `bench sample`: run the benchmark and print its tables on

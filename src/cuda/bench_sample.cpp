@@ -8,7 +8,7 @@
 //                        graph, the top candidates selected on the device;
 //   batch fp32|bf16 xN   the batch decoder (cuda/decode_batch.h) with N sequences; ", dependent"
 //                        when its launches overlap (programmatic dependent launch, where the GPU
-//                        and the build allow it, with --dependent-launches).
+//                        and the build allow it, unless --plain-launches).
 // Each sequence: a random prompt of --prompt tokens, then --tokens tokens (top-k --top-k, seed i
 // for sequence i); the time covers the whole generation, prefill included, as `sample` reports it.
 // tokens/s = sequences x --tokens / time, the median of --reps runs after an untimed one.

@@ -754,7 +754,8 @@ TEST_P(BatchGpu, DependentLaunchesGiveThePlainLaunchesBits) {
     for (bool graphs : {true, false}) {
       auto dep = make_cuda_batch_decoder(
           c, 3, CudaBatchOptions{.bf16 = bf16, .graphs = graphs, .dependent_launches = true});
-      auto plain = make_cuda_batch_decoder(c, 3, CudaBatchOptions{.bf16 = bf16, .graphs = graphs});
+      auto plain = make_cuda_batch_decoder(
+          c, 3, CudaBatchOptions{.bf16 = bf16, .graphs = graphs, .dependent_launches = false});
       EXPECT_EQ(dep->name().find("dependent launches") != std::string::npos,
                 cuda::batch_dependent_launch_active())
           << dep->name();
