@@ -5,9 +5,10 @@
 #       Checks the corpora (SHA256SUMS in CORPUS_DIR) and tokenizes ELTeC-eng and ECCO-TCP parts 0
 #       and 4 into data/shards/study/{train,val}_*.bin with a fixed held-out validation split (3% of
 #       the documents, seed 1337). CORPUS_DIR defaults to data/cache/corpora.
-#   scripts/study.sh run PLAN [--gpus N] [--per-gpu M] [--runs DIR] [--deadline SECONDS]
+#   scripts/study.sh run PLAN [--gpus N] [--per-gpu M] [--runs DIR] [--deadline SECONDS] [--kept KDIR]...
 #       Runs every line of PLAN (configs/study/*.plan: `NAME CONFIG [key=value ...]`) that is not
-#       complete yet, M runs per GPU at a time (default 1; small models leave a GPU mostly idle, and
+#       complete yet (DIR/NAME/done, or KDIR/NAME/done for a --kept folder: the finished runs kept
+#       in docs/study/runs*, so that a fresh host does not run them again), M runs per GPU at a time (default 1; small models leave a GPU mostly idle, and
 #       runs sharing a GPU give the same bits as alone, docs/study.md), N GPUs (default: the GPUs
 #       nvidia-smi lists, 1 without it). Runs left unfinished (the deadline: SIGTERM, the trainer writes a checkpoint) resume
 #       from their newest checkpoint the next time. Run directories: DIR/NAME (default runs/study).
@@ -111,12 +112,15 @@ NGPU=$(sgpt_gpu_count)
 ((NGPU > 0)) || NGPU=1
 DEADLINE=0
 PER_GPU=1
+KEPT=()
 while (($#)); do
   case "$1" in
     --gpus) NGPU=$2; shift ;;
     --per-gpu) PER_GPU=$2; shift ;;
     --runs) RUNS=$2; shift ;;
     --deadline) DEADLINE=$2; shift ;;
+    --kept) [[ -d ${2:-} ]] || { echo "study.sh: --kept: no folder '${2:-}'" >&2; exit 2; }
+            KEPT+=("$2"); shift ;;
     *) echo "study.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -125,8 +129,14 @@ done
 mkdir -p "$RUNS"
 START=$SECONDS
 
-# complete NAME: the run wrote its final record (a checkpoint at max_steps).
-complete() { [[ -f $RUNS/$1/done ]]; }
+# complete NAME: the run wrote its final record (a checkpoint at max_steps), here or in a --kept
+# folder.
+complete() {
+  [[ -f $RUNS/$1/done ]] && return 0
+  local k
+  for k in "${KEPT[@]}"; do [[ -f $k/$1/done ]] && return 0; done
+  return 1
+}
 
 run_one() {  # GPU NAME CONFIG [key=value ...]
   local gpu=$1 name=$2 config=$3; shift 3
@@ -156,7 +166,7 @@ queue() {  # SLOT: runs lines i with i % (NGPU * PER_GPU) == SLOT, on GPU SLOT %
     if ((i++ % (NGPU * PER_GPU) == slot)); then
       # shellcheck disable=SC2086
       set -- $line
-      complete "$1" && continue
+      complete "$1" && { echo "[gpu $gpu] $1: complete"; continue; }
       ((DEADLINE > 0 && SECONDS - START > DEADLINE)) && { echo "[gpu $gpu] $1: not started (deadline)"; continue; }
       run_one "$gpu" "$@"
     fi

@@ -537,5 +537,59 @@ class NcuSummary(unittest.TestCase):
             self.assertEqual(r.returncode, 2, args)
 
 
+class StudyRunSkipsKeptRuns(unittest.TestCase):
+    """`study.sh run PLAN --kept DIR` starts only the plan's runs finished neither in --runs nor in
+    DIR (a fresh host has an empty --runs folder; the finished runs are kept in docs/study/runs*)."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp)
+        self.log = os.path.join(self.tmp, "calls.txt")
+        self.exe = os.path.join(self.tmp, "fake_sophiagpt")
+        with open(self.exe, "w") as f:  # records the run folder it was given, finishes at once
+            f.write('#!/usr/bin/env bash\nwhile (($#)); do [[ $1 == --out-dir ]] && { mkdir -p "$2"; '
+                    'echo "$2" >>"%s"; }; shift; done\n' % self.log)
+        os.chmod(self.exe, 0o755)
+        self.plan = os.path.join(self.tmp, "p.plan")
+        with open(self.plan, "w") as f:
+            f.write("# comment\nrun_a cfg.json x=1\nrun_b cfg.json\nrun_c cfg.json\n")
+        self.kept = os.path.join(self.tmp, "kept")
+        self.runs = os.path.join(self.tmp, "runs")
+        os.makedirs(os.path.join(self.kept, "run_a"))
+        open(os.path.join(self.kept, "run_a", "done"), "w").close()
+        os.makedirs(os.path.join(self.kept, "run_b"))  # kept but unfinished: runs again
+
+    def study(self, *extra):
+        env = dict(os.environ, SOPHIAGPT=self.exe)
+        return subprocess.run(["bash", STUDY_SH, "run", self.plan, "--gpus", "1", "--runs", self.runs,
+                               *extra], capture_output=True, text=True, env=env)
+
+    def calls(self):
+        if not os.path.exists(self.log):
+            return []
+        with open(self.log) as f:
+            return [os.path.basename(l.strip()) for l in f]
+
+    def test_kept_runs_are_not_run_again(self):
+        r = self.study("--kept", self.kept)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.calls(), ["run_b", "run_c"])
+        self.assertIn("run_a: complete", r.stdout)
+        # A second pass finds all three complete (two here, one kept) and starts nothing.
+        r = self.study("--kept", self.kept)
+        self.assertEqual(self.calls(), ["run_b", "run_c"])
+
+    def test_without_kept_every_run_starts(self):
+        r = self.study()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.calls(), ["run_a", "run_b", "run_c"])
+
+    def test_a_missing_kept_folder_is_named(self):
+        r = self.study("--kept", os.path.join(self.tmp, "nope"))
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--kept: no folder", r.stderr)
+        self.assertEqual(self.calls(), [])
+
+
 if __name__ == "__main__":
     unittest.main()
