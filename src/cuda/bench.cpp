@@ -548,6 +548,7 @@ void run_train_bench(const TrainBenchOptions& opts) {
   for (const auto& head : o.lm_heads)
     if (head != "bf16" && head != "fp8")
       throw UserError("bench train: unknown --lm-head '" + head + "' (bf16, fp8)");
+  // Every (lm head, attention) pair runs every optimizer configuration.
   for (const auto& head : o.lm_heads)
   for (const auto& a : o.attentions) {
     if (a != "auto" && a != "own" && a != "cudnn")

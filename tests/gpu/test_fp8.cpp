@@ -1,4 +1,5 @@
 // The FP8 lm head (config key lm_head_precision "fp8"; kernels/fp8.cu, kernels/matmul.cu):
+//   - the host rounding of kernels/fp8.cuh against hand-worked E4M3 values (no GPU needed);
 //   - the quantization kernel's bytes equal the host rounding of kernels/fp8.cuh, which is
 //     written from the E4M3 format's definition (the kernel uses CUDA's own conversion), and its
 //     amax and descale are the host's exactly;
@@ -61,6 +62,44 @@ DeviceQuant device_quantize(const DeviceBuffer<bf16>& x, size_t n) {
   DeviceQuant d{hs[0], hs[1], q.download()};
   d.q.resize(n);
   return d;
+}
+
+// The host rounding against values worked out by hand from the format (bias 7, 3 mantissa bits):
+// runs without a GPU.
+TEST(Fp8, HostRoundingOfTheFormat) {
+  struct Case {
+    float x;
+    uint8_t bits;
+    float value;
+  };
+  const Case cases[] = {
+      {0.0f, 0x00, 0.0f},           {-0.0f, 0x80, -0.0f},
+      {1.0f, 0x38, 1.0f},           // exponent 7 (2^0), mantissa 0
+      {-1.0f, 0xB8, -1.0f},         {1.0625f, 0x38, 1.0f},  // halfway 1 / 1.125: to even (1)
+      {1.1875f, 0x3A, 1.25f},       // halfway 1.125 / 1.25: to even (1.25, mantissa 2)
+      {1.2f, 0x3A, 1.25f},          {232.0f, 0x76, 224.0f},  // halfway 224 / 240: to even (224)
+      {240.0f, 0x77, 240.0f},       {416.0f, 0x7D, 416.0f},
+      {432.0f, 0x7E, 448.0f},       // halfway 416 / 448: to even (448, mantissa 6)
+      {448.0f, 0x7E, 448.0f},       // the largest finite value
+      {449.0f, 0x7E, 448.0f},       {1e6f, 0x7E, 448.0f},    // saturate
+      {-1e6f, 0xFE, -448.0f},       {INFINITY, 0x7E, 448.0f},
+      {0.015625f, 0x08, 0.015625f},  // 2^-6, the smallest normal
+      {0.001953125f, 0x01, 0.001953125f},  // 2^-9, the smallest subnormal
+      {0.0029296875f, 0x02, 0.00390625f},  // 1.5 x 2^-9: to even (2 x 2^-9)
+      {0.0009765625f, 0x00, 0.0f},          // 0.5 x 2^-9: to even (0)
+      {0.0146484375f, 0x08, 0.015625f},     // 7.5 x 2^-9: to even (8 x 2^-9 = 2^-6)
+      {1e-10f, 0x00, 0.0f},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(cuda::e4m3_bits(c.x), c.bits) << c.x;
+    const float v = cuda::e4m3_value(c.bits);
+    EXPECT_TRUE(v == c.value && std::signbit(v) == std::signbit(c.value)) << c.x << " -> " << v;
+  }
+  EXPECT_EQ(cuda::e4m3_bits(NAN), 0x7F);
+  EXPECT_TRUE(std::isnan(cuda::e4m3_value(0x7F)) && std::isnan(cuda::e4m3_value(0xFF)));
+  // Every finite encoding decodes to a value that encodes back to it.
+  for (int c = 0; c < 256; ++c)
+    if ((c & 0x7F) != 0x7F) EXPECT_EQ(cuda::e4m3_bits(cuda::e4m3_value(uint8_t(c))), c) << c;
 }
 
 TEST(Fp8, QuantizationEqualsTheHostRounding) {
