@@ -48,6 +48,7 @@ enum class GeluEpilogue { kNone, kGeluAux, kDGelu };
 namespace {
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+constexpr int kFp8Key = -8;  // the data-type field of an FP8 product's algorithm key
 
 template <class T>
 constexpr cudaDataType_t cuda_type() {
@@ -131,6 +132,54 @@ struct MatmulContext::Impl {
       it = algos.emplace(key, result.algo).first;
     }
     const float alpha = 1.0f;
+    SGPT_CUBLAS_CHECK(cublasLtMatmul(handle, op, &alpha, A, la, B, lb, &beta, D, ld, D, ld,
+                                     &it->second, workspace, kWorkspaceBytes, stream));
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(ld);
+    cublasLtMatmulDescDestroy(op);
+  }
+
+  // D (m x n bf16, ldd) = a_descale * b_descale * (op_T(A: k x m E4M3, lda) @ (B: k x n E4M3,
+  // ldb)), column-major, fp32 accumulation; the descales are device pointers. The layout FP8
+  // GEMMs take: A transposed, B not (both operands contiguous along k).
+  void matmul_fp8(bf16* D, const uint8_t* A, const uint8_t* B, const float* a_descale,
+                  const float* b_descale, int m, int n, int k, int lda, int ldb, int ldd,
+                  cudaStream_t stream) {
+    cublasLtMatmulDesc_t op;
+    SGPT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_descale, sizeof(a_descale)));
+    SGPT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_descale, sizeof(b_descale)));
+    cublasLtMatrixLayout_t la, lb, ld;
+    SGPT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, k, m, lda));
+    SGPT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, k, n, ldb));
+    SGPT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, m, n, ldd));
+    const uint32_t al_a = alignment_of(A), al_b = alignment_of(B), al_d = alignment_of(D);
+    const Key key{m, n, k, lda, ldb, ldd, true, false, kFp8Key, false, false, al_a, al_b, al_d, 256, 0, 256};
+    auto it = algos.find(key);
+    if (it == algos.end()) {
+      cublasLtMatmulPreference_t pref;
+      SGPT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+      const size_t ws = kWorkspaceBytes;
+      SGPT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+      SGPT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
+      SGPT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
+      SGPT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d)));
+      SGPT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
+      cublasLtMatmulHeuristicResult_t result{};
+      int found = 0;
+      SGPT_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle, op, la, lb, ld, ld, pref, 1, &result, &found));
+      cublasLtMatmulPreferenceDestroy(pref);
+      if (found == 0)
+        throw_error("cuBLASLt", "no FP8 algorithm for m=" + std::to_string(m) + " n=" +
+                        std::to_string(n) + " k=" + std::to_string(k),
+                    "cublasLtMatmulAlgoGetHeuristic", __FILE__, __LINE__);
+      it = algos.emplace(key, result.algo).first;
+    }
+    const float alpha = 1.0f, beta = 0.0f;
     SGPT_CUBLAS_CHECK(cublasLtMatmul(handle, op, &alpha, A, la, B, lb, &beta, D, ld, D, ld,
                                      &it->second, workspace, kWorkspaceBytes, stream));
     cublasLtMatrixLayoutDestroy(la);
@@ -223,6 +272,21 @@ void matmul_backward(MatmulContext& ctx, T* dinp, T* dweight, T* dbias, const T*
     column_sum_final<<<ceil_div(OC, 256), 256, 0, stream>>>(dbias, partial, chunks, OC);
     SGPT_LAUNCH_CHECK();
   }
+}
+
+bool fp8_matmul_usable() {
+  int dev = 0, major = 0, minor = 0;
+  SGPT_CUDA_CHECK(cudaGetDevice(&dev));
+  SGPT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  SGPT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  return major * 10 + minor >= 89;
+}
+
+void matmul_forward_fp8(MatmulContext& ctx, bf16* out, const uint8_t* inp, const uint8_t* weight,
+                        const float* inp_descale, const float* weight_descale, int N, int C,
+                        int OC, cudaStream_t stream) {
+  if (N == 0 || OC == 0) return;
+  ctx.impl().matmul_fp8(out, weight, inp, weight_descale, inp_descale, OC, N, C, C, C, OC, stream);
 }
 
 void matmul_forward_gelu(MatmulContext& ctx, bf16* out, bf16* pre, const bf16* inp,

@@ -137,6 +137,14 @@ class Backend {
   // The CPU backend has one implementation and ignores it.
   virtual void set_hvp_fused_attention(bool on) { (void)on; }
 
+  // The lm head's forward product in FP8 E4M3 (config key `lm_head_precision`, docs/config.md;
+  // cuda/gpt2_cuda.h says how). Set it before the first step. Throws std::invalid_argument with
+  // the reason where it cannot be used: the CPU backend, fp32, a GPU before compute capability
+  // 8.9, n_embd not a multiple of 16.
+  virtual void set_lm_head_fp8(bool on) {
+    if (on) throw std::invalid_argument("the FP8 lm head needs the GPU");
+  }
+
   // Activation recompute (config key `recompute`, docs/config.md): 0 keeps every activation for
   // the backward, 1 recomputes the GELU outputs in the backward, 2 also the LayerNorm outputs;
   // the results are bit-identical at every level. Set it before the first step (the GPU backend

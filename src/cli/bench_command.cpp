@@ -83,6 +83,12 @@ void add_bench_commands(CLI::App& app) {
                     "configuration; all interleaved)")
       ->delimiter(',')
       ->capture_default_str();
+  train->add_option("--lm-head", tr->lm_heads,
+                    "lm head precisions among bf16 and fp8 (config key `lm_head_precision`; each "
+                    "runs every optimizer configuration; all interleaved)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"bf16", "fp8"}))
+      ->capture_default_str();
   train->add_option("--hvp-attention", tr->hvp_attentions,
                     "Sophia-H's Hessian-vector product attention among fused (tensor-core "
                     "kernels, bf16 with head size 64) and materialized (fp32 T x T products); "

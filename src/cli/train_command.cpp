@@ -67,6 +67,11 @@ bool choose_gpu(Config& cfg, int local_rank = 0) {
     std::printf("note: precision %s needs the GPU; using fp32 on the CPU\n", cfg.precision.c_str());
     cfg.precision = "fp32";
   }
+  if (!use_gpu && cfg.lm_head_precision != "bf16") {
+    std::printf("note: lm_head_precision %s needs the GPU; the CPU's lm head is fp32\n",
+                cfg.lm_head_precision.c_str());
+    cfg.lm_head_precision = "bf16";
+  }
   return use_gpu;
 }
 

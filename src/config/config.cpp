@@ -251,6 +251,8 @@ void Config::validate(int world) const {
                                    ": name the HellaSwag JSONL (docs/eval.md)");
   if (!dist.init.empty() && dist.init.rfind("tcp://", 0) != 0 && dist.init.rfind("file://", 0) != 0)
     bad("dist.init", "must be \"tcp://HOST:PORT\", \"file:///path\" or empty, got \"" + dist.init + "\"");
+  if (lm_head_precision == "fp8" && precision != "bf16")
+    bad("lm_head_precision", "\"fp8\" needs precision \"bf16\"");
   if (attention == "cudnn" && precision != "bf16")
     bad("attention", "\"cudnn\" needs precision \"bf16\" (cuDNN's fused attention has no fp32 "
                      "mode); use \"auto\" or \"own\"");

@@ -108,6 +108,7 @@ struct Config {
   std::string attention = "auto";  // GPU attention: "auto" | "own" | "cudnn" (backend/backend.h)
   int recompute = 0;  // GPU activation recompute: 0 none, 1 GELU outputs, 2 also LayerNorm outputs
   bool cuda_graphs = false;  // GPU: replay each training micro-step from a CUDA graph
+  std::string lm_head_precision = "bf16";  // "bf16" | "fp8" (GPU, precision bf16, cc >= 8.9)
   // bf16 mode: gradients summed over micro-steps in "fp32" or in the "bf16" gradient buffer;
   // "auto": fp32 when a step has more than one micro-step per process (docs/decisions.md). fp32
   // precision: always fp32.

@@ -232,6 +232,13 @@ const std::vector<ConfigKey> kKeys = {
         "overlaps the backward) stay eager. A capture that fails turns it off with a warning naming the reason on stderr. "
         "Ignored on the CPU",
         kMay),
+    KEY(lm_head_precision, one_of({"bf16", "fp8"}),
+        "GPU, precision bf16: `\"fp8\"` runs the lm head's forward product (logits = lnf @ wte^T) in FP8 E4M3 "
+        "on the tensor cores, each operand scaled by 448 / its largest magnitude before every forward, fp32 "
+        "accumulation, bf16 logits; the backward stays bf16. It changes the numerics (docs/gpu.md, \"The FP8 "
+        "lm head\"), so it is off by default. Needs compute capability 8.9 or later (Ada, Hopper, Blackwell) "
+        "and n_embd a multiple of 16. With `device: auto` and no GPU it falls back, like `precision`, to the CPU's fp32",
+        kMay),
     KEY(grad_accum_precision, one_of({"auto", "fp32", "bf16"}),
         "bf16 only: where gradients are summed over micro-steps: `\"fp32\"` (each micro-step's bf16 gradient "
         "added into an fp32 buffer, as PyTorch autocast with fp32 parameters does; +4 bytes per parameter) or "

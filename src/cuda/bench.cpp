@@ -308,6 +308,7 @@ struct TrainBenchConfig {
   std::string name;
   std::string optimizer = "adamw";
   std::string attention = "auto";
+  std::string lm_head = "bf16";  // "bf16" | "fp8" (config key lm_head_precision)
   double fraction = 1.0;
   bool hvp_fused = true;  // Sophia-H: the fused attention of the Hessian-vector product
   int64_t step = 0;  // its own step counter: a GNB pass on step % k == k-1
@@ -388,6 +389,11 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
       TrainBenchConfig& c = cfgs[ci];
       be->set_attention(attention_impl_from_name(c.attention));
       be->set_hvp_fused_attention(c.hvp_fused);
+      try {
+        be->set_lm_head_fp8(c.lm_head == "fp8");
+      } catch (const std::invalid_argument& e) {
+        throw UserError(std::string("bench train: --lm-head fp8: ") + e.what());
+      }
       for (int i = 0; i < k; ++i) {
         const auto t0 = clock::now();
         const bool gnb = step(c, plans[ci]);
@@ -403,7 +409,7 @@ std::vector<TrainBenchResult> run_train_configs(const TrainBenchOptions& o, cons
   for (const auto& c : cfgs) {
     TrainBenchResult r;
     r.name = c.name;
-    r.attention = c.attention;
+    r.attention = c.attention + (c.lm_head == "fp8" ? " + FP8 head" : "");
     r.optimizer = c.optimizer;
     r.fraction = c.fraction;
     r.steps = c.nplain + c.ngnb;
@@ -539,6 +545,11 @@ void run_train_bench(const TrainBenchOptions& opts) {
   else
     std::printf("MFU: peak of this GPU unknown (give --peak-tflops)\n\n");
   std::vector<TrainBenchConfig> cfgs;
+  for (const auto& head : o.lm_heads)
+    if (head != "bf16" && head != "fp8")
+      throw UserError("bench train: unknown --lm-head '" + head + "' (bf16, fp8)");
+  // Every (lm head, attention) pair runs every optimizer configuration.
+  for (const auto& head : o.lm_heads)
   for (const auto& a : o.attentions) {
     if (a != "auto" && a != "own" && a != "cudnn")
       throw UserError("bench train: unknown --attention '" + a + "' (auto, own, cudnn)");
@@ -548,6 +559,7 @@ void run_train_bench(const TrainBenchOptions& opts) {
         c.name = opt;
         c.optimizer = opt;
         c.attention = a;
+        c.lm_head = head;
         cfgs.push_back(c);
       } else if (opt == "sophiag" || opt == "sophiah") {
         const std::vector<std::string> hvps =
@@ -562,6 +574,7 @@ void run_train_bench(const TrainBenchOptions& opts) {
                           hvps.size() > 1 ? (" hvp " + hv).c_str() : "");
             c.name = b;
             c.attention = a;
+            c.lm_head = head;
             c.optimizer = opt;
             c.fraction = f;
             c.hvp_fused = hv == "fused";

@@ -25,6 +25,7 @@ struct TrainBenchOptions {
   std::vector<double> fractions = {1.0, 0.5};  // estimator batch fractions (GNB, Hutchinson)
   std::vector<std::string> optimizers = {"adamw", "sophiag"};
   std::vector<std::string> attentions = {"auto"};  // "auto", "own", "cudnn" (interleaved)
+  std::vector<std::string> lm_heads = {"bf16"};  // "bf16", "fp8" (lm_head_precision; interleaved)
   // Sophia-H's Hessian-vector product attention: "fused", "materialized" (each a Sophia-H row)
   std::vector<std::string> hvp_attentions = {"fused"};
   int steps = 20;           // timed steps per configuration (rounded up to a multiple of k)

@@ -151,6 +151,10 @@ class CudaBackend final : public Backend {
     drop_graphs();
     model_.set_recompute(level);
   }
+  void set_lm_head_fp8(bool on) override {
+    drop_graphs();
+    model_.set_lm_head_fp8(on);
+  }
   std::vector<std::pair<std::string, size_t>> memory_breakdown() const override {
     return model_.memory_breakdown({{"params fp32 master", master_.bytes()}, {"params working (bf16)", weights_.bytes()}, {"grads", grads_.bytes()}, {"grads fp32 accumulation", acc_.bytes()}, {"optimizer m", slot_bytes("m")}, {"optimizer h", slot_bytes("h")}, {"optimizer v", slot_bytes("v")},
                                     {"Sophia-H probe u", probe_.bytes()}, {"Sophia-H Hessian-vector product (activations, tangents, attention)", (hvp_[0] ? hvp_[0]->device_bytes() : 0) + (hvp_[1] ? hvp_[1]->device_bytes() : 0)}});

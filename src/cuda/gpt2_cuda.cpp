@@ -41,6 +41,26 @@ void Gpt2Cuda<T>::set_recompute(int level) {
 }
 
 template <class T>
+void Gpt2Cuda<T>::set_lm_head_fp8(bool on) {
+  if (on) {
+    if constexpr (std::is_same_v<T, float>)
+      throw std::invalid_argument("the FP8 lm head needs precision \"bf16\"");
+    if (!fp8_matmul_usable())
+      throw std::invalid_argument("the FP8 lm head needs a GPU of compute capability 8.9 or later "
+                                  "(Ada, Hopper, Blackwell)");
+    if (cfg_.n_embd % 16 != 0)
+      throw std::invalid_argument("the FP8 lm head needs n_embd a multiple of 16, got " +
+                                  std::to_string(cfg_.n_embd));
+  }
+  if (!on && head_q_.size() > 0) {  // its buffers go (no launch in flight may read them)
+    SGPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    head_q_.release();
+    head_scales_.release();
+  }
+  fp8_head_ = on;  // stage_inputs allocates the buffers
+}
+
+template <class T>
 void Gpt2Cuda<T>::release() {
   if (allocated_) SGPT_CUDA_CHECK(cudaStreamSynchronize(stream_));
   allocated_ = false;
@@ -48,6 +68,9 @@ void Gpt2Cuda<T>::release() {
   for (DeviceBuffer<float>* b : float_activations(*this)) b->release();
   inp_.release();
   targets_.release();
+  head_q_.release();
+  head_scales_.release();
+  head_w_off_ = 0;
   arena_.release();
   cudnn_ws_.release();
   arena_regions_.clear();
@@ -161,6 +184,7 @@ std::vector<std::pair<std::string, size_t>> Gpt2Cuda<T>::memory_breakdown(
     }
     add(name, arena_.bytes());
   }
+  add("FP8 lm head: E4M3 lnf [N,C] and wte [Vp,C], scales", head_q_.bytes() + head_scales_.bytes());
   add("gradient scratch: dln [N,C]", dln_.bytes());
   add("cuDNN workspace outside the arena", cudnn_ws_.bytes());
   add("cuDNN workspace owned by CudnnAttention", cudnn_ ? cudnn_->own_workspace_bytes() : 0);
@@ -263,6 +287,12 @@ void Gpt2Cuda<T>::stage_inputs(const int* inp_host, int B) {
     if (inp_host[n] < 0 || inp_host[n] >= cfg_.vocab_size)
       throw std::out_of_range("Gpt2Cuda: token id out of range");
   if (!allocated_) allocate();
+  if (fp8_head_ && head_q_.size() == 0) {
+    const size_t rows = static_cast<size_t>(max_B_) * T_, C = cfg_.n_embd;
+    head_w_off_ = align_up(rows * C);
+    head_q_.resize(head_w_off_ + static_cast<size_t>(cfg_.padded_vocab_size) * C);
+    head_scales_.resize(4);
+  }
   B_ = B;
   cudnn_batch_ = use_cudnn_ && cudnn_ready(B);
   cudnn_ws_ptr_ = cudnn_batch_ ? cudnn_workspace(B) : nullptr;
@@ -282,7 +312,10 @@ std::vector<uintptr_t> Gpt2Cuda<T>::launch_state() const {
                            static_cast<uintptr_t>(buckets_.num_positions),
                            reinterpret_cast<uintptr_t>(inp_.get()),
                            reinterpret_cast<uintptr_t>(targets_.get()),
-                           reinterpret_cast<uintptr_t>(arena_.get())};
+                           reinterpret_cast<uintptr_t>(arena_.get()),
+                           static_cast<uintptr_t>(fp8_head_),
+                           reinterpret_cast<uintptr_t>(head_q_.get()),
+                           reinterpret_cast<uintptr_t>(head_scales_.get())};
   for (const DeviceBuffer<T>* b : activations(*this)) v.push_back(reinterpret_cast<uintptr_t>(b->get()));
   for (const DeviceBuffer<float>* b : float_activations(*this))
     v.push_back(reinterpret_cast<uintptr_t>(b->get()));
@@ -333,6 +366,19 @@ void Gpt2Cuda<T>::forward_launch(const T* params) {
                                  stream_);
   }
   // The logits overwrite the arena's other regions (proj, ...): all dead from here on.
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (fp8_head_) {
+      uint8_t* xq = head_q_.get();
+      uint8_t* wq = head_q_.get() + head_w_off_;
+      float* s = head_scales_.get();  // amax lnf, amax wte, descale lnf, descale wte
+      absmax(s, lnf_.get(), size_t(N) * C, stream_);
+      quantize_e4m3(xq, s + 2, lnf_.get(), size_t(N) * C, s, stream_);
+      absmax(s + 1, tensor(params, kWte), size_t(Vp) * C, stream_);
+      quantize_e4m3(wq, s + 3, tensor(params, kWte), size_t(Vp) * C, s + 1, stream_);
+      matmul_forward_fp8(matmul_, logits_, xq, wq, s + 2, s + 3, N, C, Vp, stream_);
+      return;
+    }
+  }
   matmul_forward(matmul_, logits_, lnf_.get(), tensor(params, kWte),
                  static_cast<const T*>(nullptr), N, C, Vp, stream_);
 }

@@ -57,6 +57,15 @@ class Gpt2Cuda {
   Gpt2Cuda(const ModelConfig& cfg, int max_B, int T_, cudaStream_t stream,
            AttentionImpl attention = AttentionImpl::kAuto, int recompute = 0);
 
+  // The lm head's forward product in FP8 (config key lm_head_precision "fp8"): lnf and wte are
+  // each scaled by 448 / max|x| and rounded to E4M3 before every forward (kernels/fp8.cu), the
+  // product accumulates in fp32 and is written as bf16 logits. The backward stays bf16 (it reads
+  // the bf16 lnf and wte). Throws std::invalid_argument, with the reason, in fp32, on a GPU
+  // before compute capability 8.9, or where n_embd is not a multiple of 16. Its buffers are
+  // allocated by the next stage_inputs and freed when it is turned off.
+  void set_lm_head_fp8(bool on);
+  bool lm_head_fp8() const { return fp8_head_; }
+
   // Activation recompute level, 0, 1 or 2 (see the top of this file); throws
   // std::invalid_argument otherwise. Frees the activations (the next forward allocates them for
   // the new level): call it between steps, not between a forward and its backward.
@@ -171,6 +180,12 @@ class Gpt2Cuda {
   bool keep_gelu_ = true, keep_fch_ = true, keep_ln_ = true;  // per layer (from recompute_)
   bool allocated_ = false;
   bool fuse_gelu_ = false;  // bf16: GELU in the fc / fcproj matmul epilogues (matmul.cu)
+  bool fp8_head_ = false;   // set_lm_head_fp8
+  // The FP8 lm head's operands: E4M3 lnf [max_B*T, C] then E4M3 wte [Vp, C] (256-byte aligned),
+  // and its scales: amax of lnf, amax of wte, then their descales.
+  DeviceBuffer<unsigned char> head_q_;
+  DeviceBuffer<float> head_scales_;
+  size_t head_w_off_ = 0;  // byte offset of the wte copy in head_q_
   std::unique_ptr<CudnnAttention> cudnn_;  // created on first selection of cuDNN attention
   bool use_cudnn_ = false;        // cuDNN attention selected
   bool cudnn_required_ = false;   // selected explicitly ("cudnn"), not by "auto"

@@ -113,6 +113,21 @@ void matmul_backward(MatmulContext& ctx, T* dinp, T* dweight, T* dbias, const T*
                      const T* inp, const T* weight, int N, int C, int OC, Scratch& scratch,
                      cudaStream_t stream, bool accumulate_dinp = true);
 
+// ---- FP8 lm head (kernels/fp8.cu, kernels/matmul.cu; config key lm_head_precision) ----
+// amax[0] = max |x[i]| over n elements (exact: the order of a max does not matter; NaN if any).
+void absmax(float* amax, const bf16* x, size_t n, cudaStream_t stream);
+// q[i] = E4M3(x[i] * s) with s = 448 / amax[0] (1 where amax is 0 or not finite), rounded to
+// nearest even, saturating at +-448 (kernels/fp8.cuh); descale[0] = 1 / s.
+void quantize_e4m3(uint8_t* q, float* descale, const bf16* x, size_t n, const float* amax,
+                   cudaStream_t stream);
+// out[N,OC] = inp_descale * weight_descale * (inp[N,C] @ weight[OC,C]^T), both operands E4M3,
+// fp32 accumulation, bf16 out; C a multiple of 16, operands 16-byte aligned.
+void matmul_forward_fp8(MatmulContext& ctx, bf16* out, const uint8_t* inp, const uint8_t* weight,
+                        const float* inp_descale, const float* weight_descale, int N, int C,
+                        int OC, cudaStream_t stream);
+// Whether this device's tensor cores take E4M3 (compute capability 8.9 or later).
+bool fp8_matmul_usable();
+
 // GELU fused into the cuBLASLt epilogue (bf16 only; the fp32 path keeps gelu.cu for CPU parity):
 // pre[N,OC] = inp @ weight^T + bias (saved for backward), out = gelu(pre) (tanh form).
 void matmul_forward_gelu(MatmulContext& ctx, bf16* out, bf16* pre, const bf16* inp,

@@ -27,6 +27,13 @@ std::unique_ptr<Backend> make_backend(const Config& cfg, bool use_gpu, int B, co
                                   cfg.precision == "bf16" ? Precision::kBf16 : Precision::kFp32,
                                   params, attention_impl_from_name(cfg.attention), dist);
       be->set_recompute(cfg.recompute);  // before the first step allocates the activations
+      if (cfg.lm_head_precision == "fp8") {
+        try {
+          be->set_lm_head_fp8(true);
+        } catch (const std::invalid_argument& e) {
+          throw UserError(std::string("config key 'lm_head_precision' is \"fp8\" but ") + e.what());
+        }
+      }
       be->set_cuda_graphs(cfg.cuda_graphs);
       return be;
     } catch (const std::invalid_argument& e) {  // attention "cudnn" that cannot be used

@@ -22,6 +22,7 @@
 #include "cpu/cpu_backend.h"
 #include "cuda/attention_cudnn.h"
 #include "cuda/cuda_backend.h"
+#include "cuda/ops_cuda.h"
 #include "model/gpt2.h"
 #include "test_kernels_util.h"
 #include "test_model.h"
@@ -42,6 +43,7 @@ struct Case {
   AttentionImpl attention;
   bool acc32 = false;  // bf16: gradients accumulated in fp32
   int recompute = 0;
+  bool fp8_head = false;  // lm_head_precision "fp8"
 };
 
 // `steps` optimizer steps (AdamW and Sophia-G alternately), each of three micro-steps of batch
@@ -51,6 +53,7 @@ Trace run(const Case& c, bool graphs, const std::vector<float>& params, uint64_t
   Rng rng(seed);
   auto be = make_cuda_backend(c.cfg, c.maxB, c.T, c.prec, params, c.attention);
   be->set_recompute(c.recompute);
+  if (c.fp8_head) be->set_lm_head_fp8(true);
   if (c.acc32) be->set_grad_accum_fp32(true);
   be->set_cuda_graphs(graphs);
   Trace tr;
@@ -143,6 +146,15 @@ TEST(Graphs, WithFp32AccumulationAndRecompute) {
     c.recompute = r;
     expect_identical(c, "bf16 recompute " + std::to_string(r));
   }
+}
+
+// The FP8 lm head's quantization and product (lm_head_precision "fp8") inside the graph.
+TEST(Graphs, WithTheFp8LmHead) {
+  SGPT_SKIP_WITHOUT_GPU();
+  if (!cuda::fp8_matmul_usable()) GTEST_SKIP() << "no FP8 tensor cores (cc < 8.9)";
+  Case c{odd_backend_config(48, 3), 3, 33, 4, Precision::kBf16, AttentionImpl::kOwn};
+  c.fp8_head = true;
+  expect_identical(c, "bf16 FP8 lm head");
 }
 
 // The 124M shapes at T = 1024, micro-batch 2, the recipe's attention: two steps.
