@@ -288,6 +288,8 @@ std::vector<Row> train_rows() {
       bad_value("range_grad_accum_precision", "grad_accum_precision=fp8", "grad_accum_precision"),
       bad_value("range_attention", "attention=flash", "attention"),
       bad_value("range_attention_cudnn_in_fp32", "attention=cudnn", "attention"),
+      bad_value("range_lm_head_precision", "lm_head_precision=fp16", "lm_head_precision"),
+      bad_value("range_lm_head_fp8_in_fp32", "lm_head_precision=fp8", "lm_head_precision"),
       bad_value("range_recompute_3", "recompute=3", "recompute"),
       bad_value("range_recompute_negative", "recompute=-1", "recompute"),
   };

@@ -112,6 +112,14 @@ TEST(Config, OutOfRangeValuesAreErrors) {
   expect_error(b, {"attention", "needs precision \"bf16\""});
   b["precision"] = "bf16";
   EXPECT_EQ(config_from_json(b, "x").attention, "cudnn");
+  json h = tiny();
+  h["lm_head_precision"] = "fp16";
+  expect_error(h, {"lm_head_precision", "\"bf16\" or \"fp8\"", "fp16"});
+  h["lm_head_precision"] = "fp8";  // tiny() is fp32
+  expect_error(h, {"lm_head_precision", "needs precision \"bf16\""});
+  h["precision"] = "bf16";
+  EXPECT_EQ(config_from_json(h, "x").lm_head_precision, "fp8");
+  EXPECT_EQ(config_from_json(tiny(), "x").lm_head_precision, "bf16");  // the default
 }
 
 TEST(Config, OverridesParseJsonOrStrings) {
