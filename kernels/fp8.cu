@@ -1,9 +1,10 @@
 // The FP8 lm head's operands (cuda/ops_cuda.h, "fp8"): per-tensor scaling to E4M3 (fp8.cuh).
 //
-// absmax: amax = max |x| over the tensor. Each block reduces its grid-stride share with fmaxf,
-// then one atomicMax on the encoding of a non-negative float (its order is the order of the
-// values), so the result is exact and the same in every run; a NaN anywhere gives a NaN encoding,
-// which is larger than every finite one.
+// absmax: amax = max |x| over the tensor. Each thread keeps the largest |x| of its grid-stride
+// share (a NaN replaces it and stays), the block takes the largest encoding, then one atomicMax
+// on the encodings of non-negative floats (their order is the order of the values), so the result
+// is exact and the same in every run; a NaN anywhere gives a NaN encoding, which is larger than
+// every finite one.
 // quantize: scale = 448 / amax (1 where amax is 0 or not finite), q = E4M3(x * scale) rounded to
 // nearest even with saturation (__nv_cvt_float_to_fp8, __NV_SATFINITE), and descale = 1 / scale
 // for the matmul, which multiplies its fp32 accumulator by both operands' descales.
